@@ -1,0 +1,120 @@
+"""Generated images as a dataset: the folder layout and its manifest.
+
+Layout (written by ``ffr_jax.generate``, read here)::
+
+    {root}/{dataset}/{class}/{bias}/{index:06d}.png
+    {root}/{dataset}/manifest.jsonl
+
+Each manifest line is one image: ``{"file": "<class>/<bias>/<index>.png",
+"class": str, "bias": str, "index": int, "prompt": str, "seed": int,
+"generator": str}``. The manifest is the source of truth: an image is part of
+the dataset only once its line is written, and a line is written only after the
+file was renamed into place, so a killed writer never leaves a half-written
+image that a reader would take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from ffr_jax.data.types import SYNTHETIC, DatasetSpec, Examples
+
+MANIFEST = "manifest.jsonl"
+REQUIRED_KEYS = ("file", "class", "bias", "index", "prompt", "seed", "generator")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRecord:
+  file: str
+  cls: str
+  bias: str
+  index: int
+  prompt: str
+  seed: int
+  generator: str
+
+  def to_json(self) -> str:
+    return json.dumps({
+        "file": self.file, "class": self.cls, "bias": self.bias,
+        "index": self.index, "prompt": self.prompt, "seed": self.seed,
+        "generator": self.generator})
+
+
+def dataset_dir(root: str, spec: DatasetSpec) -> str:
+  return os.path.join(root, spec.name)
+
+
+def relative_image_path(spec: DatasetSpec, y: int, b: int, index: int) -> str:
+  return os.path.join(spec.class_names[y], spec.bias_names[b], f"{index:06d}.png")
+
+
+def read_manifest(root: str, spec: DatasetSpec) -> Iterator[ManifestRecord]:
+  """Yields the records of ``{root}/{spec.name}/manifest.jsonl``.
+
+  A torn last line (a writer killed mid-write) is ignored; any other malformed
+  line is an error naming the line number.
+  """
+  path = os.path.join(dataset_dir(root, spec), MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"No synthetic manifest at {path}. Expected the layout "
+        f"{root}/{spec.name}/<class>/<bias>/*.png with {MANIFEST}, as written "
+        "by `python -m ffr_jax.generate`.")
+  with open(path) as f:
+    lines = f.read().split("\n")
+  complete = lines[:-1]  # text after the last newline is a torn write
+  for lineno, line in enumerate(complete, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      missing = [k for k in REQUIRED_KEYS if k not in row]
+      if missing:
+        raise ValueError(f"missing keys {missing}")
+      yield ManifestRecord(
+          file=str(row["file"]), cls=str(row["class"]), bias=str(row["bias"]),
+          index=int(row["index"]), prompt=str(row["prompt"]),
+          seed=int(row["seed"]), generator=str(row["generator"]))
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{path}:{lineno}: malformed manifest line ({e}).") from e
+
+
+def load_synthetic(root: str, spec: DatasetSpec, check_files: bool = True
+                   ) -> Examples:
+  """Reads a generated-images folder as examples of source = synthetic.
+
+  Rows are ordered by (group, index), so taking the first ``n`` of a group is
+  deterministic and independent of the order images were written in.
+
+  Raises:
+    FileNotFoundError: no manifest, or (with ``check_files``) a listed file is
+      missing on disk.
+    ValueError: a record names an unknown class/bias or group, or an index twice.
+  """
+  base = dataset_dir(root, spec)
+  paths, ys, bs, idx = [], [], [], []
+  seen = set()
+  for rec in read_manifest(root, spec):
+    y, b = spec.class_index(rec.cls), spec.bias_index(rec.bias)
+    spec.group_index(y, b)
+    if (y, b, rec.index) in seen:
+      raise ValueError(f"{base}: image {rec.file} is listed twice in {MANIFEST}.")
+    seen.add((y, b, rec.index))
+    paths.append(os.path.join(base, rec.file))
+    ys.append(y)
+    bs.append(b)
+    idx.append(rec.index)
+  if check_files:
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+      raise FileNotFoundError(
+          f"{len(missing)} images listed in {base}/{MANIFEST} are missing on "
+          f"disk, e.g. {missing[:3]}. Run `python -m ffr_jax.generate --verify`.")
+  ex = Examples.from_lists(paths, ys, bs, SYNTHETIC)
+  order = np.lexsort((np.asarray(idx, np.int64), ex.b, ex.y))
+  return ex.take(order)

@@ -1,0 +1,260 @@
+"""The one data model every part of ffr_jax uses.
+
+An example is an image on disk plus three integer labels: ``y`` (the class),
+``b`` (the bias group) and ``source`` (real or synthetic). We keep a whole split
+as a column table (:class:`Examples`) of numpy arrays so that counting groups,
+applying a bias ratio or composing modes are vectorised numpy operations, and so
+that a 40k-image split costs a few hundred kilobytes of host memory.
+
+Groups are the unit of every robustness method and metric. For modes ``none``
+and ``ffr`` a group is ``(y, b)``; for ``usb`` and ``asb`` it is
+``(y, b, source)`` (REFERENCE.md, "Training"). :class:`GroupScheme` turns the
+labels into dense group ids for either case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+REAL = 0
+SYNTHETIC = 1
+SOURCE_NAMES = ("real", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """The names and group structure of a dataset.
+
+  Attributes:
+    name: registry name, e.g. ``"spuco_animals"``; also the folder name of the
+      dataset inside a synthetic-images root.
+    class_names: one name per class ``y``; words a text prompt can carry.
+    bias_names: one name per bias value ``b``.
+    groups: the ``(y, b)`` pairs that exist, in the canonical order used for
+      group ids and reports.
+    majority_bias: ``majority_bias[y]`` is the bias value that dominates class
+      ``y`` in the biased real data.
+  """
+
+  name: str
+  class_names: tuple[str, ...]
+  bias_names: tuple[str, ...]
+  groups: tuple[tuple[int, int], ...]
+  majority_bias: tuple[int, ...]
+
+  def __post_init__(self):
+    if len(self.majority_bias) != len(self.class_names):
+      raise ValueError(f"{self.name}: one majority bias per class is needed.")
+    for y, b in self.groups:
+      if not (0 <= y < len(self.class_names) and 0 <= b < len(self.bias_names)):
+        raise ValueError(f"{self.name}: group {(y, b)} is out of range.")
+    for y, b in enumerate(self.majority_bias):
+      if (y, b) not in self.groups:
+        raise ValueError(f"{self.name}: majority group {(y, b)} is not a group.")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def group_index(self, y: int, b: int) -> int:
+    """Index of ``(y, b)`` in :attr:`groups`; ValueError if it is no group."""
+    try:
+      return self.groups.index((int(y), int(b)))
+    except ValueError:
+      raise ValueError(
+          f"{self.name}: (y={y}, b={b}) is not one of its groups {self.groups}"
+      ) from None
+
+  def group_name(self, g: int) -> str:
+    y, b = self.groups[g]
+    return f"{self.class_names[y]}/{self.bias_names[b]}"
+
+  def is_majority(self, y: int, b: int) -> bool:
+    return self.majority_bias[y] == b
+
+  def class_index(self, name: str) -> int:
+    try:
+      return self.class_names.index(name)
+    except ValueError:
+      raise ValueError(
+          f"{self.name}: unknown class {name!r}; classes are {self.class_names}"
+      ) from None
+
+  def bias_index(self, name: str) -> int:
+    try:
+      return self.bias_names.index(name)
+    except ValueError:
+      raise ValueError(
+          f"{self.name}: unknown bias {name!r}; biases are {self.bias_names}"
+      ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """A column table of examples; row ``i`` is one image.
+
+  Attributes:
+    path: image file paths (numpy array of ``str``).
+    y: class labels, int32.
+    b: bias labels, int32.
+    source: ``REAL`` or ``SYNTHETIC``, int32.
+  """
+
+  path: np.ndarray
+  y: np.ndarray
+  b: np.ndarray
+  source: np.ndarray
+
+  def __post_init__(self):
+    n = len(self.path)
+    for field in ("y", "b", "source"):
+      if len(getattr(self, field)) != n:
+        raise ValueError(f"Examples: column {field!r} has the wrong length.")
+
+  @classmethod
+  def from_lists(
+      cls,
+      paths: Sequence[str],
+      ys: Sequence[int],
+      bs: Sequence[int],
+      source: int | Sequence[int] = REAL,
+  ) -> Examples:
+    n = len(paths)
+    src = np.full(n, source, np.int32) if np.isscalar(source) else source
+    return cls(
+        path=np.asarray(list(paths), dtype=object).reshape(n),
+        y=np.asarray(ys, np.int32).reshape(n),
+        b=np.asarray(bs, np.int32).reshape(n),
+        source=np.asarray(src, np.int32).reshape(n),
+    )
+
+  @classmethod
+  def empty(cls) -> Examples:
+    return cls.from_lists([], [], [])
+
+  def __len__(self) -> int:
+    return len(self.path)
+
+  def take(self, index: np.ndarray) -> Examples:
+    """Rows at ``index`` (an int array or a boolean mask), in that order."""
+    return Examples(
+        path=self.path[index], y=self.y[index], b=self.b[index],
+        source=self.source[index])
+
+  def sorted(self) -> Examples:
+    """Rows sorted by path, so results never depend on file-system order."""
+    return self.take(np.argsort(self.path.astype(str), kind="stable"))
+
+  @staticmethod
+  def concat(parts: Iterable[Examples]) -> Examples:
+    parts = list(parts)
+    if not parts:
+      return Examples.empty()
+    return Examples(
+        path=np.concatenate([p.path for p in parts]).astype(object),
+        y=np.concatenate([p.y for p in parts]).astype(np.int32),
+        b=np.concatenate([p.b for p in parts]).astype(np.int32),
+        source=np.concatenate([p.source for p in parts]).astype(np.int32),
+    )
+
+  def mask(self, y: int, b: int, source: int | None = None) -> np.ndarray:
+    m = (self.y == y) & (self.b == b)
+    if source is not None:
+      m &= self.source == source
+    return m
+
+  def count(self, y: int, b: int, source: int | None = None) -> int:
+    return int(self.mask(y, b, source).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupScheme:
+  """Maps examples to dense group ids.
+
+  With ``by_source=False`` the groups are ``spec.groups`` (``(y, b)``); with
+  ``by_source=True`` each ``(y, b)`` is split into real and synthetic, group id
+  ``2 * g + source``.
+  """
+
+  spec: DatasetSpec
+  by_source: bool = False
+
+  @property
+  def num_groups(self) -> int:
+    return len(self.spec.groups) * (2 if self.by_source else 1)
+
+  def ids(self, examples: Examples) -> np.ndarray:
+    """Group id of every row, int32."""
+    lookup = np.full(
+        (self.spec.num_classes, len(self.spec.bias_names)), -1, np.int32)
+    for g, (y, b) in enumerate(self.spec.groups):
+      lookup[y, b] = g
+    g = lookup[examples.y, examples.b]
+    if (g < 0).any():
+      bad = int(np.argmax(g < 0))
+      raise ValueError(
+          f"{self.spec.name}: example {examples.path[bad]!r} has "
+          f"(y={examples.y[bad]}, b={examples.b[bad]}), which is no group.")
+    if self.by_source:
+      g = 2 * g + examples.source
+    return g.astype(np.int32)
+
+  def names(self) -> list[str]:
+    """Metric-friendly names, e.g. ``"y=0,b=1"`` or ``"y=0,b=1,src=synthetic"``."""
+    out = []
+    for y, b in self.spec.groups:
+      if self.by_source:
+        out += [f"y={y},b={b},src={s}" for s in SOURCE_NAMES]
+      else:
+        out.append(f"y={y},b={b}")
+    return out
+
+  def counts(self, examples: Examples) -> np.ndarray:
+    return np.bincount(self.ids(examples), minlength=self.num_groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplits:
+  """Train, val and test examples of one dataset, plus what loading skipped.
+
+  Attributes:
+    spec: the dataset's names and groups.
+    train, val, test: the three splits.
+    skipped: reason -> count of files that were left out while loading (for
+      example malformed UTKFace names or unreadable images); reported by the
+      data summary, never silently dropped.
+    skipped_files: reason -> a few example paths per reason, for messages.
+  """
+
+  spec: DatasetSpec
+  train: Examples
+  val: Examples
+  test: Examples
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  skipped_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+  def split(self, name: str) -> Examples:
+    if name not in ("train", "val", "test"):
+      raise ValueError(f"Unknown split {name!r}; expected train, val or test.")
+    return getattr(self, name)
+
+  def replace(self, **kwargs) -> DatasetSplits:
+    return dataclasses.replace(self, **kwargs)
+
+
+def group_table(spec: DatasetSpec, examples: Examples) -> list[dict]:
+  """Counts per ``(y, b, source)`` as JSON-ready rows, in canonical order.
+
+  Rows with a count of zero for the synthetic source are omitted; real rows are
+  always present so an emptied group shows up as a zero.
+  """
+  rows = []
+  for y, b in spec.groups:
+    for s, sname in enumerate(SOURCE_NAMES):
+      n = examples.count(y, b, s)
+      if s == REAL or n:
+        rows.append({"y": int(y), "b": int(b), "source": sname, "count": n})
+  return rows
