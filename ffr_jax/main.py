@@ -1,0 +1,44 @@
+"""Train and evaluate FFR and its baselines.
+
+    python -m ffr_jax.main --config=configs/spuco.py --workdir=DIR \
+        [--config.mode=ffr --config.method=groupdro --config.data.root=...]
+
+``--config=configs/demo.py`` runs the whole pipeline on the built-in,
+download-free benchmark. Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ffr_jax.reporting import results as results_lib
+from ffr_jax.training import run
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/*.py file (append :arg for variants).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  workdir = os.path.abspath(_WORKDIR.value)
+  runs = run.train_and_evaluate(_CONFIG.value, workdir)
+  table = results_lib.markdown_table(results_lib.summary_rows(runs))
+  print(table)
+  where = "summary.md, summary.png" if len(runs) > 1 else "results.json"
+  print(f"\nResults in {workdir} ({where}).", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

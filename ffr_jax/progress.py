@@ -1,0 +1,86 @@
+"""A small progress bar with rate and ETA, written to stderr.
+
+We keep our own (a few lines) rather than depend on tqdm: it must behave the
+same in a terminal, in a log file of a pod worker and in a notebook, print only
+on host 0, and never slow the loop it measures (it redraws at most every
+``min_interval`` seconds).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def format_seconds(s: float) -> str:
+  s = max(0, int(round(s)))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+class Progress:
+  """``Progress(total, desc)``; call ``update(n)``, then ``close()``.
+
+  Args:
+    total: expected number of units (images, steps).
+    desc: a short label.
+    unit: the unit's name for the rate.
+    enabled: False on hosts other than 0.
+    min_interval: seconds between redraws.
+    stream: where to write (stderr by default).
+  """
+
+  def __init__(self, total: int, desc: str = "", unit: str = "it",
+               enabled: bool = True, min_interval: float = 0.5, stream=None,
+               initial: int = 0):
+    self.total = max(int(total), 0)
+    self.desc = desc
+    self.unit = unit
+    self.enabled = enabled
+    self.min_interval = min_interval
+    self.stream = stream or sys.stderr
+    self.n = initial
+    self._initial = initial
+    self._start = time.perf_counter()
+    self._last = 0.0
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    if not self._tty:
+      # In a log file every redraw is a new line: keep them sparse.
+      self.min_interval = max(self.min_interval, 10.0)
+    self.postfix = ""
+
+  def rate(self) -> float:
+    elapsed = time.perf_counter() - self._start
+    done = self.n - self._initial
+    return done / elapsed if elapsed > 0 else 0.0
+
+  def line(self) -> str:
+    rate = self.rate()
+    eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+    pct = 100.0 * self.n / self.total if self.total else 100.0
+    eta_s = format_seconds(eta) if eta == eta else "--:--"
+    elapsed = format_seconds(time.perf_counter() - self._start)
+    post = f" {self.postfix}" if self.postfix else ""
+    return (f"{self.desc} {self.n}/{self.total} ({pct:5.1f}%) "
+            f"{rate:.1f} {self.unit}/s elapsed {elapsed} ETA {eta_s}{post}")
+
+  def update(self, n: int = 1, postfix: str | None = None) -> None:
+    self.n += n
+    if postfix is not None:
+      self.postfix = postfix
+    now = time.perf_counter()
+    if self.enabled and (now - self._last >= self.min_interval
+                         or self.n >= self.total):
+      self._last = now
+      self._draw()
+
+  def _draw(self) -> None:
+    end = "\r" if self._tty else "\n"
+    self.stream.write(self.line() + end)
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.stream.write(self.line() + "\n")
+      self.stream.flush()

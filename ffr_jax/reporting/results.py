@@ -1,0 +1,142 @@
+"""``results.json`` of a run, and the summary table and chart of several runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+
+
+def _jsonable(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if hasattr(obj, "item") and callable(obj.item):
+    return obj.item()
+  return obj
+
+
+def run_results(*, config: ml_collections.ConfigDict, mode: str, method: str,
+                metrics: dict[str, dict], stage_results: dict, dfr: dict | None,
+                synthetic_per_group: dict, wall_seconds: float) -> dict:
+  """The ``results.json`` object of one mode x method.
+
+  ``val`` and ``test`` hold ``{"worst_group_acc", "balanced_acc",
+  "group_acc": {"y=0,b=1": acc, ...}, "acc"}`` (accuracies in [0, 1]) of the
+  epoch selected by validation worst-group accuracy (after DFR's refit when
+  the method is DFR).
+  """
+  last = list(stage_results)[-1]
+  return _jsonable({
+      "schema_version": SCHEMA_VERSION,
+      "dataset": config.data.name,
+      "bias_ratio": float(config.data.bias_ratio),
+      "mode": mode,
+      "method": method,
+      "seed": int(config.seed),
+      "val": metrics["val"],
+      "test": metrics["test"],
+      "selected_epoch": stage_results[last].best_epoch,
+      "stages": {
+          name: {"selected_epoch": r.best_epoch, "val": r.metrics["val"],
+                 "test": r.metrics["test"], "wall_seconds": r.wall_seconds,
+                 "history": r.history}
+          for name, r in stage_results.items()},
+      "dfr": dfr,
+      "synthetic_per_group": {f"y={y},b={b}": n
+                              for (y, b), n in synthetic_per_group.items()},
+      "wall_seconds": wall_seconds,
+      "config": config.to_dict(),
+  })
+
+
+def write_results(run_dir: str, results: dict) -> str:
+  """Writes ``{run_dir}/results.json`` atomically (host 0 only)."""
+  path = os.path.join(run_dir, RESULTS_FILE)
+  if jax.process_index() == 0:
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  return path
+
+
+def read_results(run_dir: str) -> dict:
+  path = os.path.join(run_dir, RESULTS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No finished run in {run_dir} (no {RESULTS_FILE}).")
+  with open(path) as f:
+    return json.load(f)
+
+
+def summary_rows(runs: dict[str, dict]) -> list[dict]:
+  return [{
+      "run": name, "mode": r["mode"], "method": r["method"],
+      "test_worst_group_acc": r["test"]["worst_group_acc"],
+      "test_balanced_acc": r["test"]["balanced_acc"],
+      "val_worst_group_acc": r["val"]["worst_group_acc"],
+      "selected_epoch": r["selected_epoch"],
+      "wall_seconds": r["wall_seconds"],
+  } for name, r in runs.items()]
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = ["| mode | method | test WA | test BA | val WA | epoch | time (s) |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['mode']} | {r['method']} | {100 * r['test_worst_group_acc']:.1f} "
+        f"| {100 * r['test_balanced_acc']:.1f} "
+        f"| {100 * r['val_worst_group_acc']:.1f} | {r['selected_epoch']} "
+        f"| {r['wall_seconds']:.0f} |")
+  return "\n".join(lines)
+
+
+def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
+  """Test worst-group and balanced accuracy per run, as a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  labels = [r["run"] for r in rows]
+  x = np.arange(len(rows))
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
+  wa = [100 * r["test_worst_group_acc"] for r in rows]
+  ba = [100 * r["test_balanced_acc"] for r in rows]
+  ax.bar(x - 0.2, wa, 0.4, label="worst-group acc")
+  ax.bar(x + 0.2, ba, 0.4, label="balanced acc")
+  for xi, (a, b) in enumerate(zip(wa, ba)):
+    ax.text(xi - 0.2, a + 1, f"{a:.0f}", ha="center", fontsize=8)
+    ax.text(xi + 0.2, b + 1, f"{b:.0f}", ha="center", fontsize=8)
+  ax.set_xticks(x, labels, rotation=20)
+  ax.set_ylim(0, 105)
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(title)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_summary(workdir: str, runs: dict[str, dict]) -> str:
+  """summary.json, summary.md and summary.png for several runs; returns the table."""
+  rows = summary_rows(runs)
+  table = markdown_table(rows)
+  if jax.process_index() == 0:
+    first = next(iter(runs.values()))
+    title = f"{first['dataset']}, bias ratio {first['bias_ratio']}"
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+      f.write(f"# {title}\n\n{table}\n")
+    bar_chart(rows, os.path.join(workdir, "summary.png"), title)
+  return table

@@ -1,0 +1,49 @@
+"""Metrics to TensorBoard event files and a JSON-lines file, from host 0.
+
+clu's metric writers import TensorFlow at import time, so we write TensorBoard
+events with tensorboardX (pure Python) and keep ``metrics.jsonl`` beside them
+for scripts: one line per write, ``{"stage", "step", "<name>": value, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricWriter:
+  """Writes scalars under ``{logdir}``; a no-op on hosts other than 0."""
+
+  def __init__(self, logdir: str, enabled: bool | None = None):
+    self.logdir = logdir
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      os.makedirs(logdir, exist_ok=True)
+      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
+      except ImportError:  # The JSON lines still carry every number.
+        self._tb = None
+
+  def write(self, stage: str, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled or not scalars:
+      return
+    row = {"stage": stage, "step": int(step), "time": time.time()}
+    row.update({k: float(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(f"{stage}/{k}", float(v), int(step))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,72 @@
+"""DFR in a run: embed with the trained backbone, refit the head, evaluate.
+
+The backbone is the best epoch of the run's last stage (trained with ERM);
+:mod:`ffr_jax.training.dfr` does the refit on the validation embeddings.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ffr_jax.data import pipeline
+from ffr_jax.data.types import Examples, GroupScheme
+from ffr_jax.evaluation import metrics as metrics_lib
+from ffr_jax.training import dfr as dfr_lib
+from ffr_jax.training import steps as steps_lib
+from ffr_jax.training.mesh import Shardings, to_global
+
+
+def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
+          shardings: Shardings) -> np.ndarray:
+  """Pooled embeddings of every example, in row order, on every host."""
+  eval_step = steps_lib.make_eval_step(model, scheme.num_groups, shardings,
+                                       with_embeddings=True)
+  loader = pipeline.make_eval_loader(examples, scheme, cfg.data,
+                                     cfg.train.eval_batch_size)
+  chunks = []
+  for batch in loader:
+    b = to_global({k: batch[k] for k in ("image", "label", "group", "mask")},
+                  shardings)
+    _, emb, _ = eval_step(variables, b)
+    # The eval loader's global row order is 0..n-1 then padding, so the
+    # gathered global batches concatenate to the examples in order.
+    chunks.append(np.asarray(multihost_utils.process_allgather(emb, tiled=True)))
+  return np.concatenate(chunks)[:len(examples)]
+
+
+def _metrics(result: dfr_lib.DFRResult, emb: np.ndarray, examples: Examples,
+             scheme: GroupScheme) -> dict:
+  pred = dfr_lib.predict(result, emb)
+  counts = metrics_lib.group_counts(pred, examples.y, scheme.ids(examples),
+                                    None, scheme.num_groups)
+  return metrics_lib.summarize(jax.device_get(counts), scheme.names())
+
+
+def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
+                       shardings: Shardings) -> tuple[dict, dict]:
+  """Fits DFR on val embeddings; returns (metrics per split, DFR details).
+
+  Val metrics are on the data DFR was fitted on (all of val), so they are
+  optimistic; the test metrics are the ones to report.
+  """
+  by_name = {e.name: e for e in evals}
+  val = by_name["val"]
+  scheme = val.scheme
+  train_emb = embed(model, variables, train, GroupScheme(scheme.spec, True),
+                    cfg, shardings)
+  val_emb = embed(model, variables, val.examples, scheme, cfg, shardings)
+  result = dfr_lib.fit_dfr(
+      train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
+      scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
+      group_names=scheme.names())
+  metrics = {"val": _metrics(result, val_emb, val.examples, scheme)}
+  for e in evals:
+    if e.name != "val":
+      emb = embed(model, variables, e.examples, e.scheme, cfg, shardings)
+      metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
+  info = {"best_c": result.best_c,
+          "c_scores": {str(c): s for c, s in result.c_scores.items()},
+          "num_refits": int(cfg.dfr.num_refits)}
+  return metrics, info

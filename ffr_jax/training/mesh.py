@@ -1,0 +1,87 @@
+"""One device mesh for everything, and the shardings derived from it.
+
+All devices of all hosts form a 1-D ``('data',)`` mesh: batches are sharded on
+their leading axis, parameters and optimizer state are replicated. The same
+code then runs on 1 CPU, N GPUs or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls ``jax.distributed.initialize()`` when this is a multi-process run.
+
+  A multi-process run is recognised by the variables our launchers set
+  (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``) or by a TPU pod / SLURM environment, where jax detects
+  everything itself. A plain single-process run does nothing.
+  """
+  if getattr(maybe_initialize_distributed, "_done", False):
+    return
+  env = os.environ
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    jax.distributed.initialize(
+        coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(env["JAX_NUM_PROCESSES"]),
+        process_id=int(env["JAX_PROCESS_ID"]))
+  elif "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]:
+    jax.distributed.initialize()
+  elif int(env.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+  else:
+    return
+  maybe_initialize_distributed._done = True
+  logging.info("jax.distributed: process %d of %d, %d devices in all.",
+               jax.process_index(), jax.process_count(), jax.device_count())
+
+
+@dataclasses.dataclass(frozen=True)
+class Shardings:
+  """The mesh and the two shardings the training code needs."""
+
+  mesh: Mesh
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(DATA_AXIS))
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+
+def make_shardings(devices=None) -> Shardings:
+  """A ``('data',)`` mesh over ``devices`` (default: all devices, all hosts)."""
+  devices = jax.devices() if devices is None else devices
+  return Shardings(Mesh(np.asarray(devices), (DATA_AXIS,)))
+
+
+def check_batch_size(global_batch: int, shardings: Shardings) -> None:
+  """The global batch must split evenly over devices and hosts."""
+  n = shardings.num_devices
+  if global_batch % n:
+    raise ValueError(
+        f"Global batch size {global_batch} is not divisible by the {n} devices "
+        "of the mesh; choose a multiple of the device count.")
+
+
+def to_global(local_batch: dict, shardings: Shardings) -> dict:
+  """Turns this host's part of a batch into global arrays sharded on 'data'."""
+  return {
+      k: jax.make_array_from_process_local_data(shardings.batch, np.asarray(v))
+      for k, v in local_batch.items()
+  }
