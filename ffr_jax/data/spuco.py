@@ -1,0 +1,177 @@
+"""SpuCo Animals in its official on-disk layout -> :class:`DatasetSplits`.
+
+The layout (REFERENCE.md, "SpuCo Animals")::
+
+    root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.{jpg,png}
+    root/spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*.{jpg,png}
+
+The official split folders are the splits, so no seed is involved in splitting.
+Class and bias names in :data:`SPEC` are words a text prompt can carry
+("small dog", "indoors"); :data:`FOLDERS` maps each ``(y, b)`` group to the
+folder names on disk, which differ ("small_dogs", "indoor").
+
+:func:`load_spuco_layout` reads any root in this layout for any spec with the
+same groups, so the built-in benchmark can render its images into the same
+folders and reuse this loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ffr_jax.data.images import is_image_file
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+
+SPLITS = ("train", "val", "test")
+# How many example paths per skip reason we keep for messages.
+MAX_SKIPPED_EXAMPLES = 5
+
+SPEC = DatasetSpec(
+    name="spuco_animals",
+    class_names=("landbird", "waterbird", "small dog", "big dog"),
+    bias_names=("land", "water", "indoors", "outdoors"),
+    groups=((0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (2, 3), (3, 2), (3, 3)),
+    majority_bias=(0, 1, 2, 3),
+)
+
+# (y, b) -> (subset folder, class folder, bias folder) inside each split.
+Folders = Mapping[tuple[int, int], tuple[str, str, str]]
+FOLDERS: Folders = {
+    (0, 0): ("spuco_birds", "landbirds", "land"),
+    (0, 1): ("spuco_birds", "landbirds", "water"),
+    (1, 0): ("spuco_birds", "waterbirds", "land"),
+    (1, 1): ("spuco_birds", "waterbirds", "water"),
+    (2, 2): ("spuco_dogs", "small_dogs", "indoor"),
+    (2, 3): ("spuco_dogs", "small_dogs", "outdoor"),
+    (3, 2): ("spuco_dogs", "big_dogs", "indoor"),
+    (3, 3): ("spuco_dogs", "big_dogs", "outdoor"),
+}
+
+
+def _unique(items) -> list[str]:
+  """Items in first-seen order without repeats."""
+  return list(dict.fromkeys(items))
+
+
+def layout_description(root: str = "root", folders: Folders = FOLDERS) -> str:
+  """The expected folder layout as text, one line per subset folder.
+
+  Args:
+    root: how to write the root in the text (a real path or ``"root"``).
+    folders: the ``(y, b) -> (subset, class, bias)`` folder mapping.
+
+  Returns:
+    e.g. ``"root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/
+    {land,water}/*.{jpg,png}"`` and the same for dogs, newline-separated.
+  """
+  lines = []
+  for subset in _unique(s for s, _, _ in folders.values()):
+    classes = _unique(c for s, c, _ in folders.values() if s == subset)
+    biases = _unique(b for s, _, b in folders.values() if s == subset)
+    lines.append(
+        f"{root}/{subset}/{{{','.join(SPLITS)}}}/{{{','.join(classes)}}}/"
+        f"{{{','.join(biases)}}}/*.{{jpg,png}}")
+  return "\n".join(lines)
+
+
+LAYOUT = layout_description()
+
+
+def _check_folders(root: str, folders: Folders) -> None:
+  """Raises FileNotFoundError naming the layout if any expected folder is absent."""
+  layout = layout_description(root, folders)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+        f"SpuCo-layout root {root!r} is not a directory. Expected:\n{layout}")
+  missing = [
+      os.path.join(subset, split, cls, bias)
+      for split in SPLITS
+      for subset, cls, bias in folders.values()
+      if not os.path.isdir(os.path.join(root, subset, split, cls, bias))
+  ]
+  if missing:
+    shown = "\n  ".join(missing[:8])
+    more = f"\n  ... and {len(missing) - 8} more" if len(missing) > 8 else ""
+    raise FileNotFoundError(
+        f"{root} is not in the SpuCo layout: {len(missing)} of "
+        f"{len(SPLITS) * len(folders)} expected folders are missing:\n  {shown}"
+        f"{more}\nExpected:\n{layout}")
+
+
+def _list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:
+  """Image paths in ``folder``, sorted; anything else is recorded as skipped."""
+  paths = []
+  # Sorted so the result never depends on the file system's listing order.
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if is_image_file(name) and os.path.isfile(path):
+      paths.append(path)
+    else:
+      skipped.setdefault("not_an_image_file", []).append(path)
+  return paths
+
+
+def skip_summary(skipped: Mapping[str, list[str]]
+                 ) -> tuple[dict[str, int], dict[str, list[str]]]:
+  """Turns reason -> all skipped paths into (counts, a few examples) per reason."""
+  counts = {k: len(v) for k, v in sorted(skipped.items()) if v}
+  examples = {k: list(v[:MAX_SKIPPED_EXAMPLES])
+              for k, v in sorted(skipped.items()) if v}
+  return counts, examples
+
+
+def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
+                      folders: Folders = FOLDERS) -> DatasetSplits:
+  """Reads a root in the SpuCo Animals layout.
+
+  Args:
+    root: the folder holding ``spuco_birds/`` and ``spuco_dogs/`` (or whatever
+      subset folders ``folders`` names).
+    spec: names and groups; ``spec.groups`` must equal the keys of ``folders``.
+    split_seed: unused: the official split folders are the split. Kept so the
+      signature matches every other loader.
+    folders: ``(y, b) -> (subset, class folder, bias folder)``.
+
+  Returns:
+    The three official splits, rows sorted by path. Non-image files are
+    skipped and counted under ``"not_an_image_file"``.
+
+  Raises:
+    FileNotFoundError: ``root`` or one of the expected folders is missing.
+    ValueError: a group folder of some split holds no images, or ``spec`` and
+      ``folders`` disagree on the groups.
+  """
+  del split_seed  # The official folders define the splits.
+  if set(spec.groups) != set(folders):
+    raise ValueError(
+        f"{spec.name}: groups {spec.groups} do not match the SpuCo folder "
+        f"mapping's groups {tuple(folders)}.")
+  root = os.path.abspath(root)
+  _check_folders(root, folders)
+  skipped: dict[str, list[str]] = {}
+  splits = {}
+  for split in SPLITS:
+    paths, ys, bs = [], [], []
+    for y, b in spec.groups:
+      subset, cls, bias = folders[(y, b)]
+      folder = os.path.join(root, subset, split, cls, bias)
+      found = _list_images(folder, skipped)
+      if not found:
+        raise ValueError(
+            f"{spec.name}: group {spec.group_name(spec.group_index(y, b))} "
+            f"(y={y}, b={b}) has no images in split {split!r}: {folder} holds "
+            f"no .jpg/.jpeg/.png files. Expected:\n"
+            f"{layout_description(root, folders)}")
+      paths += found
+      ys += [y] * len(found)
+      bs += [b] * len(found)
+    splits[split] = Examples.from_lists(paths, ys, bs).sorted()
+  counts, examples = skip_summary(skipped)
+  return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
+                       **splits)
+
+
+def load(root: str, split_seed: int = 0) -> DatasetSplits:
+  """Loads SpuCo Animals from ``root`` (the registry's loader signature)."""
+  return load_spuco_layout(root, SPEC, split_seed)

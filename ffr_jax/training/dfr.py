@@ -1,0 +1,277 @@
+"""Deep Feature Reweighting (Kirichenko et al., 2023) on frozen embeddings.
+
+DFR keeps the trained backbone and refits only the last layer: an
+L1-regularised logistic regression on group-balanced subsets of the
+*validation* set (REFERENCE.md, "Methods"). Following the canonical release
+(``dfr_on_validation_tune`` / ``dfr_on_validation_eval``):
+
+1. standardise every embedding with the mean and std of the *training*-set
+   embeddings;
+2. split val in two halves; for each C in the grid, fit on a group-balanced
+   subset of the first half (every group cut to the smallest group's size in
+   that half) and score worst-group accuracy on the second half;
+3. with the best C (the first in grid order among ties, as the canonical
+   ``argmax`` over the grid), fit ``num_refits`` times on group-balanced random
+   subsets of the whole val set and average ``coef_`` and ``intercept_``.
+
+One deliberate change: the halves are split *within each group* instead of by
+a plain random permutation, so every group is present in both halves (with ten
+minority examples a random split can leave a group out of one half).
+
+This runs on the host with scikit-learn (liblinear, one-vs-rest for more than
+two classes); embeddings are small numpy arrays by then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+# Below this the training std is treated as 0 and the feature is only centred,
+# as sklearn's StandardScaler does for constant features.
+_MIN_STD = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class DFRResult:
+  """The refitted last layer and how it was chosen.
+
+  Attributes:
+    best_c: the chosen inverse regularisation strength.
+    coef: float64[K, D]; K = 1 for two classes (sklearn's binary layout),
+      else one row per class (one-vs-rest).
+    intercept: float64[K].
+    classes: int64[num_classes], the label of each class column (sorted).
+    mean: float64[D], training-embedding mean used to standardise.
+    std: float64[D], training-embedding std (1 where it was 0).
+    c_scores: C -> worst-group accuracy on the held-out half of val.
+  """
+
+  best_c: float
+  coef: np.ndarray
+  intercept: np.ndarray
+  classes: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+  c_scores: dict[float, float]
+
+
+def standardizer(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and std (population, as StandardScaler) of training embeddings."""
+  x = np.asarray(train_embeddings, np.float64)
+  if x.ndim != 2 or x.shape[0] == 0:
+    raise ValueError(
+        f"DFR: expected training embeddings of shape [N>0, D], got {x.shape}.")
+  std = x.std(axis=0)
+  return x.mean(axis=0), np.where(std < _MIN_STD, 1.0, std)
+
+
+def _group_indices(groups: np.ndarray, num_groups: int,
+                   group_names: Sequence[str] | None) -> list[np.ndarray]:
+  """Row indices of every group; raises naming the first empty group."""
+  out = []
+  for g in range(num_groups):
+    idx = np.flatnonzero(groups == g)
+    if idx.size == 0:
+      name = group_names[g] if group_names is not None else f"group {g}"
+      raise ValueError(
+          f"DFR: validation group {name!r} (id {g}) has no examples; DFR "
+          "balances the validation set over all groups and cannot balance on "
+          "an empty group. Use a split with every group present, or the "
+          "(y, b) scheme if synthetic-source groups are empty.")
+    out.append(idx)
+  return out
+
+
+def _balanced_subset(per_group: list[np.ndarray],
+                     rng: np.random.Generator) -> np.ndarray:
+  """Every group subsampled (without replacement) to the smallest size."""
+  m = min(len(idx) for idx in per_group)
+  return np.concatenate([rng.permutation(idx)[:m] for idx in per_group])
+
+
+def _split_halves(per_group: list[np.ndarray], rng: np.random.Generator
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Each group's rows split in two; the fit half gets the odd one out."""
+  fit, score = [], []
+  for idx in per_group:
+    idx = rng.permutation(idx)
+    k = len(idx) // 2
+    score.append(idx[:k])
+    fit.append(idx[k:])
+  return fit, score
+
+
+def _l1_logreg(c: float, rng: np.random.Generator) -> LogisticRegression:
+  """L1 logistic regression with liblinear, across sklearn versions.
+
+  sklearn 1.8 deprecated ``penalty`` in favour of ``l1_ratio=1``; older
+  versions only read ``l1_ratio`` for elastic net.
+  """
+  kwargs = dict(C=float(c), solver="liblinear",
+                random_state=int(rng.integers(2**31 - 1)))
+  if LogisticRegression().get_params()["penalty"] == "deprecated":
+    return LogisticRegression(l1_ratio=1.0, **kwargs)
+  return LogisticRegression(penalty="l1", **kwargs)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float,
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """``(coef [K, D], intercept [K])`` of an L1 logistic regression.
+
+  Two classes give one binary fit (K = 1, positive = ``classes[1]``), as
+  sklearn lays it out. More classes give liblinear's one-vs-rest, one binary
+  fit per class, done here because sklearn >= 1.8 refuses multiclass
+  liblinear.
+  """
+  positives = classes[1:] if len(classes) == 2 else classes
+  coefs, intercepts = [], []
+  for k in positives:
+    target = (y == k).astype(np.int64)
+    if target.min() == target.max():
+      raise ValueError(f"DFR: class {k} is all or nothing of a fit subset.")
+    model = _l1_logreg(c, rng).fit(x, target)
+    coefs.append(model.coef_[0])
+    intercepts.append(model.intercept_[0])
+  return np.stack(coefs), np.asarray(intercepts)
+
+
+def _scores(coef: np.ndarray, intercept: np.ndarray,
+            x: np.ndarray) -> np.ndarray:
+  return x @ coef.T + intercept
+
+
+def _labels(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+  if scores.shape[1] == 1:
+    return classes[(scores[:, 0] > 0).astype(np.int64)]
+  return classes[np.argmax(scores, axis=1)]
+
+
+def _worst_group_acc(pred: np.ndarray, y: np.ndarray,
+                     per_group: list[np.ndarray]) -> float:
+  return float(min(np.mean(pred[idx] == y[idx]) for idx in per_group))
+
+
+def _validated(
+    val_embeddings: np.ndarray, val_labels: np.ndarray,
+    val_groups: np.ndarray, num_groups: int,
+    group_names: Sequence[str] | None, dims: int,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+  """Val arrays as float64/int64, rows per group and the sorted classes.
+
+  Raises a ValueError naming what is wrong: shapes, an empty group, a group
+  with a single example (it cannot be in both halves), or a single class.
+  """
+  x = np.asarray(val_embeddings, np.float64)
+  y = np.asarray(val_labels).astype(np.int64)
+  g = np.asarray(val_groups).astype(np.int64)
+  if x.ndim != 2 or x.shape[1] != dims or len(y) != len(x) or len(g) != len(x):
+    raise ValueError(
+        f"DFR: val embeddings {x.shape}, labels {y.shape} and groups "
+        f"{g.shape} must be [N, {dims}], [N], [N] ({dims} = the training "
+        "embeddings' width).")
+  per_group = _group_indices(g, num_groups, group_names)
+  for k, idx in enumerate(per_group):
+    if len(idx) < 2:
+      name = group_names[k] if group_names is not None else f"group {k}"
+      raise ValueError(
+          f"DFR: validation group {name!r} has {len(idx)} example; tuning C "
+          "needs at least 2 (one in each half of val).")
+  classes = np.unique(y)
+  if len(classes) < 2:
+    raise ValueError(f"DFR: val has a single class {classes}; need two or more.")
+  return x, y, per_group, classes
+
+
+def fit_dfr(
+    train_embeddings: np.ndarray,
+    val_embeddings: np.ndarray,
+    val_labels: np.ndarray,
+    val_groups: np.ndarray,
+    num_groups: int,
+    c_grid: Sequence[float],
+    num_refits: int = 20,
+    seed: int = 0,
+    group_names: Sequence[str] | None = None,
+) -> DFRResult:
+  """Tunes C on val halves, then averages ``num_refits`` balanced fits.
+
+  Args:
+    train_embeddings: float[N_train, D]; only their mean/std are used.
+    val_embeddings: float[N_val, D].
+    val_labels: int[N_val] classes.
+    val_groups: int[N_val] group ids in ``[0, num_groups)``.
+    num_groups: G; every group must have at least two val examples (one per
+      half for tuning).
+    c_grid: inverse L1 strengths to try (``c.dfr.c_grid``).
+    num_refits: balanced fits averaged at the best C (``c.dfr.num_refits``).
+    seed: seeds every subsample and the solver.
+    group_names: optional names (``GroupScheme.names()``) for error messages.
+
+  Returns:
+    A :class:`DFRResult`; use :func:`predict` / :func:`logits` on embeddings.
+
+  Raises:
+    ValueError: on an empty or single-example group, an empty grid, or
+      mismatched shapes.
+  """
+  mean, std = standardizer(train_embeddings)
+  x, y, per_group, classes = _validated(
+      val_embeddings, val_labels, val_groups, num_groups, group_names,
+      mean.shape[0])
+  if not c_grid or num_refits < 1:
+    raise ValueError(
+        f"DFR: need a non-empty c_grid and num_refits >= 1, got {c_grid!r} "
+        f"and {num_refits}.")
+  x = (x - mean) / std
+  rng = np.random.default_rng(seed)
+  c_scores = _tune_c(x, y, classes, per_group, c_grid, rng)
+  best_c = max(c_scores, key=c_scores.get)  # first maximum in grid order
+
+  # Every balanced subset holds every group and so every class: the coef rows
+  # line up across refits and can be averaged.
+  fits = [_fit(x[rows], y[rows], classes, best_c, rng)
+          for rows in (_balanced_subset(per_group, rng)
+                       for _ in range(num_refits))]
+  coefs, intercepts = zip(*fits)
+  return DFRResult(
+      best_c=float(best_c),
+      coef=np.mean(coefs, axis=0),
+      intercept=np.mean(intercepts, axis=0),
+      classes=classes,
+      mean=mean,
+      std=std,
+      c_scores=c_scores,
+  )
+
+
+def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
+            per_group: list[np.ndarray], c_grid: Sequence[float],
+            rng: np.random.Generator) -> dict[float, float]:
+  """Worst-group accuracy on the score half for each C (fit half balanced)."""
+  fit_groups, score_groups = _split_halves(per_group, rng)
+  rows = _balanced_subset(fit_groups, rng)
+  scores = {}
+  for c in c_grid:
+    coef, intercept = _fit(x[rows], y[rows], classes, c, rng)
+    pred = _labels(_scores(coef, intercept, x), classes)
+    scores[float(c)] = _worst_group_acc(pred, y, score_groups)
+  return scores
+
+
+def logits(result: DFRResult, embeddings: np.ndarray) -> np.ndarray:
+  """Decision scores ``[N, K]`` of the averaged classifier on raw embeddings.
+
+  K = 1 for two classes (positive means ``classes[1]``), else one
+  one-vs-rest score per class.
+  """
+  x = (np.asarray(embeddings, np.float64) - result.mean) / result.std
+  return _scores(result.coef, result.intercept, x)
+
+
+def predict(result: DFRResult, embeddings: np.ndarray) -> np.ndarray:
+  """Predicted class labels, int64[N]: sign (binary) or argmax (OvR)."""
+  return _labels(logits(result, embeddings), result.classes)

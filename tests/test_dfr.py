@@ -1,0 +1,111 @@
+"""DFR: recovers the core feature from balanced val data, seeded, strict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from ffr_jax.training import dfr
+
+SPUCO_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+BINARY_GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1))
+# SpuCo Animals' 8 groups: birds (classes 0, 1) on backgrounds 0/1, dogs on 2/3.
+SPUCO_GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (2, 3), (3, 2), (3, 3))
+
+
+def _embeddings(rng, groups, counts, num_classes, num_bias, core_noise=0.8):
+  """Toy embeddings: [core one-hot(y) + noise | spurious one-hot(b) | noise].
+
+  The spurious block is almost noiseless, so on data where b follows y it is
+  the easiest feature; the core block predicts y in every group.
+  """
+  xs, ys, gs = [], [], []
+  for g, ((y, b), n) in enumerate(zip(groups, counts)):
+    core = 2 * np.eye(num_classes)[y] - 1
+    core = core + core_noise * rng.standard_normal((n, num_classes))
+    spur = 2 * np.eye(num_bias)[b] - 1 + 0.05 * rng.standard_normal(
+        (n, num_bias))
+    xs.append(np.column_stack([core, spur, rng.standard_normal((n, 6))]))
+    ys += [y] * n
+    gs += [g] * n
+  return np.concatenate(xs), np.array(ys), np.array(gs)
+
+
+def _worst(pred, y, g):
+  return min(np.mean(pred[g == k] == y[g == k]) for k in np.unique(g))
+
+
+def _biased_splits(groups, num_classes, num_bias, seed=0):
+  """Train 1000 vs 5 per majority/minority group, val 100 vs 10, test even."""
+  rng = np.random.default_rng(seed)
+  major = [y % 2 == b % 2 for y, b in groups]
+  train = _embeddings(rng, groups, [1000 if m else 5 for m in major],
+                      num_classes, num_bias)
+  val = _embeddings(rng, groups, [100 if m else 10 for m in major],
+                    num_classes, num_bias)
+  test = _embeddings(rng, groups, [300] * len(groups), num_classes, num_bias)
+  return train, val, test
+
+
+@pytest.mark.parametrize("groups,num_classes,num_bias", [
+    (BINARY_GROUPS, 2, 2), (SPUCO_GROUPS, 4, 4)])
+def test_dfr_beats_biased_logistic_regression(groups, num_classes, num_bias):
+  (xt, yt, _), (xv, yv, gv), (xs, ys, gs) = _biased_splits(
+      groups, num_classes, num_bias)
+  result = dfr.fit_dfr(xt, xv, yv, gv, len(groups), SPUCO_GRID, seed=0)
+
+  plain = LogisticRegression(max_iter=1000).fit(xt, yt)
+  plain_worst = _worst(plain.predict(xs), ys, gs)
+  dfr_worst = _worst(dfr.predict(result, xs), ys, gs)
+  assert plain_worst < 0.7
+  assert dfr_worst > 0.85
+  assert dfr_worst > plain_worst + 0.25
+
+  assert list(result.c_scores) == list(SPUCO_GRID)
+  assert result.c_scores[result.best_c] == max(result.c_scores.values())
+  rows = 1 if num_classes == 2 else num_classes
+  assert result.coef.shape == (rows, xt.shape[1])
+  assert result.intercept.shape == (rows,)
+  np.testing.assert_array_equal(result.classes, np.arange(num_classes))
+  # Features are standardised with training statistics.
+  np.testing.assert_allclose(result.mean, xt.mean(axis=0))
+  np.testing.assert_allclose(result.std, xt.std(axis=0))
+  assert dfr.logits(result, xs).shape == (len(xs), rows)
+
+
+def test_deterministic_under_seed():
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  a = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=3)
+  b = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=3)
+  c = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=4)
+  assert a.best_c == b.best_c and a.c_scores == b.c_scores
+  np.testing.assert_array_equal(a.coef, b.coef)
+  np.testing.assert_array_equal(a.intercept, b.intercept)
+  assert not np.array_equal(a.coef, c.coef)
+
+
+def test_empty_group_error_names_the_group():
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  keep = gv != 2
+  names = ["y=0,b=0", "y=0,b=1", "y=1,b=0", "y=1,b=1"]
+  with pytest.raises(ValueError, match=r"'y=1,b=0' \(id 2\) has no examples"):
+    dfr.fit_dfr(xt, xv[keep], yv[keep], gv[keep], 4, SPUCO_GRID,
+                group_names=names)
+  with pytest.raises(ValueError, match="group 2"):
+    dfr.fit_dfr(xt, xv[keep], yv[keep], gv[keep], 4, SPUCO_GRID)
+
+
+def test_single_example_group_and_bad_shapes_raise():
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  keep = (gv != 1) | (np.cumsum(gv == 1) == 1)
+  with pytest.raises(ValueError, match="has 1 example"):
+    dfr.fit_dfr(xt, xv[keep], yv[keep], gv[keep], 4, SPUCO_GRID)
+  with pytest.raises(ValueError, match="must be"):
+    dfr.fit_dfr(xt[:, :3], xv, yv, gv, 4, SPUCO_GRID)
+
+
+def test_constant_training_feature_is_only_centred():
+  mean, std = dfr.standardizer(np.array([[1.0, 2.0], [1.0, 4.0]]))
+  np.testing.assert_allclose(mean, [1.0, 3.0])
+  np.testing.assert_allclose(std, [1.0, 1.0])
