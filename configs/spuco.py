@@ -9,23 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ffr_jax.config import base_config
-
-ARGS = ("smoke",)
-
-
-def _apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> None:
-  """Applies the ``:arg`` of the config path; unknown args are an error."""
-  if arg in (None, ""):
-    return
-  if arg not in ARGS:
-    raise ValueError(f"Unknown config arg {arg!r}; known args: {ARGS}.")
-  config.data.image_size = 32
-  config.model.name = "tiny"
-  config.train.epochs = 1
-  config.stage1.epochs = 1
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 16
+from ffr_jax.config import apply_arg, base_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,5 +17,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
   config.data.name = "spuco_animals"
   # DFR's C grid: the SpuCo grid is base_config's default.
-  _apply_arg(config, arg)
+  apply_arg(config, arg)
   return config.lock()

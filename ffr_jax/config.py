@@ -76,3 +76,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.generate.batch_size = 8    # images per device per sampling call
   c.generate.seed = 0
   return c
+
+
+SMOKE = "smoke"
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> None:
+  """Applies the ``:arg`` of a config path; unknown args are an error.
+
+  ``smoke`` shrinks a run so that it only checks that everything works: a
+  tiny model at 32 px for one epoch.
+  """
+  if arg in (None, ""):
+    return
+  if arg != SMOKE:
+    raise ValueError(f"Unknown config arg {arg!r}; known args: ({SMOKE!r},).")
+  config.data.image_size = 32
+  config.model.name = "tiny"
+  config.train.epochs = 1
+  config.stage1.epochs = 1
+  config.train.batch_size = 16
+  config.train.eval_batch_size = 16

@@ -39,11 +39,14 @@ class DatasetDef:
     load: ``load(root, split_seed) -> DatasetSplits`` for the official layout,
       before the configured bias ratio is applied.
     layout: the expected on-disk layout, as text for error messages and docs.
+    self_contained: the dataset makes its own data (the built-in benchmark),
+      so an empty ``data.root`` means a folder under the workdir.
   """
 
   spec: DatasetSpec
   load: Callable[[str, int], DatasetSplits]
   layout: str
+  self_contained: bool = False
 
 
 DATASETS: dict[str, DatasetDef] = {
