@@ -230,7 +230,7 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
   train_step = steps_lib.make_train_step(
       model, tx, loss_fn,
       steps_lib.StepConfig(num_groups=spec.scheme.num_groups,
-                           freeze_bn=spec.freeze_bn, flip=cfg.data.flip),
+                           freeze_bn=spec.freeze_bn),
       shardings, state)
   eval_step = steps_lib.make_eval_step(model, num_eval_groups, shardings)
 

@@ -15,21 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ffr_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
+from ffr_jax.data.pipeline import normalize
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.training.mesh import Shardings
 from ffr_jax.training.state import TrainState
-
-
-def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """uint8 NHWC -> ImageNet-normalised floats, on device.
-
-  The input pipeline ships uint8 (4x less host-to-device traffic than float32)
-  and the normalisation fuses into the first convolution here.
-  """
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
-  std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
 def model_outputs(out: Any) -> tuple[jax.Array, jax.Array]:
@@ -47,20 +36,13 @@ class StepConfig:
     num_groups: groups of the stage's scheme (GroupDRO weight size).
     freeze_bn: run batch norm on its running statistics (not updated) while
       its scale and offset still train; FFR stage 2's option.
-    flip: random horizontal flips on device.
   """
 
   num_groups: int
   freeze_bn: bool = False
-  flip: bool = False
 
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def _flip(images: jax.Array, key: jax.Array) -> jax.Array:
-  do = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
-  return jnp.where(do, images[:, :, ::-1, :], images)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
@@ -83,21 +65,21 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   """
 
   def step(state: TrainState, batch: dict):
+    # The step's own key: a function of (seed, step) only, so resuming
+    # mid-stage reproduces it. Passed to the model for stochastic layers.
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    images = batch["image"]
-    if cfg.flip:
-      images = _flip(images, key)
-    x = normalize(images)
+    x = normalize(batch["image"])
     labels, groups = batch["label"], batch["group"]
 
     def loss_of(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
       if cfg.freeze_bn:
-        out = model.apply(variables, x, train=False)
+        out = model.apply(variables, x, train=False, rngs={"dropout": key})
         new_stats = state.batch_stats
       else:
         out, updates = model.apply(variables, x, train=True,
-                                   mutable=["batch_stats"])
+                                   mutable=["batch_stats"],
+                                   rngs={"dropout": key})
         new_stats = updates["batch_stats"]
       logits, _ = model_outputs(out)
       per_example = optax.softmax_cross_entropy_with_integer_labels(

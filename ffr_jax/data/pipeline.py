@@ -1,0 +1,591 @@
+"""The grain input pipeline: from :class:`Examples` to batches of numpy arrays.
+
+What happens on the host, in order:
+
+1. **Records.** :class:`RecordSource` is a grain ``RandomAccessDataSource``:
+   row ``i`` becomes ``{"image": uint8 HxWx3, "label", "bias", "source",
+   "group", "index"}``. Images come from an :class:`ImageStore` keyed by
+   ``Examples.path`` (files on disk by default; a TFDS store lives in
+   ``tfds_builders.py``), or from an in-memory cache decoded once.
+2. **Order.** Each epoch has a global index order that is a pure function of
+   ``(seed, epoch)``: a permutation (``shuffle``) or group-balanced draws with
+   replacement (``balanced``, the Resampling method). The order is cut into
+   global batches of ``B`` rows; the partial last batch is dropped.
+3. **Hosts.** Host ``p`` of ``P`` takes rows ``p*B/P:(p+1)*B/P`` of every global
+   batch, so the hosts together see exactly the global batch and resuming at
+   ``(epoch, step)`` reproduces the batches of an uninterrupted run.
+4. **Decode.** In threads (``num_workers=0``) or grain worker processes.
+
+Images stay uint8 on the host (4x less host-to-device traffic than float32);
+:func:`normalize` turns them into ImageNet-normalised float32 inside the jitted
+step. Evaluation visits every example once, in order, padding the last batch
+with zero images and ``mask=False`` so metrics are exact.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+from ffr_jax.data import images as images_lib
+from ffr_jax.data.types import Examples, GroupScheme
+
+Batch = dict[str, np.ndarray]
+
+SAMPLERS = ("shuffle", "balanced")
+# Refuse to cache more than this in host memory; the error names the switch.
+CACHE_LIMIT_BYTES = 32 << 30
+# Independent random streams drawn from (seed, epoch, stream).
+_STREAM_SHUFFLE = 0
+_STREAM_BALANCED = 1
+_STREAM_FLIP = 2
+_LABEL_FIELDS = ("label", "bias", "source", "group", "index")
+
+
+# ----------------------------------------------------------------------------
+# Images and records.
+
+
+class ImageStore(Protocol):
+  """Turns an example's key (``Examples.path``) into a uint8 image."""
+
+  def load(self, key: str, size: int) -> np.ndarray:
+    """Returns the image for ``key`` as uint8 ``(size, size, 3)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileImages:
+  """Images are files on disk: ``key`` is the path."""
+
+  def load(self, key: str, size: int) -> np.ndarray:
+    if key.startswith("tfds://"):
+      raise ValueError(
+          f"{key!r} is a TFDS record, not a file: build the loader with "
+          "store=ffr_jax.data.tfds_builders.TfdsImages(...).")
+    return images_lib.decode(key, size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+  """The integer labels of every row, int32 numpy arrays of equal length."""
+
+  label: np.ndarray
+  bias: np.ndarray
+  source: np.ndarray
+  group: np.ndarray
+
+  @classmethod
+  def from_examples(cls, examples: Examples, scheme: GroupScheme) -> Columns:
+    return cls(
+        label=np.asarray(examples.y, np.int32),
+        bias=np.asarray(examples.b, np.int32),
+        source=np.asarray(examples.source, np.int32),
+        group=scheme.ids(examples))
+
+  def rows(self, index: np.ndarray) -> Batch:
+    """Label fields of ``index`` (``-1`` marks padding: zeros, index -1)."""
+    real = index >= 0
+    safe = np.where(real, index, 0)
+    out = {name: np.where(real, getattr(self, name)[safe], 0).astype(np.int32)
+           for name in ("label", "bias", "source", "group")}
+    out["index"] = np.where(real, index, -1).astype(np.int32)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecordSource:
+  """A grain ``RandomAccessDataSource`` over a table of examples.
+
+  Attributes:
+    keys: per row, the key its image is loaded by (``Examples.path``).
+    columns: per row, label / bias / source / group.
+    image_size: images are resized to ``image_size x image_size``.
+    store: loads a key's image; files on disk by default.
+    cache: optional uint8 ``[N, S, S, 3]`` holding every decoded image; when
+      present images are served from it and the store is not touched.
+  """
+
+  keys: np.ndarray
+  columns: Columns
+  image_size: int
+  store: ImageStore = FileImages()
+  cache: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.keys)
+
+  def image(self, row: int) -> np.ndarray:
+    if self.cache is not None:
+      return self.cache[row]
+    return self.store.load(str(self.keys[row]), self.image_size)
+
+  def __getitem__(self, row: int) -> dict[str, Any]:
+    row = int(row)
+    fields = self.columns.rows(np.asarray([row]))
+    record = {name: value[0] for name, value in fields.items()}
+    record["image"] = self.image(row)
+    return record
+
+  def cached(self, num_threads: int | None = None) -> RecordSource:
+    """A copy serving every image from memory, decoded once in threads.
+
+    PIL releases the GIL while decoding and resizing, so threads scale with
+    cores. Memory is ``N * S * S * 3`` bytes (40k images at 64 px: 0.5 GB; at
+    224 px: 6 GB).
+    """
+    if self.cache is not None:
+      return self
+    n, s = len(self), self.image_size
+    nbytes = n * s * s * 3
+    if nbytes > CACHE_LIMIT_BYTES:
+      raise ValueError(
+          f"Caching {n} images at {s}px needs {nbytes / 2**30:.1f} GiB, over the "
+          f"{CACHE_LIMIT_BYTES / 2**30:.0f} GiB limit; set data.cache_images="
+          "False.")
+    cache = np.empty((n, s, s, 3), np.uint8)
+
+    def fill(row: int) -> None:
+      cache[row] = self.store.load(str(self.keys[row]), s)
+
+    with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
+      list(pool.map(fill, range(n), chunksize=64))
+    return dataclasses.replace(self, cache=cache)
+
+  def gather(self, rows: np.ndarray, flips: np.ndarray) -> Batch:
+    """A whole batch from the cache by fancy indexing (no per-row Python)."""
+    assert self.cache is not None
+    real = rows >= 0
+    images = self.cache[np.where(real, rows, 0)]
+    images[~real] = 0
+    images[flips] = images[flips, :, ::-1]
+    batch = self.columns.rows(rows)
+    batch["image"] = images
+    batch["mask"] = real
+    return batch
+
+
+def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
+                    store: ImageStore | None = None, cache: bool = False,
+                    num_threads: int | None = None) -> RecordSource:
+  """The :class:`RecordSource` of ``examples`` with groups from ``scheme``."""
+  source = RecordSource(
+      keys=np.asarray(examples.path, dtype=object),
+      columns=Columns.from_examples(examples, scheme),
+      image_size=int(image_size),
+      store=store or FileImages())
+  return source.cached(num_threads) if cache else source
+
+
+def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
+  """A :class:`RecordSource` over images already in memory.
+
+  Args:
+    images: uint8 ``[N, S, S, 3]``, already at the training size.
+    columns: the labels of the ``N`` rows.
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or (
+      images.shape[1] != images.shape[2]):
+    raise ValueError(
+        f"Expected uint8 images [N, S, S, 3], got {images.dtype} {images.shape}.")
+  if len(columns.label) != len(images):
+    raise ValueError(
+        f"{len(images)} images but {len(columns.label)} rows of labels.")
+  return RecordSource(
+      keys=np.asarray([f"array:{i}" for i in range(len(images))], object),
+      columns=columns, image_size=images.shape[1], cache=images)
+
+
+def _threads(num_threads: int | None) -> int:
+  # Decoding is mostly GIL-free C code; two threads per core hides file I/O.
+  return num_threads or max(2, 2 * (os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------
+# Orders: pure functions of (seed, epoch).
+
+
+def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed), int(epoch), stream])
+
+
+def shuffled_indices(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """A permutation of ``range(num_examples)`` fixed by ``(seed, epoch)``."""
+  return _rng(seed, epoch, _STREAM_SHUFFLE).permutation(num_examples)
+
+
+def balanced_indices(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+  """Group-balanced resampling: ``len(groups)`` draws with replacement.
+
+  Row ``i`` is drawn with probability proportional to ``1 / n_{g(i)}``, the
+  inverse size of its group, so every non-empty group is equally likely
+  (REFERENCE.md, "Resampling"). Empty groups simply never occur.
+
+  Args:
+    groups: group id of every row (non-negative ints).
+    seed: the training seed.
+    epoch: the epoch; each epoch draws afresh.
+
+  Returns:
+    int64 row indices, ``len(groups)`` of them.
+  """
+  groups = np.asarray(groups)
+  n = len(groups)
+  if n == 0:
+    return np.zeros(0, np.int64)
+  sizes = np.bincount(groups)
+  weights = 1.0 / sizes[groups]
+  return _rng(seed, epoch, _STREAM_BALANCED).choice(
+      n, size=n, replace=True, p=weights / weights.sum())
+
+
+def flip_mask(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """Per position of the epoch's order: flip horizontally (p = 1/2)?
+
+  Decided per position, not per example, so a row drawn twice by resampling
+  may be flipped once and not the other time, as with online augmentation.
+  """
+  return _rng(seed, epoch, _STREAM_FLIP).random(num_rows) < 0.5
+
+
+# ----------------------------------------------------------------------------
+# Hosts.
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShard:
+  """This host's place among all hosts: ``index`` of ``count``."""
+
+  index: int
+  count: int
+
+  def __post_init__(self):
+    if not 0 <= self.index < self.count:
+      raise ValueError(f"process_index {self.index} is not in [0, {self.count}).")
+
+  @classmethod
+  def create(cls, process_index: int | None = None,
+             process_count: int | None = None) -> HostShard:
+    """Defaults to ``jax.process_index()`` / ``jax.process_count()``."""
+    if process_index is None or process_count is None:
+      import jax  # pylint: disable=g-import-not-at-top  (workers skip jax)
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    return cls(int(process_index), int(process_count))
+
+  def local_batch_size(self, global_batch_size: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % self.count:
+      raise ValueError(
+          f"The global batch size {global_batch_size} must be a positive "
+          f"multiple of the number of hosts ({self.count}).")
+    return global_batch_size // self.count
+
+  def take(self, global_order: np.ndarray, global_batch_size: int) -> np.ndarray:
+    """This host's rows of each global batch, batch after batch.
+
+    Args:
+      global_order: a multiple of ``global_batch_size`` entries.
+      global_batch_size: ``B``.
+
+    Returns:
+      For each batch, rows ``index*B/P:(index+1)*B/P``, concatenated.
+    """
+    local = self.local_batch_size(global_batch_size)
+    per_batch = np.reshape(global_order, (-1, self.count, local))
+    return per_batch[:, self.index].reshape(-1)
+
+
+# ----------------------------------------------------------------------------
+# Reading planned rows into batches.
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  """How batches are produced.
+
+  Attributes:
+    num_workers: grain worker processes (0: threads in this process). Workers
+      start afresh for every epoch iterator (5-7 s here) and receive the
+      source pickled, so they are skipped when images are cached. On this
+      2-core machine threads are faster (benchmarks/input_pipeline.py); workers
+      pay off on hosts with many cores, where Python-side work would otherwise
+      contend for the GIL.
+    num_threads: decode threads when ``num_workers == 0`` (0: 2 per core).
+    prefetch_batches: batches read ahead.
+  """
+
+  num_workers: int = 0
+  num_threads: int = 0
+  prefetch_batches: int = 2
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _PlannedRows:
+  """A grain data source over one host's planned rows (``-1``: padding)."""
+
+  source: RecordSource
+  rows: np.ndarray
+  flips: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    row = int(self.rows[i])
+    fields = self.source.columns.rows(np.asarray([row]))
+    record = {name: value[0] for name, value in fields.items()}
+    record["mask"] = np.bool_(row >= 0)
+    if row < 0:
+      s = self.source.image_size
+      record["image"] = np.zeros((s, s, 3), np.uint8)
+    else:
+      image = self.source.image(row)
+      record["image"] = image[:, ::-1] if self.flips[i] else image
+    return record
+
+
+def _stack(records: Sequence[dict[str, Any]]) -> Batch:
+  return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+def read_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
+                 batch_size: int, options: ReadOptions = ReadOptions()
+                 ) -> Iterator[Batch]:
+  """Yields ``rows`` (a multiple of ``batch_size``) as batches, in order.
+
+  With a cache, batches are gathered by fancy indexing. Otherwise images are
+  decoded by grain: per image in a thread pool, or per batch in worker
+  processes (a worker then ships one array per batch, not per image; those
+  arrive as grain ``SharedMemoryArray``, an ``np.ndarray`` subclass freed when
+  the batch is dropped).
+  """
+  if len(rows) % batch_size:
+    raise ValueError(f"{len(rows)} rows are not whole batches of {batch_size}.")
+  rows = np.asarray(rows, np.int64)
+  flips = np.asarray(flips, bool)
+  if source.cache is not None:
+    for start in range(0, len(rows), batch_size):
+      end = start + batch_size
+      yield source.gather(rows[start:end], flips[start:end])
+    return
+  if not len(rows):
+    return
+  planned = grain.MapDataset.source(_PlannedRows(source, rows, flips))
+  if options.num_workers > 0:
+    _ensure_flags_parsed()
+    dataset = planned.batch(batch_size, batch_fn=_stack).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
+    ).mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=options.num_workers,
+        per_worker_buffer_size=options.prefetch_batches))
+  else:
+    threads = _threads(options.num_threads)
+    dataset = planned.to_iter_dataset(grain.ReadOptions(
+        num_threads=threads,
+        prefetch_buffer_size=max(threads, options.prefetch_batches * batch_size),
+    )).batch(batch_size, batch_fn=_stack)
+  iterator = iter(dataset)
+  try:
+    yield from iterator
+  finally:
+    # Stops worker processes now rather than at garbage collection.
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _ensure_flags_parsed() -> None:
+  # grain's multiprocessing reads absl flags; outside absl.app.run they are
+  # unparsed and grain would raise (RECIPES.md, "grain and TFDS").
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+# ----------------------------------------------------------------------------
+# Loaders.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainLoader:
+  """Training batches, resumable at any ``(epoch, step)``.
+
+  Attributes:
+    source: the examples as records.
+    batch_size: the global batch size ``B`` over all hosts.
+    seed: seeds orders and flips (with the epoch).
+    sampler: ``"shuffle"`` (a permutation per epoch) or ``"balanced"``
+      (group-balanced draws with replacement, the Resampling method).
+    flip: random horizontal flips.
+    host: this host's share.
+    read: how images are read.
+  """
+
+  source: RecordSource
+  batch_size: int
+  seed: int
+  sampler: str = "shuffle"
+  flip: bool = False
+  host: HostShard = HostShard(0, 1)
+  read: ReadOptions = ReadOptions()
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"sampler={self.sampler!r}; expected one of {SAMPLERS}.")
+    self.host.local_batch_size(self.batch_size)
+    if self.steps_per_epoch == 0:
+      raise ValueError(
+          f"The training set has {len(self.source)} examples, fewer than one "
+          f"global batch of {self.batch_size}.")
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.source) // self.batch_size
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.host.local_batch_size(self.batch_size)
+
+  def global_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's rows and flips over all hosts, whole batches only."""
+    n = len(self.source)
+    if self.sampler == "balanced":
+      order = balanced_indices(self.source.columns.group, self.seed, epoch)
+    else:
+      order = shuffled_indices(n, self.seed, epoch)
+    flips = flip_mask(n, self.seed, epoch) if self.flip else np.zeros(n, bool)
+    used = self.steps_per_epoch * self.batch_size
+    return order[:used], flips[:used]
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    """This host's batches of ``epoch`` from ``start_step`` on.
+
+    Yields exactly the batches an uninterrupted epoch yields at those steps.
+    """
+    if not 0 <= start_step <= self.steps_per_epoch:
+      raise ValueError(
+          f"start_step {start_step} is outside [0, {self.steps_per_epoch}].")
+    order, flips = self.global_order(epoch)
+    skip = start_step * self.batch_size
+    rows = self.host.take(order[skip:], self.batch_size)
+    flips = self.host.take(flips[skip:], self.batch_size)
+    return read_batches(self.source, rows, flips, self.local_batch_size,
+                        self.read)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalLoader:
+  """Every example exactly once, in order, in padded batches with a mask.
+
+  Attributes:
+    source: the examples as records.
+    batch_size: the global eval batch size over all hosts.
+    host: this host's share.
+    read: how images are read.
+  """
+
+  source: RecordSource
+  batch_size: int
+  host: HostShard = HostShard(0, 1)
+  read: ReadOptions = ReadOptions()
+
+  def __post_init__(self):
+    self.host.local_batch_size(self.batch_size)
+
+  @property
+  def num_batches(self) -> int:
+    return -(-len(self.source) // self.batch_size)
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[Batch]:
+    n = len(self.source)
+    padded = np.full(self.num_batches * self.batch_size, -1, np.int64)
+    padded[:n] = np.arange(n)
+    rows = self.host.take(padded, self.batch_size)
+    flips = np.zeros(len(rows), bool)
+    return read_batches(self.source, rows, flips,
+                        self.host.local_batch_size(self.batch_size), self.read)
+
+
+def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
+               cfg_data: Any, store: ImageStore | None) -> RecordSource:
+  if isinstance(data, RecordSource):
+    return data.cached() if cfg_data.cache_images else data
+  if scheme is None:
+    raise ValueError("A GroupScheme is needed to turn Examples into records.")
+  return examples_source(data, scheme, cfg_data.image_size, store=store,
+                         cache=bool(cfg_data.cache_images))
+
+
+def _read_options(cfg_data: Any) -> ReadOptions:
+  return ReadOptions(num_workers=int(cfg_data.num_workers))
+
+
+def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
+                      cfg_data: Any, batch_size: int, seed: int,
+                      sampler: str = "shuffle", store: ImageStore | None = None,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> TrainLoader:
+  """The training loader the config asks for.
+
+  Args:
+    data: the training examples (or a ready :class:`RecordSource`).
+    scheme: group ids for the records (ignored for a ``RecordSource``).
+    cfg_data: the config's ``data`` block: ``image_size``, ``flip``,
+      ``cache_images``, ``num_workers``.
+    batch_size: global batch size over all hosts.
+    seed: the training seed.
+    sampler: ``"shuffle"``, or ``"balanced"`` for the Resampling method.
+    store: where images come from (files by default; TFDS, see
+      ``tfds_builders.TfdsImages``).
+    process_index: this host (default ``jax.process_index()``).
+    process_count: number of hosts (default ``jax.process_count()``).
+  """
+  return TrainLoader(
+      source=_as_source(data, scheme, cfg_data, store),
+      batch_size=int(batch_size), seed=int(seed), sampler=sampler,
+      flip=bool(cfg_data.flip),
+      host=HostShard.create(process_index, process_count),
+      read=_read_options(cfg_data))
+
+
+def make_eval_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
+                     cfg_data: Any, batch_size: int,
+                     store: ImageStore | None = None,
+                     process_index: int | None = None,
+                     process_count: int | None = None) -> EvalLoader:
+  """The evaluation loader: all examples once, padded, never flipped."""
+  return EvalLoader(
+      source=_as_source(data, scheme, cfg_data, store),
+      batch_size=int(batch_size),
+      host=HostShard.create(process_index, process_count),
+      read=_read_options(cfg_data))
+
+
+# ----------------------------------------------------------------------------
+# On device.
+
+
+def normalize(images: Any, dtype: Any = None) -> Any:
+  """ImageNet normalisation of uint8 ``[..., 3]`` images, for inside jit.
+
+  Args:
+    images: uint8 (or any numeric) array, channels last.
+    dtype: result dtype (default float32; bfloat16 on accelerators).
+
+  Returns:
+    ``(images / 255 - mean) / std`` as ``dtype``.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  (workers skip jax)
+  mean = jnp.asarray(images_lib.IMAGENET_MEAN, jnp.float32) * 255.0
+  inv_std = 1.0 / (jnp.asarray(images_lib.IMAGENET_STD, jnp.float32) * 255.0)
+  out = (jnp.asarray(images, jnp.float32) - mean) * inv_std
+  return out.astype(dtype or jnp.float32)

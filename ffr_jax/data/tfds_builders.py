@@ -1,0 +1,298 @@
+"""Optional TFDS builders for the three datasets, and a reader for the pipeline.
+
+Nothing in the core pipeline imports this module; it is for users who prefer a
+prepared, shardable copy of the data (array_record files) over the official
+folders. Each builder reads the official layout from ``manual_dir`` with the
+project's own loader (so splits, seeds and skipped files are the same as when
+training from folders) and writes the ``train`` / ``val`` / ``test`` splits
+before any bias ratio: the ratio is applied after reading, by
+``bias.bias_splits``, exactly as for folders.
+
+Two kinds of configs:
+
+* ``image``: ``tfds.features.Image`` (the original JPEG/PNG re-encoded).
+  **Preparing it needs TensorFlow** (TFDS encodes images with TF); reading it
+  does not.
+* ``tensor<S>`` (e.g. ``tensor64``, ``tensor224``): the image already decoded
+  and resized to ``S x S`` as a uint8 ``tfds.features.Tensor``. Prepares and
+  reads without TensorFlow, and reading skips JPEG decoding entirely.
+
+Reading (never needs TensorFlow)::
+
+    splits = tfds_splits("ffr_spuco_animals/tensor64", data_dir, spec)
+    splits = bias.bias_splits(splits, 0.95, seed=0)
+    loader = pipeline.make_train_loader(
+        splits.train, scheme, cfg.data, 128, seed, store=TfdsImages(data_dir))
+
+The examples' ``path`` column then holds keys
+``tfds://{name}/{config}/{split}/{relative path}#{record}``, so sorting by path
+(as ``bias`` does) follows the original file names, and :class:`TfdsImages`
+finds the record without any other state (it pickles into grain workers).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from ffr_jax.data import images as images_lib
+from ffr_jax.data.types import (SOURCE_NAMES, DatasetSpec, DatasetSplits,
+                                Examples, GroupScheme)
+
+TFDS_PREFIX = "tfds://"
+SPLITS = ("train", "val", "test")
+# Images decoded per thread-pool round while writing tensor features; bounds
+# the memory held by decoded-but-not-yet-written images.
+_DECODE_CHUNK = 256
+# Records read per call while collecting labels.
+_READ_CHUNK = 1024
+
+LoadSplits = Callable[[str, int], DatasetSplits]
+
+
+@dataclasses.dataclass(eq=False)
+class FfrConfig(tfds.core.BuilderConfig):
+  """A builder config.
+
+  Attributes:
+    image_size: 0 stores the encoded image (``tfds.features.Image``, preparing
+      needs TensorFlow); ``S > 0`` stores a uint8 ``S x S x 3`` tensor.
+    split_seed: seeds the 80/10/10 split of datasets without official splits.
+  """
+
+  image_size: int = 0
+  split_seed: int = 0
+
+
+def tensor_config(image_size: int, split_seed: int = 0) -> FfrConfig:
+  """The config storing decoded ``image_size`` images (no TF needed)."""
+  suffix = f"_seed{split_seed}" if split_seed else ""
+  return FfrConfig(name=f"tensor{image_size}{suffix}", image_size=image_size,
+                   split_seed=split_seed,
+                   description=f"uint8 {image_size}x{image_size} tensors.")
+
+
+_CONFIGS = [
+    FfrConfig(name="image", description="Encoded images (preparing needs TF)."),
+    tensor_config(64),
+    tensor_config(224),
+]
+
+
+class _FfrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared builder: official layout in ``manual_dir`` -> array_record splits.
+
+  Args (beyond TFDS's own, e.g. ``data_dir``, ``config``):
+    load_splits: ``load(root, split_seed) -> DatasetSplits``; default the
+      registered loader ``datasets.get_dataset(DATASET).load``.
+    spec: class and bias names; default the registered dataset's spec.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = _CONFIGS
+  DATASET = ""  # the ffr_jax dataset name
+
+  def __init__(self, *, load_splits: LoadSplits | None = None,
+               spec: DatasetSpec | None = None, file_format: Any = None,
+               **kwargs: Any):
+    self._load_splits = load_splits
+    self._spec = spec
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def _definition(self) -> Any:
+    from ffr_jax.data import datasets  # pylint: disable=g-import-not-at-top
+    return datasets.get_dataset(self.DATASET)
+
+  @property
+  def spec(self) -> DatasetSpec:
+    return self._spec or self._definition().spec
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    if size:
+      image = tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8)
+    else:
+      image = tfds.features.Image(shape=(None, None, 3))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"{self.DATASET} for ffr_jax, before any bias ratio.",
+        features=tfds.features.FeaturesDict({
+            "image": image,
+            "y": tfds.features.ClassLabel(names=list(self.spec.class_names)),
+            "b": tfds.features.ClassLabel(names=list(self.spec.bias_names)),
+            "source": tfds.features.ClassLabel(names=list(SOURCE_NAMES)),
+            "path": tfds.features.Text(),
+        }),
+        supervised_keys=None,
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+    root = os.fspath(dl_manager.manual_dir)
+    load = self._load_splits or self._definition().load
+    splits = load(root, self.builder_config.split_seed)
+    return {name: self._generate_examples(splits.split(name), root)
+            for name in SPLITS}
+
+  def _generate_examples(self, examples: Examples, root: str
+                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yields ``(relative path, features)``; the path is the unique key."""
+    rel = [os.path.relpath(str(p), root) for p in examples.path]
+    for i, image in enumerate(self._images(examples)):
+      yield rel[i], {
+          "image": image, "y": int(examples.y[i]), "b": int(examples.b[i]),
+          "source": int(examples.source[i]), "path": rel[i]}
+
+  def _images(self, examples: Examples) -> Iterator[Any]:
+    size = self.builder_config.image_size
+    paths = [str(p) for p in examples.path]
+    if not size:
+      yield from paths  # tfds.features.Image reads and encodes the file
+      return
+    with concurrent.futures.ThreadPoolExecutor(2 * (os.cpu_count() or 1)) as pool:
+      for start in range(0, len(paths), _DECODE_CHUNK):
+        chunk = paths[start:start + _DECODE_CHUNK]
+        yield from pool.map(lambda p: images_lib.decode(p, size), chunk)
+
+
+class FfrSpucoAnimals(_FfrBuilder):
+  """SpuCo Animals (birds + dogs) from the official SpuCo folders."""
+
+  DATASET = "spuco_animals"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/"
+      "{land,water}/* and root/spuco_dogs/{train,val,test}/"
+      "{small_dogs,big_dogs}/{indoor,outdoor}/* in the manual dir.")
+
+
+class FfrCelebaHq(_FfrBuilder):
+  """CelebA-HQ (Smiling x Male) from CelebAMask-HQ."""
+
+  DATASET = "celeba_hq"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place root/CelebA-HQ-img/{0..29999}.jpg and "
+      "root/CelebAMask-HQ-attribute-anno.txt in the manual dir.")
+
+
+class FfrUtkFace(_FfrBuilder):
+  """UTKFace (gender x young/old) from the flat UTKFace folder."""
+
+  DATASET = "utk_face"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place the UTKFace files [age]_[gender]_[race]_[date].jpg.chip.jpg "
+      "in the manual dir.")
+
+
+BUILDERS: dict[str, type[_FfrBuilder]] = {
+    "spuco_animals": FfrSpucoAnimals,
+    "celeba_hq": FfrCelebaHq,
+    "utk_face": FfrUtkFace,
+}
+
+
+def prepare(dataset: str, manual_dir: str, data_dir: str,
+            config: str | FfrConfig = "tensor224", **builder_kwargs: Any
+            ) -> _FfrBuilder:
+  """Prepares ``dataset`` from its official folder; returns the builder."""
+  if dataset not in BUILDERS:
+    raise ValueError(f"No TFDS builder for {dataset!r}; have {sorted(BUILDERS)}.")
+  builder = BUILDERS[dataset](data_dir=data_dir, config=config, **builder_kwargs)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+def _split_key(key: str) -> tuple[str, str, int]:
+  """``tfds://name/config/split/rel#record`` -> (``name/config``, split, record)."""
+  body, record = key[len(TFDS_PREFIX):].rsplit("#", 1)
+  name, config, split, _ = body.split("/", 3)
+  return f"{name}/{config}", split, int(record)
+
+
+@dataclasses.dataclass(eq=False)
+class TfdsImages:
+  """An ``ImageStore`` for keys written by :func:`tfds_examples`.
+
+  Opens the prepared data lazily, once per process, so it pickles cheaply
+  into grain workers. Keys without the ``tfds://`` prefix are files on disk,
+  so real TFDS examples and synthetic PNGs can share one loader.
+  """
+
+  data_dir: str
+  _sources: dict[tuple[str, str], Any] = dataclasses.field(
+      default_factory=dict, repr=False)
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"data_dir": self.data_dir, "_sources": {}}
+
+  def source(self, name: str, split: str) -> Any:
+    if (name, split) not in self._sources:
+      self._sources[(name, split)] = tfds.data_source(
+          name, split=split, data_dir=self.data_dir, download=False)
+    return self._sources[(name, split)]
+
+  def load(self, key: str, size: int) -> np.ndarray:
+    if not key.startswith(TFDS_PREFIX):
+      return images_lib.decode(key, size)
+    name, split, record = _split_key(key)
+    image = np.asarray(self.source(name, split)[record]["image"], np.uint8)
+    if image.shape[:2] != (size, size):
+      # Same resize as images.decode, so files and TFDS agree.
+      image = np.asarray(Image.fromarray(image).resize(
+          (size, size), Image.BILINEAR), np.uint8)
+    return image
+
+
+def tfds_examples(name: str, data_dir: str, split: str) -> Examples:
+  """The examples of a prepared split, keyed for :class:`TfdsImages`.
+
+  Reads every record once for its labels (image features are not decoded
+  where TFDS can skip it). Rows come sorted by the original relative path.
+
+  Args:
+    name: ``"<builder>/<config>"``, e.g. ``"ffr_spuco_animals/tensor64"``.
+    data_dir: the TFDS data dir it was prepared into.
+    split: ``"train"``, ``"val"`` or ``"test"``.
+  """
+  if name.count("/") != 1:
+    raise ValueError(f"name={name!r}: expected '<builder>/<config>'.")
+  source = tfds.data_source(
+      name, split=split, data_dir=data_dir, download=False,
+      decoders={"image": tfds.decode.SkipDecoding()})
+  keys, ys, bs, srcs = [], [], [], []
+  for start in range(0, len(source), _READ_CHUNK):
+    records = source.__getitems__(range(start, min(start + _READ_CHUNK,
+                                                   len(source))))
+    for offset, r in enumerate(records):
+      path = r["path"].decode() if isinstance(r["path"], bytes) else r["path"]
+      keys.append(f"{TFDS_PREFIX}{name}/{split}/{path}#{start + offset}")
+      ys.append(r["y"])
+      bs.append(r["b"])
+      srcs.append(r["source"])
+  return Examples.from_lists(keys, ys, bs, np.asarray(srcs, np.int32)).sorted()
+
+
+def tfds_splits(name: str, data_dir: str, spec: DatasetSpec) -> DatasetSplits:
+  """All three prepared splits, as the folder loaders return them."""
+  return DatasetSplits(spec=spec, **{s: tfds_examples(name, data_dir, s)
+                                     for s in SPLITS})
+
+
+def tfds_source(name: str, data_dir: str, split: str, scheme: GroupScheme,
+                image_size: int, cache: bool = False) -> Any:
+  """A pipeline ``RecordSource`` straight from a prepared split."""
+  from ffr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.examples_source(
+      tfds_examples(name, data_dir, split), scheme, image_size,
+      store=TfdsImages(data_dir), cache=cache)
