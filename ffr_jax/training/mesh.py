@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -41,6 +42,10 @@ def maybe_initialize_distributed() -> None:
   else:
     return
   maybe_initialize_distributed._done = True
+  # Collectives set themselves up on the first computation spanning all
+  # processes, with a deadline; meet here while the processes are in step
+  # rather than after their (unequal) data loading and compilation.
+  multihost_utils.sync_global_devices("ffr_jax:initialized")
   logging.info("jax.distributed: process %d of %d, %d devices in all.",
                jax.process_index(), jax.process_count(), jax.device_count())
 

@@ -39,6 +39,11 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes,
                                args.process_id)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    # The CPU collectives' context is set up by the first computation that
+    # spans both processes and times out after 30 s if one process is late
+    # (e.g. still compiling); set it up now, while both are in step.
+    multihost_utils.sync_global_devices("ffr_jax:initialized")
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
