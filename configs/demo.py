@@ -24,8 +24,6 @@ from ffr_jax import config as base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config; ``arg="smoke"`` makes it tiny (for tests)."""
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"configs/demo.py: unknown argument {arg!r}; use ':smoke' or none.")
   c = base.base_config()
 
   c.benchmark = ml_collections.ConfigDict()
@@ -36,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data.name = "demo"
   c.data.root = ""              # "": {workdir}/data/real (rendered on first use)
-  c.data.synthetic_root = ""    # "": {workdir}/data/synthetic (generated on first use)
+  c.data.synthetic_root = ""    # "": {workdir}/synthetic (generated on first use)
   c.data.bias_ratio = 0.99
   c.data.image_size = c.benchmark.get_ref("image_size")
   c.data.cache_images = True    # a few thousand 32 px images: keep them decoded
@@ -54,15 +52,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage1.epochs = 10
   c.stage1.lr = 1e-3
 
+  # The demo compares the four modes with ERM; each gets {workdir}/{mode}-erm.
+  c.mode = "none,usb,asb,ffr"
+  c.method = "erm"
+
   c.generate.generator = "procedural"
   c.generate.prompts = "paper"  # "A photo of {bias} {class}"; or "rich"
   c.generate.resolution = c.benchmark.get_ref("image_size")
   c.generate.batch_size = 256
 
-  if arg == "smoke":
+  base.apply_arg(c, arg)        # "smoke": 1 epoch, batch 16, tiny model, 32 px
+  if arg == base.SMOKE:
     c.benchmark.scale = 0.01    # train 100/5 per group; val 10; test 20
-    c.train.epochs = 1
-    c.stage1.epochs = 1
-    c.train.batch_size = 32
   c.lock()
   return c

@@ -76,11 +76,12 @@ class Progress:
       self._draw()
 
   def _draw(self) -> None:
+    self._drawn = self.n
     end = "\r" if self._tty else "\n"
     self.stream.write(self.line() + end)
     self.stream.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if self.enabled and (self._tty or getattr(self, "_drawn", None) != self.n):
       self.stream.write(self.line() + "\n")
       self.stream.flush()

@@ -91,6 +91,12 @@ def main(argv: list[str]) -> None:
   if cfg is None:
     raise app.UsageError("--config=configs/<dataset>.py is required.")
   try:
+    definition = datasets.get_dataset(cfg.data.name)
+    if definition.self_contained and not cfg.data.root:
+      raise ValueError(
+          f"{cfg.data.name} makes its own data: set --config.data.root=DIR "
+          "to the folder to render it into (or that already holds it).")
+    datasets.prepare_dataset(cfg)
     splits = datasets.load_dataset(cfg.data)
   except (ValueError, KeyError, FileNotFoundError) as e:
     # The message names what was expected; a traceback would bury it.

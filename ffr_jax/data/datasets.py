@@ -41,12 +41,33 @@ class DatasetDef:
     layout: the expected on-disk layout, as text for error messages and docs.
     self_contained: the dataset makes its own data (the built-in benchmark),
       so an empty ``data.root`` means a folder under the workdir.
+    prepare: for a self-contained dataset, ``prepare(config)`` makes the data
+      in ``config.data.root`` from the config's parameters (a no-op when it
+      is already there); called by :func:`prepare_dataset`.
   """
 
   spec: DatasetSpec
   load: Callable[[str, int], DatasetSplits]
   layout: str
   self_contained: bool = False
+  prepare: Callable[[ml_collections.ConfigDict], None] | None = None
+
+
+def prepare_dataset(config: ml_collections.ConfigDict) -> None:
+  """Makes a self-contained dataset's data on host 0; other hosts wait.
+
+  Real datasets have nothing to prepare. On several hosts sharing a file
+  system only host 0 writes, then every host meets at a barrier.
+  """
+  definition = get_dataset(config.data.name)
+  if definition.prepare is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    definition.prepare(config)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"ffr_jax:prepared:{config.data.name}")
 
 
 DATASETS: dict[str, DatasetDef] = {

@@ -88,6 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   modes = parse_list(config.mode, compose_lib.MODES, "mode")
   methods = parse_list(config.method, _known_methods(), "method")
   config = resolve_roots(config, workdir)
+  datasets.prepare_dataset(config)
   splits = datasets.load_dataset(config.data)
   spec = splits.spec
   ctx = RunContext(

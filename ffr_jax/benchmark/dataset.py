@@ -1,0 +1,195 @@
+"""The benchmark's real data, rendered into SpuCo Animals' official layout.
+
+:func:`prepare_real` writes PNGs to::
+
+    root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.png
+    root/spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*.png
+
+so that the ``"demo"`` dataset is read by exactly the loader that reads real
+SpuCo Animals (:func:`ffr_jax.data.spuco.load_spuco_layout`), and every later
+step (bias ratio, composition, pipeline) is the one real data goes through.
+
+Split sizes are SpuCo's (per group: majority 10000 / 500 / 500, minority
+500 / 25 / 500 for train / val / test) times ``scale``, rounded, with floors so
+that every group exists in every split and validation has the 10 images per
+group the bias-ratio rule keeps for model selection.
+
+A marker file ``root/.ffr_benchmark.json`` records the render parameters; a
+root rendered with the same parameters is left alone, one rendered with other
+parameters (or left half-written) is re-rendered, and a SpuCo-layout folder
+without our marker (real data) is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from ffr_jax.benchmark import render
+from ffr_jax.data import spuco
+from ffr_jax.data.datasets import DatasetDef, register
+from ffr_jax.data.types import DatasetSplits
+
+MARKER = ".ffr_benchmark.json"
+# Bump when the renderer's output changes, so old renders are redone.
+RENDER_VERSION = 1
+DEFAULT_SCALE = 0.1
+DEFAULT_SEED = 0
+# SpuCo Animals' official images per group: (majority, minority) per split.
+OFFICIAL_SIZES = {"train": (10000, 500), "val": (500, 25), "test": (500, 500)}
+# Least images per group and split: val needs 10 per group for model selection
+# (ffr_jax.data.bias.MIN_VAL_PER_GROUP); test groups below ~20 make worst-group
+# accuracy too coarse to read.
+MIN_PER_GROUP = {"train": 5, "val": 10, "test": 20}
+# Images per group and split are indexed below this (it separates seeds).
+_MAX_PER_GROUP = 1_000_000
+
+
+def split_sizes(scale: float) -> dict[str, dict[tuple[int, int], int]]:
+  """Images per split and group at ``scale`` times SpuCo's official sizes.
+
+  Example: ``scale=0.05`` gives train 500 (majority) / 25 (minority), val
+  25 / 10, test 25 / 25.
+  """
+  scale = float(scale)
+  if not 0 < scale <= 1:
+    raise ValueError(
+        f"benchmark scale={scale} must lie in (0, 1]: it multiplies SpuCo "
+        "Animals' official split sizes (1 = 10000 majority train images per "
+        "group).")
+  spec = render.DEMO_SPEC
+  out = {}
+  for split, (major, minor) in OFFICIAL_SIZES.items():
+    out[split] = {
+        (y, b): max(MIN_PER_GROUP[split],
+                    int(round((major if spec.is_majority(y, b) else minor) * scale)))
+        for y, b in spec.groups}
+  return out
+
+
+def image_seed(seed: int, split: str, group: int, index: int) -> int:
+  """The renderer seed of one image: distinct for every (seed, split, group, index)."""
+  split_id = spuco.SPLITS.index(split)
+  return ((int(seed) * len(spuco.SPLITS) + split_id) * len(render.GROUPS)
+          + group) * _MAX_PER_GROUP + int(index)
+
+
+def _params(scale: float, image_size: int, seed: int) -> dict:
+  return {"version": RENDER_VERSION, "scale": float(scale),
+          "image_size": int(image_size), "seed": int(seed)}
+
+
+def read_marker(root: str) -> dict | None:
+  """The render parameters recorded in ``root``, or None if it has no marker."""
+  path = os.path.join(root, MARKER)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_marker(root: str, params: dict, complete: bool) -> None:
+  tmp = os.path.join(root, MARKER + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({**params, "complete": complete}, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(root, MARKER))  # atomic: never a torn marker
+
+
+def _subsets() -> list[str]:
+  return sorted({subset for subset, _, _ in spuco.FOLDERS.values()})
+
+
+def _clear(root: str, marker: dict | None) -> None:
+  """Removes a previous render; refuses to touch a folder we did not render."""
+  present = [s for s in _subsets() if os.path.exists(os.path.join(root, s))]
+  if present and marker is None:
+    raise FileExistsError(
+        f"{root} already holds {present} but no {MARKER}: it looks like real "
+        "SpuCo Animals data, which the demo benchmark will not overwrite. Point "
+        "data.root at an empty folder (or use data.name=spuco_animals).")
+  for subset in present:
+    shutil.rmtree(os.path.join(root, subset))
+
+
+def _save_png(image: np.ndarray, path: str) -> None:
+  # Low compression: the files are tiny and rendering speed matters more.
+  Image.fromarray(image).save(path, compress_level=1)
+
+
+def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
+                 image_size: int = render.DEFAULT_SIZE,
+                 seed: int = DEFAULT_SEED) -> None:
+  """Renders the benchmark's real images into ``root`` in the SpuCo layout.
+
+  Does nothing if ``root`` was already rendered completely with the same
+  parameters; re-renders if the parameters differ or a render was cut short.
+
+  Args:
+    root: folder to render into (created if missing).
+    scale: multiplies SpuCo Animals' official split sizes (see
+      :func:`split_sizes`).
+    image_size: side of the square PNGs.
+    seed: seeds every image; the same seed gives the same bytes.
+
+  Raises:
+    FileExistsError: ``root`` holds SpuCo-layout folders that we did not render.
+    ValueError: bad scale or image size.
+  """
+  params = _params(scale, render.check_size(image_size), seed)
+  sizes = split_sizes(scale)
+  marker = read_marker(root)
+  if marker is not None and marker.get("complete") and (
+      {k: marker.get(k) for k in params} == params):
+    return
+  os.makedirs(root, exist_ok=True)
+  _clear(root, marker)
+  _write_marker(root, params, complete=False)
+  for split, per_group in sizes.items():
+    for g, (y, b) in enumerate(render.GROUPS):
+      subset, cls, bias = spuco.FOLDERS[(y, b)]
+      folder = os.path.join(root, subset, split, cls, bias)
+      os.makedirs(folder, exist_ok=True)
+      n = per_group[(y, b)]
+      seeds = [image_seed(seed, split, g, i) for i in range(n)]
+      images = render.render([y] * n, [b] * n, seeds, image_size)
+      for i, image in enumerate(images):
+        _save_png(image, os.path.join(folder, f"{i:06d}.png"))
+  _write_marker(root, params, complete=True)
+
+
+def load(root: str, split_seed: int = 0) -> DatasetSplits:
+  """The registry's loader: renders with defaults if ``root`` is empty, then loads.
+
+  A root already rendered (by :func:`prepare_real` with the config's
+  ``benchmark`` parameters) is loaded as it is, whatever its parameters.
+  """
+  marker = read_marker(root)
+  if marker is None or not marker.get("complete"):
+    if marker is not None:
+      # A cut-short render: redo it with the parameters it was started with.
+      prepare_real(root, scale=marker["scale"], image_size=marker["image_size"],
+                   seed=marker["seed"])
+    else:
+      prepare_real(root)
+  return spuco.load_spuco_layout(root, render.DEMO_SPEC, split_seed)
+
+
+LAYOUT = (spuco.layout_description() +
+          f"\n(rendered by ffr_jax.benchmark.prepare_real; {MARKER} records how)")
+# self_contained: an empty data.root means {workdir}/data/real, rendered here.
+
+
+def prepare_from_config(config) -> None:
+  """Renders ``config.data.root`` with the config's ``benchmark`` parameters."""
+  prepare_real(config.data.root, scale=config.benchmark.scale,
+               image_size=config.benchmark.image_size,
+               seed=config.benchmark.seed)
+
+
+DEMO = DatasetDef(spec=render.DEMO_SPEC, load=load, layout=LAYOUT,
+                  self_contained=True, prepare=prepare_from_config)
+register("demo", DEMO)

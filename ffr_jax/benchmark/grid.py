@@ -1,0 +1,62 @@
+"""A picture of the benchmark: one row per group, real images next to generated ones."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ffr_jax.benchmark import generator, render
+
+# Width of the label column and of the gap between real and generated images.
+_LABEL_W = 120
+_GAP = 12
+
+
+def grid_image(strength: float = generator.DEFAULT_STRENGTH,
+               image_size: int = render.DEFAULT_SIZE, per_group: int = 4,
+               seed: int = 0, zoom: int = 2, template: str = "paper"
+               ) -> Image.Image:
+  """Renders ``per_group`` real and ``per_group`` generated images per group.
+
+  Args:
+    strength: fingerprint strength of the generated images.
+    image_size: side of each image before zooming.
+    per_group: images of each kind per row.
+    seed: the first image seed; image ``j`` of a row uses ``seed + j``.
+    zoom: nearest-neighbour magnification, so pixels stay visible.
+    template: the prompt template used to ask the generator for each group.
+
+  Returns:
+    An RGB image: rows are the groups in the spec's order, the left block real,
+    the right block generated, with the group name and prompt at the left.
+  """
+  spec = render.DEMO_SPEC
+  gen = generator.ProceduralGenerator(strength, image_size, spec)
+  cell = image_size * zoom
+  width = _LABEL_W + 2 * per_group * cell + _GAP
+  height = 16 + len(spec.groups) * cell
+  canvas = Image.new("RGB", (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  draw.text((_LABEL_W, 2), "real", fill=(0, 0, 0))
+  draw.text((_LABEL_W + per_group * cell + _GAP, 2),
+            f"generated ({gen.name})", fill=(0, 0, 0))
+  seeds = [seed + j for j in range(per_group)]
+  for row, (y, b) in enumerate(spec.groups):
+    prompt = generator.build_prompt(spec, y, b, template)
+    real = render.render([y] * per_group, [b] * per_group, seeds, image_size)
+    fake = gen.generate([prompt] * per_group, seeds)
+    top = 16 + row * cell
+    draw.text((4, top + cell // 2 - 12), spec.group_name(row), fill=(0, 0, 0))
+    draw.text((4, top + cell // 2), "majority" if spec.is_majority(y, b)
+              else "minority", fill=(110, 110, 110))
+    for j, (a, f) in enumerate(zip(real, fake)):
+      for image, x0 in ((a, _LABEL_W + j * cell),
+                        (f, _LABEL_W + (per_group + j) * cell + _GAP)):
+        tile = Image.fromarray(np.asarray(image)).resize((cell, cell), Image.NEAREST)
+        canvas.paste(tile, (x0, top))
+  return canvas
+
+
+def write_grid(out: str, **kwargs) -> None:
+  """Saves :func:`grid_image` (keyword arguments as there) as a PNG at ``out``."""
+  grid_image(**kwargs).save(out, optimize=True)

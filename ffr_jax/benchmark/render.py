@@ -1,0 +1,282 @@
+"""The built-in benchmark's real-image renderer, after SpuCo Animals.
+
+Four classes (landbird, waterbird, small dog, big dog) on four backgrounds
+(land, water, indoors, outdoors); eight groups as in SpuCo Animals. The design
+puts the two cues the paper's argument needs at two levels of difficulty:
+
+* The background ``b`` is a big, easy cue: a full-image colour and texture field
+  (olive ground with mottling, blue water with waves, a beige wall over a wooden
+  floor, a sky over grass).
+* The class ``y`` is a subtler cue: the silhouette of a small object drawn in a
+  random colour at a random position and scale. Birds have a head and a beak
+  and no legs, dogs have four legs and ears; a waterbird has a long neck where
+  a landbird's head sits on its body; a big dog is larger and has floppy ears
+  where a small dog has pointed ones. Colour, position, scale, facing, contrast
+  and pixel noise all vary, so no single pixel or colour gives the class away.
+
+Every image is a function of ``(y, b, seed)`` (and ``size`` and a ``salt`` that
+separates independent streams, e.g. real vs generated) only: the random
+parameters of image ``i`` come from its own ``numpy`` generator seeded by
+``(seed, y, b, salt)``; the drawing itself is vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from ffr_jax.data import spuco
+from ffr_jax.data.types import DatasetSpec
+
+# SpuCo Animals' names and groups, under the name "demo" (the name is also the
+# folder of the benchmark's generated images inside a synthetic-images root).
+DEMO_SPEC: DatasetSpec = dataclasses.replace(spuco.SPEC, name="demo")
+CLASS_NAMES = DEMO_SPEC.class_names
+BIAS_NAMES = DEMO_SPEC.bias_names
+GROUPS = DEMO_SPEC.groups
+
+MIN_SIZE, MAX_SIZE = 16, 128
+DEFAULT_SIZE = 32
+# Per-pixel sensor noise of the real images (in 0..255 units).
+NOISE_STD = 6.0
+# Side of the coarse random grid that is upsampled into the background mottling.
+TEXTURE_GRID = 6
+# How many uniform numbers each image draws for its scene parameters.
+_NUM_PARAMS = 16
+# Images drawn per vectorised step; bounds host memory at large sizes.
+_CHUNK = 512
+
+# Base colours of the backgrounds (RGB, 0..255); two per background, e.g.
+# wall/floor or sky/grass, the second used below a random horizon.
+_BG_TOP = np.array([[112, 100, 58], [40, 92, 150], [196, 176, 146],
+                    [146, 186, 226]], np.float32)
+_BG_BOTTOM = np.array([[96, 84, 48], [30, 74, 130], [122, 82, 50],
+                       [70, 132, 60]], np.float32)
+# Strength of each background's texture: (mottling, horizontal waves, planks).
+_BG_TEXTURE = np.array([[26, 0, 0], [6, 16, 0], [5, 0, 14], [10, 0, 0]],
+                       np.float32)
+# Backgrounds with a horizon (wall/floor, sky/grass) and where it lies.
+_HAS_HORIZON = np.array([0, 0, 1, 1], np.float32)
+
+
+def check_size(size: int) -> int:
+  """Returns ``size`` as an int, or raises if the renderer does not support it."""
+  size = int(size)
+  if not MIN_SIZE <= size <= MAX_SIZE:
+    raise ValueError(
+        f"image_size={size} is not supported: the benchmark renders square "
+        f"images of {MIN_SIZE} to {MAX_SIZE} pixels (32 to 64 recommended).")
+  return size
+
+
+def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
+  if not (len(ys) == len(bs) == len(seeds)):
+    raise ValueError(
+        f"render: ys, bs and seeds must have one entry per image; got lengths "
+        f"{len(ys)}, {len(bs)}, {len(seeds)}.")
+  if len(seeds) and seeds.min() < 0:
+    raise ValueError("render: seeds must be non-negative integers.")
+  for y, b in set(zip(ys.tolist(), bs.tolist())):
+    DEMO_SPEC.group_index(y, b)  # raises with the list of groups
+
+
+def _draw(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray, size: int,
+          salt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per-image random numbers, each from the image's own generator.
+
+  Returns:
+    ``params [N, _NUM_PARAMS]`` uniforms, ``noise [N, size, size, 3]`` standard
+    normals and ``texture [N, TEXTURE_GRID, TEXTURE_GRID]`` standard normals.
+  """
+  n = len(seeds)
+  params = np.empty((n, _NUM_PARAMS), np.float64)
+  noise = np.empty((n, size, size, 3), np.float32)
+  texture = np.empty((n, TEXTURE_GRID, TEXTURE_GRID), np.float32)
+  for i in range(n):  # one generator per image: results never depend on batching
+    rng = np.random.default_rng([int(seeds[i]), int(ys[i]), int(bs[i]), salt])
+    params[i] = rng.random(_NUM_PARAMS)
+    texture[i] = rng.standard_normal((TEXTURE_GRID, TEXTURE_GRID))
+    noise[i] = rng.standard_normal((size, size, 3), dtype=np.float32)
+  return params, noise, texture
+
+
+def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear upsampling of ``[N, g, g]`` to ``[N, size, size]`` (separable)."""
+  g = grid.shape[-1]
+  pos = (np.arange(size) + 0.5) / size * (g - 1)
+  lo = np.clip(np.floor(pos).astype(int), 0, g - 2)
+  w = (pos - lo).astype(np.float32)
+  rows = grid[:, lo, :] * (1 - w)[None, :, None] + grid[:, lo + 1, :] * w[None, :, None]
+  return rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w
+
+
+def _backgrounds(bs: np.ndarray, p: np.ndarray, texture: np.ndarray,
+                 u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Background fields ``[N, S, S, 3]`` for bias values ``bs``."""
+  size = u.shape[-1]
+  jitter = (p[:, 0:3] - 0.5) * 36  # per-channel colour jitter, +-18
+  bright = 0.85 + 0.3 * p[:, 3]
+  top = (_BG_TOP[bs] + jitter) * bright[:, None]
+  bottom = (_BG_BOTTOM[bs] + jitter) * bright[:, None]
+  horizon = 0.45 + 0.25 * p[:, 4]
+  below = 1 / (1 + np.exp(-(v[None] - horizon[:, None, None]) * size * 1.5))
+  below = below * _HAS_HORIZON[bs][:, None, None]
+  img = top[:, None, None] * (1 - below[..., None]) + bottom[:, None, None] * below[..., None]
+  strength = _BG_TEXTURE[bs]
+  mottle = _upsample(texture, size) * strength[:, 0, None, None]
+  freq = 3 + 4 * p[:, 5]
+  phase = 2 * np.pi * p[:, 6]
+  waves = np.sin(2 * np.pi * freq[:, None, None] * (v[None] + 0.05 * np.sin(
+      2 * np.pi * 2 * u[None])) + phase[:, None, None]) * strength[:, 1, None, None]
+  planks = np.sin(2 * np.pi * 5 * (u[None] + p[:, 6, None, None])) ** 8
+  planks = planks * strength[:, 2, None, None] * below
+  return img + (mottle + waves - planks)[..., None]
+
+
+def _ellipse(u, v, cx, cy, ax, ay, size):
+  """Anti-aliased coverage of axis-aligned ellipses; params are ``[N]``."""
+  cx, cy, ax, ay = (np.asarray(a, np.float32) for a in (cx, cy, ax, ay))
+  du = (u[None] - cx[:, None, None]) / ax[:, None, None]
+  dv = (v[None] - cy[:, None, None]) / ay[:, None, None]
+  d = np.sqrt(du * du + dv * dv)
+  edge = np.minimum(ax, ay)[:, None, None] * size
+  return np.clip(0.5 - (d - 1) * edge, 0, 1)
+
+
+def _box(u, v, cx, cy, hw, hh, size):
+  """Anti-aliased coverage of axis-aligned rectangles; params are ``[N]``."""
+  cx, cy, hw, hh = (np.asarray(a, np.float32) for a in (cx, cy, hw, hh))
+  cu = np.clip(0.5 + (hw[:, None, None] - np.abs(u[None] - cx[:, None, None])) * size, 0, 1)
+  cv = np.clip(0.5 + (hh[:, None, None] - np.abs(v[None] - cy[:, None, None])) * size, 0, 1)
+  return cu * cv
+
+
+def _objects(ys: np.ndarray, p: np.ndarray, u: np.ndarray, v: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Each image's animal: coverage ``[N, S, S]`` and a brightness map of its markings."""
+  size = u.shape[-1]
+  bird = ys < 2
+  # Body half-width in image units: big dogs are larger than small dogs, birds
+  # in between; ranges overlap so size alone is not decisive.
+  lo = np.array([0.14, 0.14, 0.11, 0.16])[ys]
+  hi = np.array([0.19, 0.19, 0.16, 0.22])[ys]
+  ax = lo + (hi - lo) * p[:, 7]
+  ay = ax * np.where(bird, 0.62, 0.5)
+  cx = 0.32 + 0.36 * p[:, 8]
+  cy = 0.42 + 0.2 * p[:, 9]
+  face = np.where(p[:, 10] < 0.5, -1.0, 1.0)  # which way the animal looks
+  body = _ellipse(u, v, cx, cy, ax, ay, size)
+  cover = body
+  tone = _markings(ys, body, u, v, cx, cy, ax, ay)
+
+  # Head: on the body's shoulder, or raised on a neck for waterbirds.
+  long_neck = ys == 1
+  hx = cx + face * ax * np.where(bird, 0.85, 1.0)
+  hy = cy - ay * np.where(long_neck, 2.3, np.where(bird, 0.8, 0.9))
+  hr = ax * np.where(bird, 0.38, 0.42)
+  cover = np.maximum(cover, _ellipse(u, v, hx, hy, hr, hr, size))
+  neck = _box(u, v, hx, (hy + cy - ay * 0.5) / 2, ax * 0.13,
+              np.abs(cy - ay * 0.5 - hy) / 2, size)
+  cover = np.maximum(cover, neck * long_neck[:, None, None])
+
+  # Beak (birds): a thin bar pointing forward from the head.
+  beak = _box(u, v, hx + face * hr * 1.25, hy + hr * 0.1, hr * 0.55, hr * 0.18, size)
+  cover = np.maximum(cover, beak * bird[:, None, None])
+
+  # Legs (dogs): four bars under the body.
+  dog = ~bird
+  leg_h = ay * 0.9
+  for off in (-0.7, -0.3, 0.3, 0.7):
+    leg = _box(u, v, cx + off * ax, cy + ay * 0.6 + leg_h, ax * 0.09, leg_h, size)
+    cover = np.maximum(cover, leg * dog[:, None, None])
+
+  # Ears (dogs): pointed and upright for small dogs, floppy and hanging for big.
+  small = ys == 2
+  ear_up = _box(u, v, hx - face * hr * 0.45, hy - hr * 1.1, hr * 0.22, hr * 0.45, size)
+  ear_down = _ellipse(u, v, hx - face * hr * 0.9, hy + hr * 0.35, hr * 0.3,
+                      hr * 0.6, size)
+  ears = np.where(small[:, None, None], ear_up, ear_down)
+  return np.maximum(cover, ears * dog[:, None, None]), tone
+
+
+def _markings(ys, body, u, v, cx, cy, ax, ay) -> np.ndarray:
+  """Brightness multipliers ``[N, S, S]`` for class-specific body markings.
+
+  Landbirds have dark wing bars, waterbirds a light belly, big dogs a dark
+  saddle; small dogs are plain. Small texture details on a small object: a
+  cue a CNN can learn, but a weaker one than the background.
+  """
+  rel_u = (u[None] - cx[:, None, None]) / ax[:, None, None]
+  rel_v = (v[None] - cy[:, None, None]) / ay[:, None, None]
+  bars = (np.sin(2 * np.pi * 2.2 * rel_u) > 0.2) & (rel_v < 0.3)
+  belly = np.clip((rel_v - 0.1) * 4, 0, 1)
+  saddle = np.clip((-0.15 - rel_v) * 4, 0, 1)
+  kind = ys[:, None, None]
+  tone = np.ones_like(body)
+  tone = np.where(kind == 0, 1 - 0.45 * bars * body, tone)
+  tone = np.where(kind == 1, 1 + 0.6 * belly * body, tone)
+  return np.where(kind == 3, 1 - 0.45 * saddle * body, tone).astype(np.float32)
+
+
+def _object_colour(p: np.ndarray) -> np.ndarray:
+  """A random colour per image, drawn the same way for every class."""
+  base = 25 + 205 * p[:, 11:14]
+  grey = base.mean(axis=1, keepdims=True)
+  # Pull towards grey by a random amount: muted animals are harder to see.
+  muted = p[:, 14:15]
+  return grey + (base - grey) * (0.6 + 0.4 * muted)
+
+
+def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
+                 size: int = DEFAULT_SIZE, salt: int = 0) -> np.ndarray:
+  """Renders images as float32 ``[N, size, size, 3]`` in 0..255, unclipped.
+
+  This is :func:`render` before quantisation; the procedural generator adds its
+  fingerprint here so that strength 0 gives exactly the real images' bytes.
+
+  Args:
+    ys: class of each image (0 landbird, 1 waterbird, 2 small dog, 3 big dog).
+    bs: background of each image (0 land, 1 water, 2 indoors, 3 outdoors);
+      ``(y, b)`` must be one of the eight groups.
+    seeds: non-negative integer seed of each image.
+    size: side of the square images.
+    salt: separates independent streams of images (0: the real data).
+  """
+  size = check_size(size)
+  ys = np.asarray(ys, np.int64).reshape(-1)
+  bs = np.asarray(bs, np.int64).reshape(-1)
+  seeds = np.asarray(seeds, np.int64).reshape(-1)
+  _check_labels(ys, bs, seeds)
+  out = np.empty((len(seeds), size, size, 3), np.float32)
+  coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+  u, v = np.meshgrid(coords, coords)  # u: x (columns), v: y (rows)
+  for start in range(0, len(seeds), _CHUNK):
+    sl = slice(start, start + _CHUNK)
+    p, noise, texture = _draw(ys[sl], bs[sl], seeds[sl], size, salt)
+    p = p.astype(np.float32)
+    img = _backgrounds(bs[sl], p, texture, u, v)
+    cover, tone = _objects(ys[sl], p, u, v)
+    cover, tone = cover[..., None], tone[..., None]
+    colour = _object_colour(p)[:, None, None, :]
+    # Shade the animal darker towards its bottom so it is not a flat decal.
+    shade = 1.0 - 0.18 * (v[None, :, :, None] - 0.5)
+    img = img * (1 - cover) + np.minimum(colour * shade * tone, 250) * cover
+    out[sl] = img + NOISE_STD * noise
+  return out
+
+
+def quantize(images: np.ndarray) -> np.ndarray:
+  """Float 0..255 images to uint8 (round to nearest, clip)."""
+  return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def render(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
+           size: int = DEFAULT_SIZE, salt: int = 0) -> np.ndarray:
+  """Renders real benchmark images, uint8 ``[N, size, size, 3]``.
+
+  Image ``i`` depends only on ``(ys[i], bs[i], seeds[i], size, salt)``.
+  See :func:`render_float` for the arguments.
+  """
+  return quantize(render_float(ys, bs, seeds, size, salt))
