@@ -1,0 +1,317 @@
+"""Stable Diffusion as a :class:`~ffr_jax.generation.base.Generator`, sampled by us.
+
+The weights and modules come from a local diffusers-format folder (Stable
+Diffusion v1.4 in the paper): ``FlaxCLIPTextModel`` + ``CLIPTokenizer``,
+``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL`` and a Flax scheduler
+(``pndm`` or ``ddim``). The sampling loop is ours: text encoding,
+classifier-free guidance, the scheduler steps in a ``lax.fori_loop`` and the
+VAE decode are one function, jitted once with ``NamedSharding`` over a
+``('data',)`` mesh of all devices: parameters replicated, prompts, seeds and
+latents sharded on the batch axis. Every call has the same global batch
+(``batch_size * num_devices``; the last call is padded), so there is exactly one
+compilation, and no ``pmap``.
+
+Reproducibility: the initial noise of image ``i`` is
+``normal(jax.random.key(seeds[i]))`` and every later operation is per-sample,
+so an image depends only on its prompt and seed, not on which batch or device
+it was in. Bitwise identity across batch shapes is not promised by XLA (it may
+pick other kernels or reduction orders per shape): in float32 on CPU we observe
+uint8 images equal up to rare off-by-one pixels (tests/test_stable_diffusion.py
+bounds it).
+
+Safety checker: not used. It needs the CLIP vision model and feature extractor
+of the full release and is not part of the offline setup; the writer's
+grayscale/blank filter (``ffr_jax.generation.writer.reject_reason``) drops the
+black images the checker would produce, as the authors' filter did.
+
+Weights: the folder needs Flax weights (``diffusion_flax_model.msgpack`` /
+``flax_model.msgpack``, e.g. the ``flax`` revision of CompVis/stable-diffusion-v1-4).
+A folder with only PyTorch weights is converted on load (``from_pt=True``),
+which needs ``torch`` installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+SCHEDULERS = ("pndm", "ddim")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
+
+
+def prepare_imports() -> None:
+  """Makes ``diffusers`` importable here; call before importing it.
+
+  Each Flax class logs a deprecation warning per instance: silenced. And where
+  the CPU wheel of torchvision is installed, its C++ ops (a CUDA build) fail to
+  register, which breaks transformers' image utilities and with them the import
+  of diffusers' UNet. RECIPES.md's workaround: stub the failing submodule before
+  torchvision is first imported; nothing here uses torchvision's ops.
+  """
+  os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+  name = "torchvision._meta_registrations"
+  if ("torchvision" not in sys.modules and name not in sys.modules
+      and importlib.util.find_spec("torchvision") is not None):
+    sys.modules[name] = types.ModuleType(name)
+
+
+def _has_flax_weights(model_dir: str, subfolder: str) -> bool:
+  return any(os.path.isfile(os.path.join(model_dir, subfolder, f))
+             for f in _FLAX_WEIGHTS)
+
+
+def _scheduler_class(name: str):
+  prepare_imports()
+  from diffusers import FlaxDDIMScheduler, FlaxPNDMScheduler  # pylint: disable=import-outside-toplevel
+  classes = {"pndm": FlaxPNDMScheduler, "ddim": FlaxDDIMScheduler}
+  if name not in classes:
+    raise ValueError(f"Unknown scheduler {name!r}; expected one of {SCHEDULERS}.")
+  return classes[name]
+
+
+def _cast_floats(tree, dtype):
+  """Casts floating-point leaves (weights) to ``dtype``; leaves ints alone."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      tree)
+
+
+def load_components(model_dir: str, scheduler: str = "pndm",
+                    dtype: str = "float32") -> tuple[dict, dict]:
+  """Loads the SD modules and their parameters from a diffusers folder.
+
+  Args:
+    model_dir: diffusers layout with ``tokenizer/``, ``text_encoder/``,
+      ``unet/``, ``vae/`` and ``scheduler/`` subfolders.
+    scheduler: ``"pndm"`` or ``"ddim"`` (built from ``scheduler/``'s config).
+    dtype: compute and weight dtype of the networks (``float32``/``bfloat16``).
+
+  Returns:
+    ``(modules, params)``: modules ``tokenizer, text_encoder, unet, vae,
+    scheduler``; params ``text_encoder, unet, vae, scheduler`` (the state).
+  """
+  prepare_imports()
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
+  from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
+  if dtype not in DTYPES:
+    raise ValueError(f"Unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}.")
+  missing = [s for s in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+             if not os.path.isdir(os.path.join(model_dir, s))]
+  if missing:
+    raise FileNotFoundError(
+        f"{model_dir!r} is not a diffusers Stable Diffusion folder: missing "
+        f"subfolders {missing}. Pass --config.generate.model=<local folder>.")
+  jdtype = DTYPES[dtype]
+  tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+  text_encoder = FlaxCLIPTextModel.from_pretrained(
+      model_dir, subfolder="text_encoder", dtype=jdtype,
+      from_pt=not _has_flax_weights(model_dir, "text_encoder"))
+  unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(
+      model_dir, subfolder="unet", dtype=jdtype,
+      from_pt=not _has_flax_weights(model_dir, "unet"))
+  vae, vae_params = FlaxAutoencoderKL.from_pretrained(
+      model_dir, subfolder="vae", dtype=jdtype,
+      from_pt=not _has_flax_weights(model_dir, "vae"))
+  sched, sched_state = _scheduler_class(scheduler).from_pretrained(
+      model_dir, subfolder="scheduler")
+  modules = {"tokenizer": tokenizer, "text_encoder": text_encoder,
+             "unet": unet, "vae": vae, "scheduler": sched}
+  params = {"text_encoder": _cast_floats(text_encoder.params, jdtype),
+            "unet": _cast_floats(unet_params, jdtype),
+            "vae": _cast_floats(vae_params, jdtype),
+            "scheduler": sched_state}
+  return modules, params
+
+
+def make_sample_fn(modules: dict, resolution: int, steps: int,
+                   guidance_scale: float):
+  """The pure sampling function ``(params, prompt_ids, uncond_ids, seeds) -> uint8``.
+
+  Args:
+    modules: from :func:`load_components`.
+    resolution: image side in pixels.
+    steps: scheduler steps.
+    guidance_scale: classifier-free guidance weight; 1.0 disables guidance
+      (one UNet pass per step instead of two).
+
+  Returns:
+    ``sample(params, prompt_ids [B, L] int32, uncond_ids [1, L] int32,
+    seeds [B] uint32) -> uint8 [B, resolution, resolution, 3]``.
+  """
+  text_encoder, unet, vae = modules["text_encoder"], modules["unet"], modules["vae"]
+  scheduler = modules["scheduler"]
+  latent = latent_size(modules, resolution)
+  channels = unet.config.in_channels
+  guided = guidance_scale != 1.0
+
+  def unet_eps(params, latents, t, context, uncond):
+    if not guided:
+      return unet.apply({"params": params["unet"]}, latents,
+                        jnp.broadcast_to(t, latents.shape[:1]),
+                        encoder_hidden_states=context).sample
+    b = latents.shape[0]
+    # Interleave (uncond, cond) per sample: [B, 2, ...] -> [2B, ...] keeps each
+    # sample's pair on its own device, so the batch sharding needs no exchange
+    # (concatenating [uncond; cond] along the sharded axis would).
+    lat2 = jnp.repeat(latents, 2, axis=0)
+    ctx2 = jnp.stack([jnp.broadcast_to(uncond, context.shape), context], axis=1)
+    ctx2 = ctx2.reshape((2 * b,) + context.shape[1:])
+    eps = unet.apply({"params": params["unet"]}, lat2,
+                     jnp.broadcast_to(t, (2 * b,)),
+                     encoder_hidden_states=ctx2).sample
+    eps = eps.astype(jnp.float32).reshape((b, 2) + eps.shape[1:])
+    return eps[:, 0] + guidance_scale * (eps[:, 1] - eps[:, 0])
+
+  def sample(params, prompt_ids, uncond_ids, seeds):
+    context = text_encoder(prompt_ids, params=params["text_encoder"])[0]
+    uncond = text_encoder(uncond_ids, params=params["text_encoder"])[0]
+    # Per-image noise from the image's own key: independent of the batch.
+    latents = jax.vmap(lambda s: jax.random.normal(
+        jax.random.key(s), (channels, latent, latent), jnp.float32))(seeds)
+    state = scheduler.set_timesteps(params["scheduler"], steps, latents.shape)
+    latents = latents * state.init_noise_sigma
+
+    def body(i, carry):
+      latents, state = carry
+      t = jnp.asarray(state.timesteps, jnp.int32)[i]
+      x = scheduler.scale_model_input(state, latents, t)
+      eps = unet_eps(params, x.astype(context.dtype), t, context, uncond)
+      latents, state = scheduler.step(state, eps.astype(jnp.float32), t,
+                                      latents).to_tuple()
+      return latents, state
+
+    latents, _ = jax.lax.fori_loop(0, steps, body, (latents, state))
+    latents = (latents / vae.config.scaling_factor).astype(context.dtype)
+    images = vae.apply({"params": params["vae"]}, latents, method=vae.decode).sample
+    images = (images.astype(jnp.float32) / 2 + 0.5).clip(0, 1).transpose(0, 2, 3, 1)
+    return jnp.round(images * 255).astype(jnp.uint8)
+
+  return sample
+
+
+def latent_size(modules: dict, resolution: int) -> int:
+  """Latent side for ``resolution``; raises if the networks cannot take it."""
+  vae_factor = 2 ** (len(modules["vae"].config.block_out_channels) - 1)
+  unet_factor = 2 ** (len(modules["unet"].config.block_out_channels) - 1)
+  if resolution % (vae_factor * unet_factor):
+    raise ValueError(
+        f"resolution {resolution} must be a multiple of "
+        f"{vae_factor * unet_factor} (VAE downsampling {vae_factor} x UNet "
+        f"downsampling {unet_factor}).")
+  return resolution // vae_factor
+
+
+class StableDiffusionGenerator:
+  """Flax Stable Diffusion over all devices; implements ``Generator``.
+
+  Args:
+    model_dir: local diffusers folder.
+    resolution: image side in pixels (512 for SD v1.4).
+    steps: sampling steps (paper: 50 for animals, 25 for faces).
+    guidance_scale: classifier-free guidance (paper: 7.5).
+    scheduler: ``"pndm"`` or ``"ddim"``.
+    dtype: ``"float32"`` or ``"bfloat16"`` (use bfloat16 on accelerators).
+    batch_size: images per device per sampling call.
+    devices: the devices of the ``('data',)`` mesh (default: all, all hosts).
+    name: recorded in the manifest (default ``"sd:<folder name>"``).
+  """
+
+  def __init__(self, model_dir: str, *, resolution: int = 512, steps: int = 50,
+               guidance_scale: float = 7.5, scheduler: str = "pndm",
+               dtype: str = "float32", batch_size: int = 8,
+               devices: Sequence[jax.Device] | None = None,
+               name: str | None = None):
+    modules, params = load_components(model_dir, scheduler, dtype)
+    self._setup(modules, params, resolution=resolution, steps=steps,
+                guidance_scale=guidance_scale, scheduler=scheduler, dtype=dtype,
+                batch_size=batch_size, devices=devices,
+                name=name or "sd:" + os.path.basename(os.path.normpath(model_dir)))
+
+  @classmethod
+  def from_components(cls, modules: dict, params: dict, *, name: str = "sd",
+                      **kwargs) -> StableDiffusionGenerator:
+    """A generator from modules and params already in memory.
+
+    For benchmarks with random weights (no folder); ``kwargs`` as for the
+    constructor, ``modules``/``params`` as :func:`load_components` returns.
+    """
+    self = cls.__new__(cls)
+    self._setup(modules, params, name=name, **kwargs)
+    return self
+
+  def _setup(self, modules: dict, params: dict, *, resolution: int = 512,
+             steps: int = 50, guidance_scale: float = 7.5,
+             scheduler: str = "pndm", dtype: str = "float32",
+             batch_size: int = 8, devices: Sequence[jax.Device] | None = None,
+             name: str = "sd") -> None:
+    if steps < 1 or batch_size < 1:
+      raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}.")
+    self._tokenizer = modules["tokenizer"]
+    self.image_size = int(resolution)
+    latent_size(modules, self.image_size)
+    self.name = name
+    self.settings = {"resolution": int(resolution), "steps": int(steps),
+                     "guidance_scale": float(guidance_scale),
+                     "scheduler": scheduler, "dtype": dtype}
+    devices = list(devices) if devices is not None else jax.devices()
+    self.mesh = Mesh(np.array(devices), ("data",))
+    self.global_batch = batch_size * len(devices)
+    self._replicated = NamedSharding(self.mesh, P())
+    self._batch = NamedSharding(self.mesh, P("data"))
+    self._params = jax.device_put(params, self._replicated)
+    self._uncond = self._global(self._tokenize([""]), self._replicated)
+    self._sample = jax.jit(
+        make_sample_fn(modules, self.image_size, steps, guidance_scale),
+        in_shardings=(self._replicated, self._batch, self._replicated, self._batch),
+        out_shardings=self._batch)
+
+  def _tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+    return self._tokenizer(
+        list(prompts), padding="max_length", truncation=True,
+        max_length=self._tokenizer.model_max_length, return_tensors="np",
+    ).input_ids.astype(np.int32)
+
+  @staticmethod
+  def _global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    # Every host holds the whole (small) host array; each device takes its slice.
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+    """Images for ``prompts`` with per-image ``seeds``: uint8 ``[N, S, S, 3]``.
+
+    On several hosts every host must call it with the same arguments; each
+    gets all ``N`` images.
+    """
+    if len(prompts) != len(seeds):
+      raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
+    out = []
+    for start in range(0, len(prompts), self.global_batch):
+      p = list(prompts[start:start + self.global_batch])
+      s = list(seeds[start:start + self.global_batch])
+      n = len(p)
+      # Pad to the one compiled batch; padded rows are computed and dropped.
+      p += [p[-1]] * (self.global_batch - n)
+      s += [s[-1]] * (self.global_batch - n)
+      ids = self._global(self._tokenize(p), self._batch)
+      seed_arr = self._global(np.asarray(s, np.uint32), self._batch)
+      images = self._sample(self._params, ids, self._uncond, seed_arr)
+      out.append(_to_host(images)[:n])
+    if not out:
+      return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+    return np.concatenate(out)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

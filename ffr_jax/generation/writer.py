@@ -1,0 +1,578 @@
+"""Writes a balanced synthetic dataset to disk: resumable, reproducible, filtered.
+
+Layout (read by :mod:`ffr_jax.data.synthetic`)::
+
+    {out_root}/{spec.name}/{class}/{bias}/{index:06d}.png
+    {out_root}/{spec.name}/manifest.jsonl     one line per image
+    {out_root}/{spec.name}/generation.json    seed, generator, prompts (checked on resume)
+
+Reproducibility: image ``i`` of group ``g`` is generated from the prompt
+``prompt_fn(g, i)`` and the per-image seed :func:`image_seed` ``(seed, g, i,
+attempt)``, so its bytes depend on neither the batch size, the device count nor
+where an earlier run stopped (given a generator that honours the
+:class:`~ffr_jax.generation.base.Generator` contract).
+
+Crash safety: each PNG is written under a temporary name, fsynced and renamed
+into place with ``os.replace``; only then is its manifest line appended and
+fsynced. The manifest is therefore the source of truth. On restart we cut a torn
+last manifest line, delete stray temporary files and PNGs the manifest does not
+list (a crash between rename and append), drop manifest lines whose file has
+vanished, and generate exactly the missing indices. Nothing is duplicated or lost.
+
+Filter: images the safety checker blacks out, and near-grayscale images, are
+dropped (REFERENCE.md, "Synthetic data") and regenerated with the next attempt's
+seed; see :func:`reject_reason`.
+
+Multi-host: generation is one collective computation over all devices of all
+hosts (the Stable Diffusion sampler is jitted over a global mesh), so every host
+must call :func:`generate_dataset` with the same arguments. Host 0 alone reads
+and writes the folder: it plans the missing indices and broadcasts the plan, all
+hosts run the generator on the same batches (which returns the full batch on
+every host), and host 0 writes every image and the single ``manifest.jsonl``.
+Other hosts need no access to ``out_root``. Resumption therefore works with any
+number of hosts, also a different one than the interrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+from PIL import Image
+
+from ffr_jax.data.synthetic import (
+    MANIFEST, ManifestRecord, dataset_dir, read_manifest, relative_image_path)
+from ffr_jax.data.types import DatasetSpec
+from ffr_jax.generation.base import Generator
+from ffr_jax.progress import Progress, format_seconds
+
+METADATA = "generation.json"
+TMP_SUFFIX = ".tmp"
+_IMAGE_NAME = re.compile(r"^\d{6}\.png$")
+
+# Mean over pixels of (max - min over RGB), in uint8 levels. Colour photos score
+# roughly 15-60; black-and-white photos and the safety checker's black images
+# score 0-2. 3 keeps faint colour casts (sepia, night scenes) and drops grays.
+GRAY_THRESHOLD = 3.0
+# Standard deviation of luminance, in uint8 levels: a blank (constant) image of
+# any colour scores about 0; any real scene scores far above 2.
+BLANK_THRESHOLD = 2.0
+MAX_ATTEMPTS = 20
+
+PromptFn = Callable[[int, int], str]
+RejectFn = Callable[[np.ndarray], "str | None"]
+
+
+def image_seed(seed: int, group: int, index: int, attempt: int = 0) -> int:
+  """The seed of image ``index`` of group ``group`` (31-bit, non-negative).
+
+  Derived with ``numpy.random.SeedSequence`` so neighbouring ``(g, i)`` give
+  unrelated seeds; ``attempt`` counts regenerations after the filter.
+  """
+  ss = np.random.SeedSequence([int(seed), int(group), int(index), int(attempt)])
+  return int(ss.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def channel_spread(image: np.ndarray) -> float:
+  """Mean over pixels of ``max - min`` over the RGB channels (uint8 levels)."""
+  img = np.asarray(image, np.int16)
+  return float((img.max(axis=-1) - img.min(axis=-1)).mean())
+
+
+def reject_reason(image: np.ndarray, gray_threshold: float = GRAY_THRESHOLD,
+                  blank_threshold: float = BLANK_THRESHOLD) -> str | None:
+  """Why an image is dropped: ``"blank"``, ``"grayscale"`` or None (kept).
+
+  ``blank``: the luminance standard deviation is below ``blank_threshold``
+  (constant images, e.g. the safety checker's black output). ``grayscale``: the
+  mean per-pixel channel spread (:func:`channel_spread`) is below
+  ``gray_threshold``. A threshold of 0 disables that test.
+  """
+  img = np.asarray(image, np.float32)
+  if blank_threshold > 0 and float(img.mean(axis=-1).std()) < blank_threshold:
+    return "blank"
+  if gray_threshold > 0 and channel_spread(image) < gray_threshold:
+    return "grayscale"
+  return None
+
+
+def keep_all(image: np.ndarray) -> str | None:  # pylint: disable=unused-argument
+  """A reject function that keeps every image (disables the filter)."""
+  return None
+
+
+@dataclasses.dataclass
+class GroupSummary:
+  """What one run did for one ``(y, b)`` group."""
+  name: str
+  target: int
+  present: int = 0     # already on disk (and in the manifest) at the start
+  generated: int = 0   # written by this run
+  filtered: int = 0    # dropped by the filter and regenerated
+  repaired: int = 0    # manifest lines dropped because their file had vanished
+
+
+@dataclasses.dataclass
+class GenerationSummary:
+  """Per-group counts of one :func:`generate_dataset` run."""
+  groups: list[GroupSummary]
+  removed_orphans: int = 0
+  removed_temp: int = 0
+  filter_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+  seconds: float = 0.0
+
+  @property
+  def generated(self) -> int:
+    return sum(g.generated for g in self.groups)
+
+  @property
+  def filtered(self) -> int:
+    return sum(g.filtered for g in self.groups)
+
+  def table(self) -> str:
+    """A plain-text table, one row per group plus a total."""
+    head = f"{'group':<28}{'target':>8}{'present':>9}{'generated':>11}{'filtered':>10}"
+    rows = [head, "-" * len(head)]
+    for g in self.groups + [self._total()]:
+      rows.append(f"{g.name:<28}{g.target:>8}{g.present:>9}{g.generated:>11}"
+                  f"{g.filtered:>10}")
+    extra = []
+    if self.filter_reasons:
+      extra.append("filtered by reason: " + ", ".join(
+          f"{k} {v}" for k, v in sorted(self.filter_reasons.items())))
+    if self.removed_orphans or self.removed_temp:
+      extra.append(f"cleaned up: {self.removed_orphans} orphan PNGs, "
+                   f"{self.removed_temp} temporary files")
+    if any(g.repaired for g in self.groups):
+      extra.append(f"repaired: {sum(g.repaired for g in self.groups)} manifest "
+                   "lines whose file had vanished (regenerated)")
+    rate = self.generated / self.seconds if self.seconds > 0 else 0.0
+    extra.append(f"time {format_seconds(self.seconds)}, {rate:.2f} images/s")
+    return "\n".join(rows + extra)
+
+  def _total(self) -> GroupSummary:
+    return GroupSummary(
+        "total", sum(g.target for g in self.groups),
+        sum(g.present for g in self.groups), self.generated, self.filtered)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def per_group_counts(spec: DatasetSpec,
+                     per_group: int | Mapping[tuple[int, int], int]) -> list[int]:
+  """Target count of every group in ``spec.groups`` order.
+
+  Args:
+    spec: the dataset.
+    per_group: one count for all groups, or ``{(y, b): count}`` naming every group.
+  """
+  if isinstance(per_group, Mapping):
+    unknown = [k for k in per_group if tuple(k) not in spec.groups]
+    missing = [k for k in spec.groups if k not in per_group]
+    if unknown or missing:
+      raise ValueError(
+          f"{spec.name}: per_group must name exactly the groups {spec.groups}; "
+          f"unknown {unknown}, missing {missing}.")
+    counts = [int(per_group[k]) for k in spec.groups]
+  else:
+    counts = [int(per_group)] * len(spec.groups)
+  if any(c < 0 for c in counts):
+    raise ValueError(f"{spec.name}: negative per-group count in {counts}.")
+  return counts
+
+
+# ----------------------------------------------------------------------------
+# Resumption: reading and repairing an existing folder (host 0 only).
+
+
+def _truncate_torn_line(path: str) -> bool:
+  """Cuts text after the last newline of ``path`` (a torn write); True if cut."""
+  if not os.path.isfile(path):
+    return False
+  with open(path, "rb+") as f:
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    if keep == len(data):
+      return False
+    f.truncate(keep)
+    f.flush()
+    os.fsync(f.fileno())
+  return True
+
+
+def _image_files(base: str, spec: DatasetSpec) -> tuple[list[str], list[str]]:
+  """Relative paths of our PNGs and of our temporary files under ``base``.
+
+  Only the ``{class}/{bias}/`` folders of ``spec`` are scanned and only names
+  this writer produces are returned, so unrelated files are never touched.
+  """
+  pngs, tmps = [], []
+  for y, b in spec.groups:
+    rel_dir = os.path.dirname(relative_image_path(spec, y, b, 0))
+    full = os.path.join(base, rel_dir)
+    if not os.path.isdir(full):
+      continue
+    for name in sorted(os.listdir(full)):
+      if _IMAGE_NAME.match(name):
+        pngs.append(os.path.join(rel_dir, name))
+      elif name.startswith(".") and name.endswith(TMP_SUFFIX):
+        tmps.append(os.path.join(rel_dir, name))
+  return pngs, tmps
+
+
+def _write_lines_atomically(path: str, lines: Iterable[str]) -> None:
+  tmp = path + TMP_SUFFIX
+  with open(tmp, "w") as f:
+    for line in lines:
+      f.write(line + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _check_metadata(base: str, meta: dict) -> None:
+  """Writes ``generation.json`` or checks it matches this run's settings."""
+  path = os.path.join(base, METADATA)
+  if os.path.isfile(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+    if diff:
+      raise ValueError(
+          f"{base} was generated with other settings {diff} (old, new); "
+          "resuming would mix them. Use another output folder or the old settings.")
+    return
+  tmp = path + TMP_SUFFIX
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
+                    ) -> set[tuple[int, int]]:
+  """Repairs an interrupted folder; returns the ``(g, index)`` already done."""
+  manifest = os.path.join(base, MANIFEST)
+  _truncate_torn_line(manifest)
+  done: set[tuple[int, int]] = set()
+  kept_lines, listed = [], set()
+  changed = False
+  if os.path.isfile(manifest):
+    root = os.path.dirname(base)
+    for rec in read_manifest(root, spec):
+      g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
+      exists = os.path.isfile(os.path.join(base, rec.file))
+      if (g, rec.index) in done or not exists:
+        # A duplicate cannot come from this writer; a vanished file was removed
+        # by hand. Either way the image is (re)generated from its seed.
+        changed = True
+        if not exists and (g, rec.index) not in done:
+          summary.groups[g].repaired += 1
+        continue
+      done.add((g, rec.index))
+      listed.add(os.path.normpath(rec.file))
+      kept_lines.append(rec.to_json())
+  if changed:
+    _write_lines_atomically(manifest, kept_lines)
+  pngs, tmps = _image_files(base, spec)
+  for rel in tmps:
+    os.remove(os.path.join(base, rel))
+  orphans = [p for p in pngs if os.path.normpath(p) not in listed]
+  for rel in orphans:
+    os.remove(os.path.join(base, rel))
+  summary.removed_temp += len(tmps)
+  summary.removed_orphans += len(orphans)
+  return done
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 HxWx3 image (deterministic for a given Pillow)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _write_file_atomically(path: str, data: bytes) -> None:
+  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)
+                     + TMP_SUFFIX)
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class _ManifestAppender:
+  """Appends one fsynced line per image, so a crash loses at most that line."""
+
+  def __init__(self, path: str):
+    self._f = open(path, "a")
+
+  def append(self, record: ManifestRecord) -> None:
+    self._f.write(record.to_json() + "\n")
+    self._f.flush()
+    os.fsync(self._f.fileno())
+
+  def close(self) -> None:
+    self._f.close()
+
+
+# ----------------------------------------------------------------------------
+# Multi-host plumbing.
+
+
+def _process_info() -> tuple[int, int]:
+  """``(process_index, process_count)``; (0, 1) without importing JAX twice."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index(), jax.process_count()
+
+
+def _broadcast_plan(todo: np.ndarray, count: int) -> np.ndarray:
+  """Host 0's plan (bool [groups, max_count]) on every host."""
+  if count == 1:
+    return todo
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.broadcast_one_to_all(todo)).astype(bool)
+
+
+# ----------------------------------------------------------------------------
+# The driver.
+
+
+@dataclasses.dataclass
+class _Item:
+  group: int
+  index: int
+  attempt: int = 0
+
+
+def generate_dataset(
+    generator: Generator,
+    spec: DatasetSpec,
+    per_group: int | Mapping[tuple[int, int], int],
+    out_root: str,
+    prompt_fn: PromptFn,
+    seed: int = 0,
+    batch_size: int = 8,
+    *,
+    reject_fn: RejectFn = reject_reason,
+    max_attempts: int = MAX_ATTEMPTS,
+    metadata: Mapping[str, object] | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> GenerationSummary:
+  """Generates the missing images of ``{out_root}/{spec.name}``.
+
+  Indices ``0 .. per_group - 1`` of every group are generated if not already
+  listed in the manifest; existing images are kept, so the call resumes an
+  interrupted run and is a no-op on a complete folder. Every host of a
+  multi-host job must call it with the same arguments (see the module doc).
+
+  Args:
+    generator: turns ``(prompts, seeds)`` into ``uint8 [N, S, S, 3]``.
+    spec: the dataset; its class and bias names name the folders.
+    per_group: images per group: one int, or ``{(y, b): count}``.
+    out_root: the synthetic root; the dataset goes to ``out_root/spec.name``.
+    prompt_fn: ``prompt_fn(g, index) -> prompt`` for group ``spec.groups[g]``
+      (see :func:`ffr_jax.generation.prompts.make_prompt_fn`).
+    seed: the run's seed; per-image seeds come from :func:`image_seed`.
+    batch_size: images per ``generator.generate`` call.
+    reject_fn: returns a reason to drop an image, or None to keep it
+      (:func:`reject_reason`; :func:`keep_all` disables the filter).
+    max_attempts: regenerations per image before giving up with an error.
+    metadata: extra settings recorded in ``generation.json`` and checked on
+      resume (e.g. the prompt set).
+    show_progress: draw a progress bar on stderr (host 0 only).
+    stop_after: stop after writing this many images (for tests and dry runs).
+
+  Returns:
+    Per-group counts: target, present at the start, generated, filtered.
+
+  Raises:
+    ValueError: bad counts, or the folder was made with other settings.
+    RuntimeError: an image was rejected ``max_attempts`` times in a row.
+  """
+  targets = per_group_counts(spec, per_group)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  start = time.perf_counter()
+  summary = GenerationSummary(
+      [GroupSummary(spec.group_name(g), t) for g, t in enumerate(targets)])
+  process_index, process_count = _process_info()
+  writer = process_index == 0
+  base = dataset_dir(out_root, spec)
+
+  todo = np.zeros((len(targets), max(targets, default=0)), bool)
+  if writer:
+    os.makedirs(base, exist_ok=True)
+    meta = {"seed": int(seed), "generator": generator.name,
+            "image_size": int(generator.image_size), **dict(metadata or {})}
+    _check_metadata(base, meta)
+    done = _prepare_folder(base, spec, summary)
+    for g, t in enumerate(targets):
+      todo[g, :t] = True
+      for i in range(t):
+        if (g, i) in done:
+          todo[g, i] = False
+      summary.groups[g].present = int(t - todo[g, :t].sum())
+  todo = _broadcast_plan(todo, process_count)
+
+  pending = collections.deque(
+      _Item(g, int(i)) for g in range(len(targets)) for i in np.flatnonzero(todo[g]))
+  bar = Progress(len(pending), f"{spec.name}", unit="img",
+                 enabled=writer and show_progress)
+  appender = _ManifestAppender(os.path.join(base, MANIFEST)) if writer else None
+  written = 0
+  try:
+    while pending and (stop_after is None or written < stop_after):
+      batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+      retry = _run_batch(generator, spec, batch, prompt_fn, seed, base,
+                         reject_fn, summary, appender)
+      for item in retry:
+        if item.attempt + 1 >= max_attempts:
+          raise RuntimeError(
+              f"{spec.name}: image {item.index} of group "
+              f"{spec.group_name(item.group)} was rejected by the filter "
+              f"{max_attempts} times; is the generator producing gray or blank "
+              "images? Lower the thresholds or pass reject_fn=keep_all.")
+      # Retries go first, so a rejected image is redone in the next call.
+      pending.extendleft(
+          _Item(it.group, it.index, it.attempt + 1) for it in reversed(retry))
+      accepted = len(batch) - len(retry)
+      written += accepted
+      bar.update(accepted, postfix=f"filtered {summary.filtered}")
+  finally:
+    if appender:
+      appender.close()
+    bar.close()
+  summary.seconds = time.perf_counter() - start
+  return summary
+
+
+def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
+               prompt_fn: PromptFn, seed: int, base: str, reject_fn: RejectFn,
+               summary: GenerationSummary,
+               appender: _ManifestAppender | None) -> list[_Item]:
+  """Generates and writes one batch; returns the items the filter rejected."""
+  prompts = [prompt_fn(it.group, it.index) for it in batch]
+  seeds = [image_seed(seed, it.group, it.index, it.attempt) for it in batch]
+  images = np.asarray(generator.generate(prompts, seeds))
+  size = generator.image_size
+  if images.shape != (len(batch), size, size, 3) or images.dtype != np.uint8:
+    raise ValueError(
+        f"generator {generator.name!r} returned {images.dtype} {images.shape}; "
+        f"expected uint8 {(len(batch), size, size, 3)}.")
+  retry = []
+  for it, prompt, s, image in zip(batch, prompts, seeds, images):
+    reason = reject_fn(image)
+    if reason is not None:
+      summary.groups[it.group].filtered += 1
+      summary.filter_reasons[reason] = summary.filter_reasons.get(reason, 0) + 1
+      retry.append(it)
+      continue
+    summary.groups[it.group].generated += 1
+    if appender is None:
+      continue  # Not host 0: the image is written there.
+    y, b = spec.groups[it.group]
+    rel = relative_image_path(spec, y, b, it.index)
+    path = os.path.join(base, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_file_atomically(path, encode_png(image))
+    appender.append(ManifestRecord(
+        file=rel, cls=spec.class_names[y], bias=spec.bias_names[b],
+        index=it.index, prompt=prompt, seed=s, generator=generator.name))
+  return retry
+
+
+# ----------------------------------------------------------------------------
+# Verification.
+
+
+@dataclasses.dataclass
+class VerifyReport:
+  """What :func:`verify` found; ``ok`` when nothing is wrong."""
+  records: int = 0
+  per_group: dict[str, int] = dataclasses.field(default_factory=dict)
+  missing: list[str] = dataclasses.field(default_factory=list)
+  orphans: list[str] = dataclasses.field(default_factory=list)
+  duplicates: list[str] = dataclasses.field(default_factory=list)
+  unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
+  temp_files: list[str] = dataclasses.field(default_factory=list)
+  torn_last_line: bool = False
+
+  @property
+  def ok(self) -> bool:
+    return not (self.missing or self.orphans or self.duplicates
+                or self.unreadable or self.temp_files or self.torn_last_line)
+
+  def text(self) -> str:
+    lines = [f"{self.records} images listed; "
+             + ", ".join(f"{k} {v}" for k, v in self.per_group.items())]
+    for name in ("missing", "orphans", "duplicates", "temp_files"):
+      items = getattr(self, name)
+      if items:
+        lines.append(f"{name}: {len(items)}, e.g. {items[:3]}")
+    if self.unreadable:
+      first = list(self.unreadable.items())[:3]
+      lines.append(f"unreadable: {len(self.unreadable)}, e.g. {first}")
+    if self.torn_last_line:
+      lines.append("the manifest ends with a torn line (an interrupted write)")
+    lines.append("OK" if self.ok else
+                 "PROBLEMS: rerun the generation command to repair them.")
+    return "\n".join(lines)
+
+
+def verify(out_root: str, spec: DatasetSpec, decode: bool = True) -> VerifyReport:
+  """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
+
+  Args:
+    out_root: the synthetic root.
+    spec: the dataset.
+    decode: also decode every listed PNG to find unreadable ones.
+
+  Returns:
+    Missing files (listed, not on disk), orphans (on disk, not listed),
+    duplicate manifest entries, unreadable PNGs, stray temporary files, and
+    whether the manifest ends with a torn line.
+  """
+  from ffr_jax.data.images import find_unreadable  # pylint: disable=import-outside-toplevel
+  base = dataset_dir(out_root, spec)
+  report = VerifyReport()
+  path = os.path.join(base, MANIFEST)
+  with open(path, "rb") as f:
+    data = f.read()
+  report.torn_last_line = bool(data) and not data.endswith(b"\n")
+  seen, listed = set(), set()
+  counts = collections.Counter()
+  for rec in read_manifest(out_root, spec):
+    report.records += 1
+    key = (rec.cls, rec.bias, rec.index)
+    if key in seen:
+      report.duplicates.append(rec.file)
+      continue
+    seen.add(key)
+    listed.add(os.path.normpath(rec.file))
+    counts[f"{rec.cls}/{rec.bias}"] += 1
+    if not os.path.isfile(os.path.join(base, rec.file)):
+      report.missing.append(os.path.normpath(rec.file))
+  report.per_group = {spec.group_name(g): counts.get(spec.group_name(g), 0)
+                      for g in range(len(spec.groups))}
+  pngs, report.temp_files = _image_files(base, spec)
+  report.orphans = [p for p in pngs if os.path.normpath(p) not in listed]
+  if decode:
+    missing = set(report.missing)
+    present = sorted(p for p in listed if p not in missing)
+    bad = find_unreadable([os.path.join(base, p) for p in present])
+    report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
+  return report
