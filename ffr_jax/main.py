@@ -9,6 +9,7 @@ download-free benchmark. Rerunning the same command resumes.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -33,6 +34,24 @@ _CACHE = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+  """A log filter: INFO lines from our own modules, warnings from libraries.
+
+  Orbax logs every checkpoint step at INFO through absl; at INFO level those
+  lines would bury the run's own progress.
+  """
+
+  def filter(self, record) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return "ffr_jax" in record.pathname.replace("\\", "/")
+
+
+def _configure_logging() -> None:
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def _enable_compilation_cache(path: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if path and not jax.config.jax_compilation_cache_dir:
@@ -43,7 +62,7 @@ def _enable_compilation_cache(path: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  _configure_logging()
   _enable_compilation_cache(_CACHE.value)
   workdir = os.path.abspath(_WORKDIR.value)
   runs = run.train_and_evaluate(_CONFIG.value, workdir)

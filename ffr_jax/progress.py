@@ -49,11 +49,16 @@ class Progress:
       # In a log file every redraw is a new line: keep them sparse.
       self.min_interval = max(self.min_interval, 10.0)
     self.postfix = ""
+    self._first = None  # (time, count) at the first update
 
   def rate(self) -> float:
-    elapsed = time.perf_counter() - self._start
-    done = self.n - self._initial
-    return done / elapsed if elapsed > 0 else 0.0
+    # Measured from the first update on: the time before it is start-up
+    # (for a train loop, compilation) and would make the first ETAs absurd.
+    if self._first is None:
+      return 0.0
+    elapsed = time.perf_counter() - self._first[0]
+    done = self.n - self._first[1]
+    return done / elapsed if elapsed > 0 and done > 0 else 0.0
 
   def line(self) -> str:
     rate = self.rate()
@@ -66,6 +71,8 @@ class Progress:
             f"{rate:.1f} {self.unit}/s elapsed {elapsed} ETA {eta_s}{post}")
 
   def update(self, n: int = 1, postfix: str | None = None) -> None:
+    if self._first is None:
+      self._first = (time.perf_counter(), self.n + n)
     self.n += n
     if postfix is not None:
       self.postfix = postfix
