@@ -10,8 +10,10 @@ import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                                  str(ROOT / ".jax_cache"))
+# Outside the checkout, so fresh clones on the same machine (CI) share it.
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # No model hub or dataset download may ever be reached from a test.
