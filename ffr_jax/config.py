@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "resnet50"    # resnet50 | resnet18 | tiny
   c.model.pretrained = ""      # local ImageNet weights (.pth or .safetensors)
   c.model.dtype = "float32"    # compute dtype; bfloat16 on accelerators
+  # 1x1 convolutions as matmuls: same parameters and outputs; XLA:CPU's conv
+  # backward is slow, so this trains faster on CPU and is neutral on GPU
+  # (docs/performance.md).
+  c.model.conv1x1_as_matmul = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128     # global batch over all devices and hosts

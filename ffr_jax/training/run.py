@@ -94,8 +94,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ctx = RunContext(
       config=config, workdir=workdir, splits=splits,
       shardings=make_shardings(),
-      model=models.create_model(config.model.name, spec.num_classes,
-                                dtype=config.model.dtype))
+      model=models.create_model(
+          config.model.name, spec.num_classes, dtype=config.model.dtype,
+          conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul)))
   pool = _synthetic_pool(ctx, modes)
   runs = list(itertools.product(modes, methods))
   out = {}
@@ -138,10 +139,11 @@ def _initial_variables(ctx: RunContext):
   path = ctx.config.model.pretrained
   if not path:
     return None
-  abstract = jax.eval_shape(
+  # A real initialisation, not shapes: it supplies the fresh head that
+  # replaces ImageNet's 1000-class one.
+  template = jax.device_get(jax.jit(
       lambda: state_lib.init_variables(ctx.model, ctx.config.data.image_size,
-                                       ctx.config.seed))
-  template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+                                       ctx.config.seed))())
   return weights_lib.load_torchvision_weights(path, template)
 
 

@@ -1,0 +1,341 @@
+"""Images/s of our jitted ResNet train step beside torchvision + torch.optim.Adam.
+
+Both sides do the same work per step: forward in train mode (batch-norm batch
+statistics), softmax cross-entropy, backward, Adam with L2 weight decay 1e-5
+(torch.optim.Adam's ``weight_decay``; optax ``add_decayed_weights`` before
+``adam``). Inputs are random arrays already on the device, so the input
+pipeline is not measured. The JAX state is donated to the step.
+
+  python benchmarks/train_step.py                      # b32@224 and b128@64
+  python benchmarks/train_step.py --quick              # small shapes, 2 steps
+  python benchmarks/train_step.py --conv1x1-as-matmul both --dtype bfloat16
+  python benchmarks/train_step.py --xla-flags="--xla_cpu_use_thunk_runtime=false" \
+      --label thunk-off
+
+Every run appends one record (device, options, XLA flags, label, per-config
+numbers) to ``benchmarks/results/train_step.json``, so each attempt stays on
+file. Runs on whatever jax's default device is (CPU, GPU, TPU) unchanged; the
+torch baseline uses CUDA when available, and is skipped when torch is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import types
+from typing import Any
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train_step.json")
+NUM_CLASSES = 10
+LR = 1e-3
+WEIGHT_DECAY = 1e-5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--configs", default="32x224,128x64",
+                 help="comma-separated BATCHxPIXELS shapes (default: 32x224,128x64)")
+  p.add_argument("--quick", action="store_true",
+                 help="small shapes (8x224,32x64) and 2 timed steps, for a smoke run")
+  p.add_argument("--steps", type=int, default=3, help="timed steps per config")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  p.add_argument("--model", default="resnet50", help="ffr_jax model name (torch: resnet50/18)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--conv1x1-as-matmul", default="both", choices=("on", "off", "both"))
+  p.add_argument("--xla-flags", default="",
+                 help="appended to XLA_FLAGS before jax is imported; recorded in the JSON; "
+                 "give it as --xla-flags=\"--flag=value ...\"")
+  p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+  p.add_argument("--label", default="", help="name of this attempt in the JSON record")
+  p.add_argument("--out", default=RESULTS, help="JSON file the record is appended to")
+  p.add_argument("--probe", action="store_true",
+                 help="also time the step's building blocks alone (at the first config)")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.configs = "8x224,32x64" if args.configs == p.get_default("configs") else args.configs
+    args.steps = min(args.steps, 2)
+  return args
+
+
+def parse_configs(spec: str) -> list[tuple[int, int]]:
+  """``"32x224,128x64"`` -> ``[(32, 224), (128, 64)]``."""
+  out = []
+  for item in spec.split(","):
+    batch, size = item.lower().split("x")
+    out.append((int(batch), int(size)))
+  return out
+
+
+def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: bool,
+              steps: int, warmup: int) -> dict[str, Any]:
+  """Compiles and times our train step; returns img/s, compile time and FLOP rate."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from ffr_jax.models import create_model
+
+  model = create_model(model_name, NUM_CLASSES, dtype, conv1x1_as_matmul=as_matmul)
+  tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.adam(LR))
+
+  def loss_fn(params, batch_stats, x, y):
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                               train=True, mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(out.logits, y).mean()
+    return loss, updates["batch_stats"]
+
+  def step(state, x, y):
+    params, batch_stats, opt_state = state
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
+  variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
+  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+  t0 = time.perf_counter()
+  lowered = jax.jit(step, donate_argnums=(0,)).lower(state, x, y)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  flops = _flops(lowered)
+  for _ in range(warmup):
+    state, loss = compiled(state, x, y)
+  jax.block_until_ready(loss)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, loss = compiled(state, x, y)
+  jax.block_until_ready((state, loss))
+  elapsed = time.perf_counter() - t0
+  result = {"images_per_s": batch * steps / elapsed, "step_s": elapsed / steps,
+            "compile_s": compile_s, "loss": float(loss)}
+  if flops:
+    result["gflop_per_step"] = flops / 1e9
+    result["gflop_per_s"] = flops * steps / elapsed / 1e9
+  del state, compiled
+  gc.collect()
+  return result
+
+
+def probe_ops(batch: int, size: int, steps: int) -> list[dict[str, Any]]:
+  """Forward+backward GFLOP/s (or GB/s) of the step's building blocks on their own.
+
+  Shapes are those of ResNet50's first stage at this batch and resolution,
+  where the activations are largest; this says which op bounds the step.
+  """
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+
+  from ffr_jax.models.resnet import Conv1x1Matmul
+
+  h = size // 4  # after the stem's two stride-2 ops
+  key = jax.random.key(0)
+
+  def conv(k: int, cin: int, cout: int, stride: int = 1) -> nn.Module:
+    return nn.Conv(cout, (k, k), strides=stride, padding=k // 2, use_bias=False)
+
+  cases = [  # name, module, input shape, forward FLOPs (multiply-adds x 2)
+      ("stem 7x7/2 conv 3->64", conv(7, 3, 64, 2), (batch, size, size, 3),
+       2 * batch * (size // 2) ** 2 * 49 * 3 * 64),
+      ("3x3 conv 64->64", conv(3, 64, 64), (batch, h, h, 64), 2 * batch * h * h * 9 * 64 * 64),
+      ("1x1 conv 64->256", conv(1, 64, 256), (batch, h, h, 64), 2 * batch * h * h * 64 * 256),
+      ("1x1 matmul 64->256", Conv1x1Matmul(256), (batch, h, h, 64),
+       2 * batch * h * h * 64 * 256),
+      ("batchnorm(train)+relu 256", None, (batch, h, h, 256), 0),
+      ("maxpool 3x3/2 64", None, (batch, size // 2, size // 2, 64), 0),
+  ]
+  rows = []
+  for name, module, shape, fwd_flops in cases:
+    x = jax.random.normal(key, shape)
+    if module is not None:
+      params = module.init(key, x)
+      fn = lambda p, x, m=module: jnp.sum(m.apply(p, x) ** 2)  # noqa: E731
+    elif name.startswith("batchnorm"):
+      bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+      params = bn.init(key, x)
+      fn = lambda p, x, m=bn: jnp.sum(nn.relu(m.apply(p, x, mutable=["batch_stats"])[0]) ** 2)  # noqa: E731
+    else:
+      params = {}
+      fn = lambda p, x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) ** 2)  # noqa: E731
+    step = jax.jit(jax.grad(fn, argnums=(0, 1)))
+    jax.block_until_ready(step(params, x))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = step(params, x)
+    jax.block_until_ready(out)
+    ms = (time.perf_counter() - t0) / steps * 1e3
+    row = {"op": name, "shape": list(shape), "ms": ms}
+    if fwd_flops:
+      row["gflop_per_s"] = 3 * fwd_flops / ms / 1e6  # forward + two backward products
+    else:
+      row["gb_per_s"] = 3 * 4 * x.size / ms / 1e6  # read x, read dy, write dx
+    rows.append(row)
+    rate = (f"{row['gflop_per_s']:7.1f} GFLOP/s" if fwd_flops
+            else f"{row['gb_per_s']:7.1f} GB/s (approx.)")
+    print(f"{name:>28} {str(tuple(shape)):>20} {ms:9.2f} ms  {rate}")
+  return rows
+
+
+def _flops(lowered: Any) -> float | None:
+  """FLOPs of the step from the HLO before backend passes.
+
+  The compiled executable's analysis is backend-specific (on GPU it skips the
+  cuDNN convolution calls), so the unoptimised HLO gives the comparable count.
+  """
+  try:
+    analysis = lowered.cost_analysis()
+  except Exception:  # noqa: BLE001  (cost analysis is optional per backend)
+    return None
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else {}
+  return float(analysis.get("flops", 0.0)) or None
+
+
+def _import_torch() -> tuple[Any, Any] | None:
+  """(torch, torchvision.models) or None when torch is not installed."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  # On CPU-only machines torchvision's compiled ops (a CUDA build) fail to load;
+  # the model definitions do not need them (RECIPES.md).
+  if not torch.cuda.is_available():
+    sys.modules.setdefault("torchvision._meta_registrations",
+                           types.ModuleType("torchvision._meta_registrations"))
+  try:
+    import torchvision.models as tvm
+  except ImportError:
+    return None
+  return torch, tvm
+
+
+def bench_torch(model_name: str, batch: int, size: int, dtype: str, steps: int,
+                warmup: int) -> dict[str, Any] | None:
+  """Times torchvision's model + torch.optim.Adam on the same shapes."""
+  imported = _import_torch()
+  if imported is None:
+    return None
+  torch, tvm = imported
+  if not hasattr(tvm, model_name):
+    return None
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  # On GPUs give torch its usual fast settings (cuDNN autotuning, NHWC); on CPU
+  # the plain NCHW model is what the authors' scripts run.
+  channels_last = device == "cuda"
+  torch.backends.cudnn.benchmark = True
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  torch.manual_seed(0)
+  model = getattr(tvm, model_name)(num_classes=NUM_CLASSES).to(device, memory_format=memory_format)
+  model.train()
+  opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+  x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
+  y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def step() -> Any:
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  def sync() -> None:
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  for _ in range(warmup):
+    step()
+  sync()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    loss = step()
+  sync()
+  elapsed = time.perf_counter() - t0
+  result = {"images_per_s": batch * steps / elapsed, "step_s": elapsed / steps,
+            "loss": float(loss.detach()), "device": device, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "channels_last": channels_last}
+  del model, opt, x, y
+  gc.collect()
+  return result
+
+
+def _device_info() -> dict[str, Any]:
+  import jax
+  dev = jax.devices()[0]
+  return {"platform": dev.platform, "device_kind": dev.device_kind,
+          "device_count": jax.device_count(), "jax": jax.__version__,
+          "cpu_count": os.cpu_count(), "host": platform.machine()}
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+  header = (f"{'config':>10} {'1x1 matmul':>10} {'jax img/s':>10} {'torch img/s':>11} "
+            f"{'jax/torch':>9} {'compile s':>9} {'GFLOP/s':>8}")
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    torch_ips = r["torch"]["images_per_s"] if r.get("torch") else None
+    ratio = f"{r['jax']['images_per_s'] / torch_ips:9.2f}" if torch_ips else f"{'-':>9}"
+    torch_s = f"{torch_ips:11.2f}" if torch_ips else f"{'-':>11}"
+    gflops = r["jax"].get("gflop_per_s")
+    print(f"{r['config']:>10} {str(r['conv1x1_as_matmul']):>10} "
+          f"{r['jax']['images_per_s']:10.2f} {torch_s} {ratio} "
+          f"{r['jax']['compile_s']:9.1f} {gflops if gflops is None else round(gflops, 1)!s:>8}")
+
+
+def _append_record(path: str, record: dict[str, Any]) -> None:
+  """Adds this run to the JSON file's list of attempts."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  runs = []
+  if os.path.exists(path):
+    with open(path) as f:
+      runs = json.load(f).get("runs", [])
+  runs.append(record)
+  with open(path, "w") as f:
+    json.dump({"runs": runs}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  if args.xla_flags:
+    # Must happen before jax is imported, which is why jax imports are local.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  matmul_options = {"on": [True], "off": [False], "both": [False, True]}[args.conv1x1_as_matmul]
+  record: dict[str, Any] = {
+      "label": args.label, "time": datetime.datetime.now().isoformat(timespec="seconds"),
+      "model": args.model, "dtype": args.dtype, "steps": args.steps, "warmup": args.warmup,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "device": _device_info(), "results": []}
+  print(f"device: {record['device']}  XLA_FLAGS={record['xla_flags']!r}")
+  if args.probe:
+    batch, size = parse_configs(args.configs)[0]
+    record["probe"] = probe_ops(batch, size, max(args.steps, 3))
+  for batch, size in parse_configs(args.configs):
+    torch_result = None
+    if not args.no_torch:
+      torch_result = bench_torch(args.model, batch, size, args.dtype, args.steps, args.warmup)
+    for as_matmul in matmul_options:
+      jax_result = bench_jax(args.model, batch, size, args.dtype, as_matmul, args.steps,
+                             args.warmup)
+      row = {"config": f"{batch}x{size}", "batch": batch, "image_size": size,
+             "conv1x1_as_matmul": as_matmul, "jax": jax_result, "torch": torch_result}
+      record["results"].append(row)
+      _print_table([row])
+  print()
+  _print_table(record["results"])
+  _append_record(args.out, record)
+  print(f"\nappended to {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,265 @@
+"""Flax linen ResNets with torchvision's architecture and parameter layout.
+
+The networks follow ``torchvision.models.resnet`` exactly, so torchvision's
+ImageNet checkpoints load one-to-one (see :mod:`ffr_jax.models.weights`):
+
+* stem: 7x7/2 convolution (padding 3, no bias), BatchNorm, ReLU, 3x3/2 max pool
+  (padding 1);
+* four stages of :class:`Bottleneck` (ResNet50, "v1.5": the stride sits on the
+  3x3 convolution) or :class:`BasicBlock` (ResNet18) blocks; the first block of
+  a stage gets a 1x1 convolution + BatchNorm shortcut when the shape changes;
+* global average pool -> ``embedding`` -> linear head -> ``logits``.
+
+BatchNorm uses torch's semantics (momentum 0.1 in torch is ``momentum=0.9``
+here, epsilon 1e-5) with the running statistics in the mutable collection
+``"batch_stats"``. In train mode the statistics are means over the batch axis;
+under ``jax.jit`` with the batch sharded over a mesh (``NamedSharding``) those
+means are global reductions, so statistics are over the global batch without
+any ``axis_name`` (checked in ``tests/test_models.py``). One known difference
+to torch: flax updates the running variance with the biased batch variance,
+torch with the unbiased one (a factor n/(n-1), n = batch x height x width,
+i.e. below 0.02% for batch 128 at 224 px).
+
+Parameter tree (names mirror torchvision's so the mapping stays obvious)::
+
+  conv1/kernel  bn1/{scale,bias}
+  layer{1..4}_{i}/conv{1,2,3}/kernel  layer{s}_{i}/bn{1,2,3}/{scale,bias}
+  layer{s}_0/downsample_conv/kernel   layer{s}_0/downsample_bn/{scale,bias}
+  fc/{kernel,bias}
+  batch_stats: the same BatchNorm paths with {mean,var}
+
+Convolution kernels are HWIO (flax's layout), the head kernel is (in, out).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# torchvision initialises convolutions with kaiming_normal(mode="fan_out").
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight.
+_fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _fc_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+  """torch.nn.Linear's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+@flax.struct.dataclass
+class ResNetOutput:
+  """What a ResNet returns; a pytree, so it passes through ``jax.jit``.
+
+  Attributes:
+    logits: ``[batch, num_classes]`` float32 head outputs.
+    embedding: ``[batch, embedding_dim]`` float32 globally pooled features
+      before the head (2048-d for ResNet50, 512-d for ResNet18).
+  """
+
+  logits: jax.Array
+  embedding: jax.Array
+
+
+class Conv1x1Matmul(nn.Module):
+  """A bias-free 1x1 convolution computed as reshape + matmul.
+
+  The kernel has nn.Conv's shape ``(1, 1, in, out)`` and the same name, so the
+  two forms share checkpoints. Why it exists: XLA:CPU's convolution backward
+  pass is about 5x slower than a matmul of the same size (RECIPES.md), while
+  the 1x1 convolutions hold most of ResNet50's FLOPs.
+
+  Attributes:
+    features: output channels.
+    strides: spatial stride; a strided 1x1 convolution without padding reads
+      pixels ``0, s, 2s, ...``, which is a strided slice.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", _conv_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+    if self.strides != 1:
+      x = x[:, ::self.strides, ::self.strides, :]
+    x = x.astype(self.dtype)
+    kernel = kernel.reshape(kernel.shape[2:]).astype(self.dtype)
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
+          conv1x1_as_matmul: bool) -> nn.Module:
+  """A torch-style bias-free convolution with symmetric padding ``kernel // 2``."""
+  if kernel == 1 and conv1x1_as_matmul:
+    return Conv1x1Matmul(features, strides=strides, dtype=dtype, name=name)
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+
+
+def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+  """BatchNorm with torch's defaults (torch momentum 0.1 == flax momentum 0.9)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class BasicBlock(nn.Module):
+  """torchvision's BasicBlock: two 3x3 convolutions (ResNet18/34)."""
+
+  planes: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  conv1x1_as_matmul: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(_conv, dtype=self.dtype,
+                             conv1x1_as_matmul=self.conv1x1_as_matmul)
+    y = conv(self.planes, 3, self.strides, name="conv1")(x)
+    y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+    y = conv(self.planes, 3, 1, name="conv2")(y)
+    y = _batch_norm(train, self.dtype, "bn2")(y)
+    return nn.relu(y + _shortcut(self, x, train))
+
+
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (v1.5: the stride is on the 3x3 convolution)."""
+
+  planes: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  conv1x1_as_matmul: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(_conv, dtype=self.dtype,
+                             conv1x1_as_matmul=self.conv1x1_as_matmul)
+    y = conv(self.planes, 1, 1, name="conv1")(x)
+    y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+    y = conv(self.planes, 3, self.strides, name="conv2")(y)
+    y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
+    y = conv(self.planes * self.expansion, 1, 1, name="conv3")(y)
+    y = _batch_norm(train, self.dtype, "bn3")(y)
+    return nn.relu(y + _shortcut(self, x, train))
+
+
+def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.Array:
+  """Identity, or torchvision's ``downsample`` (1x1 conv + BN) on a shape change.
+
+  Called inside the block's compact ``__call__`` so the submodules are named
+  under the block (``downsample_conv``, ``downsample_bn``).
+  """
+  out_features = block.planes * block.expansion
+  if block.strides == 1 and x.shape[-1] == out_features:
+    return x
+  x = _conv(out_features, 1, block.strides, block.dtype, "downsample_conv",
+            block.conv1x1_as_matmul)(x)
+  return _batch_norm(train, block.dtype, "downsample_bn")(x)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def stage_widths(width: float) -> tuple[int, tuple[int, int, int, int]]:
+  """Stem channels and per-stage ``planes`` for a width multiplier.
+
+  torchvision's ResNet uses 64 stem channels and planes 64, 128, 256, 512;
+  ``width`` scales all of them (rounded, at least 1), which is how the reduced
+  parity fixtures and the tiny model are built.
+  """
+  def scale(c: int) -> int:
+    return max(1, int(round(c * width)))
+
+  return scale(64), tuple(scale(64 * 2**i) for i in range(4))
+
+
+class ResNet(nn.Module):
+  """A torchvision-architecture ResNet.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet50.
+    block: ``"bottleneck"`` or ``"basic"``.
+    num_classes: outputs of the linear head.
+    width: channel multiplier (1.0 is torchvision's network).
+    dtype: compute dtype (e.g. ``jnp.bfloat16`` on accelerators); parameters
+      and BatchNorm statistics stay float32, outputs are float32.
+    conv1x1_as_matmul: compute 1x1 convolutions as matmuls (same parameters);
+      faster training on CPU, see :class:`Conv1x1Matmul`.
+  """
+
+  stage_sizes: Sequence[int]
+  block: str = "bottleneck"
+  num_classes: int = 1000
+  width: float = 1.0
+  dtype: Dtype = jnp.float32
+  conv1x1_as_matmul: bool = False
+
+  @property
+  def embedding_dim(self) -> int:
+    """Size of the pooled embedding (2048 for ResNet50)."""
+    return stage_widths(self.width)[1][3] * BLOCKS[self.block].expansion
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> ResNetOutput:
+    """Runs the network.
+
+    Args:
+      x: ``[batch, height, width, 3]`` normalised images (NHWC).
+      train: batch statistics and their running-average update (the caller
+        passes ``mutable=["batch_stats"]``) when True; running averages when
+        False.
+
+    Returns:
+      A :class:`ResNetOutput` with float32 ``logits`` and ``embedding``.
+    """
+    if self.block not in BLOCKS:
+      raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+    block_cls = BLOCKS[self.block]
+    stem, planes = stage_widths(self.width)
+    x = _conv(stem, 7, 2, self.dtype, "conv1", False)(x.astype(self.dtype))
+    x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, (num_blocks, stage_planes) in enumerate(zip(self.stage_sizes, planes)):
+      for i in range(num_blocks):
+        strides = 2 if stage > 0 and i == 0 else 1
+        x = block_cls(stage_planes, strides=strides, dtype=self.dtype,
+                      conv1x1_as_matmul=self.conv1x1_as_matmul,
+                      name=f"layer{stage + 1}_{i}")(x, train)
+    # Pool in float32: a mean over 49+ bf16 values loses precision otherwise.
+    embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    # The head runs in float32 whatever the compute dtype: it costs nothing and
+    # keeps the logits (and the loss) at full precision.
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                      kernel_init=_fc_kernel_init,
+                      bias_init=_fc_bias_init(embedding.shape[-1]), name="fc")(embedding)
+    return ResNetOutput(logits=logits, embedding=embedding)
+
+
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")
+# For tests and CPU demos at 32-64 px: ResNet18's layout at a quarter of the
+# width with one block per stage (about 0.3M parameters, 128-d embedding).
+TinyResNet = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", width=0.25)

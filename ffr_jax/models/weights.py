@@ -1,0 +1,262 @@
+"""Load torchvision ResNet checkpoints into our Flax variables.
+
+Users bring ImageNet weights they already have on disk (we never download):
+
+* ``.safetensors``: read with ``safetensors.numpy``, no torch needed;
+* ``.pth`` / ``.pt``: read with torch when it is installed; otherwise the error
+  says how to convert the file once on a machine with torch
+  (``python -m ffr_jax.models.weights model.pth model.safetensors``).
+
+Name mapping (torchvision -> ours, see :mod:`ffr_jax.models.resnet`):
+``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/kernel`` (OIHW -> HWIO),
+``*.bn1.weight|bias`` -> ``params/.../bn1/scale|bias``,
+``*.bn1.running_mean|running_var`` -> ``batch_stats/.../bn1/mean|var``,
+``downsample.0|1`` -> ``downsample_conv|downsample_bn``,
+``fc.weight|bias`` -> ``params/fc/kernel|bias`` (``(out, in)`` -> ``(in, out)``).
+``num_batches_tracked`` buffers are ignored.
+
+The head: the authors replace torchvision's 1000-way ``fc`` with a new linear
+layer. By default (``keep_head=None``) the checkpoint's ``fc`` is loaded only
+when its shape equals the model's head (``num_classes == 1000`` for ImageNet
+checkpoints); otherwise the model's freshly initialised head is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+Variables = dict[str, Any]
+
+_LEAF_NAMES = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+_MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class WeightsError(ValueError):
+  """A checkpoint that cannot be read or does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  """Reads a torchvision state dict from ``.safetensors`` (no torch) or ``.pth``.
+
+  Args:
+    path: checkpoint file.
+
+  Returns:
+    Parameter name -> numpy array.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    WeightsError: unknown extension, or a ``.pth`` file without torch installed.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".safetensors":
+    from safetensors.numpy import load_file
+    return dict(load_file(path))
+  if ext in (".pth", ".pt", ".bin"):
+    return _read_torch(path)
+  raise WeightsError(
+      f"Unsupported checkpoint extension {ext!r} for {path!r}; expected .safetensors or "
+      ".pth/.pt.")
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  """Reads a torch checkpoint; torch is optional, so its absence is a clear error."""
+  try:
+    import torch
+  except ImportError as e:
+    raise WeightsError(
+        f"Reading {path!r} needs PyTorch, which is not installed (it is not a dependency "
+        "of ffr_jax). Convert the file once on a machine with torch:\n"
+        f"  python -m ffr_jax.models.weights {path} {os.path.splitext(path)[0]}.safetensors\n"
+        "and pass the .safetensors file instead.") from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  # Training checkpoints often wrap the weights; torchvision's files are the dict itself.
+  for key in ("state_dict", "model"):
+    if isinstance(state.get(key), Mapping):
+      state = state[key]
+  return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+
+
+def convert_pth_to_safetensors(pth_path: str | os.PathLike[str],
+                               out_path: str | os.PathLike[str]) -> None:
+  """Converts a torch checkpoint to ``.safetensors`` (needs torch; run once).
+
+  Args:
+    pth_path: torchvision ``.pth`` state dict.
+    out_path: where to write the ``.safetensors`` file.
+  """
+  from safetensors.numpy import save_file
+  state = _read_torch(os.fspath(pth_path))
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.fspath(out_path))
+
+
+def flax_to_torch_name(collection: str, path: tuple[str, ...]) -> str:
+  """torchvision's name for one of our leaves, e.g. ``layer1.0.downsample.0.weight``.
+
+  Args:
+    collection: ``"params"`` or ``"batch_stats"``.
+    path: module names then the leaf name, e.g. ``("layer1_0", "conv1", "kernel")``.
+  """
+  *modules, leaf = path
+  parts = []
+  for m in modules:
+    if m in _MODULE_NAMES:
+      parts.append(_MODULE_NAMES[m])
+    elif m.startswith("layer") and "_" in m:
+      parts.append(m.replace("_", ".", 1))  # layer1_0 -> layer1.0
+    else:
+      parts.append(m)
+  try:
+    parts.append(_LEAF_NAMES[(collection, leaf)])
+  except KeyError:
+    raise WeightsError(f"No torchvision name for {collection}/{'/'.join(path)}.") from None
+  return ".".join(parts)
+
+
+def _to_flax_layout(value: np.ndarray) -> np.ndarray:
+  """Transposes torch layouts to ours: conv OIHW -> HWIO, linear (out,in) -> (in,out)."""
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:
+    return value.T
+  return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  """Nested dict -> {path tuple: leaf}."""
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      flat.update(_flatten(v, prefix + (k,)))
+    else:
+      flat[prefix + (k,)] = v
+  return flat
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+  """{path tuple: leaf} -> nested dict."""
+  tree: dict[str, Any] = {}
+  for path, v in flat.items():
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return tree
+
+
+def _is_head(path: tuple[str, ...]) -> bool:
+  return path[0] == "fc"
+
+
+def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
+                       keep_head: bool | None) -> bool:
+  """Whether to load the checkpoint's ``fc`` (auto: only when shapes match)."""
+  if keep_head is not None:
+    return keep_head
+  kernel = template.get(("params", "fc", "kernel"))
+  if kernel is None or "fc.weight" not in state:
+    return False
+  return tuple(state["fc.weight"].shape[::-1]) == tuple(kernel.shape)
+
+
+def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str, Any],
+                        keep_head: bool | None = None) -> Variables:
+  """Maps a torchvision state dict onto initialised model variables.
+
+  Args:
+    state: torchvision parameter name -> array (see :func:`read_state_dict`).
+    variables: ``{"params", "batch_stats"}`` from ``model.init``; they fix the
+      expected names, shapes and dtypes, and provide the fresh head.
+    keep_head: load the checkpoint's ``fc`` (True), keep the model's head
+      (False), or load it only if its shape equals the model's (None).
+
+  Returns:
+    New variables with the same tree structure, every backbone leaf taken
+    from ``state``.
+
+  Raises:
+    WeightsError: listing every missing key, unexpected key and shape
+      mismatch at once.
+  """
+  template = {(col,) + p: v for col in ("params", "batch_stats")
+              for p, v in _flatten(variables.get(col, {})).items()}
+  load_head = _resolve_keep_head(state, template, keep_head)
+  out, missing, mismatched, used = {}, [], [], set()
+  for path, ref in template.items():
+    if _is_head(path[1:]) and not load_head:
+      out[path] = ref
+      continue
+    name = flax_to_torch_name(path[0], path[1:])
+    if name not in state:
+      missing.append(name)
+      continue
+    used.add(name)
+    value = _to_flax_layout(np.asarray(state[name]))
+    if value.shape != tuple(ref.shape):
+      mismatched.append(f"{name}: checkpoint {tuple(state[name].shape)} -> {value.shape}, "
+                        f"model expects {tuple(ref.shape)} at {'/'.join(path)}")
+      continue
+    out[path] = jnp.asarray(value, dtype=ref.dtype)
+  unexpected = sorted(k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+                      and not (k.startswith("fc.") and not load_head))
+  if missing or unexpected or mismatched:
+    raise WeightsError(_mismatch_message(missing, unexpected, mismatched))
+  tree = _unflatten(out)
+  return {col: tree.get(col, variables[col]) for col in variables}
+
+
+def _mismatch_message(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+  """One readable error for everything that does not fit."""
+  lines = ["The checkpoint does not fit the model (is it a torchvision ResNet of the same "
+           "depth and width?)."]
+  for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                       ("shape mismatches", mismatched)):
+    if items:
+      lines.append(f"{len(items)} {title}:")
+      lines.extend(f"  {item}" for item in items)
+  return "\n".join(lines)
+
+
+def load_torchvision_weights(path: str | os.PathLike[str], variables: Mapping[str, Any],
+                             keep_head: bool | None = None) -> Variables:
+  """Reads a checkpoint and maps it onto ``variables`` (see :func:`torchvision_to_flax`).
+
+  Args:
+    path: ``.safetensors`` (no torch needed) or ``.pth`` (needs torch).
+    variables: initialised ``{"params", "batch_stats"}`` of the model.
+    keep_head: see :func:`torchvision_to_flax`.
+
+  Returns:
+    The loaded variables.
+  """
+  return torchvision_to_flax(read_state_dict(path), variables, keep_head=keep_head)
+
+
+def main(argv: list[str]) -> int:
+  """``python -m ffr_jax.models.weights IN.pth OUT.safetensors``."""
+  if len(argv) != 3:
+    print("usage: python -m ffr_jax.models.weights IN.pth OUT.safetensors", file=sys.stderr)
+    return 2
+  convert_pth_to_safetensors(argv[1], argv[2])
+  print(f"wrote {argv[2]}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
