@@ -18,7 +18,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
