@@ -400,3 +400,25 @@ def test_configs(file, name):
           smoke.stage1.epochs, smoke.train.batch_size) == (32, "tiny", 1, 1, 16)
   with pytest.raises(ValueError, match="Unknown config arg 'big'"):
     _load_config(file, "big")
+
+
+def test_verification_cache_skips_known_good_files_and_rechecks_changed_ones(
+    tmp_path, monkeypatch):
+  from ffr_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  paths = [fake_trees.write_image(str(tmp_path / f"{i}.png"), colour=i) for i in range(4)]
+  cache = str(tmp_path / "cache" / "verified.json")
+  decoded = []
+  real = images_lib._unreadable
+  monkeypatch.setattr(images_lib, "_unreadable",
+                      lambda p: decoded.append(p) or real(p))
+  assert images_lib.find_unreadable(paths, cache_path=cache) == {}
+  assert sorted(decoded) == sorted(paths)
+  decoded.clear()
+  assert images_lib.find_unreadable(paths, cache_path=cache) == {}
+  assert decoded == []  # all remembered
+  fake_trees.corrupt(paths[1])  # changes size: decoded again, found bad, never cached
+  os.utime(paths[1], ns=(1, 1))
+  bad = images_lib.find_unreadable(paths, cache_path=cache)
+  assert list(bad) == [paths[1]] and decoded == [paths[1]]
+  decoded.clear()
+  assert list(images_lib.find_unreadable(paths, cache_path=cache)) == [paths[1]]

@@ -8,6 +8,17 @@
 * ``ffr`` (From Fake to Real): stage 1 trains on that balanced synthetic set
   alone; stage 2 fine-tunes on real data alone.
 
+Ablations (the paper's Tables 1 and 2; "stage 2 only" is mode ``none``):
+
+* ``stage1_only``: FFR's stage 1 alone (balanced synthetic data, ERM),
+  evaluated on real data. It is the very stage FFR trains first, so it shares
+  FFR's stage-1 checkpoint.
+* ``stage2_then_1``: FFR in reverse: real data first (with the configured
+  method), then the balanced synthetic set (ERM, ``stage1.*`` settings).
+* ``ffr_biased``: FFR whose stage 1 follows the biased real distribution: the
+  same number of synthetic images as FFR's stage 1, split over the groups in
+  the proportions of the real train split.
+
 Validation and test are always real. USB and ASB put real and synthetic images
 in one training set, so their robust methods act on ``(y, b, source)`` groups;
 ``none`` and ``ffr`` use ``(y, b)`` groups (REFERENCE.md, "Training").
@@ -24,6 +35,7 @@ from ffr_jax.data.types import REAL, DatasetSpec, Examples
 
 STAGE1 = "stage1"  # FFR: ERM on the balanced synthetic set
 STAGE2 = "stage2"  # FFR: fine-tuning on real data
+STAGE1_BIASED = "stage1_biased"  # ffr_biased: pretraining on biased synthetic data
 TRAIN = "train"    # the only stage of modes none, usb and asb
 
 
@@ -37,12 +49,21 @@ class Stage:
     train: the examples it trains on.
     by_source: whether groups are ``(y, b, source)`` rather than ``(y, b)``.
     erm_only: stage 1 of FFR is plain ERM whatever the configured method.
+    hparams: the config section holding its ``epochs`` and ``lr``:
+      ``"stage1"`` for stages on synthetic data, ``"train"`` otherwise.
+    shared: the stage starts from scratch and ignores the method, so every
+      method (and every mode naming the same stage) can reuse one copy: the
+      run keeps it in the shared stage-1 folder (``train.stage1_dir``).
+    freeze_bn: ``train.freeze_bn`` applies (fine-tuning after pretraining).
   """
 
   name: str
   train: Examples
   by_source: bool
   erm_only: bool = False
+  hparams: str = "train"
+  shared: bool = False
+  freeze_bn: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +99,8 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
     train: the real train split after the bias ratio.
     per_group: if >= 0, a fixed count per group for asb and ffr (and the cap
       on what usb adds per group), instead of the counts derived from the data.
+      ``stage1_only`` and ``stage2_then_1`` use FFR's set; ``ffr_biased`` the
+      same total, in the real train split's group proportions.
   """
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; known modes: {sorted(MODES)}")
@@ -89,7 +112,28 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
       needs = {g: min(n, per_group) for g, n in needs.items()}
     return needs
   n = balanced_per_group(spec, train) if per_group < 0 else per_group
+  if mode == "ffr_biased":
+    return biased_counts(spec, train, n * len(spec.groups))
   return {g: n for g in spec.groups}
+
+
+def biased_counts(spec: DatasetSpec, train: Examples, total: int
+                  ) -> dict[tuple[int, int], int]:
+  """``total`` split over the groups in proportion to the real train counts.
+
+  Largest-remainder rounding (ties to the earlier group), so the counts sum to
+  ``total`` exactly: ``ffr_biased`` then differs from ``ffr`` in the group
+  proportions only, never in the amount of synthetic data.
+  """
+  real = np.array([train.count(*g, source=REAL) for g in spec.groups],
+                  dtype=np.float64)
+  if real.sum() == 0:
+    raise ValueError("biased_counts: the real train split is empty.")
+  exact = total * real / real.sum()
+  counts = np.floor(exact).astype(np.int64)
+  order = np.argsort(-(exact - counts), kind="stable")
+  counts[order[:total - int(counts.sum())]] += 1
+  return {g: int(n) for g, n in zip(spec.groups, counts)}
 
 
 def take_synthetic(spec: DatasetSpec, pool: Examples,
@@ -134,10 +178,32 @@ def _asb(spec, train, pool, per_group):
   return (Stage(TRAIN, Examples.concat([train, syn]), by_source=True),)
 
 
+def _pretrain(name, mode, spec, train, pool, per_group):
+  """The synthetic pretraining stage of ``mode`` (ERM, shared by methods)."""
+  syn = take_synthetic(spec, pool, synthetic_needs(mode, spec, train, per_group))
+  return Stage(name, syn, by_source=False, erm_only=True, hparams="stage1",
+               shared=True)
+
+
 def _ffr(spec, train, pool, per_group):
+  return (_pretrain(STAGE1, "ffr", spec, train, pool, per_group),
+          Stage(STAGE2, train, by_source=False, freeze_bn=True))
+
+
+def _stage1_only(spec, train, pool, per_group):
+  return (_pretrain(STAGE1, "ffr", spec, train, pool, per_group),)
+
+
+def _stage2_then_1(spec, train, pool, per_group):
   syn = take_synthetic(spec, pool, synthetic_needs("ffr", spec, train, per_group))
-  return (Stage(STAGE1, syn, by_source=False, erm_only=True),
-          Stage(STAGE2, train, by_source=False))
+  # The synthetic stage now follows a trained model, so it is not shared.
+  return (Stage(STAGE2, train, by_source=False),
+          Stage(STAGE1, syn, by_source=False, erm_only=True, hparams="stage1"))
+
+
+def _ffr_biased(spec, train, pool, per_group):
+  return (_pretrain(STAGE1_BIASED, "ffr_biased", spec, train, pool, per_group),
+          Stage(STAGE2, train, by_source=False, freeze_bn=True))
 
 
 ComposeFn = Callable[[DatasetSpec, Examples, Examples, int], tuple[Stage, ...]]
@@ -146,6 +212,17 @@ MODES: dict[str, ComposeFn] = {
     "usb": _usb,
     "asb": _asb,
     "ffr": _ffr,
+    "stage1_only": _stage1_only,
+    "stage2_then_1": _stage2_then_1,
+    "ffr_biased": _ffr_biased,
+}
+
+# The shared (method-independent) stage of each mode that has one; the sweep
+# keys a shared folder on the settings this stage depends on.
+SHARED_STAGES: dict[str, str] = {
+    "ffr": STAGE1,
+    "stage1_only": STAGE1,
+    "ffr_biased": STAGE1_BIASED,
 }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from ffr_jax.data import bias, celeba_hq, spuco, utk_face
-from ffr_jax.data.images import find_unreadable
+from ffr_jax.data.images import find_unreadable, verified_cache_path
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 UNREADABLE = "unreadable_image"
@@ -122,11 +122,15 @@ def get_dataset(name: str) -> DatasetDef:
   return DATASETS[name]
 
 
-def _exclude_unreadable(splits: DatasetSplits) -> DatasetSplits:
-  """Decodes every image once and drops the ones that fail, with a warning."""
+def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
+  """Decodes every image once and drops the ones that fail, with a warning.
+
+  Files that decoded fine before (same size and modification time) are
+  remembered in a cache outside ``root`` and not decoded again.
+  """
   parts = {s: splits.split(s) for s in ("train", "val", "test")}
   paths = [str(p) for ex in parts.values() for p in ex.path]
-  bad = find_unreadable(paths)
+  bad = find_unreadable(paths, cache_path=verified_cache_path(root))
   if not bad:
     return splits
   shown = "\n  ".join(f"{p}: {bad[p]}" for p in sorted(bad)[:_SHOW_PATHS])
@@ -176,7 +180,7 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
   _require_root(cfg_data.name, cfg_data.root, definition.layout)
   splits = definition.load(cfg_data.root, int(cfg_data.split_seed))
   if cfg_data.verify_images:
-    splits = _exclude_unreadable(splits)
+    splits = _exclude_unreadable(splits, cfg_data.root)
     celeba_hq.require_every_group(
         splits.spec,
         {s: splits.split(s) for s in ("train", "val", "test")}, cfg_data.root)
