@@ -11,6 +11,9 @@ from __future__ import annotations
 import ml_collections
 
 MODES = ("none", "usb", "asb", "ffr")
+# The paper's ablations (ffr_jax.data.compose): Table 1 (stage1_only,
+# stage2_then_1; "stage 2 only" is none) and Table 2 (ffr_biased).
+ABLATION_MODES = ("stage1_only", "stage2_then_1", "ffr_biased")
 METHODS = ("erm", "groupdro", "resampling", "dfr")
 
 
@@ -32,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_root = ""   # generated images: {root}/{dataset}/{class}/{bias}
   c.data.synthetic_per_group = -1  # -1: what the mode needs (REFERENCE.md)
 
-  c.mode = "none"              # one of MODES
+  c.mode = "none"              # one of MODES or ABLATION_MODES
   c.method = "erm"             # one of METHODS (for stage 2 in mode ffr)
 
   c.model = ml_collections.ConfigDict()
@@ -53,11 +56,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50       # steps between host-side metric logs
   c.train.eval_batch_size = 256
   c.train.checkpoint_every = 0  # steps between mid-epoch checkpoints (0: epoch ends)
+  # Folder of the shared synthetic pretraining stages (FFR's stage 1; one
+  # subfolder per stage name). "": {workdir}/ffr-{stage}. A sweep points runs
+  # that need the same stage 1 at one folder, so it is trained once.
+  c.train.stage1_dir = ""
 
   # FFR stage 1: ERM on the balanced synthetic set.
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.epochs = 50
   c.stage1.lr = 1e-4
+
+  # Extra evaluation (the paper's Table 3): a held-out synthetic test set of
+  # N images per group, drawn with its own generation seed into its own folder.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.synthetic_test_per_group = 0  # 0: no synthetic test set
+  c.eval.synthetic_test_seed = 1000    # generate.seed of the test images
+  c.eval.synthetic_test_root = ""      # "": {data.synthetic_root}-test
 
   c.groupdro = ml_collections.ConfigDict()
   c.groupdro.eta = 0.01        # step size of the group-weight update

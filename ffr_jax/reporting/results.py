@@ -31,9 +31,12 @@ def run_results(*, config: ml_collections.ConfigDict, mode: str, method: str,
   ``val`` and ``test`` hold ``{"worst_group_acc", "balanced_acc",
   "group_acc": {"y=0,b=1": acc, ...}, "acc"}`` (accuracies in [0, 1]) of the
   epoch selected by validation worst-group accuracy (after DFR's refit when
-  the method is DFR).
+  the method is DFR). When the run evaluates a held-out synthetic test set
+  (``eval.synthetic_test_per_group``), ``synthetic_test`` holds its metrics
+  in the same form; otherwise the key is absent.
   """
   last = list(stage_results)[-1]
+  extra = {k: v for k, v in metrics.items() if k not in ("val", "test")}
   return _jsonable({
       "schema_version": SCHEMA_VERSION,
       "dataset": config.data.name,
@@ -43,11 +46,11 @@ def run_results(*, config: ml_collections.ConfigDict, mode: str, method: str,
       "seed": int(config.seed),
       "val": metrics["val"],
       "test": metrics["test"],
+      **extra,
       "selected_epoch": stage_results[last].best_epoch,
       "stages": {
-          name: {"selected_epoch": r.best_epoch, "val": r.metrics["val"],
-                 "test": r.metrics["test"], "wall_seconds": r.wall_seconds,
-                 "history": r.history}
+          name: {"selected_epoch": r.best_epoch, **r.metrics,
+                 "wall_seconds": r.wall_seconds, "history": r.history}
           for name, r in stage_results.items()},
       "dfr": dfr,
       "synthetic_per_group": {f"y={y},b={b}": n

@@ -5,7 +5,13 @@ comma-separated (``"none,usb,asb,ffr"``). One mode x method writes
 ``{workdir}/results.json``; several write one sub-workdir each
 (``{workdir}/{mode}-{method}/results.json``) plus ``{workdir}/summary.json``,
 ``summary.md`` and a bar chart. FFR's stage 1 (ERM on synthetic data, the same
-for every method) lives in ``{workdir}/ffr-stage1`` and is trained once.
+for every method) lives in ``{workdir}/ffr-stage1`` and is trained once;
+``train.stage1_dir`` moves the shared stages to ``{stage1_dir}/{stage name}``
+(a sweep points every run needing the same stage 1 there).
+
+With ``eval.synthetic_test_per_group = N > 0`` every stage is also evaluated
+on N held-out synthetic images per group (their own generation seed and
+folder) and ``results.json`` gets ``synthetic_test`` next to ``test``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from ffr_jax.training.methods import get_method
 from ffr_jax.training.mesh import (Shardings, make_shardings,
                                    maybe_initialize_distributed)
 
-STAGE1_DIR = "ffr-stage1"
+STAGE1_DIR = "ffr-stage1"  # the default folder of the shared stage "stage1"
+SYNTHETIC_TEST = "synthetic_test"
 
 
 def parse_list(value: str, known, what: str) -> list[str]:
@@ -66,6 +73,8 @@ def resolve_roots(config: ml_collections.ConfigDict, workdir: str
     config.data.root = os.path.join(workdir, "data", "real")
   if not config.data.synthetic_root:
     config.data.synthetic_root = os.path.join(workdir, "synthetic")
+  if "eval" in config and not config.eval.synthetic_test_root:
+    config.eval.synthetic_test_root = config.data.synthetic_root + "-test"
   return config
 
 
@@ -78,6 +87,7 @@ class RunContext:
   splits: DatasetSplits
   shardings: Shardings
   model: object
+  synthetic_test: Examples | None = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -95,7 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       shardings=make_shardings(),
       model=models.create_model(
           config.model.name, spec.num_classes, dtype=config.model.dtype,
-          conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul)))
+          conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul)),
+      synthetic_test=synthetic_test_set(config, spec))
   pool = _synthetic_pool(ctx, modes)
   runs = list(itertools.product(modes, methods))
   out = {}
@@ -133,6 +144,36 @@ def _synthetic_pool(ctx: RunContext, modes: list[str]) -> Examples | None:
   return synthetic_lib.load_synthetic(root, spec)
 
 
+def synthetic_test_set(config: ml_collections.ConfigDict, spec
+                       ) -> Examples | None:
+  """The held-out synthetic test images, or None when not configured.
+
+  They come from ``eval.synthetic_test_root`` and the generation seed
+  ``eval.synthetic_test_seed`` (which must differ from ``generate.seed``, so
+  no test image is a training image). The built-in generator makes missing
+  ones now; for Stable Diffusion generate them first with
+  ``python -m ffr_jax.generate --config.generate.seed=SEED
+  --config.generate.per_group=N --config.data.synthetic_root=ROOT``.
+  """
+  n = int(config.eval.synthetic_test_per_group) if "eval" in config else 0
+  if n <= 0:
+    return None
+  if int(config.eval.synthetic_test_seed) == int(config.generate.seed):
+    raise ValueError(
+        "eval.synthetic_test_seed equals generate.seed: the synthetic test "
+        "images would repeat the training images; choose another seed.")
+  root = config.eval.synthetic_test_root
+  needs = {g: n for g in spec.groups}
+  if config.generate.generator == "procedural":
+    test_config = ml_collections.ConfigDict(config.to_dict())
+    test_config.generate.seed = int(config.eval.synthetic_test_seed)
+    from ffr_jax import generate  # pylint: disable=g-import-not-at-top
+    generate.generate_synthetic(test_config, spec, needs, root,
+                                show_progress=False, log_summary=False)
+  return compose_lib.take_synthetic(spec, synthetic_lib.load_synthetic(root, spec),
+                                    needs)
+
+
 def _initial_variables(ctx: RunContext):
   """ImageNet weights if configured, else None (fresh initialisation)."""
   path = ctx.config.model.pretrained
@@ -146,9 +187,21 @@ def _initial_variables(ctx: RunContext):
   return weights_lib.load_torchvision_weights(path, template)
 
 
+def shared_stage_dir(config: ml_collections.ConfigDict, workdir: str,
+                     stage_name: str) -> str:
+  """Where a shared (method-independent) stage lives.
+
+  ``{train.stage1_dir}/{stage}`` when set, else ``{workdir}/ffr-{stage}``
+  (``ffr-stage1`` for FFR's stage 1, as before the setting existed).
+  """
+  if config.train.stage1_dir:
+    return os.path.join(config.train.stage1_dir, stage_name)
+  return os.path.join(workdir, f"ffr-{stage_name}")
+
+
 def _stage_dir(ctx: RunContext, run_dir: str, stage: compose_lib.Stage) -> str:
-  if stage.name == compose_lib.STAGE1:
-    return os.path.join(ctx.workdir, STAGE1_DIR)
+  if stage.shared:
+    return shared_stage_dir(ctx.config, ctx.workdir, stage.name)
   return os.path.join(run_dir, stage.name)
 
 
@@ -163,6 +216,8 @@ def run_one(ctx: RunContext, mode: str, method_name: str,
   eval_scheme = GroupScheme(spec, by_source=False)
   evals = [loop.EvalSet("val", ctx.splits.val, eval_scheme),
            loop.EvalSet("test", ctx.splits.test, eval_scheme)]
+  if ctx.synthetic_test is not None:
+    evals.append(loop.EvalSet(SYNTHETIC_TEST, ctx.synthetic_test, eval_scheme))
   method = get_method(method_name)
   writer = MetricWriter(run_dir)
   variables = _initial_variables(ctx)
@@ -170,21 +225,20 @@ def run_one(ctx: RunContext, mode: str, method_name: str,
   last_stage_train = None
   for stage in comp.stages:
     stage_method = get_method("erm") if stage.erm_only else method
-    is_stage1 = stage.name == compose_lib.STAGE1
+    hparams = cfg[stage.hparams]  # stage1.* or train.*
     spec_ = loop.StageSpec(
         name=stage.name, stage_dir=_stage_dir(ctx, run_dir, stage),
         train=stage.train, scheme=GroupScheme(spec, stage.by_source),
-        method=stage_method,
-        epochs=cfg.stage1.epochs if is_stage1 else cfg.train.epochs,
-        lr=cfg.stage1.lr if is_stage1 else cfg.train.lr,
-        freeze_bn=bool(cfg.train.freeze_bn) and stage.name == compose_lib.STAGE2,
+        method=stage_method, epochs=hparams.epochs, lr=hparams.lr,
+        freeze_bn=bool(cfg.train.freeze_bn) and stage.freeze_bn,
         seed=cfg.seed)
     result, variables = loop.run_stage(spec_, ctx.model, cfg, evals,
                                        ctx.shardings, writer, variables)
     stage_results[stage.name] = result
     last_stage_train = stage
   final = stage_results[comp.stages[-1].name]
-  metrics = {k: final.metrics[k] for k in ("val", "test")}
+  metrics = {e.name: final.metrics[e.name] for e in evals
+             if e.name in final.metrics}
   dfr_info = None
   if method.refit_last_layer:
     metrics, dfr_info = last_layer.refit_and_evaluate(
