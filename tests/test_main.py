@@ -96,3 +96,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert got["selected_epoch"] == expected["selected_epoch"]
   assert (got["stages"]["stage2"]["history"]
           == expected["stages"]["stage2"]["history"])
+
+
+def test_real_spuco_layout_runs_with_groupdro_and_dfr(tmp_path):
+  """The real-data path: an official SpuCo tree on disk, no synthetic data."""
+  from tests.fake_trees import write_spuco_tree  # pylint: disable=g-import-not-at-top
+  root = write_spuco_tree(str(tmp_path / "spuco"), majority=(40, 12, 12),
+                          minority=(8, 12, 12))
+  _run(_main(tmp_path / "run", f"--config.data.root={root}",
+             "--config.data.bias_ratio=0.9", "--config.method=groupdro,dfr",
+             config=f"{ROOT / 'configs' / 'spuco.py'}:smoke"))
+  for method in ("groupdro", "dfr"):
+    res = json.load(open(tmp_path / "run" / f"none-{method}" / "results.json"))
+    assert res["dataset"] == "spuco_animals"
+    _check_split_metrics(res["test"])
+  dfr = json.load(open(tmp_path / "run" / "none-dfr" / "results.json"))["dfr"]
+  assert dfr["best_c"] in (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+  assert dfr["num_refits"] == 20
