@@ -303,24 +303,38 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def _write_file_atomically(path: str, data: bytes) -> None:
-  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)
-                     + TMP_SUFFIX)
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
+  """Writes a batch of files, each via a temporary name, all on disk on return.
+
+  One ``os.sync`` per batch instead of an fsync per file: with 32 px images
+  the per-file fsyncs, not the rendering, bounded generation (about 120
+  images/s). The manifest lines are appended only after this returns, so a
+  crash leaves at worst renamed files the manifest does not list, which the
+  next run deletes as orphans.
+  """
+  tmps = []
+  for path, data in files:
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)
+                       + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+      f.write(data)
+    tmps.append(tmp)
+  os.sync()  # the temporary files' bytes are durable ...
+  for tmp, (path, _) in zip(tmps, files):
+    os.replace(tmp, path)  # ... before any becomes visible under its name
+  os.sync()
 
 
 class _ManifestAppender:
-  """Appends one fsynced line per image, so a crash loses at most that line."""
+  """Appends the lines of a batch and fsyncs once: a crash loses at most them."""
 
   def __init__(self, path: str):
     self._f = open(path, "a")
 
-  def append(self, record: ManifestRecord) -> None:
-    self._f.write(record.to_json() + "\n")
+  def append(self, records: list[ManifestRecord]) -> None:
+    if not records:
+      return
+    self._f.write("".join(r.to_json() + "\n" for r in records))
     self._f.flush()
     os.fsync(self._f.fileno())
 
@@ -473,7 +487,7 @@ def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
     raise ValueError(
         f"generator {generator.name!r} returned {images.dtype} {images.shape}; "
         f"expected uint8 {(len(batch), size, size, 3)}.")
-  retry = []
+  retry, files, records = [], [], []
   for it, prompt, s, image in zip(batch, prompts, seeds, images):
     reason = reject_fn(image)
     if reason is not None:
@@ -488,10 +502,13 @@ def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
     rel = relative_image_path(spec, y, b, it.index)
     path = os.path.join(base, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _write_file_atomically(path, encode_png(image))
-    appender.append(ManifestRecord(
+    files.append((path, encode_png(image)))
+    records.append(ManifestRecord(
         file=rel, cls=spec.class_names[y], bias=spec.bias_names[b],
         index=it.index, prompt=prompt, seed=s, generator=generator.name))
+  if appender is not None:
+    _write_files_durably(files)
+    appender.append(records)
   return retry
 
 
