@@ -1,0 +1,66 @@
+"""Helpers for notebooks/ffr_colab.ipynb: a config from a path, fitted to the devices.
+
+A notebook kernel that has touched a TPU owns it, so the notebook trains and
+analyses in-process instead of calling the commands; these helpers do what
+the commands' flag parsing would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+
+def load_config(path: str, overrides: Mapping[str, Any] | None = None
+                ) -> ml_collections.ConfigDict:
+  """``configs/x.py[:arg]`` -> its locked config, with dotted-key overrides.
+
+  Args:
+    path: a config file, optionally with ``:arg`` (``configs/demo.py:smoke``),
+      as ``--config`` takes it.
+    overrides: ``{"train.epochs": 2, "mode": "none,ffr"}``; each key must
+      exist (the config is locked), as with ``--config.key=value``.
+
+  Raises:
+    FileNotFoundError: no such config file.
+    KeyError / AttributeError: an override names an unknown key.
+  """
+  file, _, arg = path.partition(":")
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"No config file {file!r} (cwd {os.getcwd()}).")
+  spec = importlib.util.spec_from_file_location("_ffr_notebook_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for key, value in (overrides or {}).items():
+    parent = config
+    *head, leaf = key.split(".")
+    for part in head:
+      parent = parent[part]
+    if leaf not in parent:
+      raise KeyError(f"Unknown config key {key!r}.")
+    parent[leaf] = value
+  return config
+
+
+def fit_to_devices(config: ml_collections.ConfigDict, num_devices: int
+                   ) -> list[str]:
+  """Rounds the global batch sizes up to multiples of ``num_devices``.
+
+  The train and eval steps shard each batch over every device, so a batch
+  that does not divide evenly is an error (e.g. the demo's batch of 64 on a
+  6-device slice). Returns one note per change.
+  """
+  notes = []
+  for key in ("batch_size", "eval_batch_size"):
+    value = int(config.train[key])
+    fitted = -(-value // num_devices) * num_devices
+    if fitted != value:
+      config.train[key] = fitted
+      notes.append(f"train.{key}: {value} -> {fitted} "
+                   f"(a multiple of {num_devices} devices)")
+  return notes

@@ -1,0 +1,242 @@
+"""A finished run, back from its workdir: config, data spec, model, variables.
+
+The training command leaves one of two layouts (``ffr_jax.training.run``)::
+
+    {workdir}/results.json                      one mode x method
+    {workdir}/{stage}/checkpoints/<step>/       its stages (train, or stage2)
+
+    {workdir}/{mode}-{method}/results.json      several mode x method
+    {workdir}/{mode}-{method}/{stage}/checkpoints/<step>/
+    {workdir}/summary.json
+
+and FFR's stage 1 in ``{workdir}/ffr-stage1`` in both. :func:`find_runs` takes
+either kind of workdir (or one ``{mode}-{method}`` folder) and returns every
+finished run in it; :func:`load_run` rebuilds the model with the run's resolved
+config (``results.json["config"]``) and restores the best variables of a stage.
+Nothing here trains or writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from ffr_jax import models
+from ffr_jax.data import compose as compose_lib
+from ffr_jax.data import datasets
+from ffr_jax.data.types import DatasetSpec
+from ffr_jax.reporting import results as results_lib
+from ffr_jax.training import loop
+from ffr_jax.training import state as state_lib
+from ffr_jax.training.mesh import Shardings
+from ffr_jax.training.run import STAGE1_DIR
+
+LAST = "last"
+# Training order of the stages a run can have; the last present is the model
+# the run reports.
+STAGE_ORDER = (compose_lib.STAGE1, compose_lib.STAGE2, compose_lib.TRAIN)
+_HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "
+                 "--workdir=DIR` and let it finish.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """A finished run found on disk; nothing heavy is loaded.
+
+  Attributes:
+    name: ``"{mode}-{method}"`` (made unique by :func:`find_runs_in`).
+    run_dir: the folder holding its ``results.json``.
+    workdir: the training command's workdir (holds ``ffr-stage1``).
+    results: the parsed ``results.json``.
+    config: the run's resolved config.
+  """
+
+  name: str
+  run_dir: str
+  workdir: str
+  results: dict
+  config: ml_collections.ConfigDict
+
+  @property
+  def mode(self) -> str:
+    return str(self.results["mode"])
+
+  @property
+  def method(self) -> str:
+    return str(self.results["method"])
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  """A run with its model and the best variables of one stage.
+
+  Attributes:
+    info: where it came from.
+    stage: the stage whose best variables were restored.
+    stage_dir: that stage's folder.
+    spec: the dataset's names and groups.
+    model: the flax module, as the run built it.
+    variables: ``{"params", "batch_stats"}``, replicated on the mesh.
+  """
+
+  info: RunInfo
+  stage: str
+  stage_dir: str
+  spec: DatasetSpec
+  model: Any
+  variables: Any
+
+  @property
+  def name(self) -> str:
+    return self.info.name
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.info.config
+
+
+def _read_run(run_dir: str, workdir: str) -> RunInfo:
+  results = results_lib.read_results(run_dir)
+  if "config" not in results:
+    raise ValueError(f"{run_dir}/{results_lib.RESULTS_FILE} has no 'config'; "
+                     "it was not written by `python -m ffr_jax.main`.")
+  return RunInfo(name=f"{results['mode']}-{results['method']}",
+                 run_dir=run_dir, workdir=workdir, results=results,
+                 config=ml_collections.ConfigDict(results["config"]))
+
+
+def _summary_order(workdir: str) -> list[str]:
+  """Run folder names in the order the training command ran them."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [str(row["run"]) for row in json.load(f)]
+
+
+def find_runs(workdir: str) -> list[RunInfo]:
+  """Every finished run in ``workdir``.
+
+  Args:
+    workdir: a single run's workdir (``results.json`` inside), a several-run
+      workdir (``{mode}-{method}/results.json`` inside) or one of its
+      ``{mode}-{method}`` folders.
+
+  Returns:
+    The runs, in the order the training command ran them.
+
+  Raises:
+    FileNotFoundError: no finished run there; the message names the layouts
+      that were looked for.
+  """
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"No such workdir: {workdir}. {_HOW_TO_TRAIN}")
+  if os.path.isfile(os.path.join(workdir, results_lib.RESULTS_FILE)):
+    parent = os.path.dirname(workdir)
+    # A {mode}-{method} folder of a several-run workdir: stage 1 is beside it.
+    top = (parent if os.path.isdir(os.path.join(parent, STAGE1_DIR))
+           and not os.path.isdir(os.path.join(workdir, STAGE1_DIR)) else workdir)
+    return [_read_run(workdir, top)]
+  subdirs = sorted(
+      d for d in os.listdir(workdir)
+      if os.path.isfile(os.path.join(workdir, d, results_lib.RESULTS_FILE)))
+  if not subdirs:
+    raise FileNotFoundError(
+        f"No finished run in {workdir}: expected {workdir}/"
+        f"{results_lib.RESULTS_FILE} (one mode x method) or {workdir}/"
+        f"<mode>-<method>/{results_lib.RESULTS_FILE} (several). {_HOW_TO_TRAIN}")
+  order = _summary_order(workdir)
+  subdirs.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
+  return [_read_run(os.path.join(workdir, d), workdir) for d in subdirs]
+
+
+def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
+  """:func:`find_runs` over several workdirs, with unique run names.
+
+  Two workdirs holding the same mode x method (e.g. two seeds) get their
+  workdir's folder name prefixed, so figures and JSON keys stay distinct.
+  """
+  runs = [r for w in workdirs for r in find_runs(w)]
+  names = [r.name for r in runs]
+  out = []
+  for r in runs:
+    if names.count(r.name) > 1:
+      r = dataclasses.replace(
+          r, name=f"{os.path.basename(r.workdir.rstrip(os.sep))}/{r.name}")
+    out.append(r)
+  return out
+
+
+def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
+  """``(stage name, stage folder)`` of ``run``.
+
+  Args:
+    run: the run.
+    stage: ``"last"`` (the model the run reports: ``stage2`` for FFR,
+      ``train`` otherwise) or a stage name the run has (``"stage1"`` is
+      FFR's synthetic-only model).
+
+  Raises:
+    ValueError: the run has no such stage.
+  """
+  present = [s for s in STAGE_ORDER if s in run.results.get("stages", {})]
+  if not present:
+    raise ValueError(f"{run.run_dir}/{results_lib.RESULTS_FILE} lists no "
+                     f"stages; expected some of {STAGE_ORDER}.")
+  name = present[-1] if stage == LAST else stage
+  if name not in present:
+    raise ValueError(f"Run {run.name} has no stage {stage!r}; it has "
+                     f"{present} (or 'last').")
+  if name == compose_lib.STAGE1:
+    return name, os.path.join(run.workdir, STAGE1_DIR)
+  return name, os.path.join(run.run_dir, name)
+
+
+def _check_checkpoints(stage_dir: str) -> None:
+  # Checked before Orbax sees the folder: its manager would create a missing
+  # folder and then report only "no checkpoint".
+  ckpt = os.path.join(stage_dir, "checkpoints")
+  steps = ([d for d in os.listdir(ckpt) if d.isdigit()]
+           if os.path.isdir(ckpt) else [])
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {ckpt}: the run's results.json exists but its "
+        f"stage has no saved variables (deleted or copied without them). "
+        f"{_HOW_TO_TRAIN}")
+
+
+def build_model(config: ml_collections.ConfigDict, spec: DatasetSpec):
+  """The flax module exactly as ``ffr_jax.training.run`` builds it."""
+  return models.create_model(
+      config.model.name, spec.num_classes, dtype=config.model.dtype,
+      conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul))
+
+
+def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
+             ) -> LoadedRun:
+  """Rebuilds ``run``'s model and restores the best variables of ``stage``.
+
+  Raises:
+    FileNotFoundError: the stage has no checkpoint.
+    ValueError: the run has no such stage.
+  """
+  name, stage_dir = resolve_stage(run, stage)
+  _check_checkpoints(stage_dir)
+  config = run.config
+  spec = datasets.get_dataset(config.data.name).spec
+  model = build_model(config, spec)
+  # Shapes only: Orbax restores straight into replicated arrays on the mesh.
+  abstract = jax.eval_shape(lambda: state_lib.init_variables(
+      model, config.data.image_size, config.seed))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=shardings.replicated), abstract)
+  variables = loop.restore_best_variables(stage_dir, abstract)
+  return LoadedRun(info=run, stage=name, stage_dir=stage_dir, spec=spec,
+                   model=model, variables=variables)

@@ -1,0 +1,230 @@
+"""Which images an analysis looks at: real test images and held-out synthetic ones.
+
+Real images come from the run's test split (never trained on, never used for
+model selection), ``per_group`` per ``(y, b)`` group drawn with a seeded
+permutation.
+
+Synthetic images should be ones the model never trained on, otherwise a
+model that memorised its synthetic training set would look better separated
+(or better mixed) than it is. The ``--synthetic`` choices:
+
+* ``heldout``: images of the run's synthetic root (``data.synthetic_root``)
+  beyond those any analysed run sharing that root trained on. A composition
+  takes the first ``n`` images of each group in index order
+  (``compose.take_synthetic``) and ``results.json`` records ``n``
+  (``synthetic_per_group``), so the images from index ``n`` on are unseen.
+* ``generate``: new images from the run's own generator
+  (``ffr_jax.generate.make_generator``, same prompts and settings) with the
+  seed ``generate.seed + HELDOUT_SEED_OFFSET``, written (resumably) to
+  ``{out}/heldout_synthetic/<key>``. Per-image seeds come from
+  ``SeedSequence([seed, group, index, attempt])``, so these images are
+  unrelated to the training images.
+* ``train``: the first images of each group, i.e. ones the runs trained on.
+* ``auto`` (default): ``heldout`` when the root has ``per_group`` unseen images
+  in every group; otherwise ``generate`` when the generator is cheap (the
+  built-in procedural one); otherwise an error that names the choices
+  (generating with Stable Diffusion is a job of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+
+from ffr_jax.analysis.run_loading import RunInfo
+from ffr_jax.data import datasets
+from ffr_jax.data import images as images_lib
+from ffr_jax.data import synthetic as synthetic_lib
+from ffr_jax.data.types import DatasetSpec, Examples
+
+HELDOUT_SEED_OFFSET = 7919
+SYNTHETIC_CHOICES = ("auto", "heldout", "generate", "train")
+HELDOUT_DIR = "heldout_synthetic"
+# Generators cheap enough that ``auto`` may run them without being asked.
+_CHEAP_GENERATORS = ("procedural",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """The images of one analysis, real rows first.
+
+  Attributes:
+    real: real test images, ``per_group`` (or all there are) per group.
+    synthetic: synthetic images, ``per_group`` per group.
+    synthetic_choice: ``heldout``, ``generate`` or ``train`` (what was used).
+    synthetic_root: the folder the synthetic images came from.
+  """
+
+  real: Examples
+  synthetic: Examples
+  synthetic_choice: str
+  synthetic_root: str
+
+  @property
+  def examples(self) -> Examples:
+    return Examples.concat([self.real, self.synthetic])
+
+  def describe(self) -> dict:
+    return {"synthetic_choice": self.synthetic_choice,
+            "synthetic_root": self.synthetic_root,
+            "num_real": len(self.real), "num_synthetic": len(self.synthetic)}
+
+
+def data_key(config: ml_collections.ConfigDict) -> str:
+  """Runs with equal keys see the same data and the same generator."""
+  parts = {k: config[k].to_dict() for k in ("data", "generate", "benchmark")
+           if k in config}
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _take_per_group(spec: DatasetSpec, examples: Examples, per_group: int,
+                    rng: np.random.Generator | None) -> Examples:
+  """Up to ``per_group`` rows of every group (a random subset with ``rng``)."""
+  parts = []
+  for y, b in spec.groups:
+    idx = np.flatnonzero(examples.mask(y, b))
+    if rng is not None:
+      idx = rng.permutation(idx)
+    parts.append(examples.take(idx[:per_group]))
+  return Examples.concat(parts)
+
+
+def without_verification(data: ml_collections.ConfigDict
+                         ) -> ml_collections.ConfigDict:
+  """A copy of ``config.data`` that skips decoding every image at load.
+
+  Analysis reads only the images it samples; screening the whole dataset
+  for unreadable files first would be wasted time.
+  """
+  data = ml_collections.ConfigDict(data.to_dict())
+  data.verify_images = False
+  return data
+
+
+def real_test_sample(config: ml_collections.ConfigDict, per_group: int,
+                     seed: int = 0) -> Examples:
+  """``per_group`` real test images per group (all a group has if fewer)."""
+  splits = datasets.load_dataset(without_verification(config.data))
+  return _take_per_group(splits.spec, splits.test, per_group,
+                         np.random.default_rng(seed))
+
+
+def used_synthetic(runs: list[RunInfo], spec: DatasetSpec
+                   ) -> dict[tuple[int, int], int]:
+  """Per group, the most synthetic images any of ``runs`` trained on."""
+  used = {g: 0 for g in spec.groups}
+  for run in runs:
+    for key, n in (run.results.get("synthetic_per_group") or {}).items():
+      fields = dict(part.split("=") for part in key.split(","))
+      g = (int(fields["y"]), int(fields["b"]))
+      used[g] = max(used.get(g, 0), int(n))
+  return used
+
+
+def _pool(root: str, spec: DatasetSpec) -> Examples:
+  try:
+    return synthetic_lib.load_synthetic(root, spec)
+  except FileNotFoundError:
+    return Examples.empty()
+
+
+def _after(spec: DatasetSpec, pool: Examples, start: dict, per_group: int
+           ) -> Examples:
+  """Rows ``start[g] .. start[g] + per_group`` of each group, in index order."""
+  parts = []
+  for g in spec.groups:
+    idx = np.flatnonzero(pool.mask(*g))
+    parts.append(pool.take(idx[start[g]:start[g] + per_group]))
+  return Examples.concat(parts)
+
+
+def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
+  return all(examples.count(*g) >= per_group for g in spec.groups)
+
+
+def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
+              per_group: int, out_dir: str) -> tuple[Examples, str]:
+  from ffr_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.generate.seed = int(cfg.generate.seed) + HELDOUT_SEED_OFFSET
+  root = os.path.join(out_dir, HELDOUT_DIR, data_key(config))
+  generate_lib.generate_synthetic(cfg, spec, per_group, root,
+                                  show_progress=False, log_summary=False)
+  pool = synthetic_lib.load_synthetic(root, spec)
+  return _after(spec, pool, {g: 0 for g in spec.groups}, per_group), root
+
+
+def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
+                     choice: str, out_dir: str) -> tuple[Examples, str, str]:
+  """Synthetic images for ``runs`` (which share one data key).
+
+  Returns:
+    ``(examples, choice actually used, root they came from)``.
+
+  Raises:
+    ValueError: unknown choice, or the choice cannot supply ``per_group``
+      images per group; the message says what to do instead.
+  """
+  if choice not in SYNTHETIC_CHOICES:
+    raise ValueError(f"Unknown synthetic choice {choice!r}; choose from "
+                     f"{SYNTHETIC_CHOICES}.")
+  config = runs[0].config
+  root = config.data.synthetic_root
+  if choice == "generate":
+    ex, where = _generate(config, spec, per_group, out_dir)
+    return ex, "generate", where
+  pool = _pool(root, spec)
+  if choice == "train":
+    ex = _after(spec, pool, {g: 0 for g in spec.groups}, per_group)
+    if not _enough(spec, ex, 1):
+      raise ValueError(f"No synthetic images for some group in {root}.")
+    return ex, "train", root
+  heldout = _after(spec, pool, used_synthetic(runs, spec), per_group)
+  if _enough(spec, heldout, per_group):
+    return heldout, "heldout", root
+  have = {spec.group_name(i): heldout.count(*g)
+          for i, g in enumerate(spec.groups)}
+  if choice == "heldout":
+    raise ValueError(
+        f"{root} holds fewer than {per_group} unseen synthetic images in some "
+        f"group ({have}); generate more there with `python -m ffr_jax.generate "
+        "--config.generate.per_group=...`, lower --per_group, or use "
+        "--synthetic=generate.")
+  if config.generate.generator not in _CHEAP_GENERATORS:
+    raise ValueError(
+        f"{root} holds fewer than {per_group} unseen synthetic images in some "
+        f"group ({have}), and generating held-out images with "
+        f"{config.generate.generator!r} is a job of its own: pass "
+        "--synthetic=generate to do it, --synthetic=train to look at training "
+        "images, or lower --per_group.")
+  logging.info("Synthetic root %s has too few unseen images (%s); generating "
+               "%d per group with the run's generator.", root, have, per_group)
+  ex, where = _generate(config, spec, per_group, out_dir)
+  return ex, "generate", where
+
+
+def make_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
+                choice: str, out_dir: str, seed: int = 0) -> Sample:
+  """Real test and synthetic images for ``runs`` (sharing one data key)."""
+  real = real_test_sample(runs[0].config, per_group, seed)
+  # As many synthetic images per group as the largest real group has, so
+  # neither source dominates the picture when the test split is small.
+  largest = max(real.count(*g) for g in spec.groups)
+  syn, used, root = synthetic_sample(runs, spec, min(per_group, largest),
+                                     choice, out_dir)
+  return Sample(real=real, synthetic=syn, synthetic_choice=used,
+                synthetic_root=root)
+
+
+def load_images(examples: Examples, size: int) -> np.ndarray:
+  """uint8 ``[N, size, size, 3]`` images of ``examples``, as training saw them."""
+  if not len(examples):
+    return np.zeros((0, size, size, 3), np.uint8)
+  return np.stack([images_lib.decode(str(p), size) for p in examples.path])

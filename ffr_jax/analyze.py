@@ -1,0 +1,131 @@
+"""Seeing why: embeddings and saliency of trained runs.
+
+    python -m ffr_jax.analyze embeddings --workdir=RUN [--workdir=RUN2 ...] \\
+        [--out=DIR] [--per_group=100] [--synthetic=auto|heldout|generate|train]
+    python -m ffr_jax.analyze rise --workdir=RUN [--workdir=...] [--out=DIR] \\
+        [--images=sample:1|PATH,PATH] [--groups=minority|all|NAME,...] \\
+        [--rise_masks=2000 --rise_grid=8 --rise_p=0.5 --rise_batch=256]
+
+``--workdir`` takes a training workdir (one run, or several
+``{mode}-{method}`` runs, which are all analysed) or one run folder; repeat
+it to compare workdirs. ``embeddings`` writes a t-SNE figure with the runs
+side by side, a real-vs-synthetic linear probe and per-group centroid
+distances; ``rise`` writes a grid of RISE saliency maps (rows images,
+columns runs). See docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ffr_jax.analysis import rise as rise_lib
+from ffr_jax.analysis import run_loading
+from ffr_jax.analysis import samples as samples_lib
+
+COMMANDS = ("embeddings", "rise")
+
+_WORKDIR = flags.DEFINE_multi_string(
+    "workdir", None, "A training workdir or run folder; repeat to compare.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Output folder (default: {first workdir}/analysis).")
+_STAGE = flags.DEFINE_string(
+    "stage", run_loading.LAST,
+    "Whose best variables: 'last' (the reported model) or a stage name, e.g. "
+    "'stage1' for FFR's synthetic-only model.")
+_SYNTHETIC = flags.DEFINE_enum(
+    "synthetic", "auto", samples_lib.SYNTHETIC_CHOICES,
+    "Synthetic images to analyse: unseen ones of the run's synthetic root "
+    "(heldout), new ones from its generator (generate), training ones "
+    "(train), or auto (heldout, else generate with a cheap generator).")
+_SEED = flags.DEFINE_integer("seed", 0, "Image sampling, probe folds, t-SNE.")
+_PER_GROUP = flags.DEFINE_integer(
+    "per_group", 100, "embeddings: real test and synthetic images per group.")
+_IMAGES = flags.DEFINE_string(
+    "images", "sample:1",
+    "rise: 'sample:N' (N real + N synthetic images per chosen group) or "
+    "comma-separated image paths.")
+_GROUPS = flags.DEFINE_string(
+    "groups", "minority",
+    "rise: groups to sample from: minority, all, or names like 'big dog/indoors'.")
+_WITH_SYNTHETIC = flags.DEFINE_bool(
+    "with_synthetic", True, "rise: sample synthetic images too.")
+_MASKS = flags.DEFINE_integer("rise_masks", 2000, "rise: number of masks N.")
+_GRID = flags.DEFINE_integer("rise_grid", 8, "rise: mask cells per side s.")
+_P = flags.DEFINE_float("rise_p", 0.5, "rise: probability a cell is kept.")
+_BATCH = flags.DEFINE_integer(
+    "rise_batch", 256, "rise: masks per step over all devices.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla"),
+    "Persistent XLA compilation cache ('' to disable).")
+
+
+class _QuietLibraries:
+  """A log filter: INFO lines from our own modules, warnings from libraries.
+
+  Orbax logs every restore at INFO through absl, burying the analysis' own
+  lines (the same filter as ``ffr_jax.main``'s).
+  """
+
+  def filter(self, record) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return "ffr_jax" in record.pathname.replace("\\", "/")
+
+
+def _enable_compilation_cache(path: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _run(command: str) -> str:
+  from ffr_jax.analysis import reports  # pylint: disable=g-import-not-at-top
+  workdirs = [os.path.abspath(w) for w in _WORKDIR.value]
+  out = os.path.abspath(_OUT.value or os.path.join(workdirs[0], "analysis"))
+  common = dict(stage=_STAGE.value, seed=_SEED.value, synthetic=_SYNTHETIC.value)
+  if command == "embeddings":
+    report = reports.embeddings_report(workdirs, out, per_group=_PER_GROUP.value,
+                                       **common)
+    lines = ["| run | probe (real vs syn) | mean centroid dist | ref group dist |",
+             "|---|---|---|---|"]
+    for name, r in report["runs"].items():
+      lines.append(f"| {name} | {r['probe_accuracy']:.3f} | "
+                   f"{r['mean_centroid_distance']:.3f} | "
+                   f"{r['reference_group_distance']:.3f} |")
+    print("\n".join(lines))
+    return os.path.join(out, reports.EMBEDDINGS_PNG)
+  cfg = rise_lib.RiseConfig(num_masks=_MASKS.value, grid=_GRID.value,
+                            p=_P.value, batch=_BATCH.value, seed=_SEED.value)
+  reports.rise_report(workdirs, out, images=_IMAGES.value, groups=_GROUPS.value,
+                      with_synthetic=_WITH_SYNTHETIC.value, rise=cfg, **common)
+  return os.path.join(out, reports.RISE_PNG)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"Give one command, {' or '.join(COMMANDS)}; got "
+                         f"{argv[1:]}.")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (repeat it to compare runs).")
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  _enable_compilation_cache(_CACHE.value)
+  try:
+    figure = _run(argv[1])
+  except (FileNotFoundError, ValueError) as e:
+    # What is missing is the whole message; a traceback would hide it.
+    print(f"ffr_jax.analyze {argv[1]}: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(f"\nWrote {figure} (and its .json, .npz).", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

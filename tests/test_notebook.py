@@ -1,0 +1,76 @@
+"""notebooks/ffr_colab.ipynb executes end to end on CPU and shows its figures.
+
+The notebook's parameter cell (tagged ``parameters``) is replaced: no install,
+this checkout, a smoke config, a workdir in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "ffr_colab.ipynb"
+
+
+def _parameters(workdir: pathlib.Path, modes: str, per_group: int,
+                masks: int) -> str:
+  return "\n".join([
+      "REPO_URL = ''",
+      f"REPO_DIR = {str(ROOT)!r}",
+      "INSTALL = False",
+      "CONFIG = 'configs/demo.py:smoke'",
+      f"OVERRIDES = {{'mode': {modes!r}}}",
+      f"WORKDIR = {str(workdir)!r}",
+      f"ANALYSIS_PER_GROUP = {per_group}",
+      "RISE_IMAGES = 'sample:1'",
+      f"RISE_MASKS = {masks}",
+  ])
+
+
+def _execute(tmp_path: pathlib.Path, modes: str, per_group: int, masks: int):
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+  assert len(tagged) == 1, "the notebook needs exactly one 'parameters' cell"
+  tagged[0].source = _parameters(tmp_path / "runs", modes, per_group, masks)
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": str(ROOT)}})
+  client.execute()
+  return nb
+
+
+def _png_outputs(nb) -> int:
+  return sum("image/png" in out.get("data", {})
+             for cell in nb.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", []))
+
+
+def _check(nb, workdir: pathlib.Path, runs: list[str]) -> None:
+  analysis = workdir / "analysis"
+  for name in ("embeddings.png", "embeddings.json", "rise.png", "rise.json"):
+    assert (analysis / name).stat().st_size > 0, name
+  for run in runs:
+    assert (workdir / run / "results.json").is_file()
+  # The summary chart, the t-SNE and the RISE grid, shown inline.
+  assert _png_outputs(nb) >= 3
+  text = "".join(out.get("data", {}).get("text/markdown", "")
+                 for cell in nb.cells if cell.cell_type == "code"
+                 for out in cell.get("outputs", []))
+  assert "| ffr | erm |" in text and "probe" in text
+
+
+def test_notebook_runs_on_cpu_two_modes(tmp_path):
+  """The fast variant: two modes (none, ffr), few images and masks."""
+  nb = _execute(tmp_path, "none,ffr", per_group=10, masks=128)
+  _check(nb, tmp_path / "runs", ["none-erm", "ffr-erm"])
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_cpu_all_modes(tmp_path):
+  """The demo's four modes at smoke size, as a user would first run it."""
+  nb = _execute(tmp_path, "none,usb,asb,ffr", per_group=20, masks=1000)
+  _check(nb, tmp_path / "runs", ["none-erm", "usb-erm", "asb-erm", "ffr-erm"])
