@@ -161,8 +161,8 @@ def check_prebiased(splits: DatasetSplits, n_examples: int):
   for y, b_major in enumerate(spec.majority_bias):
     b_minor = 1 - b_major
     n_major = splits.train.count(y, b_major)
-    to_keep = n_major * 0.1 / 0.9
-    assert to_keep <= splits.train.count(y, b_minor) < to_keep + 1
+    # The pre-bias floors the count to keep, as the authors' script does.
+    assert splits.train.count(y, b_minor) == int(n_major * 0.1 / 0.9)
     assert splits.val.count(y, b_minor) == bias.MIN_VAL_PER_GROUP
   n_test = n_examples - round(0.8 * n_examples) - round(0.1 * n_examples)
   assert len(splits.test) == n_test
@@ -422,3 +422,13 @@ def test_verification_cache_skips_known_good_files_and_rechecks_changed_ones(
   assert list(bad) == [paths[1]] and decoded == [paths[1]]
   decoded.clear()
   assert list(images_lib.find_unreadable(paths, cache_path=cache)) == [paths[1]]
+
+
+def test_prebias_floors_like_the_authors():
+  # REFERENCE.md: train minority at 90% is 592/866 (CelebA-HQ, majorities
+  # 5335/7797) and 103/636 (UTKFace, majorities 934/5731).
+  for majority, kept in ((5335, 592), (7797, 866), (934, 103), (5731, 636)):
+    removed = bias.minority_to_remove(majority, 5000, 0.9, floor_keep=True)
+    assert 5000 - removed == kept
+  # Without flooring (the bias-ratio step's rule) one more is kept.
+  assert 5000 - bias.minority_to_remove(5335, 5000, 0.9) == 593

@@ -37,17 +37,30 @@ def check_ratio(ratio: float) -> float:
 
 
 def minority_to_remove(majority_count: int, minority_count: int,
-                       ratio: float) -> int:
-  """How many minority examples the authors' rule removes (0 if none)."""
+                       ratio: float, floor_keep: bool = False) -> int:
+  """How many minority examples the authors' rule removes (0 if none).
+
+  Args:
+    majority_count: size of the class's majority group.
+    minority_count: size of the minority group.
+    ratio: target bias ratio.
+    floor_keep: floor the count to keep before subtracting. The authors'
+      90% pre-bias of CelebA-HQ and UTKFace does this
+      (``int(r * maj / (1 - r))``); their bias-ratio step does not.
+  """
   r = 1.0 - ratio
   to_keep = majority_count * r / (1.0 - r)
+  if floor_keep:
+    # 1e-9 absorbs float error: 144 * (1 - 0.9) / 0.9 is 15.999999999999998.
+    to_keep = math.floor(to_keep + 1e-9)
   if minority_count <= to_keep:
     return 0
   return int(minority_count - to_keep)
 
 
 def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
-                     seed: int, min_per_group: int = 0) -> Examples:
+                     seed: int, min_per_group: int = 0,
+                     floor_keep: bool = False) -> Examples:
   """Drops random minority examples so each class reaches ``ratio``.
 
   Only real examples are considered. Each minority group keeps at least
@@ -59,6 +72,7 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
     ratio: target bias ratio in (0.5, 1).
     seed: seeds which minority examples are dropped.
     min_per_group: floor on the minority count after dropping.
+    floor_keep: see :func:`minority_to_remove`.
 
   Returns:
     The kept examples, in path order.
@@ -73,7 +87,7 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
       if gy != y or gb == b_major:
         continue
       idx = np.flatnonzero(examples.mask(gy, gb))
-      remove = minority_to_remove(n_major, len(idx), ratio)
+      remove = minority_to_remove(n_major, len(idx), ratio, floor_keep)
       remove = min(remove, max(len(idx) - min_per_group, 0))
       if remove:
         keep[rng.choice(idx, size=remove, replace=False)] = False

@@ -105,13 +105,17 @@ def _split_halves(per_group: list[np.ndarray], rng: np.random.Generator
   return fit, score
 
 
+MAX_ITER = 10_000
+
+
 def _l1_logreg(c: float, rng: np.random.Generator) -> LogisticRegression:
   """L1 logistic regression with liblinear, across sklearn versions.
 
   sklearn 1.8 deprecated ``penalty`` in favour of ``l1_ratio=1``; older
   versions only read ``l1_ratio`` for elastic net.
   """
-  kwargs = dict(C=float(c), solver="liblinear",
+  # max_iter as the authors' DFR scripts (sklearn's default is 100).
+  kwargs = dict(C=float(c), solver="liblinear", max_iter=MAX_ITER,
                 random_state=int(rng.integers(2**31 - 1)))
   if LogisticRegression().get_params()["penalty"] == "deprecated":
     return LogisticRegression(l1_ratio=1.0, **kwargs)

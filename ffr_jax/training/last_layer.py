@@ -25,15 +25,26 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
                                        with_embeddings=True)
   loader = pipeline.make_eval_loader(examples, scheme, cfg.data,
                                      cfg.train.eval_batch_size)
-  chunks = []
+  out = None
   for batch in loader:
-    b = to_global({k: batch[k] for k in ("image", "label", "group", "mask")},
-                  shardings)
+    b = to_global({k: batch[k] for k in ("image", "label", "group", "mask",
+                                         "index")}, shardings)
     _, emb, _ = eval_step(variables, b)
-    # The eval loader's global row order is 0..n-1 then padding, so the
-    # gathered global batches concatenate to the examples in order.
-    chunks.append(np.asarray(multihost_utils.process_allgather(emb, tiled=True)))
-  return np.concatenate(chunks)[:len(examples)]
+    # Place rows by their example index rather than trusting the device
+    # order of the gathered batch; padding rows have index -1.
+    emb = np.asarray(multihost_utils.process_allgather(emb, tiled=True))
+    index = np.asarray(multihost_utils.process_allgather(b["index"],
+                                                         tiled=True))
+    if out is None:
+      out = np.zeros((len(examples), emb.shape[1]), np.float32)
+    real = index >= 0
+    out[index[real]] = emb[real]
+  return out
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+  """Rows scaled to unit L2 norm, as ``torch.nn.functional.normalize``."""
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
 def _metrics(result: dfr_lib.DFRResult, emb: np.ndarray, examples: Examples,
@@ -54,9 +65,13 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   by_name = {e.name: e for e in evals}
   val = by_name["val"]
   scheme = val.scheme
-  train_emb = embed(model, variables, train, GroupScheme(scheme.spec, True),
-                    cfg, shardings)
-  val_emb = embed(model, variables, val.examples, scheme, cfg, shardings)
+  # The authors' DFR works on L2-normalised pooled features (their ResNet
+  # returns F.normalize(features)); standardisation comes after.
+  train_emb = l2_normalize(embed(model, variables, train,
+                                 GroupScheme(scheme.spec, True), cfg,
+                                 shardings))
+  val_emb = l2_normalize(embed(model, variables, val.examples, scheme, cfg,
+                               shardings))
   result = dfr_lib.fit_dfr(
       train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
       scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
@@ -64,7 +79,8 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   metrics = {"val": _metrics(result, val_emb, val.examples, scheme)}
   for e in evals:
     if e.name != "val":
-      emb = embed(model, variables, e.examples, e.scheme, cfg, shardings)
+      emb = l2_normalize(embed(model, variables, e.examples, e.scheme, cfg,
+                               shardings))
       metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
   info = {"best_c": result.best_c,
           "c_scores": {str(c): s for c, s in result.c_scores.items()},
