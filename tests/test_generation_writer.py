@@ -327,3 +327,14 @@ def test_default_counts_follow_compose():
   assert counts.needed_per_group(SPEC, train, per_group=7) == {
       g: 7 for g in SPEC.groups}
   assert "total" in counts.describe(SPEC, train, both)
+
+
+def test_lost_manifest_never_deletes_the_images(tmp_path):
+  run(tmp_path, per_group=3)
+  base = tmp_path / SPEC.name
+  before = {p: p.read_bytes() for p in base.rglob("*.png")}
+  assert len(before) == 3 * len(SPEC.groups)
+  os.remove(base / "manifest.jsonl")
+  with pytest.raises(RuntimeError, match="not listed"):
+    run(tmp_path, per_group=2)
+  assert {p: p.read_bytes() for p in base.rglob("*.png")} == before

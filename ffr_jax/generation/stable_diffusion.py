@@ -32,6 +32,7 @@ which needs ``torch`` installed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -210,6 +211,22 @@ def latent_size(modules: dict, resolution: int) -> int:
   return resolution // vae_factor
 
 
+def model_fingerprint(model_dir: str) -> str:
+  """A short hash of a diffusers folder's configs and weight-file sizes."""
+  digest = hashlib.sha1()
+  for dirpath, dirnames, filenames in sorted(os.walk(model_dir)):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, model_dir)
+      if name.endswith(".json"):
+        with open(path, "rb") as f:
+          digest.update(rel.encode() + f.read())
+      else:  # weights: their size is enough to tell checkpoints apart cheaply
+        digest.update(f"{rel}:{os.path.getsize(path)}".encode())
+  return digest.hexdigest()[:16]
+
+
 class StableDiffusionGenerator:
   """Flax Stable Diffusion over all devices; implements ``Generator``.
 
@@ -235,6 +252,9 @@ class StableDiffusionGenerator:
                 guidance_scale=guidance_scale, scheduler=scheduler, dtype=dtype,
                 batch_size=batch_size, devices=devices,
                 name=name or "sd:" + os.path.basename(os.path.normpath(model_dir)))
+    # Recorded in generation.json and checked on resume, so a folder is never
+    # continued with another model that happens to share a folder name.
+    self.settings["model"] = model_fingerprint(model_dir)
 
   @classmethod
   def from_components(cls, modules: dict, params: dict, *, name: str = "sd",

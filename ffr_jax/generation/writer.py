@@ -285,6 +285,16 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   for rel in tmps:
     os.remove(os.path.join(base, rel))
   orphans = [p for p in pngs if os.path.normpath(p) not in listed]
+  if orphans and len(orphans) > len(listed):
+    # A crash leaves at most one batch of unlisted images. More unlisted than
+    # listed images means a lost or replaced manifest: deleting them would
+    # throw away finished work (hours of Stable Diffusion), so stop instead.
+    raise RuntimeError(
+        f"{base}: {len(orphans)} images are not listed in {MANIFEST} (which "
+        f"lists {len(listed)}), e.g. {orphans[:3]}. That is more than an "
+        "interrupted run leaves behind; restore the manifest or move the "
+        "images away, then rerun (`python -m ffr_jax.generate --verify` "
+        "reports the folder's state).")
   for rel in orphans:
     os.remove(os.path.join(base, rel))
   summary.removed_temp += len(tmps)
@@ -470,6 +480,10 @@ def generate_dataset(
     if appender:
       appender.close()
     bar.close()
+  if process_count > 1:
+    # Host 0 wrote the files; no host may read the folder before that ends.
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"ffr_jax:generated:{spec.name}")
   summary.seconds = time.perf_counter() - start
   return summary
 
