@@ -103,3 +103,15 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   ckpts = tmp_path / "train" / "checkpoints"
   assert not ckpts.exists() or not [p for p in ckpts.iterdir()
                                     if p.name.isdigit()]
+
+
+def test_a_stage_of_another_experiment_is_refused(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model = models.create_model("tiny", 2)
+  spec = _stage(tmp_path, get_method("erm"), epochs=1)
+  off = MetricWriter(str(tmp_path / "logs"), enabled=False)
+  loop.run_stage(spec, model, _cfg(), _evals(tmp_path), make_shardings(), off)
+  other = dataclasses.replace(spec, lr=1e-2)
+  with pytest.raises(loop.StageMismatchError, match=r"lr: 0.001 -> 0.01"):
+    loop.run_stage(other, model, _cfg(), _evals(tmp_path), make_shardings(),
+                   off)

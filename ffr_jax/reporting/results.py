@@ -60,15 +60,27 @@ def run_results(*, config: ml_collections.ConfigDict, mode: str, method: str,
   })
 
 
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON via a synced temporary file and a rename (host 0 only).
+
+  Never a torn or empty file, even after a power loss: readers (the sweep
+  skips runs whose results exist) see the old file or the whole new one.
+  """
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 def write_results(run_dir: str, results: dict) -> str:
   """Writes ``{run_dir}/results.json`` atomically (host 0 only)."""
   path = os.path.join(run_dir, RESULTS_FILE)
-  if jax.process_index() == 0:
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+  write_json_atomic(path, results)
   return path
 
 

@@ -16,6 +16,7 @@ would have taken.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from ffr_jax.data import pipeline
 from ffr_jax.data.types import Examples, GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.progress import Progress
+from ffr_jax.reporting.results import write_json_atomic
 from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
@@ -87,12 +89,15 @@ class StageResult:
     metrics: split -> summarize() dict of the best epoch.
     history: one dict per epoch.
     wall_seconds: time spent training this stage (over all resumptions).
+    fingerprint: what the stage was trained from and with (see
+      :func:`stage_fingerprint`); a rerun must match it to reuse the stage.
   """
 
   best_epoch: int
   metrics: dict[str, dict]
   history: list[dict]
   wall_seconds: float
+  fingerprint: dict = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -104,18 +109,6 @@ def read_result(stage_dir: str) -> StageResult | None:
     return None
   with open(path) as f:
     return StageResult(**json.load(f))
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file and renames it: never a torn file."""
-  if jax.process_index() != 0:
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def checkpoint_manager(stage_dir: str) -> ocp.CheckpointManager:
@@ -169,6 +162,71 @@ class _Progress:
   best_epoch: int
   best_value: float
   wall_seconds: float
+  fingerprint: dict = dataclasses.field(default_factory=dict)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+  h = hashlib.sha1()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _examples_digest(examples: Examples) -> str:
+  paths = "\n".join(map(str, examples.path)).encode()
+  return _digest(np.frombuffer(paths, np.uint8), examples.y, examples.b,
+                 examples.source)
+
+
+def _variables_digest(variables: Any) -> str:
+  if variables is None:
+    return "fresh"
+  leaves = jax.tree.leaves(jax.device_get(variables))
+  return _digest(*[np.asarray(x, np.float32) for x in leaves])
+
+
+def stage_fingerprint(spec: StageSpec, cfg, init_variables: Any) -> dict:
+  """What a stage's result depends on, as JSON.
+
+  A stage directory holding a result or checkpoint with another fingerprint
+  belongs to another experiment (another seed, ratio, learning rate, data or
+  starting point): reusing it would report that experiment's numbers.
+  """
+  return {
+      "train_examples": _examples_digest(spec.train),
+      "num_train": len(spec.train),
+      "groups_by_source": spec.scheme.by_source,
+      "method": spec.method.name,
+      "epochs": int(spec.epochs),
+      "lr": float(spec.lr),
+      "freeze_bn": bool(spec.freeze_bn),
+      "seed": int(spec.seed),
+      "init": _variables_digest(init_variables),
+      "model": f"{cfg.model.name}/{cfg.model.dtype}",
+      "image_size": int(cfg.data.image_size),
+      "flip": bool(cfg.data.flip),
+      "batch_size": int(cfg.train.batch_size),
+      "weight_decay": float(cfg.train.weight_decay),
+      "groupdro": [float(cfg.groupdro.eta), float(cfg.groupdro.size_adjustment)],
+  }
+
+
+class StageMismatchError(ValueError):
+  pass
+
+
+def _check_fingerprint(stored: dict, current: dict, stage_dir: str) -> None:
+  if not stored:  # written before fingerprints existed
+    return
+  diff = sorted(k for k in set(stored) | set(current)
+                if stored.get(k) != current.get(k))
+  if diff:
+    details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}"
+                        for k in diff)
+    raise StageMismatchError(
+        f"{stage_dir} holds a stage trained with other settings ({details}). "
+        "Use a new --workdir for a new experiment (or delete that folder to "
+        "retrain it).")
 
 
 def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
@@ -190,8 +248,10 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
     The :class:`StageResult` and the best epoch's variables (on device).
   """
   os.makedirs(spec.stage_dir, exist_ok=True)
+  fingerprint = stage_fingerprint(spec, cfg, init_variables)
   finished = read_result(spec.stage_dir)
   if finished is not None:
+    _check_fingerprint(finished.fingerprint, fingerprint, spec.stage_dir)
     # A finished stage is never recomputed: reuse its result and best model.
     logging.info("%s: finished earlier in %s; reusing it.", spec.name,
                  spec.stage_dir)
@@ -203,6 +263,7 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
     return finished, restore_best_variables(spec.stage_dir, abstract)
   batch_size = cfg.train.batch_size
   check_batch_size(batch_size, shardings)
+  check_batch_size(cfg.train.eval_batch_size, shardings)
   group_sizes = spec.scheme.counts(spec.train)
   if (group_sizes == 0).all():
     raise ValueError(f"{spec.name}: no training examples.")
@@ -236,9 +297,12 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
 
   mgr = checkpoint_manager(spec.stage_dir)
   best = jax.tree.map(jnp.copy, state.variables())
-  prog = _Progress(history=[], best_epoch=0, best_value=-1.0, wall_seconds=0.0)
+  prog = _Progress(history=[], best_epoch=0, best_value=-1.0, wall_seconds=0.0,
+                   fingerprint=fingerprint)
   if mgr.latest_step() is not None:
     state, best, prog = _restore(mgr, state, best)
+    _check_fingerprint(prog.fingerprint, fingerprint, spec.stage_dir)
+    prog.fingerprint = fingerprint
     logging.info("%s: resumed from step %d.", spec.name, int(state.step))
 
   def save(step: int) -> None:
@@ -272,6 +336,9 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
         window, window_start = [], step
       every = cfg.train.checkpoint_every
       if every and step % every == 0 and step % steps_per_epoch:
+        # Never checkpoint a state whose loss went non-finite since the last
+        # check: a resume would start from it.
+        _check_finite(jax.device_get(window), spec.name, window_start)
         prog.wall_seconds = time.perf_counter() - start_time
         save(step)
     # End of an epoch: evaluate, keep the best, checkpoint.
@@ -299,7 +366,8 @@ def run_stage(spec: StageSpec, model, cfg, evals: list[EvalSet],
       best_epoch=prog.best_epoch,
       metrics={e.name: prog.history[prog.best_epoch - 1][e.name] for e in evals},
       history=prog.history,
-      wall_seconds=prog.wall_seconds)
+      wall_seconds=prog.wall_seconds,
+      fingerprint=fingerprint)
   write_json_atomic(os.path.join(spec.stage_dir, RESULT_FILE), result.to_json())
   return result, best
 
