@@ -1,0 +1,269 @@
+"""From many ``results.json`` files to the paper's numbers.
+
+Each run is one seed of one *setting*. A setting is a *cell* (dataset, bias
+ratio, mode, method, and any *condition* such as ``benchmark.strength``) plus
+*hyperparameters* (``train.lr``, ``train.freeze_bn``, ...). Per cell we keep
+the hyperparameters with the best mean validation worst-group accuracy over
+seeds (as the authors did; compared on the seeds all candidates share) and report that setting's test numbers as mean and
+**sample** standard deviation (``ddof=1``) over seeds. Averages over datasets
+and bias ratios (Figure 4, Tables 1-3) are taken per seed, over a set of cells
+that must all be present for that seed, and then summarised over seeds the
+same way; anything missing stays missing (None), never zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+RESULTS_FILE = "results.json"
+
+# Config keys chosen per cell on validation data, when they vary.
+HPARAM_KEYS = (
+    "train.lr", "train.freeze_bn", "train.epochs", "train.weight_decay",
+    "train.batch_size", "stage1.lr", "stage1.epochs", "groupdro.eta",
+    "groupdro.size_adjustment",
+)
+# Keys that never define a condition: the cell keys and seeds, paths (which
+# follow from other settings), and settings that change speed, not results.
+IGNORED_KEYS = (
+    "seed", "mode", "method", "data.name", "data.bias_ratio", "data.root",
+    "data.synthetic_root", "train.stage1_dir", "eval.synthetic_test_root",
+    "train.log_every", "train.checkpoint_every", "train.eval_batch_size",
+    "data.num_workers", "data.verify_images", "data.cache_images",
+    "generate.batch_size", "model.pretrained", "generate.model",
+)
+METRICS = ("val_wa", "test_wa", "test_ba", "syn_wa", "syn_ba")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One finished run, reduced to what the report needs.
+
+  Accuracies are in [0, 1]; ``syn_*`` are None when the run had no
+  synthetic test set.
+  """
+
+  path: str
+  dataset: str
+  bias_ratio: float
+  mode: str
+  method: str
+  seed: int
+  settings: dict[str, Any]  # flattened config
+  val_wa: float
+  test_wa: float
+  test_ba: float
+  syn_wa: float | None = None
+  syn_ba: float | None = None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def record_from_results(results: dict, path: str = "") -> Record:
+  """A :class:`Record` from a ``results.json`` object."""
+  syn = results.get("synthetic_test") or {}
+  return Record(
+      path=path, dataset=results["dataset"],
+      bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
+      method=results["method"], seed=int(results["seed"]),
+      settings=_flatten(results.get("config", {})),
+      val_wa=float(results["val"]["worst_group_acc"]),
+      test_wa=float(results["test"]["worst_group_acc"]),
+      test_ba=float(results["test"]["balanced_acc"]),
+      syn_wa=syn.get("worst_group_acc"), syn_ba=syn.get("balanced_acc"))
+
+
+def load_records(workdir: str) -> list[Record]:
+  """Every ``results.json`` under ``workdir`` (sorted paths)."""
+  found = []
+  for root, dirs, files in os.walk(workdir):
+    dirs.sort()
+    if RESULTS_FILE in files:
+      found.append(os.path.join(root, RESULTS_FILE))
+  records = []
+  for path in sorted(found):
+    with open(path) as f:
+      records.append(record_from_results(json.load(f), path))
+  return records
+
+
+# ----------------------------------------------------------------------------
+# Statistics.
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+  """Mean and sample standard deviation (None for one value) of ``n`` values."""
+
+  mean: float
+  std: float | None
+  n: int
+
+  def format(self, scale: float = 100.0, digits: int = 1) -> str:
+    if self.std is None:
+      return f"{scale * self.mean:.{digits}f} (n=1)"
+    return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}"
+
+
+def stat(values: Sequence[float]) -> Stat | None:
+  """Mean and sample std (``ddof=1``); None for no values."""
+  values = [float(v) for v in values]
+  if not values:
+    return None
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return Stat(mean, None, 1)
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return Stat(mean, math.sqrt(var), len(values))
+
+
+def fmt(s: Stat | None, scale: float = 100.0) -> str:
+  """A cell of a markdown table: ``"mean ± std"`` or ``"—"`` when missing."""
+  return "—" if s is None else s.format(scale)
+
+
+# ----------------------------------------------------------------------------
+# Cells and selection.
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+  """What a reported number is about; ``condition`` holds (key, value) pairs."""
+
+  condition: tuple
+  dataset: str
+  bias_ratio: float
+  mode: str
+  method: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The chosen hyperparameters of a cell and their runs (one per seed).
+
+  ``candidates`` lists every hyperparameter setting with its selection score
+  (mean validation worst-group accuracy over the seeds all candidates share)
+  and seed count, best first.
+  """
+
+  cell: Cell
+  hparams: tuple
+  runs: dict[int, Record]
+  candidates: tuple
+
+  def metric(self, name: str) -> Stat | None:
+    values = [getattr(r, name) for r in self.runs.values()]
+    if any(v is None for v in values):
+      return None
+    return stat(values)
+
+
+def varying_keys(records: Iterable[Record]) -> list[str]:
+  """Config keys (not ignored) whose value differs between records."""
+  records = list(records)
+  keys = sorted({k for r in records for k in r.settings})
+  out = []
+  for k in keys:
+    if k in IGNORED_KEYS:
+      continue
+    if len({repr(r.settings.get(k)) for r in records}) > 1:
+      out.append(k)
+  return out
+
+
+def split_keys(records: Sequence[Record],
+               hparam_keys: Sequence[str] = HPARAM_KEYS
+               ) -> tuple[list[str], list[str]]:
+  """(hyperparameter keys, condition keys) among the varying keys."""
+  varying = varying_keys(records)
+  return ([k for k in varying if k in hparam_keys],
+          [k for k in varying if k not in hparam_keys])
+
+
+def select(records: Sequence[Record], hparam_keys: Sequence[str] = HPARAM_KEYS
+           ) -> dict[Cell, Selection]:
+  """Per cell, the hyperparameters with the best mean val WA over seeds.
+
+  Candidates are compared on the seeds they all have (so a setting with one
+  lucky seed does not beat one with three), or each on its own seeds when
+  they share none. Ties go to the first setting in sorted order
+  (deterministic). Two runs of the same setting and seed (a duplicate
+  folder) are an error.
+  """
+  hkeys, ckeys = split_keys(records, hparam_keys)
+  table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
+  for r in records:
+    cell = Cell(tuple((k, r.settings.get(k)) for k in ckeys), r.dataset,
+                r.bias_ratio, r.mode, r.method)
+    h = tuple((k, r.settings.get(k)) for k in hkeys)
+    seeds = table.setdefault(cell, {}).setdefault(h, {})
+    if r.seed in seeds:
+      raise ValueError(f"Two runs of the same setting and seed {r.seed}: "
+                       f"{seeds[r.seed].path} and {r.path}.")
+    seeds[r.seed] = r
+  out = {}
+  for cell, options in table.items():
+    common = set.intersection(*(set(runs) for runs in options.values()))
+
+    def score(runs: dict[int, Record]) -> float:
+      seeds = common or set(runs)
+      return stat([runs[s].val_wa for s in seeds]).mean
+
+    scored = sorted(((-score(runs), repr(h), h, runs)
+                     for h, runs in options.items()),
+                    key=lambda t: (t[0], t[1]))
+    _, _, best, runs = scored[0]
+    out[cell] = Selection(
+        cell=cell, hparams=best, runs=dict(sorted(runs.items())),
+        candidates=tuple((h, -score, len(rs)) for score, _, h, rs in scored))
+  return out
+
+
+def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
+            metric: str) -> Stat | None:
+  """Mean and sample std over seeds of the per-seed average over ``cells``.
+
+  A seed counts only if every cell has it (so each seed's average is over the
+  same cells); None if a cell is missing, lacks ``metric``, or no seed is
+  common to all cells.
+  """
+  if not cells:
+    return None
+  chosen = [selections.get(c) for c in cells]
+  if any(s is None for s in chosen):
+    return None
+  seeds = set.intersection(*(set(s.runs) for s in chosen))
+  per_seed = []
+  for seed in sorted(seeds):
+    values = [getattr(s.runs[seed], metric) for s in chosen]
+    if any(v is None for v in values):
+      return None
+    per_seed.append(sum(values) / len(values))
+  return stat(per_seed)
+
+
+def conditions(selections: dict[Cell, Selection]) -> list[tuple]:
+  return sorted({c.condition for c in selections}, key=repr)
+
+
+def datasets_and_ratios(selections: dict[Cell, Selection], condition: tuple
+                        ) -> dict[str, list[float]]:
+  """``{dataset: [ratios]}`` present under ``condition``, sorted."""
+  out: dict[str, set] = {}
+  for c in selections:
+    if c.condition == condition:
+      out.setdefault(c.dataset, set()).add(c.bias_ratio)
+  return {d: sorted(r) for d, r in sorted(out.items())}

@@ -1,0 +1,202 @@
+"""Selection, aggregation and the report, on hand-made results.json trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from ffr_jax.reporting import aggregate as agg
+from ffr_jax.reporting import paper_report
+from ffr_jax.reporting.aggregate import Cell
+
+from conftest import ROOT
+
+
+def _result(mode, method, seed, *, ratio=0.99, dataset="demo", val=0.5,
+            wa=0.5, ba=0.8, lr=1e-3, strength=0.5, syn=None):
+  r = {
+      "schema_version": 1, "dataset": dataset, "bias_ratio": ratio,
+      "mode": mode, "method": method, "seed": seed,
+      "val": {"worst_group_acc": val, "balanced_acc": 0.9},
+      "test": {"worst_group_acc": wa, "balanced_acc": ba},
+      "config": {"seed": seed, "mode": mode, "method": method,
+                 "data": {"name": dataset, "bias_ratio": ratio,
+                          "root": f"/tmp/{seed}/{mode}"},
+                 "train": {"lr": lr, "stage1_dir": f"/s/{seed}"},
+                 "benchmark": {"strength": strength}},
+  }
+  if syn is not None:
+    r["synthetic_test"] = {"worst_group_acc": syn[0], "balanced_acc": syn[1]}
+  return r
+
+
+def _write(root, results):
+  for i, r in enumerate(results):
+    d = os.path.join(root, "runs", f"{r['dataset']}-{r['bias_ratio']}",
+                     f"{r['mode']}-{r['method']}", f"{i}")
+    os.makedirs(d)
+    with open(os.path.join(d, "results.json"), "w") as f:
+      json.dump(r, f)
+
+
+def _sd(values):
+  return statistics.stdev(values)  # sample std, ddof=1
+
+
+def test_selection_picks_the_best_mean_val_wa_over_seeds():
+  # lr 1e-2 has the single best seed (0.9) but the worse mean (0.37 < 0.5).
+  records = [agg.record_from_results(r) for r in (
+      [_result("ffr", "erm", s, val=v, wa=w, lr=1e-2)
+       for s, v, w in ((0, 0.9, 0.1), (1, 0.1, 0.2), (2, 0.1, 0.3))] +
+      [_result("ffr", "erm", s, val=0.5, wa=w, lr=1e-3)
+       for s, w in ((0, 0.6), (1, 0.7), (2, 0.8))])]
+  sel = agg.select(records)
+  (cell,) = sel
+  assert cell == Cell((), "demo", 0.99, "ffr", "erm")
+  chosen = sel[cell]
+  assert chosen.hparams == (("train.lr", 1e-3),)
+  assert sorted(chosen.runs) == [0, 1, 2]
+  st = chosen.metric("test_wa")
+  assert st.mean == pytest.approx(0.7) and st.std == pytest.approx(0.1)
+  assert [round(score, 4) for _, score, _ in chosen.candidates] == [
+      0.5, round((0.9 + 0.1 + 0.1) / 3, 4)]
+
+
+def test_selection_compares_candidates_on_their_common_seeds():
+  # lr 1e-2 has only seed 0 (val 0.8); on seed 0 lr 1e-3 scores 0.9, even
+  # though its mean over all of its seeds (0.9, 0.1, 0.1) is lower than 0.8.
+  records = [agg.record_from_results(r) for r in (
+      [_result("usb", "erm", 0, val=0.8, lr=1e-2)] +
+      [_result("usb", "erm", s, val=v, lr=1e-3)
+       for s, v in ((0, 0.9), (1, 0.1), (2, 0.1))])]
+  (chosen,) = agg.select(records).values()
+  assert chosen.hparams == (("train.lr", 1e-3),) and len(chosen.runs) == 3
+
+
+def test_conditions_split_cells_and_paths_do_not():
+  records = [agg.record_from_results(r) for r in (
+      _result("usb", "erm", 0, strength=0.0),
+      _result("usb", "erm", 0, strength=0.5),
+      _result("usb", "erm", 1, strength=0.5))]
+  hkeys, ckeys = agg.split_keys(records)
+  # data.root, train.stage1_dir and the seed differ too, but are not settings.
+  assert (hkeys, ckeys) == ([], ["benchmark.strength"])
+  sel = agg.select(records)
+  assert sorted(len(s.runs) for s in sel.values()) == [1, 2]
+  # The side-by-side table: one row, a WA/BA pair per strength.
+  table = paper_report.conditions_table(sel)
+  assert "benchmark.strength=0.0 WA" in table
+  assert table.splitlines()[-1] == (
+      "| demo | 99% | usb | erm | 50.0 (n=1) | 80.0 (n=1) | 50.0 ± 0.0 | "
+      "80.0 ± 0.0 |")
+  # A table with nothing in it says so instead of a grid of dashes.
+  assert paper_report.rows_table(sel, (("benchmark.strength", 0.0),),
+                                 paper_report.TABLE1_ROWS,
+                                 paper_report.WA_BA) == "_No runs for this table._"
+
+
+def test_duplicate_runs_of_one_setting_are_an_error():
+  records = [agg.record_from_results(_result("none", "erm", 0), path=p)
+             for p in ("a", "b")]
+  with pytest.raises(ValueError, match="same setting and seed"):
+    agg.select(records)
+
+
+def test_average_is_per_seed_over_cells_and_missing_stays_missing():
+  records = [agg.record_from_results(r) for r in (
+      [_result("ffr", "erm", s, ratio=0.95, wa=w) for s, w in
+       ((0, 0.2), (1, 0.4))] +
+      [_result("ffr", "erm", s, ratio=0.99, wa=w) for s, w in
+       ((0, 0.6), (1, 1.0), (2, 0.1))])]
+  sel = agg.select(records)
+  cells = [Cell((), "demo", r, "ffr", "erm") for r in (0.95, 0.99)]
+  st = agg.average(sel, cells, "test_wa")
+  # Seed 2 lacks 0.95, so only seeds 0 and 1: averages 0.4 and 0.7.
+  assert st.n == 2
+  assert st.mean == pytest.approx(0.55)
+  assert st.std == pytest.approx(_sd([0.4, 0.7]))
+  assert agg.average(sel, cells + [Cell((), "demo", 0.9, "ffr", "erm")],
+                     "test_wa") is None
+  assert agg.average(sel, cells, "syn_wa") is None  # no synthetic test set
+  assert agg.fmt(None) == "—"
+  assert agg.stat([0.5]).format() == "50.0 (n=1)"
+
+
+def _paper_like_tree(root):
+  """Two ratios x 3 seeds; ERM for all modes, GroupDRO for none only."""
+  results = []
+  values = {}
+  for ratio in (0.95, 0.99):
+    for mode in ("none", "usb", "asb", "ffr", "stage1_only", "stage2_then_1"):
+      for seed in range(3):
+        wa = round(0.1 * seed + 0.3 * (mode == "ffr") + 0.05 * (ratio == 0.95),
+                   4)
+        ba = round(0.6 + 0.1 * seed, 4)
+        syn = (0.8 + 0.01 * seed, 0.9) if mode in ("usb", "asb", "ffr") else None
+        results.append(_result(mode, "erm", seed, ratio=ratio, wa=wa, ba=ba,
+                               syn=syn))
+        values[(ratio, mode, seed)] = (wa, ba)
+    for seed in range(3):
+      results.append(_result("none", "groupdro", seed, ratio=ratio, wa=0.5,
+                             ba=0.7))
+  _write(root, results)
+  return values
+
+
+def test_report_tables_hold_the_inputs_mean_and_std(tmp_path):
+  values = _paper_like_tree(tmp_path)
+  records = agg.load_records(str(tmp_path))
+  assert len(records) == 2 * 6 * 3 + 6
+  text = paper_report.write_report(records, str(tmp_path / "out"))
+  assert (tmp_path / "out" / "report.md").read_text() == text
+  assert (tmp_path / "out" / "figure3.png").stat().st_size > 1000
+  assert (tmp_path / "out" / "figure4.png").stat().st_size > 1000
+
+  def cell(mean, std):
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+  # Figure 3's table: ffr at 99%, WA and BA over the three seeds.
+  wa = [values[(0.99, "ffr", s)][0] for s in range(3)]
+  ba = [values[(0.99, "ffr", s)][1] for s in range(3)]
+  fig3 = paper_report.figure3_table(agg.select(records), ())
+  row = next(l for l in fig3.splitlines() if l.startswith("| demo | 99% |"))
+  assert row.endswith(f"| {cell(statistics.mean(wa), _sd(wa))} | "
+                      f"{cell(statistics.mean(ba), _sd(ba))} |")
+  # Table 1, stage2_then_1: per-seed means over both ratios, then mean ± std.
+  per_seed = [(values[(0.95, "stage2_then_1", s)][0] +
+               values[(0.99, "stage2_then_1", s)][0]) / 2 for s in range(3)]
+  line = next(l for l in text.splitlines() if "(`stage2_then_1`)" in l)
+  assert f"| {cell(statistics.mean(per_seed), _sd(per_seed))} |" in line
+  # Figure 4: GroupDRO ran with mode none only; the other modes are missing.
+  f4 = paper_report.figure4_table(agg.select(records), ())
+  gdro = next(l for l in f4.splitlines() if l.startswith("| GroupDRO |"))
+  assert gdro == "| GroupDRO | 50.0 ± 0.0 | — | — | — |"
+  # Table 2 has no ffr_biased runs: missing, not zero.
+  biased = next(l for l in text.splitlines() if "(`ffr_biased`)" in l)
+  assert biased.count("—") == 2 and "0.0" not in biased
+  # Table 3: the synthetic test columns for ffr.
+  syn = [0.8 + 0.01 * s for s in range(3)]
+  t3 = next(l for l in text.splitlines() if l.startswith("| FFR (`ffr`)"))
+  assert f"| {cell(statistics.mean(syn), _sd(syn))} | 90.0 ± 0.0 |" in t3
+  assert "sample standard deviation (ddof=1)" in text
+
+
+def test_report_command_writes_the_report(tmp_path):
+  _paper_like_tree(tmp_path)
+  out = subprocess.run(
+      [sys.executable, "-m", "ffr_jax.report", f"--workdir={tmp_path}",
+       f"--out={tmp_path / 'rep'}", "--title=Demo"], cwd=ROOT,
+      capture_output=True, text=True, check=True).stdout
+  assert "42 runs" in out
+  assert (tmp_path / "rep" / "report.md").read_text().startswith("# Demo")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  proc = subprocess.run([sys.executable, "-m", "ffr_jax.report",
+                         f"--workdir={empty}"], cwd=ROOT, capture_output=True,
+                        text=True, check=False)
+  assert proc.returncode != 0 and "No results.json" in proc.stderr
