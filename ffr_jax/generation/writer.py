@@ -363,7 +363,7 @@ def _process_info() -> tuple[int, int]:
 
 
 def _broadcast_plan(todo: np.ndarray, count: int) -> np.ndarray:
-  """Host 0's plan (bool [groups, max_count]) on every host."""
+  """Host 0's boolean array (the plan, or its failure flag) on every host."""
   if count == 1:
     return todo
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -438,18 +438,31 @@ def generate_dataset(
   base = dataset_dir(out_root, spec)
 
   todo = np.zeros((len(targets), max(targets, default=0)), bool)
+  failure = None
   if writer:
-    os.makedirs(base, exist_ok=True)
-    meta = {"seed": int(seed), "generator": generator.name,
-            "image_size": int(generator.image_size), **dict(metadata or {})}
-    _check_metadata(base, meta)
-    done = _prepare_folder(base, spec, summary)
-    for g, t in enumerate(targets):
-      todo[g, :t] = True
-      for i in range(t):
-        if (g, i) in done:
-          todo[g, i] = False
-      summary.groups[g].present = int(t - todo[g, :t].sum())
+    try:
+      os.makedirs(base, exist_ok=True)
+      meta = {"seed": int(seed), "generator": generator.name,
+              "image_size": int(generator.image_size), **dict(metadata or {})}
+      _check_metadata(base, meta)
+      done = _prepare_folder(base, spec, summary)
+    except (OSError, ValueError, RuntimeError) as e:
+      # Raised after the broadcast below, so the other hosts (waiting for the
+      # plan) learn of it and stop too instead of hanging.
+      failure = e
+    else:
+      for g, t in enumerate(targets):
+        todo[g, :t] = True
+        for i in range(t):
+          if (g, i) in done:
+            todo[g, i] = False
+        summary.groups[g].present = int(t - todo[g, :t].sum())
+  failed = _broadcast_plan(np.asarray([failure is not None]), process_count)
+  if failure is not None:
+    raise failure
+  if failed[0]:
+    raise RuntimeError(f"{base}: host 0 could not prepare the folder; see its "
+                       "log for the reason.")
   todo = _broadcast_plan(todo, process_count)
 
   pending = collections.deque(
