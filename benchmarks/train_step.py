@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--model", default="resnet50", help="ffr_jax model name (torch: resnet50/18)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--conv1x1-as-matmul", default="both", choices=("on", "off", "both"))
+  p.add_argument("--small-convs-as-matmul", default="on", choices=("on", "off"),
+                 help="3x3 convolutions with <= 2x2 outputs as patches matmuls")
   p.add_argument("--xla-flags", default="",
                  help="appended to XLA_FLAGS before jax is imported; recorded in the JSON; "
                  "give it as --xla-flags=\"--flag=value ...\"")
@@ -73,7 +75,7 @@ def parse_configs(spec: str) -> list[tuple[int, int]]:
 
 
 def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: bool,
-              steps: int, warmup: int) -> dict[str, Any]:
+              steps: int, warmup: int, small_as_matmul: bool = True) -> dict[str, Any]:
   """Compiles and times our train step; returns img/s, compile time and FLOP rate."""
   import jax
   import jax.numpy as jnp
@@ -82,7 +84,8 @@ def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: boo
 
   from ffr_jax.models import create_model
 
-  model = create_model(model_name, NUM_CLASSES, dtype, conv1x1_as_matmul=as_matmul)
+  model = create_model(model_name, NUM_CLASSES, dtype, conv1x1_as_matmul=as_matmul,
+                       small_convs_as_matmul=small_as_matmul)
   tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.adam(LR))
 
   def loss_fn(params, batch_stats, x, y):
@@ -325,10 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_torch:
       torch_result = bench_torch(args.model, batch, size, args.dtype, args.steps, args.warmup)
     for as_matmul in matmul_options:
+      small = args.small_convs_as_matmul == "on"
       jax_result = bench_jax(args.model, batch, size, args.dtype, as_matmul, args.steps,
-                             args.warmup)
+                             args.warmup, small)
       row = {"config": f"{batch}x{size}", "batch": batch, "image_size": size,
-             "conv1x1_as_matmul": as_matmul, "jax": jax_result, "torch": torch_result}
+             "conv1x1_as_matmul": as_matmul, "small_convs_as_matmul": small,
+             "jax": jax_result, "torch": torch_result}
       record["results"].append(row)
       _print_table([row])
   print()

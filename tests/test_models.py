@@ -94,9 +94,13 @@ def test_logits_match_torchvision(name, as_matmul):
   np.testing.assert_allclose(out.embedding, ref["embedding"], atol=1e-4, rtol=0)
 
 
-def test_conv1x1_as_matmul_matches_conv_in_training():
+@pytest.mark.parametrize("option", ["conv1x1_as_matmul", "small_convs_as_matmul"])
+def test_matmul_forms_match_conv_in_training(option):
+  # At 32 px the last stage's 3x3 convolutions have 1x1 outputs, so
+  # small_convs_as_matmul takes its patches path there (and the conv path in
+  # the earlier stages).
   kwargs = dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_classes=5, width=1 / 16)
-  conv, matmul = ResNet(**kwargs), ResNet(conv1x1_as_matmul=True, **kwargs)
+  conv, matmul = ResNet(**kwargs), ResNet(**{option: True}, **kwargs)
   variables = _init(conv, 32)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
 

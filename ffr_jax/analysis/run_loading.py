@@ -213,9 +213,7 @@ def _check_checkpoints(stage_dir: str) -> None:
 
 def build_model(config: ml_collections.ConfigDict, spec: DatasetSpec):
   """The flax module exactly as ``ffr_jax.training.run`` builds it."""
-  return models.create_model(
-      config.model.name, spec.num_classes, dtype=config.model.dtype,
-      conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul))
+  return models.model_from_config(config.model, spec.num_classes)
 
 
 def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST

@@ -43,4 +43,16 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs
   return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **kwargs)
 
 
-__all__ = ["MODELS", "ResNet", "ResNetOutput", "create_model"]
+def model_from_config(config_model: Any, num_classes: int) -> ResNet:
+  """The model a run's ``config.model`` block describes (training and analysis).
+
+  The two matmul options change speed only (same parameters and outputs), so
+  configs written before an option existed get its default.
+  """
+  return create_model(
+      config_model.name, num_classes, dtype=config_model.dtype,
+      conv1x1_as_matmul=bool(config_model.get("conv1x1_as_matmul", True)),
+      small_convs_as_matmul=bool(config_model.get("small_convs_as_matmul", True)))
+
+
+__all__ = ["MODELS", "ResNet", "ResNetOutput", "create_model", "model_from_config"]

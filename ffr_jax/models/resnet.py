@@ -107,11 +107,64 @@ class Conv1x1Matmul(nn.Module):
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
+# Output sizes (pixels per image) at or below which XLA:CPU's convolution
+# falls off a cliff: a 3x3 convolution with a 2x2 output ran 40x slower
+# forward+backward than the same product as a patches matmul (32x2x2x512:
+# 1028 ms vs 42 ms; 4x4 stride 2: 474 vs 48 ms), while from 4x4 outputs on the
+# native convolution is faster (docs/performance.md). ResNet50's last stage at
+# 64 px input and the tiny model's at 32 px have such outputs.
+SMALL_OUTPUT_PIXELS = 4
+
+
+class ConvSmallAsMatmul(nn.Module):
+  """A bias-free k x k convolution that is a patches matmul on tiny outputs.
+
+  Parameters are nn.Conv's (``kernel``: ``(k, k, in, out)``), so checkpoints
+  are shared with the plain form. The choice is static (shapes are known at
+  trace time): outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels use
+  ``conv_general_dilated_patches`` + a matmul, larger ones the convolution.
+
+  Attributes:
+    features: output channels.
+    kernel_size: k.
+    strides: spatial stride.
+    dtype: compute dtype.
+  """
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s, pad = self.kernel_size, self.strides, self.kernel_size // 2
+    kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    dims = ("NHWC", "HWIO", "NHWC")
+    padding = ((pad, pad), (pad, pad))
+    out_h = (x.shape[1] + 2 * pad - k) // s + 1
+    out_w = (x.shape[2] + 2 * pad - k) // s + 1
+    if out_h * out_w > SMALL_OUTPUT_PIXELS:
+      return jax.lax.conv_general_dilated(x, kernel, (s, s), padding,
+                                          dimension_numbers=dims)
+    patches = jax.lax.conv_general_dilated_patches(
+        x, (k, k), (s, s), padding, dimension_numbers=dims)
+    # Patch features are ordered (in, kh, kw); the kernel is (kh, kw, in, out).
+    weights = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
+    return jax.lax.dot_general(patches, weights,
+                               (((patches.ndim - 1,), (0,)), ((), ())))
+
+
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
-          conv1x1_as_matmul: bool) -> nn.Module:
+          conv1x1_as_matmul: bool, small_convs_as_matmul: bool = False
+          ) -> nn.Module:
   """A torch-style bias-free convolution with symmetric padding ``kernel // 2``."""
   if kernel == 1 and conv1x1_as_matmul:
     return Conv1x1Matmul(features, strides=strides, dtype=dtype, name=name)
+  if kernel > 1 and small_convs_as_matmul:
+    return ConvSmallAsMatmul(features, kernel, strides, dtype=dtype, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
@@ -131,12 +184,14 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   conv1x1_as_matmul: bool = False
+  small_convs_as_matmul: bool = False
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype,
-                             conv1x1_as_matmul=self.conv1x1_as_matmul)
+    conv = functools.partial(
+        _conv, dtype=self.dtype, conv1x1_as_matmul=self.conv1x1_as_matmul,
+        small_convs_as_matmul=self.small_convs_as_matmul)
     y = conv(self.planes, 3, self.strides, name="conv1")(x)
     y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.planes, 3, 1, name="conv2")(y)
@@ -151,12 +206,14 @@ class Bottleneck(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   conv1x1_as_matmul: bool = False
+  small_convs_as_matmul: bool = False
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype,
-                             conv1x1_as_matmul=self.conv1x1_as_matmul)
+    conv = functools.partial(
+        _conv, dtype=self.dtype, conv1x1_as_matmul=self.conv1x1_as_matmul,
+        small_convs_as_matmul=self.small_convs_as_matmul)
     y = conv(self.planes, 1, 1, name="conv1")(x)
     y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
     y = conv(self.planes, 3, self.strides, name="conv2")(y)
@@ -208,6 +265,9 @@ class ResNet(nn.Module):
       and BatchNorm statistics stay float32, outputs are float32.
     conv1x1_as_matmul: compute 1x1 convolutions as matmuls (same parameters);
       faster training on CPU, see :class:`Conv1x1Matmul`.
+    small_convs_as_matmul: compute 3x3 convolutions with outputs of at most
+      2x2 pixels as patches matmuls (same parameters); on CPU these are 10-40x
+      faster than XLA's convolution, see :class:`ConvSmallAsMatmul`.
   """
 
   stage_sizes: Sequence[int]
@@ -216,6 +276,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   dtype: Dtype = jnp.float32
   conv1x1_as_matmul: bool = False
+  small_convs_as_matmul: bool = False
 
   @property
   def embedding_dim(self) -> int:
@@ -247,6 +308,7 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and i == 0 else 1
         x = block_cls(stage_planes, strides=strides, dtype=self.dtype,
                       conv1x1_as_matmul=self.conv1x1_as_matmul,
+                      small_convs_as_matmul=self.small_convs_as_matmul,
                       name=f"layer{stage + 1}_{i}")(x, train)
     # Pool in float32: a mean over 49+ bf16 values loses precision otherwise.
     embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -103,9 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ctx = RunContext(
       config=config, workdir=workdir, splits=splits,
       shardings=make_shardings(),
-      model=models.create_model(
-          config.model.name, spec.num_classes, dtype=config.model.dtype,
-          conv1x1_as_matmul=bool(config.model.conv1x1_as_matmul)),
+      model=models.model_from_config(config.model, spec.num_classes),
       synthetic_test=synthetic_test_set(config, spec))
   pool = _synthetic_pool(ctx, modes)
   runs = list(itertools.product(modes, methods))
