@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -243,3 +244,25 @@ def test_pth_is_read_and_converted_when_torch_is_installed(tmp_path):
     assert loaded.keys() == state.keys()
     for k, v in state.items():
       np.testing.assert_array_equal(loaded[k], v)
+
+
+@pytest.mark.parametrize("size,strides", [(2, 1), (4, 2), (1, 1), (8, 1)])
+def test_small_output_conv_matches_nn_conv(size, strides):
+  from ffr_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  channels = resnet.SMALL_CONV_MIN_CHANNELS  # wide enough for the matmul path
+  x = jax.random.normal(jax.random.key(0), (2, size, size, channels))
+  conv = nn.Conv(8, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
+                 use_bias=False)
+  small = resnet.ConvSmallAsMatmul(8, 3, strides)
+  variables = conv.init(jax.random.key(1), x)
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(jnp.shape, small.init(jax.random.key(1), x)))
+
+  def run(module):
+    f = lambda v, x: jnp.sum(module.apply(v, x) ** 2)
+    return module.apply(variables, x), jax.grad(f, argnums=(0, 1))(variables, x)
+
+  (out_a, grads_a), (out_b, grads_b) = run(conv), run(small)
+  np.testing.assert_allclose(out_a, out_b, rtol=1e-4, atol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3),
+               grads_a, grads_b)

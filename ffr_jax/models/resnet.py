@@ -111,9 +111,13 @@ class Conv1x1Matmul(nn.Module):
 # falls off a cliff: a 3x3 convolution with a 2x2 output ran 40x slower
 # forward+backward than the same product as a patches matmul (32x2x2x512:
 # 1028 ms vs 42 ms; 4x4 stride 2: 474 vs 48 ms), while from 4x4 outputs on the
-# native convolution is faster (docs/performance.md). ResNet50's last stage at
-# 64 px input and the tiny model's at 32 px have such outputs.
+# native convolution is faster (docs/performance.md). The cliff needs wide
+# inputs too: at 64-128 channels the two forms are within a few percent (and
+# the tiny model's 128-channel 1x1 outputs are faster native), from 256 on
+# the matmul wins 5-25x. ResNet50's and ResNet18's last stages at 64 px
+# input have such outputs.
 SMALL_OUTPUT_PIXELS = 4
+SMALL_CONV_MIN_CHANNELS = 256
 
 
 class ConvSmallAsMatmul(nn.Module):
@@ -121,8 +125,9 @@ class ConvSmallAsMatmul(nn.Module):
 
   Parameters are nn.Conv's (``kernel``: ``(k, k, in, out)``), so checkpoints
   are shared with the plain form. The choice is static (shapes are known at
-  trace time): outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels use
-  ``conv_general_dilated_patches`` + a matmul, larger ones the convolution.
+  trace time): outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels from
+  inputs of at least :data:`SMALL_CONV_MIN_CHANNELS` channels use
+  ``conv_general_dilated_patches`` + a matmul, others the convolution.
 
   Attributes:
     features: output channels.
@@ -146,7 +151,8 @@ class ConvSmallAsMatmul(nn.Module):
     padding = ((pad, pad), (pad, pad))
     out_h = (x.shape[1] + 2 * pad - k) // s + 1
     out_w = (x.shape[2] + 2 * pad - k) // s + 1
-    if out_h * out_w > SMALL_OUTPUT_PIXELS:
+    if (out_h * out_w > SMALL_OUTPUT_PIXELS
+        or x.shape[-1] < SMALL_CONV_MIN_CHANNELS):
       return jax.lax.conv_general_dilated(x, kernel, (s, s), padding,
                                           dimension_numbers=dims)
     patches = jax.lax.conv_general_dilated_patches(
@@ -266,8 +272,9 @@ class ResNet(nn.Module):
     conv1x1_as_matmul: compute 1x1 convolutions as matmuls (same parameters);
       faster training on CPU, see :class:`Conv1x1Matmul`.
     small_convs_as_matmul: compute 3x3 convolutions with outputs of at most
-      2x2 pixels as patches matmuls (same parameters); on CPU these are 10-40x
-      faster than XLA's convolution, see :class:`ConvSmallAsMatmul`.
+      2x2 pixels and >= 256 input channels as patches matmuls (same
+      parameters); on CPU these are 5-25x faster than XLA's convolution, see
+      :class:`ConvSmallAsMatmul`.
   """
 
   stage_sizes: Sequence[int]
