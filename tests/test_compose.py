@@ -105,3 +105,46 @@ def test_reference_counts_spuco_95():
   train = _examples(counts, REAL, "r")
   assert compose.balanced_per_group(spec, train) == 4750
   assert sum(compose.usb_needs(spec, train).values()) == 38000
+
+
+# The ablation modes (Tables 1 and 2).
+
+
+def test_stage1_only_is_ffrs_stage1_alone():
+  ffr = compose.compose("ffr", SPEC, _train(), _pool())
+  (s1,) = compose.compose("stage1_only", SPEC, _train(), _pool()).stages
+  first = ffr.stages[0]
+  assert (s1.name, s1.by_source, s1.erm_only) == (first.name, first.by_source,
+                                                  first.erm_only)
+  assert list(s1.train.path) == list(first.train.path)
+  assert s1.shared and s1.erm_only and s1.hparams == "stage1"
+  assert compose.SHARED_STAGES["stage1_only"] == s1.name
+
+
+def test_stage2_then_1_trains_real_first_then_synthetic_unshared():
+  real, syn = compose.compose("stage2_then_1", SPEC, _train(), _pool()).stages
+  assert (real.train.source == REAL).all() and len(real.train) == 200
+  assert not real.erm_only and real.hparams == "train" and not real.freeze_bn
+  assert (syn.train.source == SYNTHETIC).all() and syn.erm_only
+  assert syn.hparams == "stage1" and not syn.shared
+  assert "stage2_then_1" not in compose.SHARED_STAGES
+
+
+def test_ffr_biased_pretrains_on_synthetic_data_in_the_real_proportions():
+  comp = compose.compose("ffr_biased", SPEC, _train(), _pool())
+  s1, s2 = comp.stages
+  total = (5 + 85 + 90 + 0) // 4 * 4  # FFR stage 1's total
+  assert len(s1.train) == total == sum(comp.synthetic_per_group.values())
+  # 180 * (90, 10, 5, 95) / 200 = 81, 9, 4.5, 85.5: the tie goes to the
+  # earlier group.
+  assert comp.synthetic_per_group == {(0, 0): 81, (0, 1): 9, (1, 0): 5,
+                                      (1, 1): 85}
+  assert s1.shared and s1.name == compose.STAGE1_BIASED and s1.erm_only
+  assert s2.name == compose.STAGE2 and s2.freeze_bn
+  assert compose.SHARED_STAGES["ffr_biased"] == compose.STAGE1_BIASED
+
+
+def test_biased_counts_sum_exactly():
+  for total in (0, 1, 7, 180, 1001):
+    counts = compose.biased_counts(SPEC, _train(), total)
+    assert sum(counts.values()) == total

@@ -19,7 +19,6 @@ from ml_collections import config_flags
 
 from ffr_jax import sweep as sweep_lib
 from ffr_jax.data import compose
-from ffr_jax.data.types import REAL, SYNTHETIC, DatasetSpec, Examples
 from ffr_jax.training import run as run_lib
 
 from conftest import ROOT
@@ -260,73 +259,6 @@ def test_list_prints_commands_that_parse_to_each_runs_config(tmp_path):
        "--list", "--filter=mode=ffr/"], cwd=ROOT, capture_output=True,
       text=True, check=True).stdout.strip().splitlines()
   assert only == [l for l in lines if "/mode=ffr/" in l] and len(only) == 2
-
-
-# ----------------------------------------------------------------------------
-# The ablation modes.
-
-SPEC = DatasetSpec(
-    name="toy", class_names=("cat", "dog"), bias_names=("indoors", "outdoors"),
-    groups=((0, 0), (0, 1), (1, 0), (1, 1)), majority_bias=(0, 1))
-REAL_COUNTS = {(0, 0): 90, (0, 1): 10, (1, 0): 5, (1, 1): 95}
-
-
-def _examples(counts, source, prefix):
-  paths, ys, bs = [], [], []
-  for (y, b), n in counts.items():
-    for i in range(n):
-      paths.append(f"{prefix}/{y}_{b}_{i:04d}.png")
-      ys.append(y)
-      bs.append(b)
-  return Examples.from_lists(paths, ys, bs, source)
-
-
-def _train():
-  return _examples(REAL_COUNTS, REAL, "real")
-
-
-def _pool():
-  return _examples({g: 200 for g in SPEC.groups}, SYNTHETIC, "syn")
-
-
-def test_stage1_only_is_ffrs_stage1_alone():
-  ffr = compose.compose("ffr", SPEC, _train(), _pool())
-  (s1,) = compose.compose("stage1_only", SPEC, _train(), _pool()).stages
-  first = ffr.stages[0]
-  assert (s1.name, s1.by_source, s1.erm_only) == (first.name, first.by_source,
-                                                  first.erm_only)
-  assert list(s1.train.path) == list(first.train.path)
-  assert s1.shared and s1.erm_only and s1.hparams == "stage1"
-  assert compose.SHARED_STAGES["stage1_only"] == s1.name
-
-
-def test_stage2_then_1_trains_real_first_then_synthetic_unshared():
-  real, syn = compose.compose("stage2_then_1", SPEC, _train(), _pool()).stages
-  assert (real.train.source == REAL).all() and len(real.train) == 200
-  assert not real.erm_only and real.hparams == "train" and not real.freeze_bn
-  assert (syn.train.source == SYNTHETIC).all() and syn.erm_only
-  assert syn.hparams == "stage1" and not syn.shared
-  assert "stage2_then_1" not in compose.SHARED_STAGES
-
-
-def test_ffr_biased_pretrains_on_synthetic_data_in_the_real_proportions():
-  comp = compose.compose("ffr_biased", SPEC, _train(), _pool())
-  s1, s2 = comp.stages
-  total = (5 + 85 + 90 + 0) // 4 * 4  # FFR stage 1's total
-  assert len(s1.train) == total == sum(comp.synthetic_per_group.values())
-  # 180 * (90, 10, 5, 95) / 200 = 81, 9, 4.5, 85.5: the tie goes to the
-  # earlier group.
-  assert comp.synthetic_per_group == {(0, 0): 81, (0, 1): 9, (1, 0): 5,
-                                      (1, 1): 85}
-  assert s1.shared and s1.name == compose.STAGE1_BIASED and s1.erm_only
-  assert s2.name == compose.STAGE2 and s2.freeze_bn
-  assert compose.SHARED_STAGES["ffr_biased"] == compose.STAGE1_BIASED
-
-
-def test_biased_counts_sum_exactly():
-  for total in (0, 1, 7, 180, 1001):
-    counts = compose.biased_counts(SPEC, _train(), total)
-    assert sum(counts.values()) == total
 
 
 # ----------------------------------------------------------------------------
