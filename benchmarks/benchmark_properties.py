@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ffr_jax.benchmark import dataset, generator, render
+from ffr_jax.demo import dataset, generator, render
 from ffr_jax.data import bias as bias_lib
 from ffr_jax.data.datasets import get_dataset
 from ffr_jax.data.images import decode

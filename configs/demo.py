@@ -6,7 +6,7 @@ fingerprint strength is ``benchmark.strength``.
 
 ``data.root = ""`` means "render into ``{workdir}/data/real``" (the workdir is
 only known at run time; the training entry point resolves it and calls
-``ffr_jax.benchmark.prepare_real(root, scale=benchmark.scale,
+``ffr_jax.demo.prepare_real(root, scale=benchmark.scale,
 image_size=benchmark.image_size, seed=benchmark.seed)`` before loading).
 
 Usage::

@@ -8,6 +8,8 @@ Defaults follow the authors' release (REFERENCE.md, "Training").
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 MODES = ("none", "usb", "asb", "ffr")
@@ -119,3 +121,17 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> None:
   config.stage1.epochs = 1
   config.train.batch_size = 16
   config.train.eval_batch_size = 16
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (ConfigDicts and dicts; tuples as lists)."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  out = {}
+  for k, v in config.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out

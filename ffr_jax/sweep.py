@@ -461,7 +461,7 @@ def prepare(runs: Sequence[Run], log=print) -> None:
     config = ml_collections.ConfigDict(first.config.to_dict())
     config.mode = ",".join(sorted({str(r.config.mode) for r in members}))
     log(f"prepare: {first.name} (+{len(members) - 1} alike), modes {config.mode}")
-    config = run_lib.resolve_roots(config, first.run_dir)
+    config = datasets.resolve_roots(config, first.run_dir)
     datasets.prepare_dataset(config)
     splits = datasets.load_dataset(config.data)
     ctx = run_lib.RunContext(config=config, workdir=first.run_dir,

@@ -169,7 +169,7 @@ def _demo_config(tmp_path):
 
 
 def _run_info(tmp_path, config, used: int) -> run_loading.RunInfo:
-  from ffr_jax.benchmark import DEMO as demo_def  # pylint: disable=g-import-not-at-top
+  from ffr_jax.demo import DEMO as demo_def  # pylint: disable=g-import-not-at-top
   results = {"mode": "asb", "method": "erm", "stages": {"train": {}},
              "synthetic_per_group": {f"y={y},b={b}": used
                                      for y, b in demo_def.spec.groups},
@@ -179,7 +179,7 @@ def _run_info(tmp_path, config, used: int) -> run_loading.RunInfo:
 
 
 def test_heldout_synthetic_images_skip_what_training_used(tmp_path):
-  from ffr_jax import generate  # pylint: disable=g-import-not-at-top
+  from ffr_jax.generation import factory as generate  # pylint: disable=g-import-not-at-top
   config = _demo_config(tmp_path)
   run = _run_info(tmp_path, config, used=2)
   spec = samples_lib.datasets.get_dataset("demo").spec

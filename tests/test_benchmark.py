@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ffr_jax.benchmark import dataset, generator, render
+from ffr_jax.demo import dataset, generator, render
 from ffr_jax.data import bias, spuco
 from ffr_jax.data.datasets import get_dataset
 from ffr_jax.data.images import decode
@@ -200,7 +200,7 @@ def test_render_speed_floor():
 
 
 def test_grid_cli(tmp_path):
-  from ffr_jax.benchmark.__main__ import main  # pylint: disable=g-import-not-at-top
+  from ffr_jax.demo.__main__ import main  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "grid.png")
   assert main(["grid", f"--out={out}", "--strength=1", "--per_group=2"]) == 0
   from PIL import Image  # pylint: disable=g-import-not-at-top

@@ -61,7 +61,7 @@ def tiny_sd(tmp_path_factory) -> str:
 def demo_real(tmp_path_factory) -> str:
   """The built-in benchmark's real images at the smallest scale (for counts)."""
   out = str(tmp_path_factory.mktemp("demo_real"))
-  _run(["-c", "from ffr_jax.benchmark import prepare_real; "
+  _run(["-c", "from ffr_jax.demo import prepare_real; "
         f"prepare_real({out!r}, scale=0.01, image_size=32)"])
   return out
 

@@ -14,7 +14,7 @@ model that memorised its synthetic training set would look better separated
   (``compose.take_synthetic``) and ``results.json`` records ``n``
   (``synthetic_per_group``), so the images from index ``n`` on are unseen.
 * ``generate``: new images from the run's own generator
-  (``ffr_jax.generate.make_generator``, same prompts and settings) with the
+  (``ffr_jax.generation.factory.make_generator``, same prompts and settings) with the
   seed ``generate.seed + HELDOUT_SEED_OFFSET``, written (resumably) to
   ``{out}/heldout_synthetic/<key>``. Per-image seeds come from
   ``SeedSequence([seed, group, index, attempt])``, so these images are
@@ -151,7 +151,7 @@ def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
 
 def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
               per_group: int, out_dir: str) -> tuple[Examples, str]:
-  from ffr_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from ffr_jax.generation import factory as generate_lib  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.generate.seed = int(cfg.generate.seed) + HELDOUT_SEED_OFFSET
   root = os.path.join(out_dir, HELDOUT_DIR, data_key(config))

@@ -5,7 +5,7 @@ it loads the official layout, lists and excludes unreadable images (never
 silently), and applies the configured bias ratio with the authors' rule.
 
 The built-in benchmark registers its own ``"demo"`` dataset with
-:func:`register` when ``ffr_jax.benchmark`` is imported; :func:`get_dataset`
+:func:`register` when ``ffr_jax.demo`` is imported; :func:`get_dataset`
 imports that module on first use of the name, so callers need not.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -25,7 +26,7 @@ from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 UNREADABLE = "unreadable_image"
 # Datasets registered by a module of their own, imported on first lookup.
-LAZY_MODULES = {"demo": "ffr_jax.benchmark"}
+LAZY_MODULES = {"demo": "ffr_jax.demo"}
 # How many unreadable paths a warning shows.
 _SHOW_PATHS = 5
 
@@ -188,3 +189,28 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
     logging.info("%s: skipped %d file(s): %s, e.g. %s", splits.spec.name, n,
                  reason, splits.skipped_files.get(reason, [])[:2])
   return bias.bias_splits(splits, ratio, int(cfg_data.split_seed))
+
+
+def resolve_roots(config: ml_collections.ConfigDict, workdir: str
+                  ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the default data folders under ``workdir``.
+
+  An empty ``data.root`` is allowed only for a dataset that makes its own
+  data (the built-in benchmark renders into ``{workdir}/data/real``); an empty
+  ``data.synthetic_root`` means ``{workdir}/synthetic``; an empty
+  ``eval.synthetic_test_root`` means ``{data.synthetic_root}-test``. The
+  training and generation commands both resolve folders here, so they agree.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  definition = get_dataset(config.data.name)
+  if not config.data.root:
+    if not definition.self_contained:
+      raise ValueError(
+          f"config.data.root is empty; point it at the {config.data.name} "
+          f"folder. Expected layout:\n{definition.layout}")
+    config.data.root = os.path.join(workdir, "data", "real")
+  if not config.data.synthetic_root:
+    config.data.synthetic_root = os.path.join(workdir, "synthetic")
+  if not config.eval.synthetic_test_root:
+    config.eval.synthetic_test_root = config.data.synthetic_root + "-test"
+  return config

@@ -55,7 +55,7 @@ def parse_list(value: str, known, what: str) -> list[str]:
   return items
 
 
-def resolve_roots(config: ml_collections.ConfigDict, workdir: str
+def _old_resolve_roots(config: ml_collections.ConfigDict, workdir: str
                   ) -> ml_collections.ConfigDict:
   """Fills in the default data folders under ``workdir``.
 
@@ -96,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   modes = parse_list(config.mode, compose_lib.MODES, "mode")
   methods = parse_list(config.method, _known_methods(), "method")
-  config = resolve_roots(config, workdir)
+  config = datasets.resolve_roots(config, workdir)
   datasets.prepare_dataset(config)
   splits = datasets.load_dataset(config.data)
   spec = splits.spec
@@ -137,7 +137,7 @@ def _synthetic_pool(ctx: RunContext, modes: list[str]) -> Examples | None:
   if cfg.generate.generator == "procedural":
     # The built-in benchmark's generator is cheap and offline: make what is
     # missing now (resumable), so the demo is one command.
-    from ffr_jax import generate  # pylint: disable=g-import-not-at-top
+    from ffr_jax.generation import factory as generate  # pylint: disable=g-import-not-at-top
     generate.generate_synthetic(cfg, spec, needs, root)
   return synthetic_lib.load_synthetic(root, spec)
 
@@ -165,7 +165,7 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
   if config.generate.generator == "procedural":
     test_config = ml_collections.ConfigDict(config.to_dict())
     test_config.generate.seed = int(config.eval.synthetic_test_seed)
-    from ffr_jax import generate  # pylint: disable=g-import-not-at-top
+    from ffr_jax.generation import factory as generate  # pylint: disable=g-import-not-at-top
     generate.generate_synthetic(test_config, spec, needs, root,
                                 show_progress=False, log_summary=False)
   return compose_lib.take_synthetic(spec, synthetic_lib.load_synthetic(root, spec),

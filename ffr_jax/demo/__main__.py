@@ -2,8 +2,8 @@
 
 Examples::
 
-    python -m ffr_jax.benchmark grid --out=grid.png --strength=0.5
-    python -m ffr_jax.benchmark prepare --root=/tmp/demo/data/real --scale=0.1
+    python -m ffr_jax.demo grid --out=grid.png --strength=0.5
+    python -m ffr_jax.demo prepare --root=/tmp/demo/data/real --scale=0.1
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ffr_jax.benchmark import dataset, generator, grid, render
+from ffr_jax.demo import dataset, generator, grid, render
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m ffr_jax.benchmark",
+  p = argparse.ArgumentParser(prog="python -m ffr_jax.demo",
                               description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   g = sub.add_parser("grid", help="PNG of samples: one row per group, real | generated")

@@ -29,7 +29,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ffr_jax.benchmark import render
+from ffr_jax.demo import render
 from ffr_jax.data import spuco
 from ffr_jax.data.datasets import DatasetDef, register
 from ffr_jax.data.types import DatasetSplits
@@ -179,7 +179,7 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
 
 
 LAYOUT = (spuco.layout_description() +
-          f"\n(rendered by ffr_jax.benchmark.prepare_real; {MARKER} records how)")
+          f"\n(rendered by ffr_jax.demo.prepare_real; {MARKER} records how)")
 # self_contained: an empty data.root means {workdir}/data/real, rendered here.
 
 

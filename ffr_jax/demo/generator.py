@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ffr_jax.benchmark import render
+from ffr_jax.demo import render
 from ffr_jax.data.types import DatasetSpec
 
 # The paper's template, and the richer one of the authors' SpuCo script.

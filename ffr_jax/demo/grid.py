@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ffr_jax.benchmark import generator, render
+from ffr_jax.demo import generator, render
 
 # Width of the label column and of the gap between real and generated images.
 _LABEL_W = 120

@@ -1,0 +1,165 @@
+"""What every command shares: logging, the compilation cache, one-line errors.
+
+A command (``main.py``, ``generate.py``, ...) defines its flags, then calls
+:func:`run` with a ``main(argv)`` that makes one library call. :func:`run`
+
+* parses the flags itself, so that a bad flag, a missing config file or a
+  misspelled ``--config.key`` is one ``error: ...`` line and exit code 2;
+* turns the exceptions a user's mistake raises (bad config values, missing
+  files, malformed data: :data:`USER_ERRORS`) into the same one line, with the
+  traceback only under ``--verbose``;
+* keeps library INFO logs out of the way (Orbax logs every checkpoint);
+* enables the persistent XLA compilation cache;
+* prints the config's keys with their defaults under ``--help`` when
+  ``--config`` is given.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Exit code of a user error (bad flag, config, data); 1 is left to bugs and to
+# commands whose checks failed (``generate --verify``).
+USAGE_EXIT = 2
+INTERRUPT_EXIT = 130
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla")
+
+
+class UserError(Exception):
+  """A mistake in the command line, the config or the data (one line)."""
+
+
+# What a user's mistake raises in this code base. Anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError,
+               NotADirectoryError, IsADirectoryError, FileExistsError,
+               PermissionError, app.UsageError)
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the full traceback of an error (for bug reports).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", DEFAULT_CACHE,
+    "Persistent XLA compilation cache ('' to disable): a rerun or a resumed "
+    "run skips recompiling, which is most of a small run's start-up.")
+
+
+class QuietLibraries(std_logging.Filter):
+  """INFO lines from our own modules, warnings and errors from everyone."""
+
+  def filter(self, record) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return "ffr_jax" in record.pathname.replace("\\", "/")
+
+
+def configure_logging() -> None:
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+    handler.addFilter(QuietLibraries())
+
+
+def enable_compilation_cache(path: str = DEFAULT_CACHE) -> None:
+  import jax  # pylint: disable=g-import-not-at-top  # not needed by --help
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def error_message(e: BaseException) -> str:
+  """The one line shown for ``e`` (KeyError's repr quotes are dropped)."""
+  if isinstance(e, KeyError) and len(e.args) == 1:
+    text = str(e.args[0])
+  elif isinstance(e, OSError) and e.filename and e.strerror:
+    text = f"{e.strerror}: {e.filename}"
+  else:
+    text = str(e) or type(e).__name__
+  return text
+
+
+def fail(message: str, code: int = USAGE_EXIT) -> None:
+  """Prints ``error: message`` on stderr and exits."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def config_help(config) -> str:
+  """Every ``--config.key`` with its default, for ``--help``."""
+  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  lines = ["Config keys (--config.KEY=VALUE) and their values in this config:"]
+  for key, value in sorted(config_lib.flatten(config).items()):
+    lines.append(f"  --config.{key}={value!r}")
+  return "\n".join(lines + ["", choices_help()])
+
+
+def choices_help() -> str:
+  """The valid values of the keys that name a registry entry."""
+  # Imported here: --help of a command must not pay for these when unused.
+  from ffr_jax.data import compose, datasets  # pylint: disable=g-import-not-at-top
+  from ffr_jax.generation import factory  # pylint: disable=g-import-not-at-top
+  from ffr_jax import models  # pylint: disable=g-import-not-at-top
+  from ffr_jax.training import methods  # pylint: disable=g-import-not-at-top
+  rows = [("mode", compose.MODES), ("method", methods.METHODS),
+          ("data.name", datasets.DATASETS), ("model.name", models.MODELS),
+          ("generate.generator", factory.GENERATORS)]
+  return "\n".join(f"  {key}: {', '.join(sorted(reg))}" for key, reg in rows)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parsing, with every failure as one line and exit code 2."""
+  wants_help = any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?")
+                   for a in argv[1:])
+  if wants_help:
+    rest = [a for a in argv if a not in ("--help", "-h", "--helpshort",
+                                         "--helpfull", "-?")]
+    try:
+      flags.FLAGS(rest, known_only=True)
+      config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    except Exception:  # pylint: disable=broad-except  # help still prints
+      config = None
+    main_module = sys.modules.get("__main__")
+    print((getattr(main_module, "__doc__", "") or "").strip() + "\n")
+    print(flags.FLAGS.main_module_help())
+    if config is not None:
+      print("\n" + config_help(config))
+    sys.exit(0)
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    fail(f"{e}. Run with --help to see the flags.")
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags raises from inside parsing: a missing config file, an
+    # unknown --config key, a value of the wrong type.
+    if "--verbose" in argv:
+      raise
+    fail(error_message(e))
+  return []
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """Runs a command's ``main(argv)`` with the shared set-up and errors."""
+
+  def wrapped(argv: list[str]):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    configure_logging()
+    enable_compilation_cache(_CACHE.value)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if _VERBOSE.value:
+        raise
+      fail(error_message(e))
+    except KeyboardInterrupt:
+      # A second Ctrl-C during the first one's clean stop lands here.
+      fail("interrupted.", INTERRUPT_EXIT)
+
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -1,0 +1,120 @@
+"""Generators, prompt functions and ``generate_synthetic``: the library side of
+generation, used by the ``generate`` command and by a training run that makes
+the built-in benchmark's synthetic images itself.
+
+Generators (``config.generate.generator``): ``stable_diffusion`` (a diffusers
+folder, ``config.generate.model``) and ``procedural`` (the built-in
+benchmark's generator, ``config.benchmark.*``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ffr_jax.data.types import DatasetSpec
+from ffr_jax.generation import prompts as prompts_lib
+from ffr_jax.generation import writer as writer_lib
+from ffr_jax.generation.base import Generator
+
+
+def _stable_diffusion(config: ml_collections.ConfigDict, spec: DatasetSpec
+                      ) -> Generator:
+  del spec  # Stable Diffusion draws whatever the prompt says.
+  g = config.generate
+  if not g.model:
+    raise ValueError(
+        "config.generate.model is empty: set --config.generate.model to a local "
+        "diffusers folder of Stable Diffusion (e.g. v1.4 with Flax weights).")
+  from ffr_jax.generation.stable_diffusion import StableDiffusionGenerator  # pylint: disable=import-outside-toplevel
+  return StableDiffusionGenerator(
+      g.model, resolution=g.resolution, steps=g.steps,
+      guidance_scale=g.guidance_scale, scheduler=g.scheduler, dtype=g.dtype,
+      batch_size=g.batch_size)
+
+
+def _procedural(config: ml_collections.ConfigDict, spec: DatasetSpec
+                ) -> Generator:
+  try:
+    from ffr_jax.demo.generator import ProceduralGenerator  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ValueError(
+        "generate.generator='procedural' needs ffr_jax.demo.generator, "
+        f"which failed to import ({e}).") from e
+  if "benchmark" not in config:
+    raise ValueError(
+        "generate.generator='procedural' needs the config.benchmark section "
+        "(strength, image_size); use configs/demo.py.")
+  return ProceduralGenerator(strength=config.benchmark.strength,
+                             image_size=config.benchmark.image_size, spec=spec)
+
+
+# Explicit registry: config.generate.generator -> constructor.
+GENERATORS: dict[str, Callable[[ml_collections.ConfigDict, DatasetSpec], Generator]] = {
+    "stable_diffusion": _stable_diffusion,
+    "procedural": _procedural,
+}
+
+
+def make_generator(config: ml_collections.ConfigDict, spec: DatasetSpec
+                   ) -> Generator:
+  """The generator ``config.generate.generator`` names."""
+  name = config.generate.generator
+  if name not in GENERATORS:
+    raise ValueError(f"Unknown generator {name!r}; known: {sorted(GENERATORS)}.")
+  return GENERATORS[name](config, spec)
+
+
+def make_prompt_fn(config: ml_collections.ConfigDict, spec: DatasetSpec
+                   ) -> prompts_lib.PromptFn:
+  """``prompt_fn(g, index)`` for the configured prompt set and generator.
+
+  The procedural generator reads the group back out of the prompt, so it gets
+  the benchmark's own prompt forms; Stable Diffusion gets
+  :mod:`ffr_jax.generation.prompts`.
+  """
+  name, seed = config.generate.prompts, int(config.generate.seed)
+  if config.generate.generator != "procedural":
+    return prompts_lib.make_prompt_fn(spec, name, seed)
+  from ffr_jax.demo.generator import build_prompt  # pylint: disable=import-outside-toplevel
+
+  def prompt_fn(g: int, index: int) -> str:
+    variant = int(np.random.default_rng([seed, g, index]).integers(1 << 16))
+    return build_prompt(spec, *spec.groups[g], template=name, variant=variant)
+  return prompt_fn
+
+
+def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
+                       needs: int | Mapping[tuple[int, int], int], root: str,
+                       show_progress: bool = True, log_summary: bool = True
+                       ) -> writer_lib.GenerationSummary:
+  """Generates what is missing of ``needs`` into ``root/spec.name``.
+
+  Args:
+    config: the full config (``generate``, and ``benchmark`` for procedural).
+    spec: the dataset.
+    needs: images per group, one int or ``{(y, b): count}``.
+    root: the synthetic root.
+    show_progress: progress bar on stderr (host 0).
+    log_summary: log the per-group table.
+
+  Returns:
+    The writer's per-group summary (also logged).
+  """
+  generator = make_generator(config, spec)
+  metadata = {"prompts": config.generate.prompts,
+              **getattr(generator, "settings", {})}
+  summary = writer_lib.generate_dataset(
+      generator, spec, needs, root, make_prompt_fn(config, spec),
+      seed=int(config.generate.seed),
+      # One call per compiled sampling batch (all devices) where there is one.
+      batch_size=int(getattr(generator, "global_batch", config.generate.batch_size)),
+      metadata=metadata, show_progress=show_progress)
+  if log_summary:
+    logging.info("Synthetic images in %s:\n%s", os.path.join(root, spec.name),
+                 summary.table())
+  return summary

@@ -1,0 +1,80 @@
+"""One registry shape for datasets, models, methods, modes and generators.
+
+A :class:`Registry` maps a config value (``"spuco_animals"``, ``"groupdro"``)
+to what it names. Entries are registered eagerly (an object) or lazily (a
+``"module:attribute"`` string imported on first lookup), so a low layer can
+list a plug-in that lives in a higher one without importing it. An unknown
+name is a ``ValueError`` that lists the known ones, the same sentence for
+every kind.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+  """Names -> values of one kind (``kind`` appears in error messages)."""
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._entries: dict[str, T | str] = {}
+    self._lazy: set[str] = set()
+
+  def register(self, name: str, value: T) -> T:
+    """Adds ``name``; the same value twice is a no-op, another is an error."""
+    old = self._entries.get(name)
+    if old is not None and name not in self._lazy and old is not value and old != value:
+      raise ValueError(f"{self.kind} {name!r} is already registered differently.")
+    self._entries[name] = value
+    self._lazy.discard(name)
+    return value
+
+  def register_lazy(self, name: str, target: str) -> None:
+    """Adds ``name`` as ``"package.module:attribute"``, imported on first use."""
+    if ":" not in target:
+      raise ValueError(f"Lazy {self.kind} {name!r}: {target!r} is not 'module:attr'.")
+    self._entries[name] = target
+    self._lazy.add(name)
+
+  def decorator(self, name: str) -> Callable[[T], T]:
+    """``@REGISTRY.decorator("name")`` registers the decorated object."""
+    return lambda value: self.register(name, value)
+
+  def get(self, name: str) -> T:
+    """The value of ``name``.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known names), or a
+        lazy entry whose module fails to import.
+    """
+    if name not in self._entries:
+      raise ValueError(
+          f"Unknown {self.kind} {name!r}; known {self.kind}s: "
+          f"{', '.join(self.names())}.")
+    if name in self._lazy:
+      module, _, attr = str(self._entries[name]).partition(":")
+      try:
+        value = getattr(importlib.import_module(module), attr)
+      except (ImportError, AttributeError) as e:
+        raise ValueError(f"{self.kind} {name!r}: importing {module}:{attr} "
+                         f"failed ({e}).") from e
+      self._entries[name] = value
+      self._lazy.discard(name)
+    return self._entries[name]  # type: ignore[return-value]
+
+  def names(self) -> list[str]:
+    return sorted(self._entries)
+
+  def __contains__(self, name: object) -> bool:
+    return name in self._entries
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self.names())
+
+  def __len__(self) -> int:
+    return len(self._entries)
