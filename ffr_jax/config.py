@@ -88,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dfr.num_refits = 20
 
   c.generate = ml_collections.ConfigDict()
-  c.generate.model = ""        # local diffusers folder (Stable Diffusion v1.4)
+  c.generate.model = ""        # diffusers folder or hub id (Stable Diffusion v1.4)
+  c.generate.revision = ""     # hub revision of generate.model ("flax", "bf16"); "": default
   c.generate.generator = "stable_diffusion"  # or "procedural" (built-in benchmark)
   c.generate.prompts = "paper"  # "paper": "A photo of {bias} {class}"; "rich"
   c.generate.per_group = -1    # -1: what FFR/ASB need at this bias ratio
