@@ -109,3 +109,26 @@ def test_constant_training_feature_is_only_centred():
   mean, std = dfr.standardizer(np.array([[1.0, 2.0], [1.0, 4.0]]))
   np.testing.assert_allclose(mean, [1.0, 3.0])
   np.testing.assert_allclose(std, [1.0, 1.0])
+
+
+def test_tuning_standardises_with_the_balanced_fit_half_not_train():
+  # Canonical dfr_on_validation_tune fits its StandardScaler on the balanced
+  # fit half of val, so the training embeddings cannot change which C wins.
+  # Scaling them by 100 would shrink train-standardised val features 100-fold
+  # and let the L1 penalty zero every weight at each C.
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  a = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=2, seed=1)
+  b = dfr.fit_dfr(100 * xt + 7, xv, yv, gv, 4, SPUCO_GRID, num_refits=2,
+                  seed=1)
+  assert a.c_scores == b.c_scores and a.best_c == b.best_c
+  assert max(a.c_scores.values()) > 0.85
+  # The final refits still standardise with the training statistics.
+  np.testing.assert_allclose(b.mean, 100 * xt.mean(axis=0) + 7)
+  np.testing.assert_allclose(b.std, 100 * xt.std(axis=0))
+
+
+def test_heldout_score_is_the_best_c_score_on_the_held_out_half():
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  result = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=2, seed=0)
+  assert result.heldout_worst_group_acc == result.c_scores[result.best_c]
+  assert result.heldout_worst_group_acc == max(result.c_scores.values())

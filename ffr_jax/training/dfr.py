@@ -2,21 +2,29 @@
 
 DFR keeps the trained backbone and refits only the last layer: an
 L1-regularised logistic regression on group-balanced subsets of the
-*validation* set (REFERENCE.md, "Methods"). Following the canonical release
-(``dfr_on_validation_tune`` / ``dfr_on_validation_eval``):
+*validation* set (docs/reference.md, "Methods"). As the canonical release
+(``dfr_on_validation_tune`` / ``dfr_on_validation_eval`` in
+``dfr_evaluate_spurious.py``, and the authors' FFR copies of them):
 
-1. standardise every embedding with the mean and std of the *training*-set
-   embeddings;
-2. split val in two halves; for each C in the grid, fit on a group-balanced
-   subset of the first half (every group cut to the smallest group's size in
-   that half) and score worst-group accuracy on the second half;
-3. with the best C (the first in grid order among ties, as the canonical
-   ``argmax`` over the grid), fit ``num_refits`` times on group-balanced random
-   subsets of the whole val set and average ``coef_`` and ``intercept_``.
+1. tuning: split val in two halves; cut every group of the first half to that
+   half's smallest group (a group-balanced fit set), fit a ``StandardScaler``
+   on that balanced fit set and standardise both halves with it; for each C in
+   the grid fit on the balanced fit set and score worst-group accuracy on the
+   second half; keep the best C (the first in grid order among ties, as the
+   canonical ``argmax``);
+2. final fit: standardise with a ``StandardScaler`` fitted on the *training*
+   embeddings; fit ``num_refits`` times at the best C, each on a fresh
+   group-balanced subset of the whole val set (every group cut to the smallest
+   val group), and average ``coef_`` and ``intercept_``.
+
+The two steps standardise differently on purpose: that is what the canonical
+code does, and tuning C against other statistics than the ones it is fitted
+with would change which C wins (L1 strength depends on feature scale).
 
 One deliberate change: the halves are split *within each group* instead of by
 a plain random permutation, so every group is present in both halves (with ten
-minority examples a random split can leave a group out of one half).
+minority examples a random split can leave a group out of one half, and the
+canonical code then fits on an empty group or scores a NaN).
 
 This runs on the host with scikit-learn (liblinear, one-vs-rest for more than
 two classes); embeddings are small numpy arrays by then.
@@ -29,10 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-
-# Below this the training std is treated as 0 and the feature is only centred,
-# as sklearn's StandardScaler does for constant features.
-_MIN_STD = 1e-12
+from sklearn.preprocessing import StandardScaler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +52,8 @@ class DFRResult:
     classes: int64[num_classes], the label of each class column (sorted).
     mean: float64[D], training-embedding mean used to standardise.
     std: float64[D], training-embedding std (1 where it was 0).
-    c_scores: C -> worst-group accuracy on the held-out half of val.
+    c_scores: C -> worst-group accuracy on the held-out half of val (the
+      classifier fitted on the other, balanced half).
   """
 
   best_c: float
@@ -58,15 +64,28 @@ class DFRResult:
   std: np.ndarray
   c_scores: dict[float, float]
 
+  @property
+  def heldout_worst_group_acc(self) -> float:
+    """The best C's worst-group accuracy on the held-out half of val.
 
-def standardizer(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and std (population, as StandardScaler) of training embeddings."""
-  x = np.asarray(train_embeddings, np.float64)
+    Unlike the refit head's accuracy on val (which it was fitted on), this is
+    an out-of-sample number.
+    """
+    return self.c_scores[self.best_c]
+
+
+def standardizer(embeddings: np.ndarray, what: str = "training embeddings"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """``(mean, scale)`` of sklearn's ``StandardScaler`` fitted on ``embeddings``.
+
+  The scale is the population std, 1 for (numerically) constant features,
+  which are then only centred.
+  """
+  x = np.asarray(embeddings, np.float64)
   if x.ndim != 2 or x.shape[0] == 0:
-    raise ValueError(
-        f"DFR: expected training embeddings of shape [N>0, D], got {x.shape}.")
-  std = x.std(axis=0)
-  return x.mean(axis=0), np.where(std < _MIN_STD, 1.0, std)
+    raise ValueError(f"DFR: expected {what} of shape [N>0, D], got {x.shape}.")
+  scaler = StandardScaler().fit(x)
+  return scaler.mean_, scaler.scale_
 
 
 def _group_indices(groups: np.ndarray, num_groups: int,
@@ -204,7 +223,9 @@ def fit_dfr(
   """Tunes C on val halves, then averages ``num_refits`` balanced fits.
 
   Args:
-    train_embeddings: float[N_train, D]; only their mean/std are used.
+    train_embeddings: float[N_train, D]; only their mean/std are used, to
+      standardise the final refits (tuning standardises with its own fit
+      half).
     val_embeddings: float[N_val, D].
     val_labels: int[N_val] classes.
     val_groups: int[N_val] group ids in ``[0, num_groups)``.
@@ -230,11 +251,11 @@ def fit_dfr(
     raise ValueError(
         f"DFR: need a non-empty c_grid and num_refits >= 1, got {c_grid!r} "
         f"and {num_refits}.")
-  x = (x - mean) / std
   rng = np.random.default_rng(seed)
   c_scores = _tune_c(x, y, classes, per_group, c_grid, rng)
   best_c = max(c_scores, key=c_scores.get)  # first maximum in grid order
 
+  x = (x - mean) / std
   # Every balanced subset holds every group and so every class: the coef rows
   # line up across refits and can be averaged.
   fits = [_fit(x[rows], y[rows], classes, best_c, rng)
@@ -255,9 +276,15 @@ def fit_dfr(
 def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
             per_group: list[np.ndarray], c_grid: Sequence[float],
             rng: np.random.Generator) -> dict[float, float]:
-  """Worst-group accuracy on the score half for each C (fit half balanced)."""
+  """Worst-group accuracy on the score half for each C (fit half balanced).
+
+  ``x`` is the raw val embeddings: as the canonical ``dfr_on_validation_tune``,
+  the scaler is fitted on the balanced fit rows and applied to both halves.
+  """
   fit_groups, score_groups = _split_halves(per_group, rng)
   rows = _balanced_subset(fit_groups, rng)
+  mean, std = standardizer(x[rows], "the balanced fit half of val")
+  x = (x - mean) / std
   scores = {}
   for c in c_grid:
     coef, intercept = _fit(x[rows], y[rows], classes, c, rng)
