@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from ffr_jax.data.types import REAL, SYNTHETIC, Examples
 from ffr_jax.training import dfr
+from ffr_jax.training import last_layer
 
 SPUCO_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 BINARY_GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -132,3 +134,13 @@ def test_heldout_score_is_the_best_c_score_on_the_held_out_half():
   result = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=2, seed=0)
   assert result.heldout_worst_group_acc == result.c_scores[result.best_c]
   assert result.heldout_worst_group_acc == max(result.c_scores.values())
+
+
+def test_final_standardisation_uses_the_real_training_rows_only():
+  train = Examples.from_lists(["r0", "s0", "r1", "s1"], [0, 0, 1, 1],
+                              [0, 1, 1, 0],
+                              source=[REAL, SYNTHETIC, REAL, SYNTHETIC])
+  real = last_layer.real_rows(train)
+  assert len(real) == 2 and (real.source == REAL).all()
+  with pytest.raises(ValueError, match="no real examples"):
+    last_layer.real_rows(train.take(np.array([1, 3])))

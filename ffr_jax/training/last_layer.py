@@ -2,6 +2,11 @@
 
 The backbone is the best epoch of the run's last stage (trained with ERM);
 :mod:`ffr_jax.training.dfr` does the refit on the validation embeddings.
+
+Model selection must not use the refit head's val metrics (DFR was fitted on
+all of val); the run's selection score is the backbone's val WA before the
+refit, and DFR's own out-of-sample number, the chosen C's worst-group accuracy
+on the held-out half of val, is kept as ``heldout_worst_group_acc``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ffr_jax.data import pipeline
-from ffr_jax.data.types import Examples, GroupScheme
+from ffr_jax.data.types import REAL, Examples, GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
@@ -47,6 +52,20 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
+def real_rows(train: Examples) -> Examples:
+  """The real examples of a training set (usb/asb mix in synthetic ones).
+
+  The final refits standardise with training-embedding statistics; the
+  authors' DFR scripts take them from the real training split, also for USB
+  and ASB.
+  """
+  real = train.take(np.flatnonzero(train.source == REAL))
+  if not len(real):
+    raise ValueError("DFR: the training set has no real examples to take "
+                     "the standardisation statistics from.")
+  return real
+
+
 def _metrics(result: dfr_lib.DFRResult, emb: np.ndarray, examples: Examples,
              scheme: GroupScheme) -> dict:
   pred = dfr_lib.predict(result, emb)
@@ -60,14 +79,17 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   """Fits DFR on val embeddings; returns (metrics per split, DFR details).
 
   Val metrics are on the data DFR was fitted on (all of val), so they are
-  optimistic; the test metrics are the ones to report.
+  optimistic: never select on them. The details hold
+  ``heldout_worst_group_acc``, the tuned C's worst-group accuracy on the
+  held-out half of val (fitted on the other half); the test metrics are the
+  ones to report.
   """
   by_name = {e.name: e for e in evals}
   val = by_name["val"]
   scheme = val.scheme
   # The authors' DFR works on L2-normalised pooled features (their ResNet
   # returns F.normalize(features)); standardisation comes after.
-  train_emb = l2_normalize(embed(model, variables, train,
+  train_emb = l2_normalize(embed(model, variables, real_rows(train),
                                  GroupScheme(scheme.spec, True), cfg,
                                  shardings))
   val_emb = l2_normalize(embed(model, variables, val.examples, scheme, cfg,
@@ -84,5 +106,6 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
       metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
   info = {"best_c": result.best_c,
           "c_scores": {str(c): s for c, s in result.c_scores.items()},
+          "heldout_worst_group_acc": result.heldout_worst_group_acc,
           "num_refits": int(cfg.dfr.num_refits)}
   return metrics, info
