@@ -155,3 +155,121 @@ def write_utk_tree(root: str, per_group: int = 100, seed: int = 0,
   for name in extra_names:
     write_image(os.path.join(root, name))
   return root
+
+
+# --- Waterbirds, CelebA (official), folder datasets, synthetic folders -------
+
+# Per split: (y, place) -> images. Train is ~95% biased, val and test are
+# balanced within class, as in the official Waterbirds.
+WATERBIRDS_COUNTS = {
+    "train": {(0, 0): 100, (0, 1): 6, (1, 0): 4, (1, 1): 40},
+    "val": {(0, 0): 30, (0, 1): 30, (1, 0): 12, (1, 1): 12},
+    "test": {(0, 0): 20, (0, 1): 20, (1, 0): 8, (1, 1): 8},
+}
+WATERBIRDS_HEADER = "img_id,img_filename,y,split,place,place_filename"
+
+
+def write_waterbirds_tree(root: str, counts: Mapping = WATERBIRDS_COUNTS,
+                          missing: int = 0) -> str:
+  """Writes ``waterbird_complete95_forest2water2/`` with ``metadata.csv``.
+
+  Args:
+    root: the dataset root.
+    counts: split -> ``(y, place)`` -> images.
+    missing: how many rows (the last ones) get no image file.
+
+  Returns:
+    ``root``.
+  """
+  base = os.path.join(root, "waterbird_complete95_forest2water2")
+  rows = [WATERBIRDS_HEADER]
+  img_id = 0
+  for split_id, split in enumerate(("train", "val", "test")):
+    for (y, place), n in sorted(counts[split].items()):
+      for _ in range(n):
+        img_id += 1
+        name = f"{y:03d}.Species_{y}/Bird_{img_id:05d}.jpg"
+        rows.append(f"{img_id},{name},{y},{split_id},{place},"
+                    f"{'bamboo_forest' if place == 0 else 'ocean'}/x.jpg")
+  n_rows = len(rows) - 1
+  for i, row in enumerate(rows[1:]):
+    if i < n_rows - missing:
+      write_image(os.path.join(base, row.split(",")[1]), i % 5)
+  os.makedirs(base, exist_ok=True)
+  with open(os.path.join(base, "metadata.csv"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+  return root
+
+
+# Per split: (blond, male) -> images, like CelebA (blond men are rare).
+CELEBA_COUNTS = {
+    "train": {(0, 0): 60, (0, 1): 80, (1, 0): 40, (1, 1): 4},
+    "val": {(0, 0): 30, (0, 1): 30, (1, 0): 15, (1, 1): 12},
+    "test": {(0, 0): 20, (0, 1): 20, (1, 0): 10, (1, 1): 5},
+}
+
+
+def write_celeba_official_tree(root: str, counts: Mapping = CELEBA_COUNTS,
+                               target: str = "Blond_Hair", bias: str = "Male"
+                               ) -> str:
+  """Writes ``img_align_celeba/``, ``list_attr_celeba.txt`` (double spaces, as
+  the real file) and ``list_eval_partition.txt``; other attributes are -1."""
+  it, ib = CELEBA_ATTRIBUTES.index(target), CELEBA_ATTRIBUTES.index(bias)
+  attrs, parts = [], []
+  i = 0
+  for split_id, split in enumerate(("train", "val", "test")):
+    for (y, b), n in sorted(counts[split].items()):
+      for _ in range(n):
+        i += 1
+        name = f"{i:06d}.jpg"
+        values = [" 1" if (k == it and y) or (k == ib and b) else "-1"
+                  for k in range(len(CELEBA_ATTRIBUTES))]
+        attrs.append(f"{name} " + " ".join(values))
+        parts.append(f"{name} {split_id}")
+        write_image(os.path.join(root, "img_align_celeba", name), i % 7)
+  with open(os.path.join(root, "list_attr_celeba.txt"), "w") as f:
+    f.write("\n".join([str(i), " ".join(CELEBA_ATTRIBUTES) + " "] + attrs)
+            + "\n")
+  with open(os.path.join(root, "list_eval_partition.txt"), "w") as f:
+    f.write("\n".join(parts) + "\n")
+  return root
+
+
+# Per split: (class folder, bias folder) -> images.
+FOLDER_COUNTS = {
+    "train": {("cat", "indoor"): 40, ("cat", "outdoor"): 4,
+              ("dog", "indoor"): 3, ("dog", "outdoor"): 30},
+    "val": {("cat", "indoor"): 12, ("cat", "outdoor"): 10,
+            ("dog", "indoor"): 10, ("dog", "outdoor"): 12},
+    "test": {("cat", "indoor"): 6, ("cat", "outdoor"): 6,
+             ("dog", "indoor"): 6, ("dog", "outdoor"): 6},
+}
+
+
+def write_folder_tree(root: str, counts: Mapping = FOLDER_COUNTS) -> str:
+  """Writes ``root/{split}/{class}/{bias}/*.{jpg,png}`` with ``counts``."""
+  for split, groups in counts.items():
+    for g, ((cls, bias), n) in enumerate(sorted(groups.items())):
+      folder = os.path.join(root, split, cls, bias)
+      os.makedirs(folder, exist_ok=True)
+      for i in range(n):
+        ext = "png" if i % 2 else "jpg"
+        write_image(os.path.join(folder, f"{i:05d}.{ext}"), g)
+  return root
+
+
+def write_synthetic_tree(root: str, spec, per_group: int) -> str:
+  """Writes a generated-images folder (images + manifest) as the writer does."""
+  from ffr_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  lines = []
+  for g, (y, b) in enumerate(spec.groups):
+    for i in range(per_group):
+      rel = synthetic.relative_image_path(spec, y, b, i)
+      write_image(os.path.join(synthetic.dataset_dir(root, spec), rel), g + 3)
+      lines.append(synthetic.ManifestRecord(
+          rel, spec.class_names[y], spec.bias_names[b], i, "a prompt", i,
+          "fake").to_json())
+  with open(os.path.join(synthetic.dataset_dir(root, spec),
+                         synthetic.MANIFEST), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return root

@@ -314,21 +314,30 @@ def test_utk_folder_without_images_hints_at_subfolder(tmp_path):
 # --- Registry ---------------------------------------------------------------
 
 
-def test_registry(monkeypatch):
-  monkeypatch.setattr(datasets, "DATASETS", dict(datasets.DATASETS))
-  with pytest.raises(KeyError, match="celeba_hq, demo, spuco_animals, utk_face"):
-    datasets.get_dataset("celeba")
-  spec = dataclasses.replace(spuco.SPEC, name="mine")
-  definition = datasets.DatasetDef(
-      spec, lambda root, seed: spuco.load_spuco_layout(root, spec, seed),
-      spuco.layout_description())
-  datasets.register("mine", definition)
-  datasets.register("mine", definition)  # The same twice is fine.
-  assert datasets.get_dataset("mine") is definition
-  with pytest.raises(ValueError, match="already registered"):
-    datasets.register("mine", datasets.DatasetDef(spec, spuco.load, "x"))
-  with pytest.raises(ValueError, match="spec's name"):
-    datasets.register("other", definition)
+def test_registry_lists_every_dataset_and_rejects_unknown_names():
+  with pytest.raises(ValueError, match="celeba, celeba_hq, demo, folder, "
+                     "spuco_animals, utk_face, waterbirds"):
+    datasets.get_dataset("celebA")
+  for name in datasets.DATASETS:
+    definition = datasets.get_dataset(name)
+    assert definition.spec is None or definition.spec.name == name
+
+
+def test_demo_is_not_registered_by_importing_the_data_package():
+  # A fresh interpreter: importing the registry must not import ffr_jax.demo.
+  out = subprocess.run(
+      [sys.executable, "-c",
+       "import sys; from ffr_jax.data import datasets; "
+       "assert 'ffr_jax.demo' not in sys.modules; "
+       "assert datasets.get_dataset('demo').self_contained; "
+       "assert 'ffr_jax.demo' in sys.modules"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+
+
+def test_dataset_def_needs_one_spec_source():
+  with pytest.raises(ValueError, match="exactly one of spec and make_spec"):
+    datasets.DatasetDef(None, spuco.load, "x")
 
 
 def test_spuco_layout_reused_with_another_spec(small_spuco):
@@ -369,7 +378,8 @@ def test_summary_command_table_and_errors(small_spuco):
   assert "landbird/land  (majority)" in out.stdout
   assert "achieved bias ratio" in out.stdout
   out = _run("--config=configs/spuco.py", "--config.data.root=/nonexistent/x")
-  assert out.returncode == 1 and "spuco_birds" in out.stderr
+  assert out.returncode == 2 and "spuco_birds" in out.stderr
+  assert out.stderr.strip().splitlines()[0].startswith("error: ")
   out = _run("--config=configs/spuco.py", "--config.data.nonexistent=1", "--json")
   assert out.returncode != 0 and out.stdout == ""
 

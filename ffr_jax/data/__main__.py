@@ -15,7 +15,8 @@ object on stdout::
      "achieved_ratio": {"train": {class name: float}, "val": ...},
      "skipped": {reason: count}}
 
-Logs go to stderr in both modes.
+Logs go to stderr in both modes. A bad config or data layout is one
+``error: ...`` line on stderr and exit code 2 (``ffr_jax.cli``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import json
 import math
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from ffr_jax import cli
 from ffr_jax.data import bias, datasets
 from ffr_jax.data.types import DatasetSplits, group_table
 
@@ -85,23 +87,17 @@ def format_table(splits: DatasetSplits, ratio: float) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run rejects extra arguments.
   cfg = _CONFIG.value
   if cfg is None:
-    raise app.UsageError("--config=configs/<dataset>.py is required.")
-  try:
-    definition = datasets.get_dataset(cfg.data.name)
-    if definition.self_contained and not cfg.data.root:
-      raise ValueError(
-          f"{cfg.data.name} makes its own data: set --config.data.root=DIR "
-          "to the folder to render it into (or that already holds it).")
-    datasets.prepare_dataset(cfg)
-    splits = datasets.load_dataset(cfg.data)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    # The message names what was expected; a traceback would bury it.
-    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-    sys.exit(1)
+    raise cli.UserError("--config=configs/<dataset>.py is required.")
+  definition = datasets.get_dataset(cfg.data.name)
+  if definition.self_contained and not cfg.data.root:
+    raise ValueError(
+        f"{cfg.data.name} makes its own data: set --config.data.root=DIR "
+        "to the folder to render it into (or that already holds it).")
+  datasets.prepare_dataset(cfg)
+  splits = datasets.load_dataset(cfg.data)
   if _JSON.value:
     print(json.dumps(summary(splits, cfg.data.bias_ratio)))
   else:
@@ -110,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

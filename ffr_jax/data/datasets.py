@@ -3,16 +3,18 @@
 ``load_dataset(config.data)`` is the one entry point the rest of ffr_jax uses:
 it loads the official layout, lists and excludes unreadable images (never
 silently), and applies the configured bias ratio with the authors' rule.
+``dataset_spec(config.data)`` is the spec of a configured dataset: a constant
+for most, built from the config and the folder for the folder dataset (and
+CelebA with other attributes), so every later step sees an ordinary
+:class:`DatasetSpec`.
 
-The built-in benchmark registers its own ``"demo"`` dataset with
-:func:`register` when ``ffr_jax.demo`` is imported; :func:`get_dataset`
-imports that module on first use of the name, so callers need not.
+The built-in benchmark's ``"demo"`` lives in :mod:`ffr_jax.demo` and is listed
+lazily: it is imported on first lookup, never as a side effect.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from collections.abc import Callable
 
@@ -20,13 +22,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ffr_jax.data import bias, celeba_hq, spuco, utk_face
+from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
+from ffr_jax.data import utk_face, waterbirds
 from ffr_jax.data.images import find_unreadable, verified_cache_path
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+from ffr_jax.registry import Registry
 
 UNREADABLE = "unreadable_image"
-# Datasets registered by a module of their own, imported on first lookup.
-LAZY_MODULES = {"demo": "ffr_jax.demo"}
 # How many unreadable paths a warning shows.
 _SHOW_PATHS = 5
 
@@ -36,22 +38,46 @@ class DatasetDef:
   """How to load one dataset.
 
   Attributes:
-    spec: class/bias names and groups.
-    load: ``load(root, split_seed) -> DatasetSplits`` for the official layout,
-      before the configured bias ratio is applied.
+    spec: class/bias names and groups; None when they come from the config and
+      the data (then ``make_spec`` builds them).
+    load: ``load(root, split_seed, **options) -> DatasetSplits`` for the
+      official layout, before the configured bias ratio is applied.
     layout: the expected on-disk layout, as text for error messages and docs.
     self_contained: the dataset makes its own data (the built-in benchmark),
       so an empty ``data.root`` means a folder under the workdir.
     prepare: for a self-contained dataset, ``prepare(config)`` makes the data
       in ``config.data.root`` from the config's parameters (a no-op when it
       is already there); called by :func:`prepare_dataset`.
+    options: ``(keyword of load/make_spec, key under config.data)`` pairs: the
+      dataset's own config keys (e.g. CelebA's attribute names).
+    make_spec: ``make_spec(root, **options) -> DatasetSpec`` when ``spec`` is
+      None.
   """
 
-  spec: DatasetSpec
-  load: Callable[[str, int], DatasetSplits]
+  spec: DatasetSpec | None
+  load: Callable[..., DatasetSplits]
   layout: str
   self_contained: bool = False
   prepare: Callable[[ml_collections.ConfigDict], None] | None = None
+  options: tuple[tuple[str, str], ...] = ()
+  make_spec: Callable[..., DatasetSpec] | None = None
+
+  def __post_init__(self):
+    if (self.spec is None) == (self.make_spec is None):
+      raise ValueError("A DatasetDef needs exactly one of spec and make_spec.")
+
+  def config_options(self, cfg_data: ml_collections.ConfigDict) -> dict:
+    """The keyword arguments of ``load``/``make_spec`` read from ``config.data``.
+
+    Raises:
+      ValueError: the config lacks one of the dataset's keys.
+    """
+    missing = [key for _, key in self.options if key not in cfg_data]
+    if missing:
+      raise ValueError(
+          f"config.data lacks {['data.' + k for k in missing]}, which this "
+          "dataset reads; start from its configs/*.py file.")
+    return {arg: cfg_data[key] for arg, key in self.options}
 
 
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
@@ -71,56 +97,41 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> None:
     multihost_utils.sync_global_devices(f"ffr_jax:prepared:{config.data.name}")
 
 
-DATASETS: dict[str, DatasetDef] = {
-    "spuco_animals": DatasetDef(spuco.SPEC, spuco.load, spuco.LAYOUT),
-    "celeba_hq": DatasetDef(celeba_hq.SPEC, celeba_hq.load, celeba_hq.LAYOUT),
-    "utk_face": DatasetDef(utk_face.SPEC, utk_face.load, utk_face.LAYOUT),
-}
-
-
-def register(name: str, definition: DatasetDef) -> None:
-  """Adds a dataset; registering the same definition twice is a no-op.
-
-  Raises:
-    ValueError: ``name`` is already registered with a different definition,
-      or differs from ``definition.spec.name``.
-  """
-  if name != definition.spec.name:
-    raise ValueError(
-        f"Dataset {name!r} must be registered under its spec's name "
-        f"{definition.spec.name!r} (synthetic folders are named after it).")
-  old = DATASETS.get(name)
-  if old is not None and old != definition:
-    raise ValueError(f"Dataset {name!r} is already registered differently.")
-  DATASETS[name] = definition
-
-
-def _import_lazy(name: str) -> str:
-  """Imports the module that registers ``name``; returns an error note or ''."""
-  module = LAZY_MODULES.get(name)
-  if module is None:
-    return ""
-  try:
-    importlib.import_module(module)
-  except ImportError as e:
-    # Kept for the error message: a broken import must not look like a typo.
-    return f" (importing {module} failed: {e})"
-  return ""
+DATASETS: Registry[DatasetDef] = Registry("dataset")
+for _module in (spuco, celeba_hq, utk_face, waterbirds):
+  DATASETS.register(_module.SPEC.name,
+                    DatasetDef(_module.SPEC, _module.load, _module.LAYOUT))
+DATASETS.register(celeba.NAME, DatasetDef(
+    None, celeba.load, celeba.LAYOUT, options=celeba.OPTIONS,
+    make_spec=celeba.make_spec))
+DATASETS.register(folder.NAME, DatasetDef(
+    None, folder.load, folder.LAYOUT, options=folder.OPTIONS,
+    make_spec=folder.make_spec))
+DATASETS.register_lazy("demo", "ffr_jax.demo.dataset:DEMO")
 
 
 def get_dataset(name: str) -> DatasetDef:
   """The definition of ``name``.
 
   Raises:
-    KeyError: unknown name; the message lists the known names.
+    ValueError: unknown name; the message lists the known names.
   """
-  note = "" if name in DATASETS else _import_lazy(name)
-  if name not in DATASETS:
-    known = sorted(set(DATASETS) | set(LAZY_MODULES))
-    raise KeyError(
-        f"Unknown dataset {name!r}{note}; known datasets: {', '.join(known)}. "
-        "Set --config.data.name.")
-  return DATASETS[name]
+  return DATASETS.get(name)
+
+
+def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
+  """The spec of ``config.data``, without loading the splits where it is fixed.
+
+  Raises:
+    ValueError / FileNotFoundError: as :func:`load_dataset`, for a dataset
+      whose names come from its folder.
+  """
+  definition = get_dataset(cfg_data.name)
+  if definition.spec is not None:
+    return definition.spec
+  _require_root(cfg_data.name, cfg_data.root, definition.layout)
+  return definition.make_spec(cfg_data.root,
+                              **definition.config_options(cfg_data))
 
 
 def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
@@ -142,7 +153,7 @@ def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
   skipped = dict(splits.skipped)
   skipped[UNREADABLE] = skipped.get(UNREADABLE, 0) + len(bad)
   files = {k: list(v) for k, v in splits.skipped_files.items()}
-  files[UNREADABLE] = sorted(bad)[:spuco.MAX_SKIPPED_EXAMPLES]
+  files[UNREADABLE] = sorted(bad)[:layouts.MAX_SKIPPED_EXAMPLES]
   return splits.replace(skipped=skipped, skipped_files=files, **kept)
 
 
@@ -171,18 +182,18 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
     group); test as loaded.
 
   Raises:
-    ValueError: impossible bias ratio, empty root, malformed data, or a group
-      with no images in a split.
-    KeyError: unknown dataset name.
+    ValueError: unknown dataset name, impossible bias ratio, empty root,
+      malformed data, or a group with no images in a split.
     FileNotFoundError: missing root or a folder of the layout.
   """
   ratio = bias.check_ratio(cfg_data.bias_ratio)  # Fail before any disk work.
   definition = get_dataset(cfg_data.name)
   _require_root(cfg_data.name, cfg_data.root, definition.layout)
-  splits = definition.load(cfg_data.root, int(cfg_data.split_seed))
+  splits = definition.load(cfg_data.root, int(cfg_data.split_seed),
+                           **definition.config_options(cfg_data))
   if cfg_data.verify_images:
     splits = _exclude_unreadable(splits, cfg_data.root)
-    celeba_hq.require_every_group(
+    layouts.require_every_group(
         splits.spec,
         {s: splits.split(s) for s in ("train", "val", "test")}, cfg_data.root)
   for reason, n in splits.skipped.items():

@@ -20,12 +20,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ffr_jax.data.images import is_image_file
+from ffr_jax.data import layouts
+from ffr_jax.data.layouts import SPLITS
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
-
-SPLITS = ("train", "val", "test")
-# How many example paths per skip reason we keep for messages.
-MAX_SKIPPED_EXAMPLES = 5
 
 SPEC = DatasetSpec(
     name="spuco_animals",
@@ -99,28 +96,6 @@ def _check_folders(root: str, folders: Folders) -> None:
         f"{more}\nExpected:\n{layout}")
 
 
-def _list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:
-  """Image paths in ``folder``, sorted; anything else is recorded as skipped."""
-  paths = []
-  # Sorted so the result never depends on the file system's listing order.
-  for name in sorted(os.listdir(folder)):
-    path = os.path.join(folder, name)
-    if is_image_file(name) and os.path.isfile(path):
-      paths.append(path)
-    else:
-      skipped.setdefault("not_an_image_file", []).append(path)
-  return paths
-
-
-def skip_summary(skipped: Mapping[str, list[str]]
-                 ) -> tuple[dict[str, int], dict[str, list[str]]]:
-  """Turns reason -> all skipped paths into (counts, a few examples) per reason."""
-  counts = {k: len(v) for k, v in sorted(skipped.items()) if v}
-  examples = {k: list(v[:MAX_SKIPPED_EXAMPLES])
-              for k, v in sorted(skipped.items()) if v}
-  return counts, examples
-
-
 def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
                       folders: Folders = FOLDERS) -> DatasetSplits:
   """Reads a root in the SpuCo Animals layout.
@@ -156,7 +131,7 @@ def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
     for y, b in spec.groups:
       subset, cls, bias = folders[(y, b)]
       folder = os.path.join(root, subset, split, cls, bias)
-      found = _list_images(folder, skipped)
+      found = layouts.list_images(folder, skipped)
       if not found:
         raise ValueError(
             f"{spec.name}: group {spec.group_name(spec.group_index(y, b))} "
@@ -167,7 +142,7 @@ def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
       ys += [y] * len(found)
       bs += [b] * len(found)
     splits[split] = Examples.from_lists(paths, ys, bs).sorted()
-  counts, examples = skip_summary(skipped)
+  counts, examples = layouts.skip_summary(skipped)
   return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
                        **splits)
 

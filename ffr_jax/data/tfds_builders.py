@@ -190,10 +190,22 @@ class FfrUtkFace(_FfrBuilder):
       "in the manual dir.")
 
 
+class FfrWaterbirds(_FfrBuilder):
+  """Waterbirds (landbird/waterbird x land/water) with its official splits."""
+
+  DATASET = "waterbirds"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place root/waterbird_complete95_forest2water2/ (metadata.csv and the "
+      "species folders) in the manual dir.")
+
+
+# CelebA and the folder dataset take their names from the config and the data,
+# which a TFDS builder's fixed features cannot; they read their folders.
 BUILDERS: dict[str, type[_FfrBuilder]] = {
     "spuco_animals": FfrSpucoAnimals,
     "celeba_hq": FfrCelebaHq,
     "utk_face": FfrUtkFace,
+    "waterbirds": FfrWaterbirds,
 }
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ffr_jax.data.celeba_hq import split_and_prebias
+from ffr_jax.data import layouts
 from ffr_jax.data.images import is_image_file
-from ffr_jax.data.spuco import skip_summary
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 OLD_AGES = (20, 50)   # inclusive range of b = 0 ("old")
@@ -124,7 +123,7 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
   if not paths and not skipped.get("age_out_of_range"):
     raise _no_images_error(root, entries)
   examples = Examples.from_lists(paths, ys, bs)
-  train, val, test = split_and_prebias(SPEC, examples, split_seed, root)
-  counts, files = skip_summary(skipped)
+  train, val, test = layouts.split_and_prebias(SPEC, examples, split_seed, root)
+  counts, files = layouts.skip_summary(skipped)
   return DatasetSplits(spec=SPEC, train=train, val=val, test=test,
                        skipped=counts, skipped_files=files)

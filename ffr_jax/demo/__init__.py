@@ -5,8 +5,8 @@
 * :mod:`~ffr_jax.demo.generator`: :class:`ProceduralGenerator`, a
   prompt-driven generator whose fingerprint strength is a knob.
 * :mod:`~ffr_jax.demo.dataset`: :func:`prepare_real` renders the real
-  splits into SpuCo's on-disk layout; importing this package registers the
-  ``"demo"`` dataset.
+  splits into SpuCo's on-disk layout; ``DEMO`` is the ``"demo"`` dataset,
+  which the dataset registry lists lazily.
 """
 
 from ffr_jax.demo.dataset import DEMO, prepare_real, split_sizes

@@ -29,9 +29,11 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from absl import logging
+
 from ffr_jax.demo import render
 from ffr_jax.data import spuco
-from ffr_jax.data.datasets import DatasetDef, register
+from ffr_jax.data.datasets import DatasetDef
 from ffr_jax.data.types import DatasetSplits
 
 MARKER = ".ffr_benchmark.json"
@@ -146,6 +148,11 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
       {k: marker.get(k) for k in params} == params):
     return
   os.makedirs(root, exist_ok=True)
+  if marker is not None and marker.get("complete"):
+    # Never silent: a rerun with other benchmark parameters replaces the data.
+    logging.warning(
+        "%s was rendered with %s; re-rendering it with %s.", root,
+        {k: marker.get(k) for k in params}, params)
   _clear(root, marker)
   _write_marker(root, params, complete=False)
   for split, per_group in sizes.items():
@@ -162,19 +169,22 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
-  """The registry's loader: renders with defaults if ``root`` is empty, then loads.
+  """The registry's loader: reads a root that :func:`prepare_real` rendered.
 
-  A root already rendered (by :func:`prepare_real` with the config's
-  ``benchmark`` parameters) is loaded as it is, whatever its parameters.
+  It never renders: which scale, size and seed to render at is the config's
+  (``benchmark.*``, applied by ``datasets.prepare_dataset``), and rendering
+  defaults here once gave a smoke run full-scale data.
+
+  Raises:
+    FileNotFoundError: ``root`` holds no complete render.
   """
   marker = read_marker(root)
   if marker is None or not marker.get("complete"):
-    if marker is not None:
-      # A cut-short render: redo it with the parameters it was started with.
-      prepare_real(root, scale=marker["scale"], image_size=marker["image_size"],
-                   seed=marker["seed"])
-    else:
-      prepare_real(root)
+    state = "was not rendered" if marker is None else "holds a cut-short render"
+    raise FileNotFoundError(
+        f"{root} {state}: the demo's data is made by "
+        "ffr_jax.data.datasets.prepare_dataset(config) (the training and "
+        "generation commands call it) or ffr_jax.demo.prepare_real(root, ...).")
   return spuco.load_spuco_layout(root, render.DEMO_SPEC, split_seed)
 
 
@@ -190,6 +200,6 @@ def prepare_from_config(config) -> None:
                seed=config.benchmark.seed)
 
 
+# Listed lazily in ffr_jax.data.datasets.DATASETS as "demo".
 DEMO = DatasetDef(spec=render.DEMO_SPEC, load=load, layout=LAYOUT,
                   self_contained=True, prepare=prepare_from_config)
-register("demo", DEMO)

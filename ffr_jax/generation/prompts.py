@@ -10,6 +10,14 @@ Two sets (REFERENCE.md, "Synthetic data"):
   their twenties..fifties}"; SpuCo Animals: "a photo of {breed} in {location}"
   with breed lists per class and location lists per bias.
 
+Waterbirds' rich set names CUB species on the Places categories its images were
+pasted onto (bamboo / broadleaf forest, ocean / natural lake); CelebA's (with
+Blond_Hair and Male) follows CelebA-HQ's headshot form.
+
+A prompt set may also be a template string with ``{class}`` (or ``{a_class}``,
+with its article) and ``{bias}`` (the folder dataset's ``generate.template``):
+it is filled with the spec's names, underscores read as spaces.
+
 Rich word lists are keyed by ``spec.name`` and, inside, by the spec's class and
 bias *names*; :func:`make_prompt_fn` looks them up through
 ``spec.class_names[y]`` / ``spec.bias_names[b]`` and fails early if the spec
@@ -21,6 +29,7 @@ independent of generation order.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -151,8 +160,27 @@ UTK_RICH = {
     "template": "a headshot of a human {class} {bias}",
 }
 
+# --- Waterbirds: y = bird type, b = the Places background --------------------
+WATERBIRDS_RICH = {
+    "classes": {"landbird": LANDBIRDS, "waterbird": WATERBIRDS},
+    "biases": {"land": ("a bamboo forest", "a broadleaf forest"),
+               "water": ("the ocean", "a natural lake")},
+    "template": "a photo of {a_class} in {bias}",
+}
+
+# --- CelebA: y = Blond_Hair, b = Male ---------------------------------------
+CELEBA_BLOND_RICH = {
+    "classes": {"not blond": ("with black hair", "with brown hair",
+                              "with gray hair"),
+                "blond": ("with blond hair",)},
+    "biases": {"female": ("female",), "male": ("male",)},
+    "template": "a headshot of {bias} celebrity {class}",
+}
+
 RICH = {"spuco_animals": SPUCO_RICH, "celeba_hq": CELEBA_RICH,
-        "utk_face": UTK_RICH}
+        "utk_face": UTK_RICH, "waterbirds": WATERBIRDS_RICH,
+        "celeba": CELEBA_BLOND_RICH}
+TEMPLATE_FIELDS = ("class", "a_class", "bias")
 
 PromptFn = Callable[[int, int], str]
 
@@ -186,19 +214,42 @@ def _rich_words(spec: DatasetSpec) -> dict:
   return words
 
 
+def _template_fn(spec: DatasetSpec, template: str) -> PromptFn:
+  """``prompt_fn`` filling a ``{class}``/``{a_class}`` + ``{bias}`` template."""
+  fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+  if (fields - set(TEMPLATE_FIELDS) or "bias" not in fields
+      or not fields & {"class", "a_class"}):
+    raise ValueError(
+        f"Prompt template {template!r} must use {{bias}} and {{class}} (or "
+        f"{{a_class}}) and no other field; found {sorted(fields)}.")
+
+  def prompt_fn(g: int, index: int) -> str:
+    del index  # One prompt per group.
+    y, b = spec.groups[g]
+    cls = spec.class_names[y].replace("_", " ")
+    return template.format(**{"class": cls, "a_class": _article(cls),
+                              "bias": spec.bias_names[b].replace("_", " ")})
+  return prompt_fn
+
+
 def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
                    ) -> PromptFn:
   """Returns ``prompt_fn(g, index) -> str`` for group ``spec.groups[g]``.
 
   Args:
     spec: the dataset.
-    prompt_set: ``"paper"`` or ``"rich"``.
+    prompt_set: ``"paper"``, ``"rich"``, or a template string such as
+      ``"a photo of a {class} in {bias}"``.
     seed: seeds the choices of the rich set, per ``(seed, g, index)``.
   """
   if prompt_set == "paper":
     return lambda g, i: paper_prompt(spec, *spec.groups[g])
+  if "{" in prompt_set:
+    return _template_fn(spec, prompt_set)
   if prompt_set != "rich":
-    raise ValueError(f"Unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS}.")
+    raise ValueError(
+        f"Unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS} or "
+        "a template with {class} and {bias}.")
   words = _rich_words(spec)
 
   def prompt_fn(g: int, index: int) -> str:

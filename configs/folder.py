@@ -1,0 +1,33 @@
+"""Any folder of biased images: ``root/{train,val,test}/{class}/{bias}/*.jpg``.
+
+Class and bias names are the folder names (sorted, the same in every split).
+``data.majority`` names each class's majority bias (``"class_a:bias_x,
+class_b:bias_y"``); empty means the bias with the most train images of the
+class (logged). ``data.bias_ratio`` drops minority images of train and val by
+the authors' rule, as for SpuCo Animals; test is never changed.
+
+Synthetic prompts come from ``generate.template`` (``{class}`` or
+``{a_class}``, and ``{bias}``; underscores in folder names read as spaces);
+``--config.generate.prompts=paper`` uses the paper's template instead.
+
+Usage: ``--config=configs/folder.py --config.data.root=DIR`` or ``...:smoke``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ffr_jax.config import apply_arg, base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The locked config; ``arg`` is ``None`` or ``"smoke"``."""
+  config = base_config()
+  config.data.name = "folder"
+  config.data.majority = ""
+  config.generate.template = ml_collections.FieldReference(
+      "a photo of a {class} in {bias}")
+  # The prompt set is the template (a prompt set may be a template string).
+  config.generate.prompts = config.generate.get_ref("template")
+  apply_arg(config, arg)
+  return config.lock()

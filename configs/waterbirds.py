@@ -1,0 +1,26 @@
+"""Waterbirds (y = landbird/waterbird, b = land/water background).
+
+The official splits (``metadata.csv``): train is 95% biased; val and test are
+group-balanced within each class. ``data.bias_ratio`` 0.95 keeps train as it
+is; 0.97 / 0.99 / 0.999 drop minority images by the authors' rule, as for
+SpuCo Animals. Val is brought to the same ratio (at least 10 per group), test
+is never changed (ffr_jax/data/waterbirds.py).
+
+Usage: ``--config=configs/waterbirds.py --config.data.root=DIR`` (DIR holds
+``waterbird_complete95_forest2water2/``) or ``...:smoke``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ffr_jax.config import apply_arg, base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The locked config; ``arg`` is ``None`` or ``"smoke"``."""
+  config = base_config()
+  config.data.name = "waterbirds"
+  # DFR's C grid: base_config's default is DFR's Waterbirds grid.
+  apply_arg(config, arg)
+  return config.lock()

@@ -1,0 +1,134 @@
+"""Waterbirds in its official layout -> :class:`DatasetSplits`.
+
+The layout (docs/reference.md, "Waterbirds")::
+
+    root/waterbird_complete95_forest2water2/metadata.csv
+    root/waterbird_complete95_forest2water2/{species folder}/{image}.jpg
+
+``metadata.csv`` has the columns ``img_id,img_filename,y,split,place,
+place_filename``; ``img_filename`` is relative to the dataset folder, ``y`` is
+0 landbird / 1 waterbird, ``place`` 0 land / 1 water background, ``split``
+0/1/2 train/val/test. The official splits are used as given: train is 95%
+biased (3498/184 landbirds, 1057/56 waterbirds on land/water), while the
+official val and test are group-balanced within each class.
+
+``load_dataset`` then applies the configured bias ratio to train and val with
+the authors' minority-dropping rule, as for SpuCo Animals: at 95% train is left
+as it is, and val, balanced within class, is brought to the ratio too (each
+minority group keeps ``bias.MIN_VAL_PER_GROUP`` = 10 at least), so model
+selection sees train's bias as in the paper. Test is never changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from ffr_jax.data import layouts
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+
+DATASET_DIR = "waterbird_complete95_forest2water2"
+METADATA = "metadata.csv"
+COLUMNS = ("img_filename", "y", "split", "place")
+# metadata.csv's split ids.
+SPLIT_IDS = {0: "train", 1: "val", 2: "test"}
+
+SPEC = DatasetSpec(
+    name="waterbirds",
+    class_names=("landbird", "waterbird"),
+    bias_names=("land", "water"),
+    groups=((0, 0), (0, 1), (1, 0), (1, 1)),
+    majority_bias=(0, 1),
+)
+
+LAYOUT = (f"root/{DATASET_DIR}/{METADATA}  (columns img_id,img_filename,y,"
+          "split,place,place_filename; y 0 landbird / 1 waterbird; place 0 "
+          "land / 1 water; split 0/1/2 = train/val/test)\n"
+          f"root/{DATASET_DIR}/<img_filename>  (e.g. 001.Black_footed_Albatross/"
+          "Black_Footed_Albatross_0009_34.jpg)")
+
+
+def _dataset_dir(root: str) -> str:
+  """The dataset folder; FileNotFoundError naming the layout if absent."""
+  base = os.path.join(root, DATASET_DIR)
+  if os.path.isdir(base):
+    return base
+  hint = (f" {root} itself holds {METADATA}: pass its parent folder."
+          if os.path.isfile(os.path.join(root, METADATA)) else "")
+  raise FileNotFoundError(
+      f"Waterbirds folder {base} is not a directory.{hint} Expected:\n{LAYOUT}")
+
+
+def _int_field(row: dict, column: str, allowed, where: str) -> int:
+  """``row[column]`` as an int in ``allowed``; ValueError naming the line."""
+  text = (row.get(column) or "").strip()
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value not in allowed:
+    raise ValueError(
+        f"{where}: column {column!r} must be one of {sorted(allowed)}, found "
+        f"{text!r}.")
+  return value
+
+
+def read_metadata(path: str) -> list[tuple[str, int, int, str]]:
+  """Rows of ``metadata.csv`` as ``(img_filename, y, place, split name)``.
+
+  Raises:
+    FileNotFoundError: the file is missing.
+    ValueError: a missing column, or a row with a bad ``y``, ``place`` or
+      ``split`` (the message names the line).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"Waterbirds metadata {path} is missing. Expected:\n{LAYOUT}")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    header = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+      raise ValueError(
+          f"{path}:1: missing column(s) {missing}; found {header}. "
+          f"Expected:\n{LAYOUT}")
+    reader.fieldnames = header
+    rows = []
+    for row in reader:
+      where = f"{path}:{reader.line_num}"
+      name = (row["img_filename"] or "").strip()
+      if not name:
+        raise ValueError(f"{where}: empty img_filename.")
+      y = _int_field(row, "y", (0, 1), where)
+      place = _int_field(row, "place", (0, 1), where)
+      split = _int_field(row, "split", tuple(SPLIT_IDS), where)
+      rows.append((name, y, place, SPLIT_IDS[split]))
+  return rows
+
+
+def load(root: str, split_seed: int = 0) -> DatasetSplits:
+  """Loads Waterbirds from ``root`` with its official splits.
+
+  Rows whose image file is missing are skipped and counted under
+  ``"missing_image"``.
+
+  Raises:
+    FileNotFoundError: the dataset folder or ``metadata.csv`` is missing.
+    ValueError: malformed metadata, or a group with no images in a split.
+  """
+  del split_seed  # metadata.csv defines the splits.
+  base = _dataset_dir(os.path.abspath(root))
+  rows = read_metadata(os.path.join(base, METADATA))
+  columns = {s: ([], [], []) for s in layouts.SPLITS}
+  missing = []
+  for name, y, place, split in rows:
+    path = os.path.join(base, name)
+    if not os.path.isfile(path):
+      missing.append(path)
+      continue
+    for column, value in zip(columns[split], (path, y, place)):
+      column.append(value)
+  splits = {s: Examples.from_lists(*c).sorted() for s, c in columns.items()}
+  layouts.require_every_group(SPEC, splits, base)
+  counts, files = layouts.skip_summary({"missing_image": missing})
+  return DatasetSplits(spec=SPEC, skipped=counts, skipped_files=files, **splits)
