@@ -94,7 +94,7 @@ def test_spuco_counts_follow_the_rule_at_every_ratio(spuco_root, ratio):
 
 
 def test_official_spuco_arithmetic():
-  # REFERENCE.md: train majority 10000, minority 500 -> kept 500/310/102/11.
+  # docs/reference.md, "SpuCo Animals": train majority 10000, minority 500 -> kept 500/310/102/11.
   for ratio, kept in ((0.95, 500), (0.97, 310), (0.99, 102), (0.999, 11)):
     assert 500 - bias.minority_to_remove(10000, 500, ratio) == kept
   # Val: majority 500, minority 25 -> 25/16/10/10 with the floor of 10.
@@ -435,7 +435,7 @@ def test_verification_cache_skips_known_good_files_and_rechecks_changed_ones(
 
 
 def test_prebias_floors_like_the_authors():
-  # REFERENCE.md: train minority at 90% is 592/866 (CelebA-HQ, majorities
+  # docs/reference.md, "CelebA-HQ": train minority at 90% is 592/866 (CelebA-HQ, majorities
   # 5335/7797) and 103/636 (UTKFace, majorities 934/5731).
   for majority, kept in ((5335, 592), (7797, 866), (934, 103), (5731, 636)):
     removed = bias.minority_to_remove(majority, 5000, 0.9, floor_keep=True)

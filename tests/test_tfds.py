@@ -145,3 +145,18 @@ def test_image_config_declares_an_encoded_image_feature(tmp_path):
   features = builder.info.features
   assert isinstance(features["image"], tfds.features.Image)
   assert features["y"].names == list(SPEC.class_names)
+
+
+def test_waterbirds_builder_prepares_the_official_layout(tmp_path):
+  import fake_trees
+  from ffr_jax.data import waterbirds
+  root = fake_trees.write_waterbirds_tree(str(tmp_path / "wb"))
+  data_dir = str(tmp_path / "tfds")
+  tfds_builders.prepare("waterbirds", root, data_dir,
+                        config=tfds_builders.tensor_config(SIZE))
+  read = tfds_builders.tfds_splits(f"ffr_waterbirds/tensor{SIZE}", data_dir,
+                                   waterbirds.SPEC)
+  want = waterbirds.load(root)
+  for name in tfds_builders.SPLITS:
+    np.testing.assert_array_equal(read.split(name).y, want.split(name).y)
+    np.testing.assert_array_equal(read.split(name).b, want.split(name).b)

@@ -2,7 +2,7 @@
 
 The bias ratio ``p`` is the fraction of a class held by its majority bias group.
 The authors reach it by dropping random minority samples class by class
-(REFERENCE.md, "Bias ratios"): with ``r = 1 - p`` the minority count to keep is
+(docs/reference.md, "Bias ratios"): with ``r = 1 - p`` the minority count to keep is
 ``majority_count * r / (1 - r)``, the number removed is
 ``int(minority_count - to_keep)``, and a group already below ``to_keep`` is left
 alone. We follow that rule exactly so our group counts equal theirs, but draw

@@ -1,6 +1,6 @@
 """CelebA-HQ (from CelebAMask-HQ) in its official layout -> :class:`DatasetSplits`.
 
-The layout (REFERENCE.md, "CelebA-HQ")::
+The layout (docs/reference.md, "CelebA-HQ")::
 
     root/CelebA-HQ-img/{0..29999}.jpg
     root/CelebAMask-HQ-attribute-anno.txt
@@ -11,9 +11,9 @@ names, then one row per image: file name and 40 values in {-1, 1}. We read
 
 There is no official split. The authors split 80/10/10 by ``os.listdir`` order,
 which is not reproducible; we split the path-sorted rows by a seeded
-permutation (:func:`ffr_jax.data.layouts.split_and_prebias`). As the authors did, train
-and val are then brought to a 90% bias ("pre-bias") before the configured bias
-ratio is applied; test is never changed.
+permutation (:func:`ffr_jax.data.layouts.split_and_prebias`). As the authors
+did, train and val are then brought to a 90% bias ("pre-bias") before the
+configured bias ratio is applied; test is never changed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SPEC = DatasetSpec(
     class_names=("not smiling", "smiling"),
     bias_names=("female", "male"),
     groups=((0, 0), (0, 1), (1, 0), (1, 1)),
-    # Not smiling goes with male, smiling with female (REFERENCE.md).
+    # Not smiling goes with male, smiling with female (docs/reference.md, "CelebA-HQ").
     majority_bias=(1, 0),
 )
 

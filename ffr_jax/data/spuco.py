@@ -1,6 +1,6 @@
 """SpuCo Animals in its official on-disk layout -> :class:`DatasetSplits`.
 
-The layout (REFERENCE.md, "SpuCo Animals")::
+The layout (docs/reference.md, "SpuCo Animals")::
 
     root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.{jpg,png}
     root/spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*.{jpg,png}

@@ -8,7 +8,7 @@ that a 40k-image split costs a few hundred kilobytes of host memory.
 
 Groups are the unit of every robustness method and metric. For modes ``none``
 and ``ffr`` a group is ``(y, b)``; for ``usb`` and ``asb`` it is
-``(y, b, source)`` (REFERENCE.md, "Training"). :class:`GroupScheme` turns the
+``(y, b, source)`` (docs/reference.md, "Training"). :class:`GroupScheme` turns the
 labels into dense group ids for either case.
 """
 

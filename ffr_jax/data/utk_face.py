@@ -1,6 +1,6 @@
 """UTKFace in its official layout -> :class:`DatasetSplits`.
 
-The layout (REFERENCE.md, "UTKFace") is one flat folder of files named
+The layout (docs/reference.md, "UTKFace") is one flat folder of files named
 ``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` (gender 0 male, 1 female).
 
 Target ``y`` = gender; bias ``b`` = age: 0 "old" (20 <= age <= 50), 1 "young"
@@ -26,7 +26,7 @@ SPEC = DatasetSpec(
     class_names=("male", "female"),
     bias_names=("old", "young"),
     groups=((0, 0), (0, 1), (1, 0), (1, 1)),
-    # Male goes with young, female with old (REFERENCE.md).
+    # Male goes with young, female with old (docs/reference.md, "UTKFace").
     majority_bias=(1, 0),
 )
 

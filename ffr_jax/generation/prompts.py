@@ -1,6 +1,6 @@
 """Text prompts for the synthetic images, per dataset, selectable by name.
 
-Two sets (REFERENCE.md, "Synthetic data"):
+Two sets (docs/reference.md, "Synthetic data"):
 
 * ``"paper"``: the paper's template ``"A photo of {bias} {class}"`` with the
   spec's own class and bias names; works for every dataset.
