@@ -18,10 +18,14 @@ from conftest import ROOT
 
 
 def _result(mode, method, seed, *, ratio=0.99, dataset="demo", val=0.5,
-            wa=0.5, ba=0.8, lr=1e-3, strength=0.5, syn=None):
+            wa=0.5, ba=0.8, lr=1e-3, strength=0.5, syn=None, selection=None):
+  """A results.json; ``selection`` defaults to ``val`` (DFR: its backbone's)."""
+  source = "backbone_val" if method == "dfr" else "val"
   r = {
       "schema_version": 1, "dataset": dataset, "bias_ratio": ratio,
       "mode": mode, "method": method, "seed": seed,
+      "selection": {"worst_group_acc": val if selection is None else selection,
+                    "source": source},
       "val": {"worst_group_acc": val, "balanced_acc": 0.9},
       "test": {"worst_group_acc": wa, "balanced_acc": ba},
       "config": {"seed": seed, "mode": mode, "method": method,
@@ -76,6 +80,30 @@ def test_selection_compares_candidates_on_their_common_seeds():
        for s, v in ((0, 0.9), (1, 0.1), (2, 0.1))])]
   (chosen,) = agg.select(records).values()
   assert chosen.hparams == (("train.lr", 1e-3),) and len(chosen.runs) == 3
+
+
+def test_dfr_cells_are_chosen_on_the_backbone_val_not_the_refit_val():
+  # lr 1e-2's refit head scores 0.95 on val, the data it was fitted on, but
+  # its backbone's val WA (the selection score) is the lower one.
+  records = [agg.record_from_results(r) for r in (
+      [_result("ffr", "dfr", s, val=0.95, selection=0.3, wa=0.2, lr=1e-2)
+       for s in range(2)] +
+      [_result("ffr", "dfr", s, val=0.6, selection=0.5, wa=0.7, lr=1e-3)
+       for s in range(2)])]
+  sel = agg.select(records)
+  (chosen,) = sel.values()
+  assert chosen.hparams == (("train.lr", 1e-3),)
+  assert [score for _, score, _ in chosen.candidates] == [0.5, 0.3]
+  row = paper_report.cells_table(sel).splitlines()[-1]
+  assert "| `backbone_val` | 50.0 ± 0.0 | 60.0 ± 0.0 | 70.0 ± 0.0 |" in row
+
+
+def test_results_without_a_selection_score_are_an_error(tmp_path):
+  r = _result("none", "erm", 0)
+  del r["selection"]
+  _write(tmp_path, [r])
+  with pytest.raises(ValueError, match=r"results\.json: no 'selection'"):
+    agg.load_records(str(tmp_path))
 
 
 def test_conditions_split_cells_and_paths_do_not():
@@ -184,6 +212,7 @@ def test_report_tables_hold_the_inputs_mean_and_std(tmp_path):
   t3 = next(l for l in text.splitlines() if l.startswith("| FFR (`ffr`)"))
   assert f"| {cell(statistics.mean(syn), _sd(syn))} | 90.0 ± 0.0 |" in t3
   assert "sample standard deviation (ddof=1)" in text
+  assert paper_report.SELECTION_NOTE in text
 
 
 def test_report_command_writes_the_report(tmp_path):

@@ -3,9 +3,16 @@
 Each run is one seed of one *setting*. A setting is a *cell* (dataset, bias
 ratio, mode, method, and any *condition* such as ``benchmark.strength``) plus
 *hyperparameters* (``train.lr``, ``train.freeze_bn``, ...). Per cell we keep
-the hyperparameters with the best mean validation worst-group accuracy over
-seeds (as the authors did; compared on the seeds all candidates share) and report that setting's test numbers as mean and
-**sample** standard deviation (``ddof=1``) over seeds. Averages over datasets
+the hyperparameters with the best mean *selection score* over seeds (compared
+on the seeds all candidates share) and report that setting's test numbers as
+mean and **sample** standard deviation (``ddof=1``) over seeds.
+
+The selection score is ``results.json["selection"]["worst_group_acc"]``: the
+validation worst-group accuracy of the selected epoch (source ``"val"``, as
+the authors did), and for DFR the backbone's val WA before the refit (source
+``"backbone_val"``). A DFR run's ``"val"`` metrics are those of the refit head
+on the very data it was fitted on, so selecting on them would favour settings
+whose last layer overfits val. Averages over datasets
 and bias ratios (Figure 4, Tables 1-3) are taken per seed, over a set of cells
 that must all be present for that seed, and then summarised over seeds the
 same way; anything missing stays missing (None), never zero.
@@ -37,7 +44,8 @@ IGNORED_KEYS = (
     "data.num_workers", "data.verify_images", "data.cache_images",
     "generate.batch_size", "model.pretrained", "generate.model",
 )
-METRICS = ("val_wa", "test_wa", "test_ba", "syn_wa", "syn_ba")
+METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
+           "syn_ba")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +53,10 @@ class Record:
   """One finished run, reduced to what the report needs.
 
   Accuracies are in [0, 1]; ``syn_*`` are None when the run had no
-  synthetic test set.
+  synthetic test set. ``selection_wa`` is the number hyperparameters are
+  chosen on and ``selection_source`` says what it is (``"val"``,
+  ``"backbone_val"``); ``val_wa`` is the run's reported val WA (for DFR the
+  refit head's, in-sample).
   """
 
   path: str
@@ -55,6 +66,8 @@ class Record:
   method: str
   seed: int
   settings: dict[str, Any]  # flattened config
+  selection_wa: float
+  selection_source: str
   val_wa: float
   test_wa: float
   test_ba: float
@@ -72,14 +85,31 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _selection(results: dict, path: str) -> tuple[float, str]:
+  """``(worst_group_acc, source)`` of ``results["selection"]``; clear error."""
+  sel = results.get("selection")
+  if not isinstance(sel, dict) or not {"worst_group_acc", "source"} <= set(sel):
+    raise ValueError(
+        f"{path or 'results.json'}: no 'selection' entry with "
+        "'worst_group_acc' and 'source' (the score hyperparameters are chosen "
+        "on); it was written by an older version: rerun or regenerate it.")
+  return float(sel["worst_group_acc"]), str(sel["source"])
+
+
 def record_from_results(results: dict, path: str = "") -> Record:
-  """A :class:`Record` from a ``results.json`` object."""
+  """A :class:`Record` from a ``results.json`` object.
+
+  Raises:
+    ValueError: when ``results`` has no ``selection`` score.
+  """
   syn = results.get("synthetic_test") or {}
+  selection_wa, selection_source = _selection(results, path)
   return Record(
       path=path, dataset=results["dataset"],
       bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
       method=results["method"], seed=int(results["seed"]),
       settings=_flatten(results.get("config", {})),
+      selection_wa=selection_wa, selection_source=selection_source,
       val_wa=float(results["val"]["worst_group_acc"]),
       test_wa=float(results["test"]["worst_group_acc"]),
       test_ba=float(results["test"]["balanced_acc"]),
@@ -155,8 +185,8 @@ class Selection:
   """The chosen hyperparameters of a cell and their runs (one per seed).
 
   ``candidates`` lists every hyperparameter setting with its selection score
-  (mean validation worst-group accuracy over the seeds all candidates share)
-  and seed count, best first.
+  (mean ``selection_wa`` over the seeds all candidates share) and seed count,
+  best first.
   """
 
   cell: Cell
@@ -195,7 +225,7 @@ def split_keys(records: Sequence[Record],
 
 def select(records: Sequence[Record], hparam_keys: Sequence[str] = HPARAM_KEYS
            ) -> dict[Cell, Selection]:
-  """Per cell, the hyperparameters with the best mean val WA over seeds.
+  """Per cell, the hyperparameters with the best mean selection WA over seeds.
 
   Candidates are compared on the seeds they all have (so a setting with one
   lucky seed does not beat one with three), or each on its own seeds when
@@ -220,7 +250,7 @@ def select(records: Sequence[Record], hparam_keys: Sequence[str] = HPARAM_KEYS
 
     def score(runs: dict[int, Record]) -> float:
       seeds = common or set(runs)
-      return stat([runs[s].val_wa for s in seeds]).mean
+      return stat([runs[s].selection_wa for s in seeds]).mean
 
     scored = sorted(((-score(runs), repr(h), h, runs)
                      for h, runs in options.items()),
@@ -253,6 +283,11 @@ def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
       return None
     per_seed.append(sum(values) / len(values))
   return stat(per_seed)
+
+
+def selection_sources(selection: Selection) -> str:
+  """What the kept runs were selected on, e.g. ``"backbone_val"``."""
+  return ",".join(sorted({r.selection_source for r in selection.runs.values()}))
 
 
 def conditions(selections: dict[Cell, Selection]) -> list[tuple]:
