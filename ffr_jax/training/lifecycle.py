@@ -1,0 +1,561 @@
+"""One owner per workdir, and clean stops on SIGTERM / Ctrl-C.
+
+Two pieces a command wraps around its work:
+
+* :class:`WorkdirLock`: ``{workdir}/.ffr_lock.json``, created atomically
+  before anything else is written there. A second process on the same workdir
+  gets :class:`WorkdirBusyError`, one line naming the owner. A lock left by a
+  killed process is taken over with a warning: on the same machine when its
+  pid is dead or now belongs to a process with another start time (pid reuse);
+  from another machine when its heartbeat (refreshed by a daemon thread) is
+  older than ``stale_after`` seconds.
+* :class:`PreemptionGuard`: SIGTERM (what a TPU VM or SLURM sends before
+  preemption) and the first Ctrl-C only set a flag; the training loop asks
+  ``guard.should_stop(step)`` after each step, saves a checkpoint, waits for
+  it, and raises :class:`Preempted`, which the command prints as one line
+  and turns into the exit code ``128 + signal``. A second Ctrl-C raises
+  ``KeyboardInterrupt`` at once.
+
+On several hosts every host must stop at the same step (they run collectives
+together), so ``should_stop`` is collective there; see
+:class:`PreemptionGuard` for how and what it costs. ``jax`` is imported only
+when that is needed, so the lock and the single-host guard cost nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from absl import logging
+
+LOCK_FILE = ".ffr_lock.json"
+# Held only for the few milliseconds of a take-over, heartbeat or release, so
+# those never interleave (this is what makes a take-over race-free).
+MUTEX_SUFFIX = ".mutex"
+DEFAULT_HEARTBEAT_EVERY = 30.0
+DEFAULT_STALE_AFTER = 300.0
+# A mutex older than this was left by a process killed inside the critical
+# section (which lasts milliseconds).
+MUTEX_STALE_AFTER = 10.0
+# Start times read twice from /proc for the same process agree to the clock
+# tick; a reused pid started later.
+_START_TIME_TOLERANCE = 0.5
+# Signals the guard turns into a clean stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+  """The shell's exit code of a process stopped by ``signum`` (143, 130)."""
+  return 128 + int(signum)
+
+
+class WorkdirBusyError(ValueError):
+  """Another live process owns the workdir (one line naming it)."""
+
+
+class Preempted(Exception):
+  """A stage stopped on a signal after saving its checkpoint.
+
+  Not a ValueError/OSError: it is no user mistake, and the command prints it
+  as its own line with its own exit code.
+
+  Attributes:
+    step: the last step done (and saved).
+    stage: the stage that stopped (``stage1``, ``stage2``, ...).
+    signal_name: ``SIGTERM`` or ``SIGINT``.
+    exit_code: ``128 + signal``.
+  """
+
+  def __init__(self, step: int, stage: str, signal_name: str | None):
+    self.step, self.stage = int(step), stage
+    self.signal_name = signal_name or "SIGTERM"
+    self.exit_code = exit_code(signal.Signals[self.signal_name])
+    super().__init__(
+        f"stopped at step {self.step} of {stage} ({self.signal_name}); "
+        "rerun the same command to resume")
+
+
+# --------------------------------------------------------------------------
+# Who a process is.
+
+
+def _read(path: str) -> str | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+
+
+def process_start_time(pid: int) -> float | None:
+  """Start of ``pid`` in seconds since the epoch, from /proc (Linux); None
+  where there is no /proc or the process is gone."""
+  stat, boot = _read(f"/proc/{pid}/stat"), _read("/proc/stat")
+  if stat is None or boot is None:
+    return None
+  # The command name (field 2) may hold spaces and parentheses: fields after
+  # its last ')' start at field 3, so field 22 (starttime) is index 19.
+  ticks = int(stat.rsplit(")", 1)[1].split()[19])
+  btime = next(int(line.split()[1]) for line in boot.splitlines()
+               if line.startswith("btime "))
+  return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine() -> dict[str, str]:
+  """What "the same machine and pid space" means: host name, boot and pid
+  namespace (two containers on one host may share a host name)."""
+  boot_id = (_read("/proc/sys/kernel/random/boot_id") or "").strip()
+  try:
+    pid_ns = os.readlink("/proc/self/ns/pid")
+  except OSError:
+    pid_ns = ""
+  return {"host": socket.gethostname(), "boot_id": boot_id, "pid_ns": pid_ns}
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  return True
+
+
+def _describe_time(t: float) -> str:
+  return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+@dataclasses.dataclass
+class _Owner:
+  """The content of a lock file."""
+  host: str
+  boot_id: str
+  pid_ns: str
+  pid: int
+  start_time: float
+  start_time_from_proc: bool
+  heartbeat: float
+  command: str
+  token: str
+
+  @classmethod
+  def of_this_process(cls) -> _Owner:
+    start = process_start_time(os.getpid())
+    now = time.time()
+    # One line, whatever the arguments held.
+    command = " ".join(sys.argv).replace("\n", " ")
+    return cls(**_machine(), pid=os.getpid(),
+               start_time=now if start is None else start,
+               start_time_from_proc=start is not None, heartbeat=now,
+               command=command, token=uuid.uuid4().hex)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def parse(cls, text: str | None) -> _Owner | None:
+    """None for a missing, half-written or foreign file."""
+    try:
+      return cls(**json.loads(text))
+    except (TypeError, ValueError):
+      return None
+
+  def same_pid_space(self) -> bool:
+    here = _machine()
+    return (self.host, self.boot_id, self.pid_ns) == (
+        here["host"], here["boot_id"], here["pid_ns"])
+
+  def why_stale(self, stale_after: float) -> str | None:
+    """Why this owner is gone, or None while it may still be working."""
+    if self.same_pid_space():
+      if not _pid_alive(self.pid):
+        return f"pid {self.pid} is no longer running"
+      now_start = process_start_time(self.pid)
+      if (self.start_time_from_proc and now_start is not None and
+          abs(now_start - self.start_time) > _START_TIME_TOLERANCE):
+        return (f"pid {self.pid} now belongs to a process started at "
+                f"{_describe_time(now_start)}")
+      return None
+    age = time.time() - self.heartbeat
+    if age > stale_after:
+      return f"its last heartbeat was {age:.0f} s ago (> {stale_after:.0f} s)"
+    return None
+
+  def describe(self) -> str:
+    age = time.time() - self.heartbeat
+    return (f"pid {self.pid} on host {self.host} (started "
+            f"{_describe_time(self.start_time)}, last heartbeat {age:.0f} s "
+            f"ago, command: {self.command})")
+
+
+# --------------------------------------------------------------------------
+# The lock.
+
+
+def _create_exclusive(path: str, text: str) -> bool:
+  """Writes ``text`` to ``path`` only if no file is there; False if one is.
+
+  A hard link of a finished temporary file makes the lock appear complete or
+  not at all; where links are not supported (some FUSE mounts) O_EXCL does,
+  and a reader may briefly see a half-written file (treated as unreadable).
+  """
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  except OSError:
+    pass
+  finally:
+    os.unlink(tmp)
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.write(text)
+  return True
+
+
+def _replace_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _mtime_age(path: str) -> float | None:
+  try:
+    return time.time() - os.stat(path).st_mtime
+  except FileNotFoundError:
+    return None
+
+
+class WorkdirLock:
+  """The one owner of a workdir (a context manager, or acquire()/release()).
+
+  Args:
+    workdir: the folder (created if missing; nothing else is written).
+    enabled: whether this process takes the lock. On several hosts only
+      process 0 should (``jax.process_index() == 0``); None asks jax if it
+      is imported (else this is the only process).
+    heartbeat_every: seconds between heartbeats (a daemon thread).
+    stale_after: a lock from another machine whose heartbeat is older than
+      this is stale. Keep it well above ``heartbeat_every`` and the clock
+      skew between hosts.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None,
+               heartbeat_every: float = DEFAULT_HEARTBEAT_EVERY,
+               stale_after: float = DEFAULT_STALE_AFTER):
+    if stale_after <= heartbeat_every:
+      raise ValueError(f"stale_after ({stale_after} s) must be longer than "
+                       f"heartbeat_every ({heartbeat_every} s).")
+    self.workdir = os.path.abspath(workdir)
+    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self._mutex = self.path + MUTEX_SUFFIX
+    self._enabled = enabled
+    self.heartbeat_every, self.stale_after = heartbeat_every, stale_after
+    self._owner: _Owner | None = None
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self.lost = False  # set if another process took the lock from us
+
+  # -- public ---------------------------------------------------------------
+
+  def acquire(self) -> WorkdirLock:
+    """Takes the lock or raises :class:`WorkdirBusyError`."""
+    if not self._is_enabled():
+      return self
+    if self._owner is not None:
+      raise RuntimeError(f"{self.path} is already held by this object.")
+    os.makedirs(self.workdir, exist_ok=True)
+    me = _Owner.of_this_process()
+    deadline = time.monotonic() + 2.0
+    while True:
+      if _create_exclusive(self.path, me.to_json()):
+        break
+      text = _read(self.path)
+      if text is None and time.monotonic() < deadline:
+        continue  # released in between: try again
+      owner = _Owner.parse(text)
+      why = self._why_stale(owner)
+      if why is None:
+        if owner is None and time.monotonic() < deadline:
+          time.sleep(0.05)  # maybe half-written (O_EXCL fallback)
+          continue
+        raise WorkdirBusyError(self._busy_message(owner))
+      if self._take_over(text, me, why):
+        break
+      if time.monotonic() > deadline:
+        raise WorkdirBusyError(self._busy_message(owner))
+      time.sleep(0.05)  # someone else is taking it over: see who won
+    self._owner = me
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                    name="ffr-workdir-heartbeat")
+    self._thread.start()
+    return self
+
+  def release(self) -> None:
+    """Stops the heartbeat and removes the lock file if it is still ours."""
+    if self._owner is None:
+      return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    owner, self._owner = self._owner, None
+    def remove_if_ours():
+      if self._is_ours(owner):
+        os.unlink(self.path)
+    # Waiting for the mutex rules out unlinking a lock another process just
+    # took over; without it (its holder stuck) the check alone still holds.
+    if not self._with_mutex(remove_if_ours, wait=MUTEX_STALE_AFTER):
+      remove_if_ours()
+
+  def __enter__(self) -> WorkdirLock:
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  # -- staleness and take-over ---------------------------------------------
+
+  def _is_enabled(self) -> bool:
+    if self._enabled is None:
+      # Without jax imported, jax.distributed was not initialized: a single
+      # process, which is process 0.
+      jax = sys.modules.get("jax")
+      self._enabled = jax is None or jax.process_index() == 0
+    return self._enabled
+
+  def _why_stale(self, owner: _Owner | None) -> str | None:
+    if owner is not None:
+      return owner.why_stale(self.stale_after)
+    age = _mtime_age(self.path)
+    if age is not None and age > self.stale_after:
+      return f"the lock file is unreadable and {age:.0f} s old"
+    return None
+
+  def _busy_message(self, owner: _Owner | None) -> str:
+    who = (owner.describe() if owner is not None
+           else "a process whose lock file is unreadable")
+    return (f"workdir {self.workdir} is in use by {who}; wait for it to "
+            "finish or stop it, or use another --workdir (remove "
+            f"{self.path} only if that process is gone).")
+
+  def _take_over(self, stale_text: str, me: _Owner, why: str) -> bool:
+    """Replaces the stale lock ``stale_text`` by ours; False if another
+    process holds the mutex or changed the lock since we read it."""
+    def swap() -> bool:
+      if _read(self.path) != stale_text:
+        return False
+      os.unlink(self.path)
+      # A fresh acquirer may link its lock in between: then it owns it.
+      return _create_exclusive(self.path, me.to_json())
+    won = self._with_mutex(swap, wait=0.0)
+    if won:
+      logging.warning("Took over the stale lock %s: %s.", self.path, why)
+    return bool(won)
+
+  def _with_mutex(self, fn: Callable[[], Any], wait: float) -> Any:
+    """``fn()`` while holding the mutex file; False if it stayed taken for
+    ``wait`` seconds. A mutex left by a killed process is removed."""
+    deadline = time.monotonic() + wait
+    while not _create_exclusive(self._mutex, str(os.getpid())):
+      age = _mtime_age(self._mutex)
+      if age is not None and age > MUTEX_STALE_AFTER:
+        try:
+          os.unlink(self._mutex)
+        except FileNotFoundError:
+          pass
+        continue
+      if time.monotonic() >= deadline:
+        return False
+      time.sleep(0.01)
+    try:
+      return fn()
+    finally:
+      os.unlink(self._mutex)
+
+  def _is_ours(self, owner: _Owner) -> bool:
+    current = _Owner.parse(_read(self.path))
+    return current is not None and current.token == owner.token
+
+  # -- heartbeat ------------------------------------------------------------
+
+  def _heartbeat_loop(self) -> None:
+    while not self._stop.wait(self.heartbeat_every):
+      if not self._beat():
+        return
+
+  def _beat(self) -> bool:
+    """Refreshes the heartbeat; False (and a warning) once the lock is no
+    longer ours."""
+    owner = self._owner
+    if owner is None:
+      return False
+    def refresh() -> bool:
+      if not self._is_ours(owner):
+        return False
+      owner.heartbeat = time.time()
+      _replace_atomic(self.path, owner.to_json())
+      return True
+    outcome = self._with_mutex(refresh, wait=1.0)
+    if outcome is False and not self._is_ours(owner):
+      self.lost = True
+      logging.warning("The lock %s is no longer held by this process (%s).",
+                      self.path, _read(self.path))
+      return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# Stopping cleanly.
+
+
+def _jax_preemption_service_running() -> bool:
+  """Whether ``jax.distributed.initialize`` started the preemption service
+  (which then owns SIGTERM)."""
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  except ImportError:  # a jax without it: our own handler then
+    return False
+  state = distributed.global_state
+  return (getattr(state, "client", None) is not None and
+          getattr(state, "preemption_sync_manager", None) is not None)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM and the first Ctrl-C into a stop after the current step.
+
+  Use it around the step loop; after each step::
+
+    with PreemptionGuard() as guard:
+      for step in ...:
+        train_step()
+        if guard.should_stop(step):
+          save_checkpoint(); wait_for_it()
+          raise Preempted(step, stage, guard.signal_name)
+
+  Several processes (``jax.process_count() > 1``) must stop at the same
+  step, so there ``should_stop`` is collective and every process must call
+  it with the same steps:
+
+  * SIGTERM is left to JAX's preemption service (``jax.distributed
+    .initialize`` installs its own SIGTERM notifier when
+    ``jax_enable_preemption_service`` is on, the default; a Python handler
+    would replace it). The notice reaches every host and
+    ``multihost_utils.reached_preemption_sync_point(step)`` turns True on all
+    of them at the same step. Cost: a key-value store lookup per step.
+  * Ctrl-C (and SIGTERM when the service is off) sets the local flag, and
+    every ``sync_every`` steps all hosts exchange their flags
+    (``multihost_utils.process_allgather``, 4 bytes per host). Cost: that
+    step blocks the host until every host reached it (no overlap of host work
+    with device work across that step); a stop waits up to ``sync_every``
+    steps.
+
+  Args:
+    sync_every: steps between flag exchanges on several hosts.
+    process_count: the number of jax processes; None asks jax on enter.
+  """
+
+  def __init__(self, *, sync_every: int = 10,
+               process_count: int | None = None):
+    if sync_every < 1:
+      raise ValueError(f"sync_every must be >= 1, got {sync_every}.")
+    self.sync_every = sync_every
+    self._process_count = process_count
+    self._signum: int | None = None  # the first stop signal received
+    self._agreed: int | None = None  # what all hosts agreed on
+    self._previous: dict[int, Any] = {}
+    self._checked: tuple[int, bool] | None = None
+    self._jax_owns_sigterm = False
+
+  @property
+  def signal_name(self) -> str | None:
+    """``SIGTERM``/``SIGINT`` once a stop was requested (agreed, on several
+    hosts), else None."""
+    signum = self._agreed if self._agreed is not None else self._signum
+    return None if signum is None else signal.Signals(signum).name
+
+  @property
+  def exit_code(self) -> int | None:
+    signum = self._agreed if self._agreed is not None else self._signum
+    return None if signum is None else exit_code(signum)
+
+  def __enter__(self) -> PreemptionGuard:
+    if self._process_count is None:
+      import jax  # pylint: disable=g-import-not-at-top  # only when asked
+      self._process_count = jax.process_count()
+    if self._process_count > 1:
+      self._jax_owns_sigterm = _jax_preemption_service_running()
+    signals = [s for s in STOP_SIGNALS
+               if not (s == signal.SIGTERM and self._jax_owns_sigterm)]
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("PreemptionGuard outside the main thread: signals keep "
+                      "their handlers.")
+      return self
+    for signum in signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _handle(self, signum: int, frame) -> None:
+    del frame
+    if self._signum is not None:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # the user insists
+      return  # a repeated SIGTERM: the stop is already under way
+    self._signum = signum
+    logging.warning("Received %s: stopping after this step with a checkpoint "
+                    "(Ctrl-C again to abort at once).",
+                    signal.Signals(signum).name)
+
+  def request_stop(self, signum: int = signal.SIGTERM) -> None:
+    """What a signal does, for callers with another source of notices."""
+    if self._signum is None:
+      self._signum = signum
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop after ``step`` (the same on every host)."""
+    if self._process_count is None or self._process_count <= 1:
+      return self._signum is not None
+    if self._checked is not None and self._checked[0] == step:
+      return self._checked[1]  # a second call for one step costs nothing
+    stop = self._collective_stop(step)
+    self._checked = (step, stop)
+    return stop
+
+  def _collective_stop(self, step: int) -> bool:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if self._jax_owns_sigterm and (
+        multihost_utils.reached_preemption_sync_point(step)):
+      self._agreed = int(signal.SIGTERM)
+      return True
+    if step % self.sync_every:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self._signum or 0))
+    if int(np.max(flags)) == 0:
+      return False
+    self._agreed = int(np.max(flags))
+    return True
