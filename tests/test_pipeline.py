@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from ffr_jax.data import image_cache
 from ffr_jax.data import images as images_lib
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import DatasetSpec, Examples, GroupScheme
@@ -93,8 +97,10 @@ def test_shuffling_is_seeded_and_changes_per_epoch(examples):
   assert not np.array_equal(order(a, 0), order(c, 0))
 
 
-def test_resume_mid_epoch_gives_the_same_batches(examples):
-  loader = pipeline.make_train_loader(examples, SCHEME, _cfg(flip=True), 4, 3)
+@pytest.mark.parametrize("sampler", ["shuffle", "balanced"])
+def test_resume_mid_epoch_gives_the_same_batches(examples, sampler):
+  loader = pipeline.make_train_loader(examples, SCHEME, _cfg(flip=True), 4, 3,
+                                      sampler=sampler)
   full = list(loader.epoch(2))
   resumed = list(loader.epoch(2, start_step=3))
   assert len(resumed) == len(full) - 3
@@ -118,30 +124,97 @@ def test_flip_is_deterministic_and_mirrors_the_image(examples):
   assert (same | mirrored).all() and mirrored.any() and same.any()
 
 
-def test_balanced_sampler_equalises_group_frequencies():
-  sizes = (1000, 100, 10)
-  groups = np.repeat(np.arange(3), sizes)
-  draws = np.concatenate(
-      [groups[pipeline.balanced_indices(groups, seed=0, epoch=e)]
-       for e in range(20)])
-  freq = np.bincount(draws, minlength=3) / len(draws)
-  # 22200 draws: the standard error of each share is about 0.003.
-  np.testing.assert_allclose(freq, 1 / 3, atol=0.015)
+# A strongly imbalanced toy set: group sizes 900, 90, 9, 1 (images 2x2).
+IMBALANCED_SIZES = (900, 90, 9, 1)
+# The 99.9% quantile of chi-square with 3 degrees of freedom.
+CHI2_3DOF_999 = 16.27
+
+
+def _imbalanced_source() -> pipeline.RecordSource:
+  groups = np.repeat(np.arange(4), IMBALANCED_SIZES).astype(np.int32)
+  n = len(groups)
+  images = np.arange(n * 12, dtype=np.uint32).astype(np.uint8).reshape(
+      n, 2, 2, 3)
+  columns = pipeline.Columns(label=groups // 2, bias=groups % 2,
+                             source=np.zeros(n, np.int32), group=groups)
+  return pipeline.array_source(images, columns)
+
+
+def _chi_square_vs_uniform(groups: np.ndarray, num_groups: int) -> float:
+  counts = np.bincount(groups, minlength=num_groups)
+  expected = len(groups) / num_groups
+  return float(((counts - expected) ** 2 / expected).sum())
+
+
+def _epoch_rows(loader: pipeline.TrainLoader, epochs: int) -> dict:
+  batches = [b for e in range(epochs) for b in loader.epoch(e)]
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_balanced_loader_draws_groups_uniformly_on_imbalanced_data():
+  source = _imbalanced_source()
+  loader = pipeline.TrainLoader(source, 100, seed=0, sampler="balanced")
+  seen = _epoch_rows(loader, 3)
+  assert len(seen["index"]) == 3 * 1000  # the epoch length is the set's size
+  assert ((seen["index"] >= 0) & (seen["index"] < len(source))).all()
+  np.testing.assert_array_equal(seen["group"],
+                                source.columns.group[seen["index"]])
+  np.testing.assert_array_equal(seen["image"], source.cache[seen["index"]])
+  assert _chi_square_vs_uniform(seen["group"], 4) < CHI2_3DOF_999
+  # The single member of the smallest group is drawn about 750 times, so
+  # balancing resamples with replacement.
+  assert (seen["group"] == 3).sum() > 600
+
+
+def test_shuffled_loader_is_not_balanced_on_the_same_data():
+  loader = pipeline.TrainLoader(_imbalanced_source(), 100, seed=0)
+  seen = _epoch_rows(loader, 1)
+  assert _chi_square_vs_uniform(seen["group"], 4) > 100 * CHI2_3DOF_999
+
+
+def test_balanced_draw_is_uniform_within_a_group_and_skips_empty_groups():
+  # Group 0: 5 rows, group 1: empty, group 2: 2000 rows.
+  groups = np.array([0] * 5 + [2] * 2000)
+  rows = np.concatenate([pipeline.balanced_order(groups, 1, e)
+                         for e in range(5)])
+  assert set(groups[rows]) == {0, 2}
+  small = np.bincount(rows[groups[rows] == 0], minlength=5)
+  expected = small.sum() / 5
+  # 4 degrees of freedom, 99.9% quantile 18.47.
+  assert ((small - expected) ** 2 / expected).sum() < 18.47
+
+
+def test_balanced_order_is_fixed_by_seed_and_epoch():
+  groups = np.repeat(np.arange(3), (50, 5, 1))
+  order = pipeline.balanced_order
+  np.testing.assert_array_equal(order(groups, 4, 1), order(groups, 4, 1))
+  assert not np.array_equal(order(groups, 4, 1), order(groups, 4, 2))
+  assert not np.array_equal(order(groups, 4, 1), order(groups, 5, 1))
+  with pytest.raises(ValueError, match="non-negative"):
+    order(np.array([0, -1]), 0, 0)
+
+
+_DEVICE_SCRIPT = """
+import jax, numpy as np
+from ffr_jax.data import pipeline
+groups = np.repeat(np.arange(4), (300, 30, 3, 1))
+print(jax.device_count(), ",".join(map(str, pipeline.balanced_order(groups, 7, 3))))
+"""
+
+
+def test_balanced_order_does_not_depend_on_the_device_count():
+  # This process has one CPU device; the subprocess has four.
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 1
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], env=env,
+                       capture_output=True, text=True, check=True, timeout=120)
+  count, rows = out.stdout.split()
+  assert int(count) == 4
+  groups = np.repeat(np.arange(4), (300, 30, 3, 1))
   np.testing.assert_array_equal(
-      pipeline.balanced_indices(groups, 4, 1),
-      pipeline.balanced_indices(groups, 4, 1))
-  # Empty groups (id 1 here) simply never occur.
-  sparse = np.array([0, 0, 2, 2, 2, 2])
-  drawn = sparse[pipeline.balanced_indices(sparse, 0, 0)]
-  assert set(drawn) <= {0, 2}
-
-
-def test_balanced_loader_uses_the_sampler(examples):
-  loader = pipeline.make_train_loader(examples, SCHEME, _cfg(), 4, seed=1,
-                                      sampler="balanced")
-  index = _collect(loader.epoch(0))["index"].reshape(-1)
-  expected = pipeline.balanced_indices(loader.source.columns.group, 1, 0)[:20]
-  np.testing.assert_array_equal(index, expected)
+      np.array(rows.split(","), np.int64), pipeline.balanced_order(groups, 7, 3))
 
 
 def test_two_hosts_split_each_global_batch(examples):
@@ -240,3 +313,127 @@ def test_array_source_serves_images_from_memory(examples):
   _assert_same(_collect(from_files), _collect(from_memory))
   with pytest.raises(ValueError, match="uint8 images"):
     pipeline.array_source(images.astype(np.float32), source.columns)
+
+
+# ----------------------------------------------------------------------------
+# The on-disk image cache.
+
+
+def _copy_examples(examples: Examples, root: str) -> Examples:
+  """The same images in a fresh folder (tests below modify files)."""
+  paths = []
+  for path in examples.path:
+    target = os.path.join(root, os.path.basename(path))
+    with open(path, "rb") as src, open(target, "wb") as dst:
+      dst.write(src.read())
+    paths.append(target)
+  return Examples.from_lists(paths, examples.y, examples.b)
+
+
+def test_disk_cached_epochs_equal_decoded_epochs_and_never_decode(
+    examples, tmp_path, monkeypatch):
+  cache_dir = str(tmp_path / "cache")
+  for sampler in ("shuffle", "balanced"):
+    make = lambda cache_dir: pipeline.make_train_loader(
+        examples, SCHEME, _cfg(image_cache_dir=cache_dir, flip=True), 4, 2,
+        sampler=sampler)
+    decoded = _collect(make("").epoch(1))
+    cached = make(cache_dir)
+    assert isinstance(cached.source.cache, np.memmap)
+    _assert_same(decoded, _collect(cached.epoch(1)))
+  evaluated = lambda cfg: _collect(pipeline.make_eval_loader(
+      examples, SCHEME, cfg, 8, process_index=0, process_count=1))
+  _assert_same(evaluated(_cfg()), evaluated(_cfg(image_cache_dir=cache_dir)))
+  # Once built, loaders (and all their epochs) never decode an image.
+  def no_decoding(*args):
+    raise AssertionError(f"decoded {args}")
+  monkeypatch.setattr(images_lib, "decode", no_decoding)
+  loader = pipeline.make_train_loader(
+      examples, SCHEME, _cfg(image_cache_dir=cache_dir), 4, 0)
+  for epoch in range(2):
+    assert len(list(loader.epoch(epoch))) == loader.steps_per_epoch
+  # In host memory too: copied from the disk cache, not decoded.
+  in_memory = pipeline.make_train_loader(
+      examples, SCHEME, _cfg(image_cache_dir=cache_dir, cache_images=True), 4, 0)
+  assert not isinstance(in_memory.source.cache, np.memmap)
+  np.testing.assert_array_equal(in_memory.source.cache, loader.source.cache)
+
+
+def test_disk_cache_is_rebuilt_when_a_source_file_changes(examples, tmp_path):
+  own = _copy_examples(examples, str(tmp_path))
+  cache_dir = str(tmp_path / "cache")
+  source = lambda: pipeline.examples_source(own, SCHEME, SIZE,
+                                            cache_dir=cache_dir)
+  before = np.array(source().cache)
+  changed = own.path[3]
+  pixels = np.full((12, 16, 3), 200, np.uint8)
+  Image.fromarray(pixels).save(changed)
+  st = os.stat(changed)
+  os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  after = source().cache
+  np.testing.assert_array_equal(after[3], images_lib.decode(changed, SIZE))
+  assert not np.array_equal(after[3], before[3])
+  np.testing.assert_array_equal(np.delete(after, 3, 0), np.delete(before, 3, 0))
+  # The superseded cache of the same files was deleted.
+  assert len(os.listdir(cache_dir)) == 1
+
+
+def test_a_failed_build_leaves_no_cache(examples, tmp_path):
+  cache_dir = str(tmp_path / "cache")
+  paths = [str(p) for p in examples.path]
+
+  def fail_midway(row: int) -> np.ndarray:
+    if row == 10:
+      raise OSError("disk on fire")
+    return images_lib.decode(paths[row], SIZE)
+
+  with pytest.raises(OSError, match="disk on fire"):
+    image_cache.cached_images(paths, SIZE, cache_dir, fail_midway, 1)
+  assert os.listdir(cache_dir) == []
+
+
+_KILLED_BUILD = """
+import sys, time
+from ffr_jax.data import image_cache, images
+paths, size, cache_dir = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
+def slow(row):
+  time.sleep(0.2)
+  return images.decode(paths[row], size)
+image_cache.cached_images(paths, size, cache_dir, slow, 1)
+"""
+
+
+def test_a_killed_build_leaves_no_cache_that_is_used(examples, tmp_path):
+  cache_dir = str(tmp_path / "cache")
+  paths = [str(p) for p in examples.path]
+  proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, ",".join(paths),
+                           str(SIZE), cache_dir])
+  try:
+    deadline = time.monotonic() + 60
+    while not any(".partial-" in d for d in _listdir(cache_dir)):
+      assert time.monotonic() < deadline and proc.poll() is None
+      time.sleep(0.05)
+    time.sleep(0.5)  # in the middle of decoding (22 images x 0.2 s)
+  finally:
+    proc.kill()
+    proc.wait()
+  fp = image_cache.fingerprint(paths, SIZE)
+  folder = os.path.join(cache_dir, fp.folder_name)
+  assert image_cache.open_cache(folder, fp) is None
+  rebuilt = image_cache.cached_images(
+      paths, SIZE, cache_dir, lambda row: images_lib.decode(paths[row], SIZE), 1)
+  np.testing.assert_array_equal(
+      rebuilt, np.stack([images_lib.decode(p, SIZE) for p in paths]))
+  # The dead process's partial folder was cleaned up.
+  assert os.listdir(cache_dir) == [fp.folder_name]
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def test_image_cache_dir_setting(monkeypatch, tmp_path):
+  monkeypatch.setenv("FFR_JAX_CACHE", str(tmp_path))
+  assert image_cache.resolve_dir("") is None
+  assert image_cache.resolve_dir(image_cache.AUTO) == str(tmp_path / "images")
+  assert image_cache.resolve_dir("~/x") == os.path.expanduser("~/x")

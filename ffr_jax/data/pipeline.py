@@ -6,11 +6,16 @@ What happens on the host, in order:
    row ``i`` becomes ``{"image": uint8 HxWx3, "label", "bias", "source",
    "group", "index"}``. Images come from an :class:`ImageStore` keyed by
    ``Examples.path`` (files on disk by default; a TFDS store lives in
-   ``tfds_builders.py``), or from an in-memory cache decoded once.
+   ``tfds_builders.py``), or from a cache decoded once: on disk, memory-mapped
+   (``data.image_cache_dir``, :mod:`image_cache`, kept across runs), and/or in
+   host memory (``data.cache_images``; read from the disk cache when there is
+   one).
 2. **Order.** Each epoch has a global index order that is a pure function of
    ``(seed, epoch)``: a permutation (``shuffle``) or group-balanced draws with
    replacement (``balanced``, the Resampling method). The order is cut into
-   global batches of ``B`` rows; the partial last batch is dropped.
+   global batches of ``B`` rows; the partial last batch is dropped. The
+   balanced order is drawn by a jitted JAX function (:func:`balanced_indices`)
+   and fetched to the host once per epoch.
 3. **Hosts.** Host ``p`` of ``P`` takes rows ``p*B/P:(p+1)*B/P`` of every global
    batch, so the hosts together see exactly the global batch and resuming at
    ``(epoch, step)`` reproduces the batches of an uninterrupted run.
@@ -26,13 +31,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ffr_jax.data import image_cache
 from ffr_jax.data import images as images_lib
 from ffr_jax.data.types import Examples, GroupScheme
 
@@ -139,15 +148,14 @@ class RecordSource:
     cores. Memory is ``N * S * S * 3`` bytes (40k images at 64 px: 0.5 GB; at
     224 px: 6 GB).
     """
+    if isinstance(self.cache, np.memmap):
+      # Already decoded on disk: read the file into memory, no decoding.
+      _check_memory_limit(len(self), self.image_size)
+      return dataclasses.replace(self, cache=np.array(self.cache))
     if self.cache is not None:
       return self
     n, s = len(self), self.image_size
-    nbytes = n * s * s * 3
-    if nbytes > CACHE_LIMIT_BYTES:
-      raise ValueError(
-          f"Caching {n} images at {s}px needs {nbytes / 2**30:.1f} GiB, over the "
-          f"{CACHE_LIMIT_BYTES / 2**30:.0f} GiB limit; set data.cache_images="
-          "False.")
+    _check_memory_limit(n, s)
     cache = np.empty((n, s, s, 3), np.uint8)
 
     def fill(row: int) -> None:
@@ -156,6 +164,22 @@ class RecordSource:
     with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
       list(pool.map(fill, range(n), chunksize=64))
     return dataclasses.replace(self, cache=cache)
+
+  def disk_cached(self, cache_dir: str,
+                  num_threads: int | None = None) -> RecordSource:
+    """A copy serving images memory-mapped from the on-disk cache.
+
+    The cache in ``cache_dir`` is built first if needed (every image decoded
+    once, in threads, with progress lines); see :mod:`image_cache`. Only file
+    stores are cached on disk; other sources are returned unchanged.
+    """
+    if self.cache is not None or not isinstance(self.store, FileImages):
+      return self
+    images = image_cache.cached_images(
+        [str(k) for k in self.keys], self.image_size, cache_dir,
+        lambda row: self.store.load(str(self.keys[row]), self.image_size),
+        _threads(num_threads))
+    return dataclasses.replace(self, cache=images)
 
   def gather(self, rows: np.ndarray, flips: np.ndarray) -> Batch:
     """A whole batch from the cache by fancy indexing (no per-row Python)."""
@@ -170,16 +194,45 @@ class RecordSource:
     return batch
 
 
+def _check_memory_limit(n: int, size: int) -> None:
+  nbytes = n * size * size * 3
+  if nbytes > CACHE_LIMIT_BYTES:
+    raise ValueError(
+        f"Caching {n} images at {size}px needs {nbytes / 2**30:.1f} GiB, over "
+        f"the {CACHE_LIMIT_BYTES / 2**30:.0f} GiB limit; set data.cache_images="
+        "False (the on-disk cache, data.image_cache_dir, has no such limit).")
+
+
 def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
                     store: ImageStore | None = None, cache: bool = False,
-                    num_threads: int | None = None) -> RecordSource:
-  """The :class:`RecordSource` of ``examples`` with groups from ``scheme``."""
+                    num_threads: int | None = None,
+                    cache_dir: str | None = None) -> RecordSource:
+  """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
+
+  Args:
+    examples: the rows.
+    scheme: their group ids.
+    image_size: images are resized to this square size.
+    store: where images come from (files by default).
+    cache: hold every decoded image in host memory.
+    num_threads: decoding threads (default: 2 per core).
+    cache_dir: read images from the on-disk cache there (built if needed);
+      None: decode on the fly (or into memory with ``cache``).
+  """
   source = RecordSource(
       keys=np.asarray(examples.path, dtype=object),
       columns=Columns.from_examples(examples, scheme),
       image_size=int(image_size),
       store=store or FileImages())
-  return source.cached(num_threads) if cache else source
+  return _with_caches(source, cache, cache_dir, num_threads)
+
+
+def _with_caches(source: RecordSource, in_memory: bool, cache_dir: str | None,
+                 num_threads: int | None = None) -> RecordSource:
+  """The on-disk cache first (decode once, ever); then, if asked, into RAM."""
+  if cache_dir:
+    source = source.disk_cached(cache_dir, num_threads)
+  return source.cached(num_threads) if in_memory else source
 
 
 def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
@@ -220,12 +273,48 @@ def shuffled_indices(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return _rng(seed, epoch, _STREAM_SHUFFLE).permutation(num_examples)
 
 
-def balanced_indices(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-  """Group-balanced resampling: ``len(groups)`` draws with replacement.
+@functools.partial(jax.jit, static_argnames=("num_groups", "num_samples"))
+def balanced_indices(key: jax.Array, group_ids: jax.Array, num_groups: int,
+                     num_samples: int) -> jax.Array:
+  """Group-balanced resampling as a pure function: ``num_samples`` row indices.
 
-  Row ``i`` is drawn with probability proportional to ``1 / n_{g(i)}``, the
-  inverse size of its group, so every non-empty group is equally likely
-  (REFERENCE.md, "Resampling"). Empty groups simply never occur.
+  Each draw picks a non-empty group uniformly, then a row of that group
+  uniformly, with replacement: row ``i`` has probability proportional to
+  ``1 / n_{g(i)}``, the inverse size of its group, the authors' rule
+  (docs/reference.md, "Resampling"). Empty groups never occur.
+
+  Only integer operations are used (no float categorical), so the draw is
+  bit-identical on every backend, host and device count.
+
+  Args:
+    key: a typed PRNG key (``jax.random.key``), already folded with the epoch.
+    group_ids: int32 ``[N]`` group of every row, each in ``[0, num_groups)``.
+    num_groups: number of group ids (static).
+    num_samples: draws to make (static); the epoch length.
+
+  Returns:
+    int32 ``[num_samples]`` row indices into ``group_ids``.
+  """
+  group_ids = jnp.asarray(group_ids, jnp.int32)
+  # Rows sorted by group: group g owns sorted[offsets[g]:offsets[g]+sizes[g]].
+  sorted_rows = jnp.argsort(group_ids, stable=True).astype(jnp.int32)
+  sizes = jnp.bincount(group_ids, length=num_groups).astype(jnp.int32)
+  offsets = jnp.cumsum(sizes) - sizes
+  # The ids of the non-empty groups first, in id order.
+  present = jnp.argsort(sizes == 0, stable=True).astype(jnp.int32)
+  num_present = jnp.sum(sizes > 0).astype(jnp.int32)
+  group_key, row_key = jax.random.split(key)
+  picked = present[jax.random.randint(group_key, (num_samples,), 0, num_present)]
+  within = jax.random.randint(row_key, (num_samples,), 0, sizes[picked])
+  return sorted_rows[offsets[picked] + within]
+
+
+def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+  """The Resampling epoch's rows on the host: ``len(groups)`` balanced draws.
+
+  Runs :func:`balanced_indices` on ``jax.random.fold_in(key(seed, stream),
+  epoch)``; the result depends only on the seed, the epoch and the group ids,
+  so every host computes the same order.
 
   Args:
     groups: group id of every row (non-negative ints).
@@ -235,14 +324,18 @@ def balanced_indices(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
   Returns:
     int64 row indices, ``len(groups)`` of them.
   """
-  groups = np.asarray(groups)
+  groups = np.asarray(groups, np.int32)
   n = len(groups)
   if n == 0:
     return np.zeros(0, np.int64)
-  sizes = np.bincount(groups)
-  weights = 1.0 / sizes[groups]
-  return _rng(seed, epoch, _STREAM_BALANCED).choice(
-      n, size=n, replace=True, p=weights / weights.sum())
+  if groups.min() < 0:
+    raise ValueError(f"Group ids must be non-negative, got {groups.min()}.")
+  key = jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(int(seed)), _STREAM_BALANCED),
+      int(epoch))
+  rows = balanced_indices(key, groups, num_groups=int(groups.max()) + 1,
+                          num_samples=n)
+  return np.asarray(jax.device_get(rows), np.int64)
 
 
 def flip_mask(num_rows: int, seed: int, epoch: int) -> np.ndarray:
@@ -274,7 +367,6 @@ class HostShard:
              process_count: int | None = None) -> HostShard:
     """Defaults to ``jax.process_index()`` / ``jax.process_count()``."""
     if process_index is None or process_count is None:
-      import jax  # pylint: disable=g-import-not-at-top  (workers skip jax)
       process_index = jax.process_index() if process_index is None else process_index
       process_count = jax.process_count() if process_count is None else process_count
     return cls(int(process_index), int(process_count))
@@ -456,7 +548,7 @@ class TrainLoader:
     """The epoch's rows and flips over all hosts, whole batches only."""
     n = len(self.source)
     if self.sampler == "balanced":
-      order = balanced_indices(self.source.columns.group, self.seed, epoch)
+      order = balanced_order(self.source.columns.group, self.seed, epoch)
     else:
       order = shuffled_indices(n, self.seed, epoch)
     flips = flip_mask(n, self.seed, epoch) if self.flip else np.zeros(n, bool)
@@ -517,12 +609,14 @@ class EvalLoader:
 
 def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
                cfg_data: Any, store: ImageStore | None) -> RecordSource:
+  cache_dir = image_cache.resolve_dir(cfg_data.get("image_cache_dir", ""))
+  in_memory = bool(cfg_data.cache_images)
   if isinstance(data, RecordSource):
-    return data.cached() if cfg_data.cache_images else data
+    return _with_caches(data, in_memory, cache_dir)
   if scheme is None:
     raise ValueError("A GroupScheme is needed to turn Examples into records.")
   return examples_source(data, scheme, cfg_data.image_size, store=store,
-                         cache=bool(cfg_data.cache_images))
+                         cache=in_memory, cache_dir=cache_dir)
 
 
 def _read_options(cfg_data: Any) -> ReadOptions:
@@ -540,7 +634,8 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
     data: the training examples (or a ready :class:`RecordSource`).
     scheme: group ids for the records (ignored for a ``RecordSource``).
     cfg_data: the config's ``data`` block: ``image_size``, ``flip``,
-      ``cache_images``, ``num_workers``.
+      ``cache_images``, ``num_workers`` and optionally ``image_cache_dir``
+      (missing or ``""``: no on-disk cache).
     batch_size: global batch size over all hosts.
     seed: the training seed.
     sampler: ``"shuffle"``, or ``"balanced"`` for the Resampling method.
@@ -584,7 +679,6 @@ def normalize(images: Any, dtype: Any = None) -> Any:
   Returns:
     ``(images / 255 - mean) / std`` as ``dtype``.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  (workers skip jax)
   mean = jnp.asarray(images_lib.IMAGENET_MEAN, jnp.float32) * 255.0
   inv_std = 1.0 / (jnp.asarray(images_lib.IMAGENET_STD, jnp.float32) * 255.0)
   out = (jnp.asarray(images, jnp.float32) - mean) * inv_std

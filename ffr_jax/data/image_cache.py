@@ -1,0 +1,298 @@
+"""An on-disk cache of decoded, resized uint8 images, one per split and size.
+
+A training run decodes every JPEG once, before the first step, into
+``{cache_dir}/{size}px-{N}-{digest}/images.npy`` (uint8 ``[N, S, S, 3]``, read
+back memory-mapped) with an ``index.json`` beside it; every epoch of this run
+and of later runs then gathers rows from the page cache instead of decoding.
+Images are stored unflipped: flips are applied per batch, so one cache serves
+runs with and without ``data.flip``.
+
+**Key.** The folder's digest is a fingerprint of the source files: their paths
+relative to their common folder, in row order, with each file's size and
+``st_mtime_ns``, plus the image size and :data:`FORMAT_VERSION`. File metadata,
+not a content digest: ``stat`` of 30k files takes well under a second, while
+hashing their bytes would read the whole dataset (CelebA-HQ: about 9 GB) at
+every start, almost the cost of decoding it. The price is that a file rewritten
+with the same size *and* a restored modification time is not noticed. Relative
+paths let a dataset copied with its times (``rsync -a``, ``cp -p``) keep its
+cache. A changed file gives a new digest, so a new cache; the superseded one
+(same folder, same file list, same size) is deleted then.
+
+**Atomic.** A cache is written into ``{folder}.partial-{host}-{pid}``, flushed
+and fsynced, and then renamed to ``{folder}``; only a folder with a complete
+``index.json`` that matches is ever read. A run killed while writing leaves a
+``.partial`` folder that is never read and is removed by the next build.
+
+**Hosts.** The cache holds the whole split, not one host's rows, because every
+host takes a slice of every global batch of a global order. Each host builds
+its own copy in its own ``cache_dir`` (local disk). On a shared filesystem the
+hosts race harmlessly: the first rename wins and the others discard their copy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from absl import logging
+
+# Bump when the decoded pixels change (resize filter, colour conversion), so
+# old caches are never read as new ones.
+FORMAT_VERSION = 1
+# ``data.image_cache_dir``: this value means "$FFR_JAX_CACHE/images", by
+# default ~/.cache/ffr_jax/images; "" disables the cache.
+AUTO = "auto"
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.json"
+_PARTIAL = ".partial-"
+_PROGRESS_EVERY_S = 10.0
+
+
+def resolve_dir(setting: str | None) -> str | None:
+  """The cache folder ``data.image_cache_dir`` names, or None when disabled."""
+  if not setting:
+    return None
+  if setting == AUTO:
+    base = os.environ.get(
+        "FFR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                      "ffr_jax"))
+    return os.path.join(base, "images")
+  return os.path.abspath(os.path.expanduser(setting))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+  """What a cache was built from.
+
+  Attributes:
+    root: the files' common folder when fingerprinted (informational).
+    files: digest of the relative paths and the image size (which split).
+    contents: digest of ``files`` plus every file's size and mtime: the key.
+    image_size: the side of the cached images.
+    count: number of rows.
+  """
+
+  root: str
+  files: str
+  contents: str
+  image_size: int
+  count: int
+
+  @property
+  def folder_name(self) -> str:
+    return f"{self.image_size}px-{self.count}-{self.contents[:20]}"
+
+
+def fingerprint(paths: Sequence[str], image_size: int) -> Fingerprint:
+  """The fingerprint of image files ``paths`` (row order) at ``image_size``.
+
+  Raises:
+    FileNotFoundError: a path is not a readable file.
+  """
+  absolute = [os.path.abspath(str(p)) for p in paths]
+  if not absolute:
+    raise ValueError("Cannot cache an empty list of images.")
+  root = (os.path.dirname(absolute[0]) if len(absolute) == 1
+          else os.path.commonpath(absolute))
+  files = hashlib.sha256(f"v{FORMAT_VERSION} {image_size}px\n".encode())
+  contents = hashlib.sha256()
+  for path in absolute:
+    relative = os.path.relpath(path, root)
+    try:
+      st = os.stat(path)
+    except OSError as e:
+      raise FileNotFoundError(f"Image {path!r} is missing: {e}") from e
+    files.update(f"{relative}\n".encode())
+    contents.update(f"{relative}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+  files_digest = files.hexdigest()
+  contents.update(files_digest.encode())
+  return Fingerprint(root=root, files=files_digest,
+                     contents=contents.hexdigest(),
+                     image_size=int(image_size), count=len(absolute))
+
+
+def open_cache(folder: str, fp: Fingerprint) -> np.ndarray | None:
+  """The cached images of ``folder`` memory-mapped, or None if not usable.
+
+  A folder is usable only when its index names ``fp`` and its array has the
+  expected shape: a missing, partial or foreign folder is never read.
+  """
+  try:
+    with open(os.path.join(folder, INDEX_FILE)) as f:
+      index = json.load(f)
+    if (index.get("format") != FORMAT_VERSION
+        or index.get("contents") != fp.contents):
+      return None
+    images = np.load(os.path.join(folder, IMAGES_FILE), mmap_mode="r")
+  except (OSError, ValueError):
+    return None
+  s = fp.image_size
+  if images.dtype != np.uint8 or images.shape != (fp.count, s, s, 3):
+    return None
+  return images
+
+
+def _fsync(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove_dead_partials(folder: str) -> None:
+  """Deletes ``.partial`` folders of ``folder`` left by dead processes here."""
+  parent, name = os.path.split(folder)
+  host = socket.gethostname()
+  for entry in os.listdir(parent):
+    if not entry.startswith(name + _PARTIAL):
+      continue
+    owner = entry[len(name + _PARTIAL):]
+    owner_host, _, pid = owner.rpartition("-")
+    if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _remove_superseded(cache_dir: str, fp: Fingerprint) -> None:
+  """Deletes caches of the same files and size whose files have changed."""
+  for entry in os.listdir(cache_dir):
+    if _PARTIAL in entry or entry == fp.folder_name:
+      continue
+    index_path = os.path.join(cache_dir, entry, INDEX_FILE)
+    try:
+      with open(index_path) as f:
+        index = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if index.get("files") == fp.files and index.get("root") == fp.root:
+      logging.info("image cache: removing %s (its files have changed)", entry)
+      shutil.rmtree(os.path.join(cache_dir, entry), ignore_errors=True)
+
+
+def _fill(images: np.ndarray, load: Callable[[int], np.ndarray],
+          num_threads: int, label: str) -> None:
+  """Decodes every row into ``images`` in threads, logging progress."""
+  n = len(images)
+  start = last = time.perf_counter()
+
+  def fill(row: int) -> None:
+    images[row] = load(row)
+
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    for done, _ in enumerate(pool.map(fill, range(n)), 1):
+      now = time.perf_counter()
+      if now - last >= _PROGRESS_EVERY_S or done == n:
+        last = now
+        logging.info("image cache %s: %d/%d images decoded (%.0f img/s)",
+                     label, done, n, done / max(now - start, 1e-9))
+
+
+def build(folder: str, fp: Fingerprint, load: Callable[[int], np.ndarray],
+          num_threads: int) -> np.ndarray:
+  """Decodes all rows into ``folder`` atomically; returns them memory-mapped.
+
+  Args:
+    folder: the final cache folder (must not hold a usable cache).
+    fp: the fingerprint the cache is built for.
+    load: ``load(row)`` -> uint8 ``(S, S, 3)`` image of row ``row``.
+    num_threads: decoding threads.
+  """
+  parent = os.path.dirname(folder)
+  os.makedirs(parent, exist_ok=True)
+  _remove_dead_partials(folder)
+  partial = f"{folder}{_PARTIAL}{socket.gethostname()}-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    s = fp.image_size
+    images = np.lib.format.open_memmap(
+        os.path.join(partial, IMAGES_FILE), mode="w+", dtype=np.uint8,
+        shape=(fp.count, s, s, 3))
+    _fill(images, load, num_threads, os.path.basename(folder))
+    images.flush()
+    del images
+    _fsync(os.path.join(partial, IMAGES_FILE))
+    with open(os.path.join(partial, INDEX_FILE), "w") as f:
+      json.dump({"format": FORMAT_VERSION, "root": fp.root, "files": fp.files,
+                 "contents": fp.contents, "image_size": s, "count": fp.count,
+                 "shape": [fp.count, s, s, 3], "dtype": "uint8",
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    _fsync(partial)
+    _publish(partial, folder, fp)
+  except BaseException:
+    # Whatever stopped the build (error, Ctrl-C) leaves nothing half-written.
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  _fsync(parent)
+  _remove_superseded(parent, fp)
+  images = open_cache(folder, fp)
+  if images is None:
+    raise RuntimeError(f"The image cache {folder} was written but cannot be "
+                       "read back; check the disk.")
+  return images
+
+
+def _publish(partial: str, folder: str, fp: Fingerprint) -> None:
+  """Renames ``partial`` to ``folder``; a usable ``folder`` already there wins."""
+  try:
+    os.rename(partial, folder)
+    return
+  except OSError:
+    if not os.path.isdir(folder):
+      raise
+  if open_cache(folder, fp) is not None:
+    # Another process (or host, on a shared disk) finished first.
+    shutil.rmtree(partial, ignore_errors=True)
+    return
+  # An unusable folder under the final name: move it aside, then replace it.
+  stale = f"{folder}.stale-{socket.gethostname()}-{os.getpid()}"
+  os.rename(folder, stale)
+  os.rename(partial, folder)
+  shutil.rmtree(stale, ignore_errors=True)
+
+
+def cached_images(paths: Sequence[str], image_size: int, cache_dir: str,
+                  load: Callable[[int], np.ndarray],
+                  num_threads: int) -> np.ndarray:
+  """The images of ``paths`` from the cache in ``cache_dir``, built if needed.
+
+  Args:
+    paths: image files, one per row.
+    image_size: side of the decoded square images.
+    cache_dir: the folder holding all caches.
+    load: ``load(row)`` -> that row's uint8 image (used only when building).
+    num_threads: decoding threads for a build.
+
+  Returns:
+    A read-only memory-mapped uint8 ``[N, S, S, 3]`` array.
+  """
+  fp = fingerprint(paths, image_size)
+  folder = os.path.join(cache_dir, fp.folder_name)
+  images = open_cache(folder, fp)
+  if images is not None:
+    logging.info("image cache: reading %d images from %s", fp.count, folder)
+    return images
+  logging.info("image cache: decoding %d images of %s at %dpx into %s",
+               fp.count, fp.root, image_size, folder)
+  return build(folder, fp, load, num_threads)
