@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 from ffr_jax.models import MODELS, create_model
 from ffr_jax.models.resnet import ResNet
+from ffr_jax.registry import Registry
 from ffr_jax.models.weights import (
     WeightsError,
     flax_to_torch_name,
@@ -82,6 +83,47 @@ def test_unknown_model_name_is_rejected():
   with pytest.raises(ValueError, match="resnet50"):
     create_model("resnet51", num_classes=2)
   assert set(MODELS) == {"resnet50", "resnet18", "tiny"}
+  with pytest.raises(ValueError, match="conv1x1_as_matmul"):
+    create_model("tiny", num_classes=2, depth=3)
+
+
+class _DepthNet(nn.Module):
+  """A stand-in model with its own option (``depth``) and none of ResNet's."""
+
+  num_classes: int
+  dtype: jnp.dtype = jnp.float32
+  depth: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def test_model_from_config_passes_only_the_options_the_model_declares(monkeypatch):
+  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ffr_jax import models  # pylint: disable=g-import-not-at-top
+  registry = Registry("model")
+  registry.register("depthnet", models.ModelSpec(_DepthNet, {}, ("depth",)))
+  monkeypatch.setattr(models, "MODELS", registry)
+  config_model = config_lib.base_config().model  # has the ResNets' options too
+  config_model.name, config_model.depth = "depthnet", 3
+  model = models.model_from_config(config_model, num_classes=4)
+  assert isinstance(model, _DepthNet) and model.depth == 3 and model.num_classes == 4
+  del config_model["depth"]  # no default-filling for configs without the key
+  with pytest.raises(KeyError, match="model.depth"):
+    models.model_from_config(config_model, num_classes=4)
+
+
+def test_model_from_config_builds_the_configured_resnet():
+  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ffr_jax import models  # pylint: disable=g-import-not-at-top
+  config_model = config_lib.base_config().model
+  config_model.name, config_model.dtype = "resnet18", "bfloat16"
+  config_model.conv1x1_as_matmul, config_model.small_convs_as_matmul = False, True
+  model = models.model_from_config(config_model, num_classes=3)
+  assert (model.stage_sizes, model.block, model.num_classes) == ((2, 2, 2, 2), "basic", 3)
+  assert model.dtype == jnp.bfloat16
+  assert (model.conv1x1_as_matmul, model.small_convs_as_matmul) == (False, True)
 
 
 @pytest.mark.parametrize("as_matmul", [False, True])
@@ -96,14 +138,31 @@ def test_logits_match_torchvision(name, as_matmul):
 
 
 @pytest.mark.parametrize("option", ["conv1x1_as_matmul", "small_convs_as_matmul"])
-def test_matmul_forms_match_conv_in_training(option):
-  # At 32 px the last stage's 3x3 convolutions have 1x1 outputs, so
+def test_matmul_forms_match_conv_in_training(option, monkeypatch):
+  # Half width, so the last stage's 3x3 convolution reads 256 channels
+  # (resnet.SMALL_CONV_MIN_CHANNELS); at 32 px its output is 1x1, so
   # small_convs_as_matmul takes its patches path there (and the conv path in
-  # the earlier stages).
-  kwargs = dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_classes=5, width=1 / 16)
+  # the earlier stages). The plain model is nn.Conv everywhere.
+  from ffr_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  kwargs = dict(stage_sizes=(1, 1, 1, 1), block="basic", num_classes=5, width=1 / 2)
+  assert stage_widths_last(kwargs["width"]) >= resnet.SMALL_CONV_MIN_CHANNELS
   conv, matmul = ResNet(**kwargs), ResNet(**{option: True}, **kwargs)
   variables = _init(conv, 32)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  calls = {"patches": 0, "matmul_1x1": 0}
+  real_patches = jax.lax.conv_general_dilated_patches
+  real_1x1 = resnet.Conv1x1Matmul.__call__
+
+  def counting_patches(*args, **kw):
+    calls["patches"] += 1
+    return real_patches(*args, **kw)
+
+  def counting_1x1(self, *args, **kw):
+    calls["matmul_1x1"] += 1
+    return real_1x1(self, *args, **kw)
+
+  monkeypatch.setattr(jax.lax, "conv_general_dilated_patches", counting_patches)
+  monkeypatch.setattr(resnet.Conv1x1Matmul, "__call__", counting_1x1)
 
   def run(model):
     def loss(params):
@@ -112,7 +171,12 @@ def test_matmul_forms_match_conv_in_training(option):
       return jnp.sum(out.logits ** 2), (out, upd)
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-  (grads_a, (out_a, upd_a)), (grads_b, (out_b, upd_b)) = run(conv), run(matmul)
+  grads_a, (out_a, upd_a) = run(conv)
+  assert calls == {"patches": 0, "matmul_1x1": 0}  # the reference is the plain conv
+  grads_b, (out_b, upd_b) = run(matmul)
+  # The rewritten path was traced: otherwise this compares a conv with itself.
+  taken = "patches" if option == "small_convs_as_matmul" else "matmul_1x1"
+  assert calls[taken] > 0
   def close(a, b):
     # Relative to the leaf's scale: train-mode BN over few values amplifies
     # the (legitimate) summation-order differences between conv and matmul.
@@ -120,6 +184,12 @@ def test_matmul_forms_match_conv_in_training(option):
     assert np.abs(a - b).max() <= 2e-4 * max(np.abs(a).max(), 1.0)
 
   jax.tree.map(close, (out_a, upd_a, grads_a), (out_b, upd_b, grads_b))
+
+
+def stage_widths_last(width: float) -> int:
+  """Input channels of the last stage's second 3x3 convolution (basic block)."""
+  from ffr_jax.models.resnet import stage_widths  # pylint: disable=g-import-not-at-top
+  return stage_widths(width)[1][3]
 
 
 def test_batch_norm_running_average_uses_torch_momentum():

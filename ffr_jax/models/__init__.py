@@ -2,57 +2,105 @@
 
 Use :func:`create_model` with a name from :data:`MODELS`; load ImageNet
 weights with :func:`ffr_jax.models.weights.load_torchvision_weights`.
+
+Each registered model is a :class:`ModelSpec`: the module, its fixed
+architecture and the ``config.model`` options it reads. A model never gets an
+option it does not declare, so a new architecture adds its own options (and
+config keys) without touching the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
-from ffr_jax.models.resnet import ResNet, ResNet18, ResNet50, ResNetOutput, TinyResNet
-
-MODELS: dict[str, Callable[..., ResNet]] = {
-    "resnet50": ResNet50,
-    "resnet18": ResNet18,
-    "tiny": TinyResNet,
-}
+from ffr_jax.models.resnet import RESNET_OPTIONS, ResNet, ResNetOutput
+from ffr_jax.registry import Registry
 
 
-def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs: Any) -> ResNet:
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registered model: a module class and what it is built with.
+
+  Attributes:
+    module: the flax module class; called with ``num_classes``, ``dtype``,
+      the architecture and the options.
+    architecture: the fixed fields of this model (ResNet50's stage sizes).
+    options: the names of the ``config.model`` keys this model reads (fields
+      of ``module`` that change speed or behaviour, never the parameters'
+      shapes).
+  """
+
+  module: type[nn.Module]
+  architecture: Mapping[str, Any]
+  options: tuple[str, ...] = ()
+
+  def build(self, num_classes: int, dtype: Any = jnp.float32, **options: Any) -> nn.Module:
+    """The unbound module; ``options`` outside :attr:`options` are an error."""
+    unknown = sorted(set(options) - set(self.options))
+    if unknown:
+      raise ValueError(f"Unknown model option(s) {unknown}; this model reads "
+                       f"{list(self.options) or 'none'}.")
+    return self.module(num_classes=num_classes, dtype=jnp.dtype(dtype),
+                       **self.architecture, **options)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register("resnet50", ModelSpec(
+    ResNet, {"stage_sizes": (3, 4, 6, 3), "block": "bottleneck"}, RESNET_OPTIONS))
+MODELS.register("resnet18", ModelSpec(
+    ResNet, {"stage_sizes": (2, 2, 2, 2), "block": "basic"}, RESNET_OPTIONS))
+# For tests and CPU demos at 32-64 px: ResNet18's layout at a quarter of the
+# width with one block per stage (about 0.3M parameters, 128-d embedding).
+MODELS.register("tiny", ModelSpec(
+    ResNet, {"stage_sizes": (1, 1, 1, 1), "block": "basic", "width": 0.25},
+    RESNET_OPTIONS))
+
+
+def create_model(name: str, num_classes: int, dtype: Any = jnp.float32,
+                 **options: Any) -> nn.Module:
   """Builds a registered model.
 
   Args:
-    name: a key of :data:`MODELS`.
+    name: a name in :data:`MODELS`.
     num_classes: outputs of the linear head.
     dtype: compute dtype, a jnp dtype or its name (``"bfloat16"``); parameters
       stay float32.
-    **kwargs: further :class:`ResNet` fields, e.g. ``conv1x1_as_matmul=True``
-      or ``width=0.5``.
+    **options: options the model declares (:attr:`ModelSpec.options`), e.g.
+      ``conv1x1_as_matmul=True`` for the ResNets.
 
   Returns:
-    An unbound :class:`ResNet`; ``model.init(key, x, train=False)`` gives
+    An unbound module; ``model.init(key, x, train=False)`` gives
     ``{"params", "batch_stats"}``.
 
   Raises:
-    ValueError: for an unknown name.
+    ValueError: an unknown name, or an option the model does not declare.
   """
-  if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}; expected one of {sorted(MODELS)}.")
-  return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **kwargs)
+  return MODELS.get(name).build(num_classes, dtype, **options)
 
 
-def model_from_config(config_model: Any, num_classes: int) -> ResNet:
+def model_from_config(config_model: Any, num_classes: int) -> nn.Module:
   """The model a run's ``config.model`` block describes (training and analysis).
 
-  The two matmul options change speed only (same parameters and outputs), so
-  configs written before an option existed get its default.
+  Passes exactly the options the named model declares, read from
+  ``config_model`` (a ConfigDict or a mapping).
+
+  Raises:
+    ValueError: an unknown model name.
+    KeyError: ``config_model`` lacks an option the model reads.
   """
-  return create_model(
-      config_model.name, num_classes, dtype=config_model.dtype,
-      conv1x1_as_matmul=bool(config_model.get("conv1x1_as_matmul", True)),
-      small_convs_as_matmul=bool(config_model.get("small_convs_as_matmul", True)))
+  spec = MODELS.get(str(config_model["name"]))
+  missing = [o for o in spec.options if o not in config_model]
+  if missing:
+    raise KeyError(f"config.model lacks {', '.join('model.' + o for o in missing)}, "
+                   f"which model {config_model['name']!r} reads.")
+  options = {o: config_model[o] for o in spec.options}
+  return spec.build(num_classes, config_model["dtype"], **options)
 
 
-__all__ = ["MODELS", "ResNet", "ResNetOutput", "create_model", "model_from_config"]
+__all__ = ["MODELS", "ModelSpec", "ResNet", "ResNetOutput", "create_model",
+           "model_from_config"]

@@ -245,6 +245,10 @@ def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.
 
 BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
+# The ResNet fields a run's config.model sets (ffr_jax.models.MODELS): they
+# change how convolutions are computed, never the parameters or outputs.
+RESNET_OPTIONS = ("conv1x1_as_matmul", "small_convs_as_matmul")
+
 
 def stage_widths(width: float) -> tuple[int, tuple[int, int, int, int]]:
   """Stem channels and per-stage ``planes`` for a width multiplier.
@@ -325,10 +329,3 @@ class ResNet(nn.Module):
                       kernel_init=_fc_kernel_init,
                       bias_init=_fc_bias_init(embedding.shape[-1]), name="fc")(embedding)
     return ResNetOutput(logits=logits, embedding=embedding)
-
-
-ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")
-# For tests and CPU demos at 32-64 px: ResNet18's layout at a quarter of the
-# width with one block per stage (about 0.3M parameters, 128-d embedding).
-TinyResNet = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", width=0.25)
