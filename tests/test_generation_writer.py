@@ -23,6 +23,12 @@ SPEC = DatasetSpec(
 SIZE = 8
 
 
+@pytest.fixture(autouse=True)
+def _private_verification_cache(tmp_path, monkeypatch):
+  """Each test's decode-check cache in its own folder, not the user's."""
+  monkeypatch.setenv("FFR_JAX_CACHE", str(tmp_path / "ffr_jax_cache"))
+
+
 class FakeGenerator:
   """Colourful noise from the seed; gray/blank for seeds in ``bad`` patterns.
 
@@ -206,11 +212,87 @@ def test_verify_finds_deleted_file_orphan_duplicate_and_unreadable(tmp_path):
   assert report.duplicates == [rows[2]["file"]]
   assert list(report.unreadable) == [rows[1]["file"]]
   assert not report.ok and "PROBLEMS" in report.text()
-  # Rerunning repairs the deleted file and the duplicate line.
+  # Rerunning repairs the deleted file, the unreadable one and the duplicate.
   summary = run(tmp_path, per_group=3)
-  assert summary.generated == 1 and sum(g.repaired for g in summary.groups) == 1
-  report = writer.verify(str(tmp_path), SPEC)
-  assert not report.missing and not report.orphans and not report.duplicates
+  assert summary.generated == 2 and sum(g.repaired for g in summary.groups) == 1
+  assert sum(g.unreadable for g in summary.groups) == 1
+  assert writer.verify(str(tmp_path), SPEC).ok
+  run(tmp_path / "ref", per_group=3)
+  assert folder_bytes(tmp_path) == folder_bytes(tmp_path / "ref")
+
+
+def _damage(path, how: str) -> None:
+  """Zero bytes, half the bytes, or zeroed bytes with size and time kept."""
+  st = os.stat(path)
+  data = open(path, "rb").read()
+  damaged = {"empty": b"", "truncated": data[: len(data) // 2],
+             "in_place": data[:20] + bytes(len(data) - 20)}[how]
+  with open(path, "wb") as f:
+    f.write(damaged)
+  if how == "in_place":
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_rerun_regenerates_listed_images_that_no_longer_decode(tmp_path):
+  # The measured defect: --verify said "rerun to repair"; the rerun changed
+  # nothing, since the files were listed and present.
+  run(tmp_path / "ref", per_group=4)
+  run(tmp_path / "x", per_group=4)
+  assert writer.verify(str(tmp_path / "x"), SPEC).ok  # caches the good files
+  base = tmp_path / "x" / SPEC.name
+  rows = manifest_rows(tmp_path / "x")
+  for row, how in zip(rows[:3], ("empty", "truncated", "in_place")):
+    _damage(base / row["file"], how)
+  assert len(writer.verify(str(tmp_path / "x"), SPEC).unreadable) == 3
+  summary = run(tmp_path / "x", per_group=4)
+  assert summary.generated == 3 and sum(g.unreadable for g in summary.groups) == 3
+  assert "did not decode" in summary.table()
+  assert writer.verify(str(tmp_path / "x"), SPEC).ok
+  assert folder_bytes(tmp_path / "x") == folder_bytes(tmp_path / "ref")
+
+
+def test_every_image_damaged_is_regenerated_not_taken_for_a_lost_manifest(tmp_path):
+  run(tmp_path, per_group=3)
+  for row in manifest_rows(tmp_path):
+    _damage(tmp_path / SPEC.name / row["file"], "empty")
+  summary = run(tmp_path, per_group=3)
+  assert summary.generated == 3 * len(SPEC.groups) and summary.removed_orphans == 0
+  assert writer.verify(str(tmp_path), SPEC).ok
+
+
+def test_load_synthetic_refuses_images_that_do_not_decode(tmp_path):
+  run(tmp_path, per_group=3)
+  load_synthetic(str(tmp_path), SPEC)  # fine, and caches the good files
+  row = manifest_rows(tmp_path)[4]
+  _damage(tmp_path / SPEC.name / row["file"], "in_place")
+  with pytest.raises(ValueError, match="1 images listed .* do not decode.*Rerun"):
+    load_synthetic(str(tmp_path), SPEC)
+  assert len(load_synthetic(str(tmp_path), SPEC, check_files=False)) == 12
+
+
+def test_verify_fails_a_folder_short_of_what_the_config_needs(tmp_path):
+  # The measured defect: three groups with 0 images and one with 72 gave OK.
+  run(tmp_path, per_group=5, batch_size=5, stop_after=5)
+  needs = {g: 5 for g in SPEC.groups}
+  assert writer.verify(str(tmp_path), SPEC).ok  # consistent, just unfinished
+  report = writer.verify(str(tmp_path), SPEC, needs)
+  assert not report.ok
+  assert report.short == {"cat/outdoors": (0, 5), "dog/indoors": (0, 5),
+                          "dog/outdoors": (0, 5)}
+  assert "short: 3 groups" in report.text() and "PROBLEMS" in report.text()
+  # An unreadable image does not count towards the need.
+  first = manifest_rows(tmp_path)[0]["file"]
+  _damage(tmp_path / SPEC.name / first, "empty")
+  assert writer.verify(str(tmp_path), SPEC, needs).short["cat/indoors"] == (4, 5)
+  run(tmp_path, per_group=5)
+  assert writer.verify(str(tmp_path), SPEC, needs).ok
+  with pytest.raises(ValueError, match="exactly the groups"):
+    writer.verify(str(tmp_path), SPEC, {(0, 0): 5})
+
+
+def test_verify_of_a_folder_never_generated_is_one_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nothing was generated"):
+    writer.verify(str(tmp_path), SPEC)
 
 
 _CHILD = """

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ffr_jax.data import images
 from ffr_jax.data.types import SYNTHETIC, DatasetSpec, Examples
 
 MANIFEST = "manifest.jsonl"
@@ -47,6 +48,16 @@ class ManifestRecord:
 
 def dataset_dir(root: str, spec: DatasetSpec) -> str:
   return os.path.join(root, spec.name)
+
+
+def verified_cache_path(root: str, spec: DatasetSpec) -> str:
+  """Where the images of ``{root}/{spec.name}`` that decoded fine are remembered.
+
+  One cache for the writer, ``--verify`` and the loader, so a folder checked by
+  one is only checksummed, not decoded, by the others
+  (:func:`ffr_jax.data.images.find_unreadable`).
+  """
+  return images.verified_cache_path(dataset_dir(root, spec))
 
 
 def relative_image_path(spec: DatasetSpec, y: int, b: int, index: int) -> str:
@@ -91,10 +102,17 @@ def load_synthetic(root: str, spec: DatasetSpec, check_files: bool = True
   Rows are ordered by (group, index), so taking the first ``n`` of a group is
   deterministic and independent of the order images were written in.
 
+  With ``check_files``, every listed file is checked to decode (a checksum
+  cache skips the decode of files unchanged since they last decoded fine), so
+  training is never handed an unreadable image. An unreadable one is an error,
+  not a silent exclusion: the pool must hold the counts the run takes, and
+  rerunning the generation command regenerates exactly those images.
+
   Raises:
     FileNotFoundError: no manifest, or (with ``check_files``) a listed file is
       missing on disk.
-    ValueError: a record names an unknown class/bias or group, or an index twice.
+    ValueError: a record names an unknown class/bias or group, or an index
+      twice, or (with ``check_files``) a listed file does not decode.
   """
   base = dataset_dir(root, spec)
   paths, ys, bs, idx = [], [], [], []
@@ -115,6 +133,13 @@ def load_synthetic(root: str, spec: DatasetSpec, check_files: bool = True
       raise FileNotFoundError(
           f"{len(missing)} images listed in {base}/{MANIFEST} are missing on "
           f"disk, e.g. {missing[:3]}. Run `python -m ffr_jax.generate --verify`.")
+    bad = images.find_unreadable(paths, cache_path=verified_cache_path(root, spec))
+    if bad:
+      shown = [f"{p} ({bad[p]})" for p in sorted(bad)[:3]]
+      raise ValueError(
+          f"{len(bad)} images listed in {base}/{MANIFEST} do not decode, e.g. "
+          f"{shown}. Rerun the generation command (`python -m ffr_jax.generate`"
+          " with the same config): it regenerates them.")
   ex = Examples.from_lists(paths, ys, bs, SYNTHETIC)
   order = np.lexsort((np.asarray(idx, np.int64), ex.b, ex.y))
   return ex.take(order)

@@ -17,7 +17,11 @@ into place with ``os.replace``; only then is its manifest line appended and
 fsynced. The manifest is therefore the source of truth. On restart we cut a torn
 last manifest line, delete stray temporary files and PNGs the manifest does not
 list (a crash between rename and append), drop manifest lines whose file has
-vanished, and generate exactly the missing indices. Nothing is duplicated or lost.
+vanished or no longer decodes (deleting such a file: its bytes are damaged, and
+its seed regenerates it), and generate exactly the missing indices. Nothing is
+duplicated or lost. Whether a file decodes is checked by content: decoded once,
+then remembered by size and checksum (:func:`ffr_jax.data.images.find_unreadable`),
+so a resume re-reads every image but decodes only new or changed ones.
 
 Filter: images the safety checker blacks out, and near-grayscale images, are
 dropped (REFERENCE.md, "Synthetic data") and regenerated with the next attempt's
@@ -47,8 +51,10 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from ffr_jax.data.images import find_unreadable
 from ffr_jax.data.synthetic import (
-    MANIFEST, ManifestRecord, dataset_dir, read_manifest, relative_image_path)
+    MANIFEST, ManifestRecord, dataset_dir, read_manifest, relative_image_path,
+    verified_cache_path)
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.generation.base import Generator
 from ffr_jax.progress import Progress, format_seconds
@@ -117,6 +123,7 @@ class GroupSummary:
   generated: int = 0   # written by this run
   filtered: int = 0    # dropped by the filter and regenerated
   repaired: int = 0    # manifest lines dropped because their file had vanished
+  unreadable: int = 0  # listed files that no longer decoded (regenerated)
 
 
 @dataclasses.dataclass
@@ -153,6 +160,9 @@ class GenerationSummary:
     if any(g.repaired for g in self.groups):
       extra.append(f"repaired: {sum(g.repaired for g in self.groups)} manifest "
                    "lines whose file had vanished (regenerated)")
+    if any(g.unreadable for g in self.groups):
+      extra.append(f"repaired: {sum(g.unreadable for g in self.groups)} listed "
+                   "images that did not decode (regenerated)")
     rate = self.generated / self.seconds if self.seconds > 0 else 0.0
     extra.append(f"time {format_seconds(self.seconds)}, {rate:.2f} images/s")
     return "\n".join(rows + extra)
@@ -264,23 +274,36 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   done: set[tuple[int, int]] = set()
   kept_lines, listed = [], set()
   changed = False
+  damaged: set[str] = set()
   if os.path.isfile(manifest):
     root = os.path.dirname(base)
-    for rec in read_manifest(root, spec):
+    records = list(read_manifest(root, spec))
+    bad = _listed_unreadable(base, spec, records)
+    for rec in records:
       g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
+      rel = os.path.normpath(rec.file)
       exists = os.path.isfile(os.path.join(base, rec.file))
-      if (g, rec.index) in done or not exists:
+      if (g, rec.index) in done or not exists or rel in bad:
         # A duplicate cannot come from this writer; a vanished file was removed
-        # by hand. Either way the image is (re)generated from its seed.
+        # by hand; a damaged one was cut or overwritten after it was written.
+        # Each way the image is (re)generated from its seed.
         changed = True
-        if not exists and (g, rec.index) not in done:
-          summary.groups[g].repaired += 1
+        if (g, rec.index) not in done:
+          if not exists:
+            summary.groups[g].repaired += 1
+          elif rel not in damaged:
+            summary.groups[g].unreadable += 1
+            damaged.add(rel)
         continue
       done.add((g, rec.index))
-      listed.add(os.path.normpath(rec.file))
+      listed.add(rel)
       kept_lines.append(rec.to_json())
   if changed:
     _write_lines_atomically(manifest, kept_lines)
+  # Only once unlisted: removed before the orphan count below, which must count
+  # what a crash leaves, not images that are about to be regenerated.
+  for rel in sorted(damaged):
+    os.remove(os.path.join(base, rel))
   pngs, tmps = _image_files(base, spec)
   for rel in tmps:
     os.remove(os.path.join(base, rel))
@@ -300,6 +323,16 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   summary.removed_temp += len(tmps)
   summary.removed_orphans += len(orphans)
   return done
+
+
+def _listed_unreadable(base: str, spec: DatasetSpec,
+                       records: list[ManifestRecord]) -> dict[str, str]:
+  """``{normalised relative path: error}`` of the listed files that do not decode."""
+  paths = sorted({os.path.join(base, r.file) for r in records
+                  if os.path.isfile(os.path.join(base, r.file))})
+  bad = find_unreadable(
+      paths, cache_path=verified_cache_path(os.path.dirname(base), spec))
+  return {os.path.normpath(os.path.relpath(p, base)): e for p, e in bad.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -554,11 +587,15 @@ class VerifyReport:
   unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
   temp_files: list[str] = dataclasses.field(default_factory=list)
   torn_last_line: bool = False
+  # Groups with fewer usable (listed, present, decoding) images than needed:
+  # ``{group name: (usable, needed)}``; only checked when needs are given.
+  short: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
   @property
   def ok(self) -> bool:
     return not (self.missing or self.orphans or self.duplicates
-                or self.unreadable or self.temp_files or self.torn_last_line)
+                or self.unreadable or self.temp_files or self.torn_last_line
+                or self.short)
 
   def text(self) -> str:
     lines = [f"{self.records} images listed; "
@@ -572,33 +609,46 @@ class VerifyReport:
       lines.append(f"unreadable: {len(self.unreadable)}, e.g. {first}")
     if self.torn_last_line:
       lines.append("the manifest ends with a torn line (an interrupted write)")
+    if self.short:
+      lines.append(f"short: {len(self.short)} groups have fewer usable images "
+                   "than the config needs: " + ", ".join(
+                       f"{k} {have}/{need}" for k, (have, need) in self.short.items()))
     lines.append("OK" if self.ok else
                  "PROBLEMS: rerun the generation command to repair them.")
     return "\n".join(lines)
 
 
-def verify(out_root: str, spec: DatasetSpec, decode: bool = True) -> VerifyReport:
+def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int]
+           | None = None, decode: bool = True) -> VerifyReport:
   """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
 
   Args:
     out_root: the synthetic root.
     spec: the dataset.
-    decode: also decode every listed PNG to find unreadable ones.
+    needs: images each ``(y, b)`` group must hold (what the generate command
+      computes with :func:`ffr_jax.generation.counts.needed_per_group`); groups
+      with fewer usable images are reported as short. None: counts not checked.
+    decode: also check that every listed PNG decodes (files unchanged since
+      they last decoded fine are only checksummed).
 
   Returns:
     Missing files (listed, not on disk), orphans (on disk, not listed),
-    duplicate manifest entries, unreadable PNGs, stray temporary files, and
-    whether the manifest ends with a torn line.
+    duplicate manifest entries, unreadable PNGs, stray temporary files,
+    whether the manifest ends with a torn line, and the short groups.
   """
-  from ffr_jax.data.images import find_unreadable  # pylint: disable=import-outside-toplevel
   base = dataset_dir(out_root, spec)
   report = VerifyReport()
   path = os.path.join(base, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"No synthetic manifest at {path}: nothing was generated there yet. "
+        "Run the generation command without --verify.")
   with open(path, "rb") as f:
     data = f.read()
   report.torn_last_line = bool(data) and not data.endswith(b"\n")
   seen, listed = set(), set()
   counts = collections.Counter()
+  group_of: dict[str, str] = {}
   for rec in read_manifest(out_root, spec):
     report.records += 1
     key = (rec.cls, rec.bias, rec.index)
@@ -607,6 +657,7 @@ def verify(out_root: str, spec: DatasetSpec, decode: bool = True) -> VerifyRepor
       continue
     seen.add(key)
     listed.add(os.path.normpath(rec.file))
+    group_of[os.path.normpath(rec.file)] = f"{rec.cls}/{rec.bias}"
     counts[f"{rec.cls}/{rec.bias}"] += 1
     if not os.path.isfile(os.path.join(base, rec.file)):
       report.missing.append(os.path.normpath(rec.file))
@@ -617,6 +668,23 @@ def verify(out_root: str, spec: DatasetSpec, decode: bool = True) -> VerifyRepor
   if decode:
     missing = set(report.missing)
     present = sorted(p for p in listed if p not in missing)
-    bad = find_unreadable([os.path.join(base, p) for p in present])
+    bad = find_unreadable([os.path.join(base, p) for p in present],
+                          cache_path=verified_cache_path(out_root, spec))
     report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
+  if needs is not None:
+    broken = set(report.missing) | {os.path.normpath(p) for p in report.unreadable}
+    usable = collections.Counter(
+        group_of[p] for p in listed if p not in broken)
+    report.short = _short_groups(spec, per_group_counts(spec, needs), usable)
   return report
+
+
+def _short_groups(spec: DatasetSpec, needed: list[int], usable: collections.Counter
+                  ) -> dict[str, tuple[int, int]]:
+  """``{group name: (usable, needed)}`` of the groups below their need."""
+  out = {}
+  for g, need in enumerate(needed):
+    have = usable.get(spec.group_name(g), 0)
+    if have < need:
+      out[spec.group_name(g)] = (have, need)
+  return out
