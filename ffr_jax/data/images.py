@@ -6,6 +6,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,8 +129,13 @@ def _unreadable(path: str) -> str | None:
 
 
 def file_digest(data: bytes) -> str:
-  """A fast fingerprint of a file's bytes (BLAKE2b, 128 bits, hex)."""
-  return hashlib.blake2b(data, digest_size=16).hexdigest()
+  """A fast fingerprint of a file's bytes: ``"crc32:<hex>"``.
+
+  CRC-32 catches accidental damage (zeroed or flipped bytes, a truncation is
+  caught by the size already) and hashes about 5x faster than BLAKE2b here
+  (docs/reliability.md); nobody forges a corrupted JPEG to pass it.
+  """
+  return f"crc32:{zlib.crc32(data):08x}"
 
 
 def _fingerprint(path: str) -> tuple[list | None, str | None]:
@@ -152,7 +158,7 @@ def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
     paths: image files.
     num_threads: decoding threads (default: 2 per core, at most 16).
     cache_path: a JSON file remembering which files decoded fine, keyed by
-      path with their size and a digest of their bytes (:func:`file_digest`).
+      path with their size and a checksum of their bytes (:func:`file_digest`).
       A file whose bytes are unchanged is not decoded again (CelebA-HQ's 30k
       1024 px JPEGs take minutes to decode; reading and hashing them is
       several times cheaper, see docs/reliability.md). A file changed in any
