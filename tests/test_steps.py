@@ -5,9 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ffr_jax import config as config_lib
 from ffr_jax import models
+from ffr_jax.data.pipeline import normalize
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.mesh import make_shardings
@@ -27,7 +29,7 @@ def _setup(freeze_bn: bool):
   batch = {"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 2, 8).astype(np.int32),
            "group": rng.integers(0, 4, 8).astype(np.int32)}
-  return state, step, batch
+  return state, step, batch, model
 
 
 def _copy(tree):
@@ -35,7 +37,7 @@ def _copy(tree):
 
 
 def test_freeze_bn_keeps_statistics_but_trains_scale_and_offset():
-  state, step, batch = _setup(freeze_bn=True)
+  state, step, batch, _ = _setup(freeze_bn=True)
   before = _copy(state.variables())
   state, _ = step(state, batch)
   after = _copy(state.variables())
@@ -46,8 +48,31 @@ def test_freeze_bn_keeps_statistics_but_trains_scale_and_offset():
   assert np.abs(bn_after["bias"] - bn_before["bias"]).max() > 0
 
 
+def _mean_loss(model, variables, batch, train: bool) -> float:
+  apply = lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"])[0]
+  out = apply(variables, normalize(batch["image"]))
+  return float(optax.softmax_cross_entropy_with_integer_labels(
+      out.logits, batch["label"]).mean())
+
+
+def test_freeze_bn_normalises_with_the_running_statistics():
+  state, step, batch, model = _setup(freeze_bn=True)
+  # Running statistics far from any batch's: normalising with the batch's
+  # statistics instead gives a clearly different loss.
+  far = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 3.0 if path[-1].key == "mean" else x * 50.0,
+      state.batch_stats)
+  state = state.replace(batch_stats=far)
+  variables = _copy(state.variables())
+  eval_loss = _mean_loss(model, variables, batch, train=False)
+  batch_stats_loss = _mean_loss(model, variables, batch, train=True)
+  assert abs(eval_loss - batch_stats_loss) > 1e-2
+  _, metrics = step(state, batch)  # the loss is of the forward before the update
+  np.testing.assert_allclose(float(metrics["loss"]), eval_loss, rtol=1e-5)
+
+
 def test_unfrozen_bn_updates_statistics():
-  state, step, batch = _setup(freeze_bn=False)
+  state, step, batch, _ = _setup(freeze_bn=False)
   before = _copy(state.batch_stats)
   state, metrics = step(state, batch)
   after = _copy(state.batch_stats)
