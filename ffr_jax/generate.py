@@ -10,8 +10,10 @@ ASB and FFR stage 1 use at the configured bias ratio (``--modes`` adds USB);
 ``config.data.synthetic_root``, or ``{workdir}/synthetic`` when it is empty (the
 same default the training run reads). Rerunning the command resumes: only
 missing images are generated. ``--verify`` checks the folder against its
-manifest (missing, orphan, duplicate and unreadable files) without generating;
-a rerun without it repairs what it finds.
+manifest (missing, orphan, duplicate and unreadable files, and groups with
+fewer usable images than the config needs) without generating, and exits 1 on
+any problem; a rerun without it repairs what it finds (unreadable images are
+regenerated).
 
 Generators (``config.generate.generator``, see
 :mod:`ffr_jax.generation.factory`): ``stable_diffusion`` (a diffusers folder,
@@ -38,6 +40,7 @@ from ml_collections import config_flags
 
 from ffr_jax import cli
 from ffr_jax.data import datasets
+from ffr_jax.data.types import DatasetSplits
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory
 from ffr_jax.generation import writer as writer_lib
@@ -51,12 +54,22 @@ _WORKDIR = flags.DEFINE_string(
     "unless config.data.synthetic_root is set.")
 _VERIFY = flags.DEFINE_bool(
     "verify", False,
-    "Only check the folder against its manifest; exit 1 on problems.")
+    "Only check the folder against its manifest and the counts the config "
+    "needs; exit 1 on problems.")
 _MODES = flags.DEFINE_list(
     "modes", list(counts_lib.DEFAULT_MODES),
     "Compositions the folder must serve (usb, asb, ffr); sizes the groups "
     "when config.generate.per_group is -1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _needs(config) -> tuple[DatasetSplits, dict[tuple[int, int], int]]:
+  """The real splits and the images per group this config needs."""
+  datasets.prepare_dataset(config)
+  splits = datasets.load_dataset(config.data)
+  needs = counts_lib.needed_per_group(splits.spec, splits.train, _MODES.value,
+                                      counts_lib.configured_per_group(config))
+  return splits, needs
 
 
 def main(argv: list[str]) -> None:
@@ -66,17 +79,12 @@ def main(argv: list[str]) -> None:
   workdir = os.path.abspath(_WORKDIR.value)
   config = datasets.resolve_roots(_CONFIG.value, workdir)
   root = config.data.synthetic_root
+  splits, needs = _needs(config)
+  spec = splits.spec
   if _VERIFY.value:
-    spec = datasets.get_dataset(config.data.name).spec
-    report = writer_lib.verify(root, spec)
+    report = writer_lib.verify(root, spec, needs)
     print(report.text())
     sys.exit(0 if report.ok else 1)
-  datasets.prepare_dataset(config)
-  splits = datasets.load_dataset(config.data)
-  spec = splits.spec
-  per_group = (config.generate.per_group if config.generate.per_group >= 0
-               else config.data.synthetic_per_group)
-  needs = counts_lib.needed_per_group(spec, splits.train, _MODES.value, per_group)
   host0 = jax.process_index() == 0
   if host0:
     print(counts_lib.describe(spec, splits.train, needs), file=sys.stderr)

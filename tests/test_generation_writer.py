@@ -420,3 +420,21 @@ def test_lost_manifest_never_deletes_the_images(tmp_path):
   with pytest.raises(RuntimeError, match="not listed"):
     run(tmp_path, per_group=2)
   assert {p: p.read_bytes() for p in base.rglob("*.png")} == before
+
+
+def test_verify_command_exits_1_on_an_unfinished_folder(tmp_path):
+  # The measured defect: `--verify` printed OK for groups with 0 images; the
+  # command now sizes the groups from the config as generation does.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  folder = tmp_path / "w" / "synthetic" / "demo"
+  folder.mkdir(parents=True)
+  (folder / MANIFEST).write_text("")  # started, nothing written yet
+  proc = subprocess.run(
+      [sys.executable, "-m", "ffr_jax.generate",
+       f"--config={os.path.join(root, 'configs', 'demo.py')}:smoke",
+       f"--workdir={tmp_path / 'w'}", "--config.generate.per_group=3",
+       "--verify"],
+      capture_output=True, text=True, timeout=300, cwd=root,
+      env=dict(os.environ, FFR_JAX_CACHE=str(tmp_path / "cache")))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "short: 8 groups" in proc.stdout and "landbird/land 0/3" in proc.stdout

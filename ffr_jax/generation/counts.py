@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ml_collections
+
 from ffr_jax.data import compose
 from ffr_jax.data.types import DatasetSpec, Examples
 
@@ -45,6 +47,17 @@ def needed_per_group(spec: DatasetSpec, train: Examples,
     for g, n in compose.synthetic_needs(mode, spec, train, per_group).items():
       needs[g] = max(needs[g], int(n))
   return needs
+
+
+def configured_per_group(config: ml_collections.ConfigDict) -> int:
+  """The explicit per-group count a config asks for, or -1 (derive from data).
+
+  ``config.generate.per_group`` when set (>= 0), else
+  ``config.data.synthetic_per_group``: what the training run reads.
+  """
+  if config.generate.per_group >= 0:
+    return int(config.generate.per_group)
+  return int(config.data.synthetic_per_group)
 
 
 def describe(spec: DatasetSpec, train: Examples,
