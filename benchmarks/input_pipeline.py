@@ -6,7 +6,12 @@ real datasets' files) to a temporary folder, then times one training epoch of
 
 * ``threads=T``: decode in T threads in this process (``data.num_workers=0``);
 * ``workers=W``: grain worker processes (``data.num_workers=W``);
-* ``cache``: decode everything once into memory, then gather batches.
+* ``cache``: decode everything once into memory, then gather batches;
+* ``disk cache``: build the on-disk cache (``data.image_cache_dir``,
+  ``ffr_jax.data.image_cache``) once, then read epochs from it memory-mapped
+  (warm page cache) with T gather threads;
+* ``disk cache via grain``: the same memory-mapped images read per record
+  through grain (what the cache would cost without the vectorised gather).
 
 For each it reports the time to the first batch (worker start-up, cache fill)
 and the steady-state rate after it. A ``decode`` row gives the single-thread
@@ -26,10 +31,13 @@ import dataclasses
 import json
 import os
 import platform
+import re
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 
+import grain
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -54,6 +62,8 @@ class Row:
   first_batch_s: float
   steady_images_per_s: float
   total_images_per_s: float
+  # CPU seconds (all threads) per image: less sensitive to other load.
+  cpu_ms_per_image: float = 0.0
 
 
 def write_jpegs(root: str, n: int) -> Examples:
@@ -73,9 +83,10 @@ def write_jpegs(root: str, n: int) -> Examples:
 
 
 def time_epoch(batches_fn: Callable[[], object], batch_size: int) -> tuple[
-    int, float, float, float]:
-  """Returns (images, first-batch seconds, steady img/s, overall img/s)."""
+    int, float, float, float, float]:
+  """Returns (images, first-batch s, steady img/s, overall img/s, CPU ms/img)."""
   start = time.perf_counter()
+  cpu_start = time.process_time()
   first = None
   count = 0
   for batch in batches_fn():
@@ -83,8 +94,9 @@ def time_epoch(batches_fn: Callable[[], object], batch_size: int) -> tuple[
     if first is None:
       first = time.perf_counter()
   end = time.perf_counter()
+  cpu_ms = 1e3 * (time.process_time() - cpu_start) / max(count, 1)
   steady = (count - batch_size) / max(end - first, 1e-9)
-  return count, first - start, steady, count / (end - start)
+  return count, first - start, steady, count / (end - start), cpu_ms
 
 
 def decode_rate(paths: list[str], size: int, draft: bool) -> float:
@@ -129,7 +141,53 @@ def run(num_images: int, batch_size: int, sizes: list[int],
         print_row(rows[-1])
       rows.append(cached_row(examples, scheme, size, batch_size))
       print_row(rows[-1])
+      for row in disk_cache_rows(examples, scheme, size, batch_size, threads):
+        rows.append(row)
+        print_row(row)
   return rows
+
+
+def disk_cache_rows(examples: Examples, scheme: GroupScheme, size: int,
+                    batch_size: int, threads: list[int]) -> list[Row]:
+  """Build the on-disk cache, then epochs from it (gather, and via grain)."""
+  out = []
+  with tempfile.TemporaryDirectory() as cache_dir:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    source = pipeline.examples_source(examples, scheme, size,
+                                      cache_dir=cache_dir)
+    build = time.perf_counter() - start
+    cpu_ms = 1e3 * (time.process_time() - cpu_start) / len(source)
+    out.append(Row(size, "disk cache build", len(source), build,
+                   len(source) / build, len(source) / build, cpu_ms))
+    for t in threads:
+      loader = pipeline.TrainLoader(
+          source, batch_size, seed=0, flip=True,
+          read=pipeline.ReadOptions(num_threads=t))
+      list(loader.epoch(0))  # warms the page cache
+      out.append(Row(size, f"disk cache, threads={t}",
+                     *time_epoch(lambda: loader.epoch(1), batch_size)))
+    # Without flips: what the mirrored copy costs.
+    loader = pipeline.TrainLoader(source, batch_size, seed=0, flip=False,
+                                  read=pipeline.ReadOptions(num_threads=2))
+    out.append(Row(size, "disk cache, no flip, threads=2",
+                   *time_epoch(lambda: loader.epoch(1), batch_size)))
+    out.append(Row(size, "disk cache via grain (2 thr)",
+                   *time_epoch(lambda: grain_per_record(source, batch_size),
+                               batch_size)))
+  return out
+
+
+def grain_per_record(source: pipeline.RecordSource, batch_size: int):
+  """Cached records read one by one through grain, as without the gather."""
+  n = len(source) // batch_size * batch_size
+  order = pipeline.shuffled_indices(len(source), 0, 1)[:n]
+  flips = pipeline.flip_mask(len(source), 0, 1)[:n]
+  planned = grain.MapDataset.source(pipeline._PlannedRows(  # pylint: disable=protected-access
+      source, order, flips))
+  dataset = planned.to_iter_dataset(grain.ReadOptions(
+      num_threads=2, prefetch_buffer_size=2 * batch_size)).batch(
+          batch_size, batch_fn=pipeline._stack)  # pylint: disable=protected-access
+  return iter(dataset)
 
 
 def cached_row(examples: Examples, scheme: GroupScheme, size: int,
@@ -139,31 +197,52 @@ def cached_row(examples: Examples, scheme: GroupScheme, size: int,
   source = pipeline.examples_source(examples, scheme, size, cache=True)
   fill = time.perf_counter() - start
   loader = pipeline.TrainLoader(source, batch_size, seed=0, flip=True)
-  count, first, steady, _ = time_epoch(lambda: loader.epoch(0), batch_size)
+  count, first, steady, _, cpu_ms = time_epoch(lambda: loader.epoch(0),
+                                               batch_size)
   total = count / (fill + count / max(steady, 1e-9))
   return Row(size, "cache (fill, then epoch)", count, fill + first, steady,
-             total)
+             total, cpu_ms)
 
 
 def print_row(row: Row) -> None:
-  print(f"{row.size:>5} | {row.mode:<26} | {row.images:>6} | "
+  print(f"{row.size:>5} | {row.mode:<30} | {row.images:>6} | "
         f"{row.first_batch_s:>8.2f} | {row.steady_images_per_s:>10.0f} | "
-        f"{row.total_images_per_s:>10.0f}", flush=True)
+        f"{row.total_images_per_s:>10.0f} | {row.cpu_ms_per_image:>7.3f}",
+        flush=True)
+
+
+def cpu_flags() -> list[str]:
+  """The AVX flags of this CPU (memcpy and PIL's resize speed depend on them)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return []
+  return sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|avx2)\b", text)))
+
+
+def _uptime() -> str:
+  try:
+    return subprocess.run(["uptime"], capture_output=True, text=True,
+                          check=False).stdout.strip()
+  except OSError:
+    return ""
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--num_images", type=int, default=2000)
+  parser.add_argument("--num_images", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64])
-  parser.add_argument("--workers", type=int, nargs="+", default=[2])
-  parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+  parser.add_argument("--workers", type=int, nargs="*", default=[2])
+  parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
   parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
   args = parser.parse_args()
   # Other processes share the CPUs; the load average says how much.
   load_before = os.getloadavg()
-  print(f"{'size':>5} | {'mode':<26} | {'images':>6} | {'first s':>8} | "
-        f"{'steady/s':>10} | {'overall/s':>10}")
+  uptime_before = _uptime()
+  print(f"{'size':>5} | {'mode':<30} | {'images':>6} | {'first s':>8} | "
+        f"{'steady/s':>10} | {'overall/s':>10} | {'cpu ms':>7}")
   rows = run(args.num_images, args.batch_size, args.sizes, args.workers,
              args.threads)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -172,6 +251,9 @@ def main() -> None:
         "benchmark": "input_pipeline",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "processor": platform.processor(),
+                    "cpu_flags": cpu_flags(),
+                    "uptime_before": uptime_before,
+                    "uptime_after": _uptime(),
                     "loadavg_1_5_15_before": load_before,
                     "loadavg_1_5_15_after": os.getloadavg()},
         "source_images": f"{args.num_images} JPEGs at {SOURCE_SIZE}x{SOURCE_SIZE}",
