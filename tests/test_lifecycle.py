@@ -284,3 +284,60 @@ def test_hosts_agree_on_the_step_of_a_local_stop(monkeypatch):
     assert guard.should_stop(4)
     assert guard.should_stop(4)  # asked twice for one step: same answer
   assert guard.signal_name == "SIGTERM" and guard.exit_code == 143
+
+
+# A two-process jax.distributed job on CPU: a signal to one process stops
+# both after the same step.
+_HOST = textwrap.dedent("""
+    import sys, time
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[2],
+                               num_processes=2, process_id=int(sys.argv[1]))
+    from ffr_jax.training import lifecycle
+    with lifecycle.PreemptionGuard(sync_every=3) as guard:
+      step = 0
+      while step < 400:
+        step += 1
+        time.sleep(0.05)
+        if step == 5:
+          print("at step 5", flush=True)
+        if guard.should_stop(step):
+          break
+    print(f"stopped at {step} {guard.signal_name}", flush=True)
+    jax.distributed.shutdown()
+    sys.exit(guard.exit_code or 0)
+    """)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
+def test_two_hosts_stop_after_the_same_step(signum):
+  """SIGTERM goes through JAX's preemption service, Ctrl-C through the flag
+  exchange; either way the host not signalled stops at the same step."""
+  address = f"localhost:{_free_port()}"
+  hosts = [subprocess.Popen([sys.executable, "-c", _HOST, str(i), address],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  try:
+    _read_until(hosts[1], "at step 5")
+    hosts[1].send_signal(signum)
+    outs = [h.communicate(timeout=120)[0].splitlines() for h in hosts]
+  finally:
+    for h in hosts:
+      if h.poll() is None:
+        h.kill()
+  name = signal.Signals(signum).name
+  stops = [[line for line in out if line.startswith("stopped at")]
+           for out in outs]
+  assert stops[0] == stops[1] and len(stops[0]) == 1, outs
+  step = int(stops[0][0].split()[2])
+  assert 5 <= step < 400 and stops[0][0].endswith(name), outs
+  assert [h.returncode for h in hosts] == [lifecycle.exit_code(signum)] * 2
