@@ -103,11 +103,14 @@ def process_start_time(pid: int) -> float | None:
   stat, boot = _read(f"/proc/{pid}/stat"), _read("/proc/stat")
   if stat is None or boot is None:
     return None
-  # The command name (field 2) may hold spaces and parentheses: fields after
-  # its last ')' start at field 3, so field 22 (starttime) is index 19.
-  ticks = int(stat.rsplit(")", 1)[1].split()[19])
-  btime = next(int(line.split()[1]) for line in boot.splitlines()
-               if line.startswith("btime "))
+  try:
+    # The command name (field 2) may hold spaces and parentheses: fields
+    # after its last ')' start at field 3, so field 22 (starttime) is 19.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    btime = next(int(line.split()[1]) for line in boot.splitlines()
+                 if line.startswith("btime "))
+  except (IndexError, ValueError, StopIteration):  # not the Linux format
+    return None
   return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
