@@ -64,12 +64,17 @@ def to_rgb(im: Image.Image) -> np.ndarray:
   Raises:
     ValueError: a mode PIL cannot convert to RGB.
   """
+  return np.asarray(_rgb_image(im), dtype=np.uint8)
+
+
+def _rgb_image(im: Image.Image) -> Image.Image:
+  """:func:`to_rgb` as a PIL image (the resize then needs no copy)."""
   orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
   if orientation not in (None, 1):
     im = ImageOps.exif_transpose(im)
   mode = im.mode
   if mode == "RGB":
-    return np.asarray(im, dtype=np.uint8)
+    return im
   if mode in _WIDE_GRAY_MODES:
     levels = np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8
     return _gray_to_rgb(levels)
@@ -80,19 +85,21 @@ def to_rgb(im: Image.Image) -> np.ndarray:
   if mode in _ALPHA_MODES:
     rgba = np.asarray(im.convert(_ALPHA_MODES[mode]), dtype=np.uint32)
     # (c * a + 127) // 255 is c * a / 255 rounded half up, in integers.
-    return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
-  return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+  return im.convert("RGB")
 
 
-def _gray_to_rgb(levels: np.ndarray) -> np.ndarray:
-  return np.repeat(levels.astype(np.uint8)[..., None], 3, axis=-1)
+def _gray_to_rgb(levels: np.ndarray) -> Image.Image:
+  rgb = np.repeat(levels.astype(np.uint8)[..., None], 3, axis=-1)
+  return Image.fromarray(rgb, "RGB")
 
 
-def _open_rgb(path: str) -> np.ndarray:
-  """The full-size 8-bit RGB pixels of ``path`` (PIL errors propagate)."""
+def _open_rgb(path: str) -> Image.Image:
+  """``path`` decoded at full size as an 8-bit RGB image (PIL errors propagate)."""
   with Image.open(path) as im:
     im.load()  # decodes the pixel data; verify() misses truncated JPEGs
-    return to_rgb(im)
+    return _rgb_image(im)
 
 
 def decode(path: str, size: int) -> np.ndarray:
@@ -114,9 +121,9 @@ def decode(path: str, size: int) -> np.ndarray:
     # PIL raises many types for a bad file (OSError, SyntaxError, ValueError,
     # struct.error, ...); one type with the path is what the caller can use.
     raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
-  if rgb.shape[:2] != (size, size):
-    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-  return rgb
+  if rgb.size != (size, size):
+    rgb = rgb.resize((size, size), Image.BILINEAR)
+  return np.asarray(rgb, dtype=np.uint8)
 
 
 def _unreadable(path: str) -> str | None:
