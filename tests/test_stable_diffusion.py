@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_hub import fake_hub_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".jax_cache")
 MAX_LEVELS = 2
@@ -135,3 +137,31 @@ assert d.max() <= {MAX_LEVELS} and (d > 0).mean() <= {MAX_FRACTION}, d.max()
 print("OK")
 """
   assert "OK" in _run(["-c", code], devices=4)
+
+
+@pytest.mark.slow
+def test_hub_id_loads_the_same_arrays_as_the_folder_without_torch(tiny_sd, tmp_path):
+  """``generate.model=ORG/NAME`` + revision, from an offline cache, torch blocked.
+
+  About 25-85 s (a subprocess importing diffusers and loading twice); the
+  resolution itself is tested fast in tests/test_hub.py.
+  """
+  cache = str(tmp_path / "hub")
+  fake_hub_cache(cache, "CompVis/tiny-sd",
+                 {name: os.path.join(tiny_sd, name) for name in os.listdir(tiny_sd)},
+                 revisions=("flax",))
+  code = f"""
+import os, sys
+sys.modules["torch"] = None  # as on a TPU VM without torch
+os.environ.update(HF_HUB_CACHE={cache!r}, HF_HUB_OFFLINE="1")
+import jax, numpy as np
+from ffr_jax.generation.stable_diffusion import load_components
+_, hub = load_components("CompVis/tiny-sd", revision="flax")
+_, local = load_components({tiny_sd!r})
+a, b = jax.tree_util.tree_leaves_with_path(hub), jax.tree_util.tree_leaves_with_path(local)
+assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 50
+for (path, x), (_, y) in zip(a, b):
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+print("OK", len(a))
+"""
+  assert "OK" in _run(["-c", code])

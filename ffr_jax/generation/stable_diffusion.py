@@ -24,6 +24,15 @@ of the full release and is not part of the offline setup; the writer's
 grayscale/blank filter (``ffr_jax.generation.writer.reject_reason``) drops the
 black images the checker would produce, as the authors' filter did.
 
+Where the model comes from (``generate.model``, ``generate.revision``): a local
+diffusers folder, or a hub id such as ``CompVis/stable-diffusion-v1-4`` at a
+revision (``flax`` holds its Flax weights, ``bf16`` the same in bfloat16; ""
+the default branch). A hub id resolves to a snapshot folder in
+huggingface_hub's standard cache (:mod:`ffr_jax.hub`), downloaded once with only
+the five components we use (no safety checker, no PyTorch weights when Flax
+ones are there); ``HF_HUB_OFFLINE=1`` then reads the cache only. Everything
+after that is the local-folder path, so both load the same arrays.
+
 Weights: the folder needs Flax weights (``diffusion_flax_model.msgpack`` /
 ``flax_model.msgpack``, e.g. the ``flax`` revision of CompVis/stable-diffusion-v1-4).
 A folder with only PyTorch weights is converted on load (``from_pt=True``),
@@ -44,9 +53,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ffr_jax import hub
+
 SCHEDULERS = ("pndm", "ddim")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+# Weight files of other frameworks, fetched from the hub only where a component
+# has no Flax weights (then converted with from_pt=True, which needs torch).
+_OTHER_WEIGHTS = ("*.bin", "*.safetensors", "*.ckpt", "*.pt", "*.pth", "*.onnx",
+                  "*.onnx_data", "*.h5", "*.ot", "*.pb")
+_PT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors",
+               "diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
 def prepare_imports() -> None:
@@ -70,6 +88,43 @@ def _has_flax_weights(model_dir: str, subfolder: str) -> bool:
              for f in _FLAX_WEIGHTS)
 
 
+def resolve_model_dir(model: str, revision: str = "") -> str:
+  """The local diffusers folder of ``model``: itself, or its hub snapshot.
+
+  Args:
+    model: a local diffusers folder or a hub id ``ORG/NAME``.
+    revision: hub branch, tag or commit of a hub id ("" = the default branch).
+
+  Raises:
+    ValueError: a revision for a local folder.
+    FileNotFoundError: neither a folder nor a hub id, or a hub id that is not
+      cached and cannot be downloaded (one line, naming the cache).
+  """
+  if os.path.isdir(model):
+    if revision:
+      raise ValueError(
+          f"generate.revision={revision!r} applies to hub ids, but {model!r} is a local "
+          "folder; set --config.generate.revision= (empty) or pass a hub id.")
+    return model
+  if not hub.looks_like_repo_id(model):
+    raise FileNotFoundError(
+        f"generate.model={model!r} is neither a local diffusers folder nor a hub id "
+        "(ORG/NAME, e.g. CompVis/stable-diffusion-v1-4).")
+  ref = hub.hub_ref(model, revision)
+  patterns = ["model_index.json"] + [f"{c}/*" for c in COMPONENTS]
+  snapshot = hub.download_snapshot(ref, allow_patterns=patterns,
+                                   ignore_patterns=_OTHER_WEIGHTS)
+  missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(snapshot, c))]
+  if missing:
+    raise hub.not_found(ref, f"the components {missing}", "incomplete snapshot")
+  without_flax = [c for c in ("text_encoder", "unet", "vae")
+                  if not _has_flax_weights(snapshot, c)]
+  if without_flax:  # e.g. the default branch of a PyTorch-only release
+    snapshot = hub.download_snapshot(
+        ref, allow_patterns=[f"{c}/{f}" for c in without_flax for f in _PT_WEIGHTS])
+  return snapshot
+
+
 def _scheduler_class(name: str):
   prepare_imports()
   from diffusers import FlaxDDIMScheduler, FlaxPNDMScheduler  # pylint: disable=import-outside-toplevel
@@ -87,14 +142,16 @@ def _cast_floats(tree, dtype):
 
 
 def load_components(model_dir: str, scheduler: str = "pndm",
-                    dtype: str = "float32") -> tuple[dict, dict]:
+                    dtype: str = "float32", revision: str = "") -> tuple[dict, dict]:
   """Loads the SD modules and their parameters from a diffusers folder.
 
   Args:
     model_dir: diffusers layout with ``tokenizer/``, ``text_encoder/``,
-      ``unet/``, ``vae/`` and ``scheduler/`` subfolders.
+      ``unet/``, ``vae/`` and ``scheduler/`` subfolders, or a hub id of one
+      (see :func:`resolve_model_dir`).
     scheduler: ``"pndm"`` or ``"ddim"`` (built from ``scheduler/``'s config).
     dtype: compute and weight dtype of the networks (``float32``/``bfloat16``).
+    revision: hub revision of a hub id ("" = default branch).
 
   Returns:
     ``(modules, params)``: modules ``tokenizer, text_encoder, unet, vae,
@@ -105,12 +162,12 @@ def load_components(model_dir: str, scheduler: str = "pndm",
   from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
   if dtype not in DTYPES:
     raise ValueError(f"Unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}.")
-  missing = [s for s in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
-             if not os.path.isdir(os.path.join(model_dir, s))]
+  model_dir = resolve_model_dir(model_dir, revision)
+  missing = [s for s in COMPONENTS if not os.path.isdir(os.path.join(model_dir, s))]
   if missing:
     raise FileNotFoundError(
         f"{model_dir!r} is not a diffusers Stable Diffusion folder: missing "
-        f"subfolders {missing}. Pass --config.generate.model=<local folder>.")
+        f"subfolders {missing}. Pass --config.generate.model=<local folder or hub id>.")
   jdtype = DTYPES[dtype]
   tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
   text_encoder = FlaxCLIPTextModel.from_pretrained(
@@ -231,7 +288,7 @@ class StableDiffusionGenerator:
   """Flax Stable Diffusion over all devices; implements ``Generator``.
 
   Args:
-    model_dir: local diffusers folder.
+    model_dir: local diffusers folder or hub id (``CompVis/stable-diffusion-v1-4``).
     resolution: image side in pixels (512 for SD v1.4).
     steps: sampling steps (paper: 50 for animals, 25 for faces).
     guidance_scale: classifier-free guidance (paper: 7.5).
@@ -239,22 +296,24 @@ class StableDiffusionGenerator:
     dtype: ``"float32"`` or ``"bfloat16"`` (use bfloat16 on accelerators).
     batch_size: images per device per sampling call.
     devices: the devices of the ``('data',)`` mesh (default: all, all hosts).
-    name: recorded in the manifest (default ``"sd:<folder name>"``).
+    name: recorded in the manifest (default ``"sd:<folder or repo name>"``).
+    revision: hub revision of a hub id (``flax``, ``bf16``; "" = default).
   """
 
   def __init__(self, model_dir: str, *, resolution: int = 512, steps: int = 50,
                guidance_scale: float = 7.5, scheduler: str = "pndm",
                dtype: str = "float32", batch_size: int = 8,
                devices: Sequence[jax.Device] | None = None,
-               name: str | None = None):
-    modules, params = load_components(model_dir, scheduler, dtype)
+               name: str | None = None, revision: str = ""):
+    local_dir = resolve_model_dir(model_dir, revision)
+    modules, params = load_components(local_dir, scheduler, dtype)
     self._setup(modules, params, resolution=resolution, steps=steps,
                 guidance_scale=guidance_scale, scheduler=scheduler, dtype=dtype,
                 batch_size=batch_size, devices=devices,
                 name=name or "sd:" + os.path.basename(os.path.normpath(model_dir)))
     # Recorded in generation.json and checked on resume, so a folder is never
     # continued with another model that happens to share a folder name.
-    self.settings["model"] = model_fingerprint(model_dir)
+    self.settings["model"] = model_fingerprint(local_dir)
 
   @classmethod
   def from_components(cls, modules: dict, params: dict, *, name: str = "sd",

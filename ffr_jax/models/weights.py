@@ -1,11 +1,16 @@
 """Load torchvision ResNet checkpoints into our Flax variables.
 
-Users bring ImageNet weights they already have on disk (we never download):
+Where the ImageNet weights come from (``model.pretrained``):
 
 * ``.safetensors``: read with ``safetensors.numpy``, no torch needed;
 * ``.pth`` / ``.pt``: read with torch when it is installed; otherwise the error
   says how to convert the file once on a machine with torch
-  (``python -m ffr_jax.models.weights model.pth model.safetensors``).
+  (``python -m ffr_jax.models.weights model.pth model.safetensors``);
+* ``hf-hub:ORG/NAME[@REVISION]``: the repository's ``model.safetensors``, from
+  huggingface_hub's cache or downloaded into it once (:mod:`ffr_jax.hub`), no
+  torch needed. ``hf-hub:timm/resnet50.tv_in1k`` is torchvision's original
+  ImageNet-1k ResNet-50 (the paper's) as timm publishes it; timm's names are
+  checked and mapped by :func:`timm_to_torchvision`.
 
 Name mapping (torchvision -> ours, see :mod:`ffr_jax.models.resnet`):
 ``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/kernel`` (OIHW -> HWIO),
@@ -24,6 +29,7 @@ checkpoints); otherwise the model's freshly initialised head is kept.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +37,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from ffr_jax import hub
+
+HUB_PREFIX = hub.HUB_PREFIX
+# The file a timm hub repository holds its weights in.
+TIMM_WEIGHTS_FILE = "model.safetensors"
 Variables = dict[str, Any]
 
 _LEAF_NAMES = {
@@ -104,6 +115,79 @@ def convert_pth_to_safetensors(pth_path: str | os.PathLike[str],
   from safetensors.numpy import save_file
   state = _read_torch(os.fspath(pth_path))
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.fspath(out_path))
+
+
+# timm's ResNet (timm/models/resnet.py) in its default variant (7x7 stem,
+# strided-conv shortcut; the ``.tv_in1k``, ``.a1_in1k``, ... checkpoints) names
+# every module as torchvision does. The mapping, module by module (timm ->
+# torchvision), with the leaves weight/bias/running_mean/running_var/
+# num_batches_tracked kept as they are:
+#   conv1 -> conv1, bn1 -> bn1                          (stem: ResNet.conv1/bn1)
+#   layer{s}.{j}.conv{k} / .bn{k} -> the same, k in 1-3 (Bottleneck/BasicBlock)
+#   layer{s}.{j}.downsample.0 / .1 -> the same          (downsample_conv: conv, bn)
+#   fc -> fc                                            (create_classifier's Linear)
+# Other variants name other modules (deep stem ``conv1.0``, average-pool
+# shortcut ``downsample.1`` = conv / ``.2`` = bn, ``se``/``attn`` blocks): those
+# are other architectures and are refused, not silently mis-mapped.
+_TIMM_MODULES = (
+    (re.compile(r"^(conv1|bn1|fc)$"), r"\1"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3])$"), r"layer\1.\2.\3"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.([01])$"), r"layer\1.\2.downsample.\3"),
+)
+_TIMM_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def timm_to_torchvision_name(name: str) -> str | None:
+  """torchvision's name for a timm ResNet parameter, or None if it has none."""
+  module, _, leaf = name.rpartition(".")
+  if leaf not in _TIMM_LEAVES:
+    return None
+  for pattern, replacement in _TIMM_MODULES:
+    if pattern.match(module):
+      return f"{pattern.sub(replacement, module)}.{leaf}"
+  return None
+
+
+def timm_to_torchvision(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
+                        ) -> dict[str, np.ndarray]:
+  """Renames a timm ResNet state dict to torchvision's names.
+
+  Args:
+    state: timm parameter name -> array.
+    source: named in the error.
+
+  Returns:
+    torchvision name -> the same array.
+
+  Raises:
+    WeightsError: a name of another timm variant (listed, with the fix).
+  """
+  out, unknown = {}, []
+  for name, value in state.items():
+    tv_name = timm_to_torchvision_name(name)
+    if tv_name is None:
+      unknown.append(name)
+    else:
+      out[tv_name] = value
+  if unknown:
+    shown = ", ".join(sorted(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
+    raise WeightsError(
+        f"{source} is not a torchvision-style timm ResNet: {len(unknown)} parameters have "
+        f"names of another variant ({shown}); use e.g. {HUB_PREFIX}timm/resnet50.tv_in1k.")
+  return out
+
+
+def read_hub_state_dict(reference: str) -> dict[str, np.ndarray]:
+  """The torchvision-named state dict of ``hf-hub:ORG/NAME[@REVISION]`` (no torch).
+
+  Raises:
+    ValueError: a malformed reference.
+    FileNotFoundError: not cached and not downloadable (one line).
+    WeightsError: not a torchvision-style ResNet.
+  """
+  ref = hub.parse_hub_ref(reference)
+  path = hub.download_file(ref, TIMM_WEIGHTS_FILE)
+  return timm_to_torchvision(read_state_dict(path), source=reference)
 
 
 def flax_to_torch_name(collection: str, path: tuple[str, ...]) -> str:
@@ -238,14 +322,19 @@ def load_torchvision_weights(path: str | os.PathLike[str], variables: Mapping[st
   """Reads a checkpoint and maps it onto ``variables`` (see :func:`torchvision_to_flax`).
 
   Args:
-    path: ``.safetensors`` (no torch needed) or ``.pth`` (needs torch).
+    path: ``.safetensors`` (no torch needed), ``.pth`` (needs torch) or
+      ``hf-hub:ORG/NAME[@REVISION]`` (a timm repository; no torch needed).
     variables: initialised ``{"params", "batch_stats"}`` of the model.
     keep_head: see :func:`torchvision_to_flax`.
 
   Returns:
     The loaded variables.
   """
-  return torchvision_to_flax(read_state_dict(path), variables, keep_head=keep_head)
+  if hub.is_hub_ref(os.fspath(path)):
+    state = read_hub_state_dict(os.fspath(path))
+  else:
+    state = read_state_dict(path)
+  return torchvision_to_flax(state, variables, keep_head=keep_head)
 
 
 def main(argv: list[str]) -> int:
