@@ -28,7 +28,7 @@ from ffr_jax.training.mesh import Shardings, make_shardings
 EMBEDDINGS_PNG = "embeddings.png"
 EMBEDDINGS_JSON = "embeddings.json"
 EMBEDDINGS_NPZ = "embeddings.npz"
-RISE_PNG = "rise.png"
+RISE_PNG = rise_lib.page_name(1)  # the first page of the grid
 RISE_JSON = "rise.json"
 RISE_NPZ = "rise.npz"
 SAMPLE_PREFIX = "sample:"
@@ -176,9 +176,10 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                 seed: int = 0, shardings: Shardings | None = None) -> dict:
   """RISE maps of chosen or sampled images under every run, as one grid.
 
-  Writes ``{out_dir}/rise.png`` (rows images, columns runs), ``rise.json``
-  (per image and run: target class, its probability, the prediction) and
-  ``rise.npz`` (images and maps).
+  Writes the grid as pages ``{out_dir}/rise_page1.png``, ``rise_page2.png``,
+  ... (rows images, columns runs; at most ``rise_lib.MAX_PAGE_PX`` high),
+  ``rise.json`` (per image and run: target class, its probability, the
+  prediction; the page files) and ``rise.npz`` (images and maps).
 
   Args:
     workdirs: training workdirs (or run folders).
@@ -255,9 +256,10 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   row_labels = [os.path.basename(p) if lab is None else
                 f"{spec.class_names[lab[0]]}/{spec.bias_names[lab[1]]}\n"
                 f"{SOURCE_NAMES[lab[2]]}" for p, lab in zip(paths, labels)]
-  rise_lib.plot_grid(pixels, row_labels, [r.name for r in loaded], maps, notes,
-                     os.path.join(out_dir, RISE_PNG), _title(loaded))
+  pages = rise_lib.plot_pages(pixels, row_labels, [r.name for r in loaded], maps,
+                              notes, out_dir, _title(loaded))
   report = {"images": per_image, "runs": [r.name for r in loaded],
+            "pages": [os.path.basename(p) for p in pages],
             "stage": [r.stage for r in loaded],
             "rise": {"num_masks": rise.num_masks, "grid": rise.grid,
                      "p": rise.p, "batch": rise.batch, "seed": rise.seed},

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -168,10 +169,34 @@ def region_mass(saliency: np.ndarray, region: np.ndarray) -> float:
   return float(s[region].sum()) / total if total > 0 else 0.0
 
 
-def plot_grid(images: list[np.ndarray], row_labels: list[str],
+# Figure pages: at most MAX_PAGE_PX high at DPI, so that a many-image grid is
+# several readable pages, not one very tall image.
+DPI = 120
+MAX_PAGE_PX = 2000
+ROW_INCHES = 2.0     # one image row with its captions
+HEADER_INCHES = 0.6  # the figure title and the column titles
+COL_INCHES = 1.9
+PAGE_PNG = "rise_page{page}.png"
+
+
+def rows_per_page(max_px: int = MAX_PAGE_PX) -> int:
+  """How many image rows fit a page of at most ``max_px`` pixels."""
+  return max(1, int((max_px / DPI - HEADER_INCHES) // ROW_INCHES))
+
+
+def page_name(page: int) -> str:
+  """File name of page ``page`` (1-based)."""
+  return PAGE_PNG.format(page=page)
+
+
+def draw_page(images: list[np.ndarray], row_labels: list[str],
               col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
-              path: str, title: str = "") -> None:
-  """Figure 6-style grid: rows images, first column the image, then one per run.
+              title: str = ""):
+  """One page of the Figure 6-style grid, as a matplotlib figure.
+
+  Rows are images; the first column is the image, then one column per run.
+  The title is a ``suptitle`` that constrained layout gives its own strip,
+  so it never covers the column titles or the captions.
 
   Args:
     images: uint8 ``[H, W, 3]`` per row.
@@ -179,16 +204,19 @@ def plot_grid(images: list[np.ndarray], row_labels: list[str],
     col_labels: one per run.
     maps: ``[rows, runs, H, W]`` saliency of each row's target class.
     notes: ``[rows][runs]`` short captions (e.g. the class probability).
-    path: PNG to write.
     title: figure title.
+
+  Returns:
+    The figure (the caller saves and closes it).
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   rows, cols = len(images), len(col_labels) + 1
-  fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.4),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+      rows, cols, figsize=(COL_INCHES * cols, ROW_INCHES * rows + HEADER_INCHES),
+      squeeze=False, layout="constrained", dpi=DPI)
   for r, image in enumerate(images):
     axes[r, 0].imshow(image, interpolation="nearest")
     axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
@@ -209,7 +237,43 @@ def plot_grid(images: list[np.ndarray], row_labels: list[str],
     ax.set_yticks([])
   if title:
     fig.suptitle(title, fontsize=9)
-  # Leave the suptitle its own strip above the column titles.
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
+
+
+def plot_pages(images: list[np.ndarray], row_labels: list[str],
+               col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
+               out_dir: str, title: str = "", max_px: int = MAX_PAGE_PX) -> list[str]:
+  """The grid as pages ``rise_page1.png``, ... of at most ``max_px`` pixels high.
+
+  Pages left over from an earlier, longer grid in ``out_dir`` are removed, so
+  the folder never mixes two grids.
+
+  Args:
+    images, row_labels, col_labels, maps, notes, title: as for :func:`draw_page`.
+    out_dir: where the pages go.
+    max_px: page height limit.
+
+  Returns:
+    The paths written, in page order.
+  """
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  per_page = rows_per_page(max_px)
+  starts = list(range(0, len(images), per_page))
+  paths = []
+  for page, start in enumerate(starts, 1):
+    rows = slice(start, start + per_page)
+    page_title = f"{title} (page {page}/{len(starts)})" if len(starts) > 1 else title
+    fig = draw_page(images[rows], row_labels[rows], col_labels, maps[rows],
+                    notes[rows], page_title)
+    paths.append(os.path.join(out_dir, page_name(page)))
+    fig.savefig(paths[-1], dpi=DPI)
+    plt.close(fig)
+  _remove_stale_pages(out_dir, len(starts))
+  return paths
+
+
+def _remove_stale_pages(out_dir: str, pages: int) -> None:
+  page = pages + 1
+  while os.path.exists(os.path.join(out_dir, page_name(page))):
+    os.remove(os.path.join(out_dir, page_name(page)))
+    page += 1
