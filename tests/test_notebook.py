@@ -15,6 +15,10 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "ffr_colab.ipynb"
+# What the notebook's real-data path uses on a TPU (the README's hub-id commands).
+HUB_WEIGHTS = "hf-hub:timm/resnet50.tv_in1k"
+HUB_SD = "CompVis/stable-diffusion-v1-4"
+HUB_SD_REVISION = "flax"
 
 
 def _parameters(workdir: pathlib.Path, modes: str, per_group: int,
@@ -29,6 +33,10 @@ def _parameters(workdir: pathlib.Path, modes: str, per_group: int,
       f"ANALYSIS_PER_GROUP = {per_group}",
       "RISE_IMAGES = 'sample:1'",
       f"RISE_MASKS = {masks}",
+      "REAL_DATA = False",  # the demo path: nothing is downloaded
+      f"PRETRAINED = {HUB_WEIGHTS!r}",
+      f"SD_MODEL = {HUB_SD!r}",
+      f"SD_REVISION = {HUB_SD_REVISION!r}",
   ])
 
 
@@ -51,7 +59,7 @@ def _png_outputs(nb) -> int:
 
 def _check(nb, workdir: pathlib.Path, runs: list[str]) -> None:
   analysis = workdir / "analysis"
-  for name in ("embeddings.png", "embeddings.json", "rise.png", "rise.json"):
+  for name in ("embeddings.png", "embeddings.json", "rise_page1.png", "rise.json"):
     assert (analysis / name).stat().st_size > 0, name
   for run in runs:
     assert (workdir / run / "results.json").is_file()
@@ -61,6 +69,26 @@ def _check(nb, workdir: pathlib.Path, runs: list[str]) -> None:
                  for cell in nb.cells if cell.cell_type == "code"
                  for out in cell.get("outputs", []))
   assert "| ffr | erm |" in text and "probe" in text
+
+
+def test_real_data_cell_sets_the_hub_ids_through_config_keys():
+  """The TPU real-data path: the parameter cell's hub ids are valid config values."""
+  from ffr_jax import hub
+  from ffr_jax.analysis import notebook
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  params: dict = {}
+  exec([c for c in nb.cells if "parameters" in c.metadata.get("tags", [])][0].source,
+       params)  # pylint: disable=exec-used
+  assert params["REAL_DATA"] is False  # the executed demo stays download-free
+  assert (params["PRETRAINED"], params["SD_MODEL"], params["SD_REVISION"]) == (
+      HUB_WEIGHTS, HUB_SD, HUB_SD_REVISION)
+  cell = [c.source for c in nb.cells if '"generate.revision": SD_REVISION' in c.source]
+  assert len(cell) == 1 and '"model.pretrained": PRETRAINED' in cell[0]
+  config = notebook.load_config(str(ROOT / "configs" / "spuco.py"), {
+      "model.pretrained": HUB_WEIGHTS, "generate.model": HUB_SD,
+      "generate.revision": HUB_SD_REVISION})
+  assert hub.parse_hub_ref(config.model.pretrained).repo_id == "timm/resnet50.tv_in1k"
+  assert hub.looks_like_repo_id(config.generate.model)
 
 
 def test_notebook_runs_on_cpu_two_modes(tmp_path):
