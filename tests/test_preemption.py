@@ -1,6 +1,6 @@
-"""End to end: SIGTERM (a preemption notice) at random times, then a rerun,
-gives the results of a run never stopped; each stop is one line, exit code
-143, a finished checkpoint and no Orbax temporary folder."""
+"""End to end: SIGTERM (a preemption notice) at random points of a run, then
+a rerun, gives the results of a run never stopped; each stop is one line,
+exit code 143, a finished checkpoint and no Orbax temporary folder."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ OVERRIDES = ("--config.mode=ffr", "--config.method=groupdro",
              "--config.train.checkpoint_every=2")
 LOCK_FILE = lifecycle.LOCK_FILE
 RESUME_LINE = "rerun the same command to resume"
-KILLS = 3
 
 
 def _main(workdir) -> list[str]:
@@ -31,35 +30,58 @@ def _main(workdir) -> list[str]:
           f"--workdir={workdir}", *OVERRIDES]
 
 
-def _start(workdir) -> subprocess.Popen:
-  return subprocess.Popen(_main(workdir), cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=dict(os.environ))
+def _start(workdir, log: pathlib.Path) -> subprocess.Popen:
+  # stderr to a file: a full pipe nobody reads would block the run.
+  return subprocess.Popen(_main(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=open(log, "w"), env=dict(os.environ))
 
 
-def _wait_for_lock(proc, workdir: pathlib.Path, timeout=300) -> float:
-  """When the run owns its workdir (its signal handlers are in place then)."""
+def _checkpoint_steps(workdir: pathlib.Path, stage: str) -> set[int]:
+  return {int(p.name) for p in workdir.glob(f"stages/{stage}-*/checkpoints/*")
+          if p.name.isdigit()}
+
+
+def _wait_for_new_checkpoints(proc, workdir: pathlib.Path, stage: str,
+                              count: int, log: pathlib.Path, timeout=600):
+  """Until ``count`` checkpoints of ``stage`` newer than any before were
+  written (so training is under way, and not near its end)."""
+  before = max(_checkpoint_steps(workdir, stage), default=0)
+  new: set[int] = set()
   start = time.monotonic()
   while time.monotonic() - start < timeout:
-    if (workdir / LOCK_FILE).exists():
-      return time.monotonic()
+    # Only the last two are kept: collect what each poll sees.
+    new |= {s for s in _checkpoint_steps(workdir, stage) if s > before}
+    if len(new) >= count:
+      return
     if proc.poll() is not None:
-      raise AssertionError("the run ended before taking its workdir:\n"
-                           + proc.stderr.read()[-3000:])
+      raise AssertionError(f"the run ended before {count} new {stage} "
+                           "checkpoints:\n" + log.read_text()[-3000:])
     time.sleep(0.05)
-  raise AssertionError("the run never took its workdir")
+  raise AssertionError(f"no {count} new {stage} checkpoints appeared")
 
 
-def _comparable(workdir: pathlib.Path) -> dict:
-  """results.json without wall times and with the workdir's path masked."""
+def _comparable(workdir: pathlib.Path) -> dict[str, object]:
+  """results.json as {key path: value}, without wall times and with the
+  workdir's path masked."""
   text = (workdir / "results.json").read_text().replace(str(workdir), "W")
-  def strip(x):
+  flat = {}
+  def walk(x, path):
     if isinstance(x, dict):
-      return {k: strip(v) for k, v in x.items() if k != "wall_seconds"}
-    if isinstance(x, list):
-      return [strip(v) for v in x]
-    return x
-  return strip(json.loads(text))
+      for k, v in x.items():
+        if k != "wall_seconds":
+          walk(v, f"{path}/{k}")
+    elif isinstance(x, list):
+      for i, v in enumerate(x):
+        walk(v, f"{path}[{i}]")
+    else:
+      flat[path] = x
+  walk(json.loads(text), "")
+  return flat
+
+
+def _differences(got: dict, expected: dict) -> dict[str, tuple]:
+  return {k: (got.get(k), expected.get(k)) for k in sorted({*got, *expected})
+          if got.get(k, KeyError) != expected.get(k, KeyError)}
 
 
 def _orbax_tmp_folders(workdir: pathlib.Path) -> list[str]:
@@ -70,25 +92,28 @@ def _orbax_tmp_folders(workdir: pathlib.Path) -> list[str]:
 def test_sigterm_at_random_times_then_rerun_gives_the_uninterrupted_result(
     tmp_path):
   straight = tmp_path / "straight"
-  proc = _start(straight)
-  owned_at = _wait_for_lock(proc, straight)
-  _, err = proc.communicate(timeout=900)
-  assert proc.returncode == 0, err[-4000:]
-  busy_seconds = time.monotonic() - owned_at
+  log = tmp_path / "straight.log"
+  proc = _start(straight, log)
+  assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
   expected = _comparable(straight)
 
-  # Each stop lands within the first quarter of a whole run's work, so three
-  # of them (which each also repeat the start-up) never reach its end.
+  # Two stops in stage 1 (24 steps), one in stage 2 (25 steps), each after
+  # 1-4 new checkpoints (one every 2 steps) and up to a second more: random
+  # points inside a step or a save, never past the end of the run.
   rng = random.Random(0)
-  delays = [rng.uniform(0.05, 0.25) * busy_seconds for _ in range(KILLS)]
+  stops = [(stage, rng.randint(1, 4), rng.uniform(0.0, 1.0))
+           for stage in ("stage1", "stage1", "stage2")]
   workdir = tmp_path / "stopped"
-  for i, delay in enumerate(delays):
-    proc = _start(workdir)
-    owned_at = _wait_for_lock(proc, workdir)
-    time.sleep(max(0.0, owned_at + delay - time.monotonic()))
+  for i, (stage, count, delay) in enumerate(stops):
+    log = tmp_path / f"stop{i + 1}.log"
+    proc = _start(workdir, log)
+    _wait_for_new_checkpoints(proc, workdir, stage, count, log)
+    time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    where = f"stop {i + 1} ({delay:.1f} s after start):\n{err[-3000:]}"
+    proc.wait(timeout=600)
+    err = log.read_text()
+    where = (f"stop {i + 1} ({stage}, {delay:.2f} s after {count} new "
+             f"checkpoints):\n{err[-3000:]}")
     assert proc.returncode == 143, where
     assert "Traceback" not in err, where
     assert sum(RESUME_LINE in line for line in err.splitlines()) == 1, where
@@ -96,8 +121,8 @@ def test_sigterm_at_random_times_then_rerun_gives_the_uninterrupted_result(
     assert not (workdir / LOCK_FILE).exists(), where  # released on the way out
     assert not (workdir / "results.json").exists(), where
 
-  proc = _start(workdir)
-  _, err = proc.communicate(timeout=900)
-  assert proc.returncode == 0, err[-4000:]
-  assert _comparable(workdir) == expected
+  log = tmp_path / "final.log"
+  proc = _start(workdir, log)
+  assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+  assert not _differences(_comparable(workdir), expected)
   assert not _orbax_tmp_folders(workdir)
