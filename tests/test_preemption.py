@@ -126,3 +126,26 @@ def test_sigterm_at_random_times_then_rerun_gives_the_uninterrupted_result(
   assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
   assert not _differences(_comparable(workdir), expected)
   assert not _orbax_tmp_folders(workdir)
+
+
+@pytest.mark.slow
+def test_second_command_on_a_busy_workdir_is_refused_with_one_line(tmp_path):
+  workdir = tmp_path / "w"
+  log = tmp_path / "first.log"
+  first = _start(workdir, log)
+  try:
+    _wait_for_new_checkpoints(first, workdir, "stage1", 1, log)
+    second = subprocess.run(_main(workdir), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ))
+  finally:
+    first.send_signal(signal.SIGINT)
+    first.wait(timeout=600)
+  lines = second.stderr.strip().splitlines()
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert lines[-1].startswith(f"error: workdir {workdir} is in use by pid "
+                              f"{first.pid} "), lines
+  assert "Traceback" not in second.stderr
+  # The first one was not disturbed, and Ctrl-C stopped it cleanly.
+  assert first.returncode == 130, log.read_text()[-3000:]
+  assert sum(RESUME_LINE in line for line in log.read_text().splitlines()) == 1
+  assert not _orbax_tmp_folders(workdir)
