@@ -304,8 +304,9 @@ class WorkdirLock:
         raise WorkdirBusyError(self._busy_message(owner))
       if self._take_over(text, me, why):
         break
-      if time.monotonic() > deadline:
-        raise WorkdirBusyError(self._busy_message(owner))
+      if time.monotonic() > deadline:  # name whoever holds it now
+        current = _Owner.parse(_read(self.path))
+        raise WorkdirBusyError(self._busy_message(current or owner))
       time.sleep(0.05)  # someone else is taking it over: see who won
     self._owner = me
     self._stop.clear()
