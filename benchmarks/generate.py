@@ -55,6 +55,24 @@ SD14_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False,
     steps_offset=1)
+# --tiny: the same component classes at toy sizes, for a CPU smoke run of the
+# script (tests/test_benchmarks_smoke.py); its numbers mean nothing.
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64), layers_per_block=1,
+    attention_head_dim=8, cross_attention_dim=32)
+TINY_VAE = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(32, 32), layers_per_block=1,
+    latent_channels=4, norm_num_groups=32, sample_size=16)
+TINY_TEXT = dict(
+    vocab_size=49408, hidden_size=32, intermediate_size=64,
+    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+    hidden_act="quick_gelu", projection_dim=32)
 PROMPTS = ("A photo of indoors small dog", "a photo of a cat in the kitchen",
            "A photo of water landbird", "A photo of land waterbird")
 
@@ -70,9 +88,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--guidance-scale", type=float, default=7.5)
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
   p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+  p.add_argument("--torch-dtype", default="same",
+                 choices=("same", "float32", "float16", "bfloat16"),
+                 help="dtype of the PyTorch pipeline (same: --dtype); float16 is "
+                 "diffusers' usual GPU setting")
+  p.add_argument("--tiny", action="store_true",
+                 help="toy-sized components (a smoke run of the script, not a benchmark)")
   p.add_argument("--label", default="")
   p.add_argument("--out", default=RESULTS)
   return p.parse_args(argv)
+
+
+def architecture(tiny: bool) -> tuple[dict, dict, dict]:
+  """(unet, vae, text encoder) configs: SD v1.4's or the toy ones."""
+  if tiny:
+    return TINY_UNET, TINY_VAE, TINY_TEXT
+  return SD14_UNET, SD14_VAE, SD14_TEXT
 
 
 def _tokenizer(max_length: int = 77):
@@ -108,7 +139,7 @@ def _random_params(shapes, seed: int):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def jax_components(dtype: str, scheduler: str):
+def jax_components(dtype: str, scheduler: str, tiny: bool = False):
   """SD v1.4 modules and random params, in :func:`load_components`'s format."""
   from ffr_jax.generation import stable_diffusion as sd  # pylint: disable=import-outside-toplevel
   sd.prepare_imports()
@@ -117,9 +148,10 @@ def jax_components(dtype: str, scheduler: str):
   from transformers import CLIPTextConfig, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
   jdtype = sd.DTYPES[dtype]
   key = jax.random.key(0)
-  text = FlaxCLIPTextModel(CLIPTextConfig(**SD14_TEXT), _do_init=False, dtype=jdtype)
-  unet = FlaxUNet2DConditionModel(**SD14_UNET, dtype=jdtype)
-  vae = FlaxAutoencoderKL(**SD14_VAE, dtype=jdtype)
+  unet_cfg, vae_cfg, text_cfg = architecture(tiny)
+  text = FlaxCLIPTextModel(CLIPTextConfig(**text_cfg), _do_init=False, dtype=jdtype)
+  unet = FlaxUNet2DConditionModel(**unet_cfg, dtype=jdtype)
+  vae = FlaxAutoencoderKL(**vae_cfg, dtype=jdtype)
   sched_cls = sd._scheduler_class(scheduler)  # pylint: disable=protected-access
   sched = sched_cls(**{k: v for k, v in SD14_SCHEDULER.items()
                        if k in inspect.signature(sched_cls.__init__).parameters})
@@ -146,7 +178,7 @@ def bench_jax(args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from ffr_jax.generation.stable_diffusion import StableDiffusionGenerator  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
-  modules, params = jax_components(args.dtype, args.scheduler)
+  modules, params = jax_components(args.dtype, args.scheduler, args.tiny)
   counts = {k: _count(v) for k, v in params.items() if k != "scheduler"}
   gen = StableDiffusionGenerator.from_components(
       modules, params, name="sd14-random", resolution=args.resolution,
@@ -181,16 +213,22 @@ def bench_torch(args, n: int) -> dict:
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   dev = "cuda" if torch.cuda.is_available() else "cpu"
-  tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+  tdtype = getattr(torch, args.dtype if args.torch_dtype == "same" else args.torch_dtype)
+  unet_cfg, vae_cfg, text_cfg = architecture(args.tiny)
   t0 = time.perf_counter()
   sched_cls = PNDMScheduler if args.scheduler == "pndm" else DDIMScheduler
   sched = sched_cls(**{k: v for k, v in SD14_SCHEDULER.items()
                        if k in inspect.signature(sched_cls.__init__).parameters})
   pipe = StableDiffusionPipeline(
-      vae=AutoencoderKL(**SD14_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**SD14_TEXT)),
-      tokenizer=_tokenizer(), unet=UNet2DConditionModel(**SD14_UNET), scheduler=sched,
+      vae=AutoencoderKL(**vae_cfg), text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
+      tokenizer=_tokenizer(), unet=UNet2DConditionModel(**unet_cfg), scheduler=sched,
       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
   pipe = pipe.to(dev, tdtype)
+  # torch 2's fused scaled-dot-product attention (diffusers' default; explicit
+  # so the record says what ran).
+  from diffusers.models.attention_processor import AttnProcessor2_0  # pylint: disable=import-outside-toplevel
+  pipe.unet.set_attn_processor(AttnProcessor2_0())
+  pipe.vae.set_attn_processor(AttnProcessor2_0())
   pipe.set_progress_bar_config(disable=True)
   build_s = time.perf_counter() - t0
   prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
@@ -210,14 +248,16 @@ def bench_torch(args, n: int) -> dict:
       call(c + 1)
     timed = time.perf_counter() - t0
   ips = n * args.calls / timed
-  return {"impl": f"diffusers StableDiffusionPipeline (torch {torch.__version__})",
+  return {"impl": f"diffusers StableDiffusionPipeline (torch {torch.__version__}, "
+                  f"{str(tdtype).removeprefix('torch.')}, SDPA)",
           "device": dev, "num_devices": 1, "global_batch": n,
           "threads": torch.get_num_threads(), "build_s": round(build_s, 1),
           "first_call_s": round(first_s, 1), "seconds_per_call": round(timed / args.calls, 2),
           "images_per_s": round(ips, 4), "images_per_s_per_device": round(ips, 4)}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
+  """Runs the benchmark; appends its record to ``--out`` and returns it."""
   args = parse_args(argv)
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   rows = [bench_jax(args)]
@@ -229,8 +269,10 @@ def main(argv=None) -> None:
     except ImportError as e:
       print(f"torch baseline skipped: {e}", file=sys.stderr)
   settings = {k: getattr(args, k) for k in (
-      "resolution", "steps", "batch_size", "calls", "dtype", "scheduler", "guidance_scale")}
-  print(f"\nSD v1.4 architecture, random weights, {settings}")
+      "resolution", "steps", "batch_size", "calls", "dtype", "torch_dtype", "scheduler",
+      "guidance_scale", "tiny")}
+  arch = "toy components (--tiny)" if args.tiny else "SD v1.4 architecture"
+  print(f"\n{arch}, random weights, {settings}")
   print(f"{'implementation':<58}{'devices':>8}{'batch':>6}{'first call s':>13}"
         f"{'s/call':>8}{'img/s':>9}{'img/s/dev':>10}")
   for r in rows:
@@ -247,6 +289,7 @@ def main(argv=None) -> None:
       old = json.load(f)
   with open(args.out, "w") as f:
     json.dump(old + [record], f, indent=2)
+  return record
 
 
 if __name__ == "__main__":

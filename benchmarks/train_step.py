@@ -29,6 +29,7 @@ import platform
 import sys
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train_step.json")
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out", default=RESULTS, help="JSON file the record is appended to")
   p.add_argument("--probe", action="store_true",
                  help="also time the step's building blocks alone (at the first config)")
+  p.add_argument("--breakdown", action="store_true",
+                 help="also time the step's parts (forward, backward, Adam) in JAX and "
+                 "torch, interleaved, at the first config")
   args = p.parse_args(argv)
   if args.quick:
     args.configs = "8x224,32x64" if args.configs == p.get_default("configs") else args.configs
@@ -114,7 +118,7 @@ def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: boo
   flops = _flops(lowered)
   for _ in range(warmup):
     state, loss = compiled(state, x, y)
-  jax.block_until_ready(loss)
+  jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, loss = compiled(state, x, y)
@@ -190,6 +194,120 @@ def probe_ops(batch: int, size: int, steps: int) -> list[dict[str, Any]]:
   return rows
 
 
+def _time_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], steps: int) -> float:
+  """Milliseconds per call of ``fn`` after one untimed call (compilation)."""
+  sync(fn())
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  sync(out)
+  return (time.perf_counter() - t0) / steps * 1e3
+
+
+def breakdown(model_name: str, batch: int, size: int, steps: int,
+              with_torch: bool = True) -> dict[str, Any]:
+  """Where the step's time goes: its parts timed alone, JAX then torch.
+
+  Parts: ``forward_eval`` (BatchNorm on running statistics, a fused
+  scale/shift), ``forward_train`` (batch statistics: the difference to
+  ``forward_eval`` is BatchNorm's statistics pass), ``forward_backward``
+  (the gradient: minus ``forward_train`` is the backward pass), ``adam`` (the
+  optimizer update alone) and ``step`` (everything, state donated). The
+  differences are estimates: XLA fuses across part boundaries in the full
+  step.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from ffr_jax.models import create_model
+
+  model = create_model(model_name, NUM_CLASSES, "float32", conv1x1_as_matmul=True,
+                       small_convs_as_matmul=True)
+  tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.adam(LR))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
+  variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
+  params, stats = variables["params"], variables["batch_stats"]
+  opt_state = tx.init(params)
+
+  def loss_fn(params, stats):
+    out, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                           mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(out.logits, y).mean(), upd
+
+  fwd_eval = jax.jit(lambda p, s: model.apply({"params": p, "batch_stats": s}, x).logits)
+  fwd_train = jax.jit(loss_fn)
+  grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+  def adam(params, grads, opt_state):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  adam_jit = jax.jit(adam)
+  grads = jax.tree.map(jnp.ones_like, params)
+  sync = jax.block_until_ready
+  jax_ms = {
+      "forward_eval": _time_ms(lambda: fwd_eval(params, stats), sync, steps),
+      "forward_train": _time_ms(lambda: fwd_train(params, stats), sync, steps),
+      "forward_backward": _time_ms(lambda: grad(params, stats), sync, steps),
+      "adam": _time_ms(lambda: adam_jit(params, grads, opt_state), sync, steps),
+  }
+  full = jax.jit(lambda p, s, o: (lambda lg: (adam(p, lg[1], o), lg[0][1]))(
+      grad(p, s)))
+  jax_ms["step"] = _time_ms(lambda: full(params, stats, opt_state), sync, steps)
+  result: dict[str, Any] = {"config": f"{batch}x{size}", "jax_ms": jax_ms}
+  imported = _import_torch() if with_torch else None
+  if imported is not None and hasattr(imported[1], model_name):
+    result["torch_ms"] = _torch_breakdown(imported, model_name, batch, size, steps)
+    result["jax_over_torch_time"] = {
+        k: jax_ms[k] / v for k, v in result["torch_ms"].items() if v}
+  for part, ms in jax_ms.items():
+    torch_ms = result.get("torch_ms", {}).get(part)
+    print(f"{part:>18} jax {ms:10.1f} ms" + (f"   torch {torch_ms:10.1f} ms   "
+                                             f"time ratio {ms / torch_ms:5.2f}"
+                                             if torch_ms else ""))
+  return result
+
+
+def _torch_breakdown(imported: tuple[Any, Any], model_name: str, batch: int, size: int,
+                     steps: int) -> dict[str, float]:
+  """torch's versions of :func:`breakdown`'s parts (CPU, NCHW, float32)."""
+  torch, tvm = imported
+  torch.manual_seed(0)
+  model = getattr(tvm, model_name)(num_classes=NUM_CLASSES)
+  opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+  x = torch.randn(batch, 3, size, size)
+  y = torch.randint(0, NUM_CLASSES, (batch,))
+  sync = lambda out: out  # noqa: E731  (CPU ops are synchronous)
+
+  def forward(train: bool):
+    model.train(train)
+    with torch.no_grad():
+      return model(x)
+
+  def forward_backward():
+    model.train()
+    opt.zero_grad(set_to_none=False)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return loss
+
+  def step():
+    loss = forward_backward()
+    opt.step()
+    return loss
+
+  out = {"forward_eval": _time_ms(lambda: forward(False), sync, steps),
+         "forward_train": _time_ms(lambda: forward(True), sync, steps),
+         "forward_backward": _time_ms(forward_backward, sync, steps)}
+  out["adam"] = _time_ms(opt.step, sync, steps)  # gradients of the last backward
+  out["step"] = _time_ms(step, sync, steps)
+  return out
+
+
 def _flops(lowered: Any) -> float | None:
   """FLOPs of the step from the HLO before backend passes.
 
@@ -224,8 +342,13 @@ def _import_torch() -> tuple[Any, Any] | None:
 
 
 def bench_torch(model_name: str, batch: int, size: int, dtype: str, steps: int,
-                warmup: int) -> dict[str, Any] | None:
-  """Times torchvision's model + torch.optim.Adam on the same shapes."""
+                warmup: int, compile_mode: str = "") -> dict[str, Any] | None:
+  """Times torchvision's model + torch.optim.Adam on the same shapes.
+
+  ``compile_mode``: "" runs eager; otherwise the model goes through
+  ``torch.compile(mode=...)`` ("default", "max-autotune", ...; forward and
+  backward graphs, Adam stays eager); the first warm-up call compiles.
+  """
   imported = _import_torch()
   if imported is None:
     return None
@@ -245,11 +368,14 @@ def bench_torch(model_name: str, batch: int, size: int, dtype: str, steps: int,
   x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
   y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  net = model
+  if compile_mode:
+    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
 
   def step() -> Any:
     opt.zero_grad(set_to_none=True)
     with autocast:
-      loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss = torch.nn.functional.cross_entropy(net(x), y)
     loss.backward()
     opt.step()
     return loss
@@ -258,9 +384,11 @@ def bench_torch(model_name: str, batch: int, size: int, dtype: str, steps: int,
     if device == "cuda":
       torch.cuda.synchronize()
 
-  for _ in range(warmup):
+  t0 = time.perf_counter()
+  for _ in range(max(warmup, 1 if compile_mode else 0)):
     step()
   sync()
+  warmup_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(steps):
     loss = step()
@@ -268,8 +396,9 @@ def bench_torch(model_name: str, batch: int, size: int, dtype: str, steps: int,
   elapsed = time.perf_counter() - t0
   result = {"images_per_s": batch * steps / elapsed, "step_s": elapsed / steps,
             "loss": float(loss.detach()), "device": device, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "channels_last": channels_last}
-  del model, opt, x, y
+            "threads": torch.get_num_threads(), "channels_last": channels_last,
+            "compile": compile_mode or "eager", "warmup_s": warmup_s}
+  del model, net, opt, x, y
   gc.collect()
   return result
 
@@ -323,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
   if args.probe:
     batch, size = parse_configs(args.configs)[0]
     record["probe"] = probe_ops(batch, size, max(args.steps, 3))
+  if args.breakdown:
+    batch, size = parse_configs(args.configs)[0]
+    record["breakdown"] = breakdown(args.model, batch, size, args.steps,
+                                    with_torch=not args.no_torch)
   for batch, size in parse_configs(args.configs):
     torch_result = None
     if not args.no_torch:
