@@ -6,9 +6,8 @@
         [--images=sample:1|PATH,PATH] [--groups=minority|all|NAME,...] \\
         [--rise_masks=2000 --rise_grid=8 --rise_p=0.5 --rise_batch=256]
 
-``--workdir`` takes a training workdir (one run, or several
-``{mode}-{method}`` runs, which are all analysed) or one run folder; repeat
-it to compare workdirs. ``embeddings`` writes a t-SNE figure with the runs
+``--workdir`` takes a run folder or a sweep folder (every finished run in it
+is analysed); repeat it to compare workdirs. ``embeddings`` writes a t-SNE figure with the runs
 side by side, a real-vs-synthetic linear probe and per-group centroid
 distances; ``rise`` writes a grid of RISE saliency maps (rows images,
 columns runs). See docs/analysis.md.
@@ -16,13 +15,13 @@ columns runs). See docs/analysis.md.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
+
+from ffr_jax import cli
+from ffr_jax.analysis import reports
 
 from ffr_jax.analysis import rise as rise_lib
 from ffr_jax.analysis import run_loading
@@ -60,34 +59,9 @@ _GRID = flags.DEFINE_integer("rise_grid", 8, "rise: mask cells per side s.")
 _P = flags.DEFINE_float("rise_p", 0.5, "rise: probability a cell is kept.")
 _BATCH = flags.DEFINE_integer(
     "rise_batch", 256, "rise: masks per step over all devices.")
-_CACHE = flags.DEFINE_string(
-    "compilation_cache",
-    os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla"),
-    "Persistent XLA compilation cache ('' to disable).")
-
-
-class _QuietLibraries:
-  """A log filter: INFO lines from our own modules, warnings from libraries.
-
-  Orbax logs every restore at INFO through absl, burying the analysis' own
-  lines (the same filter as ``ffr_jax.main``'s).
-  """
-
-  def filter(self, record) -> bool:
-    if record.levelno >= std_logging.WARNING:
-      return True
-    return "ffr_jax" in record.pathname.replace("\\", "/")
-
-
-def _enable_compilation_cache(path: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  if path and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _run(command: str) -> str:
-  from ffr_jax.analysis import reports  # pylint: disable=g-import-not-at-top
   workdirs = [os.path.abspath(w) for w in _WORKDIR.value]
   out = os.path.abspath(_OUT.value or os.path.join(workdirs[0], "analysis"))
   common = dict(stage=_STAGE.value, seed=_SEED.value, synthetic=_SYNTHETIC.value)
@@ -110,22 +84,11 @@ def _run(command: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"Give one command, {' or '.join(COMMANDS)}; got "
-                         f"{argv[1:]}.")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required (repeat it to compare runs).")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  _enable_compilation_cache(_CACHE.value)
-  try:
-    figure = _run(argv[1])
-  except (FileNotFoundError, ValueError) as e:
-    # What is missing is the whole message; a traceback would hide it.
-    print(f"ffr_jax.analyze {argv[1]}: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise ValueError("--workdir is required (repeat it to compare runs).")
+  figure = _run(argv[1])
   print(f"\nWrote {figure} (and its .json, .npz).", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, commands=COMMANDS)

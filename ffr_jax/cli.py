@@ -16,8 +16,10 @@ A command (``main.py``, ``generate.py``, ...) defines its flags, then calls
 
 from __future__ import annotations
 
+import ast
 import logging as std_logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -25,10 +27,17 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ffr_jax import config as config_lib
+from ffr_jax import models
+from ffr_jax.data import compose, datasets
+from ffr_jax.generation import factory
+from ffr_jax.training import methods
+from ffr_jax.training.lifecycle import Preempted, exit_code
+
 # Exit code of a user error (bad flag, config, data); 1 is left to bugs and to
 # commands whose checks failed (``generate --verify``).
 USAGE_EXIT = 2
-INTERRUPT_EXIT = 130
+INTERRUPT_EXIT = exit_code(signal.SIGINT)
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla")
 
 
@@ -93,7 +102,6 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
 
 def config_help(config) -> str:
   """Every ``--config.key`` with its default, for ``--help``."""
-  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   lines = ["Config keys (--config.KEY=VALUE) and their values in this config:"]
   for key, value in sorted(config_lib.flatten(config).items()):
     lines.append(f"  --config.{key}={value!r}")
@@ -102,15 +110,34 @@ def config_help(config) -> str:
 
 def choices_help() -> str:
   """The valid values of the keys that name a registry entry."""
-  # Imported here: --help of a command must not pay for these when unused.
-  from ffr_jax.data import compose, datasets  # pylint: disable=g-import-not-at-top
-  from ffr_jax.generation import factory  # pylint: disable=g-import-not-at-top
-  from ffr_jax import models  # pylint: disable=g-import-not-at-top
-  from ffr_jax.training import methods  # pylint: disable=g-import-not-at-top
   rows = [("mode", compose.MODES), ("method", methods.METHODS),
           ("data.name", datasets.DATASETS), ("model.name", models.MODELS),
           ("generate.generator", factory.GENERATORS)]
   return "\n".join(f"  {key}: {', '.join(sorted(reg))}" for key, reg in rows)
+
+
+def _override_message(e: Exception) -> str:
+  """One line for a bad ``--config.key=value`` (ml_collections nests reprs)."""
+  text = str(e.args[0]) if e.args else str(e)
+  for _ in range(2):  # a repr of a KeyError's repr
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+      try:
+        text = str(ast.literal_eval(text))
+      except (ValueError, SyntaxError):
+        break
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  if isinstance(e, (AttributeError, KeyError)) and lines:
+    lines[0] = f"unknown config key {lines[0]}."
+  return " ".join(lines) or type(e).__name__
+
+
+def _last_reason(text: str) -> str:
+  """The last line of an error text, without its exception class name."""
+  lines = [l.strip() for l in text.splitlines() if l.strip() and l.strip() != "."]
+  last = lines[-1] if lines else text
+  head, sep, rest = last.partition(": ")
+  return rest if sep and head.replace(".", "").isidentifier() and head.endswith(
+      ("Error", "Exception")) else last
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
@@ -132,28 +159,58 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
       print("\n" + config_help(config))
     sys.exit(0)
   try:
-    return flags.FLAGS(list(argv))
+    rest = flags.FLAGS(list(argv))
   except flags.Error as e:
-    fail(f"{e}. Run with --help to see the flags.")
-  except Exception as e:  # pylint: disable=broad-except
-    # config_flags raises from inside parsing: a missing config file, an
-    # unknown --config key, a value of the wrong type.
     if "--verbose" in argv:
       raise
-    fail(error_message(e))
-  return []
+    text = str(e)
+    if "Traceback" in text:  # config_flags folds the config's traceback in
+      fail(f"{text.splitlines()[0].rstrip(':')}: {_last_reason(text)}")
+    fail(f"{text}. Run with --help to see the flags.")
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags raises from inside parsing: an unknown --config key, a
+    # value of the wrong type.
+    if "--verbose" in argv:
+      raise
+    fail(_override_message(e))
+  if "config" in flags.FLAGS:
+    try:
+      # config_flags loads the file lazily, on first use: load it now, so a
+      # missing or broken file is a usage error like any other.
+      _ = list(flags.FLAGS["config"].value.keys())
+    except Exception as e:  # pylint: disable=broad-except
+      if "--verbose" in argv:
+        raise
+      path = flags.FLAGS["config"].serialize().partition("=")[2] or "?"
+      fail(f"cannot load --config={path}: {_last_reason(str(e))}")
+  return rest
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-  """Runs a command's ``main(argv)`` with the shared set-up and errors."""
+def run(main: Callable[[list[str]], int | None],
+        commands: Sequence[str] = ()) -> None:
+  """Runs a command's ``main(argv)`` with the shared set-up and errors.
+
+  Args:
+    main: called with ``argv`` (program name, then the subcommand if any).
+    commands: the subcommands a command takes as its one positional argument
+      (``analyze embeddings``); none by default.
+  """
 
   def wrapped(argv: list[str]):
-    if len(argv) > 1:
+    if commands and (len(argv) != 2 or argv[1] not in commands):
+      fail(f"give one command, {' or '.join(commands)}; got "
+           f"{' '.join(argv[1:]) or 'none'}.")
+    if not commands and len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     configure_logging()
     enable_compilation_cache(_CACHE.value)
     try:
       return main(argv)
+    except Preempted as e:
+      # A clean stop on SIGTERM/SIGINT: the checkpoint is saved.
+      sys.stderr.write(f"{e}\n")
+      sys.stderr.flush()
+      sys.exit(e.exit_code)
     except USER_ERRORS as e:
       if _VERBOSE.value:
         raise

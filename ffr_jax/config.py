@@ -3,7 +3,7 @@
 Each config file defines ``get_config(arg)`` that calls :func:`base_config`,
 sets dataset-specific values and returns the ConfigDict locked, so an unknown
 ``--config.key=value`` override is an error rather than a silently new key.
-Defaults follow the authors' release (REFERENCE.md, "Training").
+Defaults follow the authors' release (docs/reference.md, "Training").
 """
 
 from __future__ import annotations
@@ -12,11 +12,27 @@ from typing import Any
 
 import ml_collections
 
-MODES = ("none", "usb", "asb", "ffr")
-# The paper's ablations (ffr_jax.data.compose): Table 1 (stage1_only,
-# stage2_then_1; "stage 2 only" is none) and Table 2 (ffr_biased).
-ABLATION_MODES = ("stage1_only", "stage2_then_1", "ffr_biased")
-METHODS = ("erm", "groupdro", "resampling", "dfr")
+# The authors' learning rate of the stage trained with train.* when
+# train.lr is AUTHORS_LR (docs/reference.md, "Training"): 1e-3, except ASB.
+AUTHORS_LR = -1.0
+_AUTHORS_TRAIN_LR = {"asb": 1e-4}
+_DEFAULT_TRAIN_LR = 1e-3
+
+# Settings that change speed, logging or where files go, never a result: a
+# stage's plan leaves them out (ffr_jax.training.plan).
+SPEED_ONLY_KEYS = frozenset({
+    "data.verify_images", "data.cache_images", "data.num_workers",
+    "generate.batch_size", "model.conv1x1_as_matmul",
+    "model.small_convs_as_matmul", "train.log_every", "train.eval_batch_size",
+    "train.checkpoint_every", "train.stages_dir", "data.image_cache_dir"})
+
+
+def train_lr(config: ml_collections.ConfigDict) -> float:
+  """``train.lr``, or the authors' value for ``config.mode`` when unset."""
+  lr = float(config.train.lr)
+  if lr == AUTHORS_LR:
+    return _AUTHORS_TRAIN_LR.get(str(config.mode), _DEFAULT_TRAIN_LR)
+  return lr
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,12 +49,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.flip = False          # the authors use no augmentation
   c.data.verify_images = True  # decode every file once at load; list bad ones
   c.data.cache_images = False  # keep decoded images in host memory (small sets)
+  # Decoded images cached on disk, memory-mapped, reused by later runs:
+  # "auto" = $FFR_JAX_CACHE/images (~/.cache/ffr_jax/images), "" = off.
+  c.data.image_cache_dir = "auto"
   c.data.num_workers = 0       # grain worker processes (0: decode in threads)
   c.data.synthetic_root = ""   # generated images: {root}/{dataset}/{class}/{bias}
-  c.data.synthetic_per_group = -1  # -1: what the mode needs (REFERENCE.md)
+  c.data.synthetic_per_group = -1  # -1: what the mode needs (docs/reference.md, "Synthetic data")
 
-  c.mode = "none"              # one of MODES or ABLATION_MODES
-  c.method = "erm"             # one of METHODS (for stage 2 in mode ffr)
+  # A key of ffr_jax.data.compose.MODES: none | usb | asb | ffr, or the
+  # paper's ablations stage1_only | stage2_then_1 | ffr_biased. Several,
+  # comma-separated, make ffr_jax.main run them all as a sweep.
+  c.mode = "none"
+  c.method = "erm"             # a key of ffr_jax.training.methods.METHODS
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"    # resnet50 | resnet18 | tiny
@@ -56,16 +78,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128     # global batch over all devices and hosts
   c.train.epochs = 50
-  c.train.lr = 1e-3
+  c.train.lr = AUTHORS_LR       # -1: 1e-3, ASB 1e-4 (the authors' values)
   c.train.weight_decay = 1e-5  # Adam with L2 decay, as torch.optim.Adam
   c.train.freeze_bn = False    # FFR stage 2: keep BN statistics from stage 1
   c.train.log_every = 50       # steps between host-side metric logs
   c.train.eval_batch_size = 256
   c.train.checkpoint_every = 0  # steps between mid-epoch checkpoints (0: epoch ends)
-  # Folder of the shared synthetic pretraining stages (FFR's stage 1; one
-  # subfolder per stage name). "": {workdir}/ffr-{stage}. A sweep points runs
-  # that need the same stage 1 at one folder, so it is trained once.
-  c.train.stage1_dir = ""
+  # Where stages live, one folder per plan ({name}-{fingerprint}), so a stage
+  # with the same settings is trained once ("": {workdir}/stages). A sweep
+  # points every run at one folder: FFR's stage 1 is then shared by methods.
+  c.train.stages_dir = ""
+  # A stage that continues another is evaluated before its first step
+  # ("epoch 0", always recorded); True also lets epoch 0 be selected.
+  c.train.select_epoch0 = False
 
   # FFR stage 1: ERM on the balanced synthetic set.
   c.stage1 = ml_collections.ConfigDict()
@@ -84,17 +109,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.groupdro.size_adjustment = 0.0  # C in C / sqrt(n_g)
 
   c.dfr = ml_collections.ConfigDict()
-  c.dfr.c_grid = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+  # The authors' grid for every dataset (docs/reference.md, "Methods").
+  c.dfr.c_grid = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
   c.dfr.num_refits = 20
 
   c.generate = ml_collections.ConfigDict()
   c.generate.model = ""        # diffusers folder or hub id (Stable Diffusion v1.4)
   c.generate.revision = ""     # hub revision of generate.model ("flax", "bf16"); "": default
   c.generate.generator = "stable_diffusion"  # or "procedural" (built-in benchmark)
-  c.generate.prompts = "paper"  # "paper": "A photo of {bias} {class}"; "rich"
+  # "paper": "A photo of {bias} {class}"; "rich"; or a template string with
+  # {class} and {bias} (configs/folder.py).
+  c.generate.prompts = "paper"
   c.generate.per_group = -1    # -1: what FFR/ASB need at this bias ratio
   c.generate.guidance_scale = 7.5
-  c.generate.steps = 50
+  c.generate.steps = 50         # the authors: 50 for animals, 25 for faces
   c.generate.resolution = 512
   c.generate.scheduler = "pndm"
   c.generate.dtype = "float32"

@@ -2,8 +2,7 @@
 
     python -m ffr_jax.report --workdir=DIR [--out=DIR/report] [--title=...]
 
-Scans every ``results.json`` under ``--workdir`` (any layout: a sweep, a
-multi-mode run, single runs), selects hyperparameters per cell by mean
+Scans every ``results.json`` under ``--workdir`` (a sweep, or runs), selects hyperparameters per cell by mean
 validation worst-group accuracy over seeds, and writes ``report.md`` with
 Figures 3 and 4 (PNG + table) and Tables 1-3 into ``--out``. See
 :mod:`ffr_jax.reporting.paper_report` for what each holds.
@@ -12,11 +11,10 @@ Figures 3 and 4 (PNG + table) and Tables 1-3 into ``--out``. See
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app
 from absl import flags
 
+from ffr_jax import cli
 from ffr_jax.reporting import aggregate
 from ffr_jax.reporting import paper_report
 
@@ -30,16 +28,16 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv
   workdir = os.path.abspath(_WORKDIR.value)
   records = aggregate.load_records(workdir)
   if not records:
-    sys.exit(f"No results.json under {workdir}.")
+    raise FileNotFoundError(f"No results.json under {workdir}; train runs "
+                            "with ffr_jax.main or ffr_jax.sweep first.")
   out = os.path.abspath(_OUT.value or os.path.join(workdir, "report"))
   paper_report.write_report(records, out, _TITLE.value, _PREAMBLE.value)
   print(f"{len(records)} runs -> {os.path.join(out, 'report.md')}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

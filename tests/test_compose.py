@@ -56,10 +56,12 @@ def test_asb_adds_the_usb_total_split_equally():
 def test_ffr_pretrains_on_balanced_synthetic_then_real_alone():
   comp = compose.compose("ffr", SPEC, _train(), _pool())
   s1, s2 = comp.stages
-  assert s1.name == compose.STAGE1 and s1.erm_only and not s1.by_source
+  assert s1.name == compose.STAGE1 and s1.kind == compose.PRETRAIN
+  assert not s1.by_source
   assert (s1.train.source == SYNTHETIC).all()
   assert [s1.train.count(*g) for g in SPEC.groups] == [45] * 4
   assert s2.name == compose.STAGE2 and (s2.train.source == REAL).all()
+  assert s2.kind == compose.FINETUNE
   assert len(s2.train) == sum(REAL_COUNTS.values())
 
 
@@ -95,7 +97,7 @@ def test_explicit_per_group_and_unknown_mode():
 
 
 def test_reference_counts_spuco_95():
-  # REFERENCE.md: SpuCo Animals at 95%: 38000 synthetic in total, 4750 per group.
+  # docs/reference.md, "Synthetic data": SpuCo Animals at 95%: 38000 synthetic in total, 4750 per group.
   spec = DatasetSpec(
       name="spuco", class_names=("a", "b", "c", "d"),
       bias_names=("w", "x", "y", "z"),
@@ -114,20 +116,16 @@ def test_stage1_only_is_ffrs_stage1_alone():
   ffr = compose.compose("ffr", SPEC, _train(), _pool())
   (s1,) = compose.compose("stage1_only", SPEC, _train(), _pool()).stages
   first = ffr.stages[0]
-  assert (s1.name, s1.by_source, s1.erm_only) == (first.name, first.by_source,
-                                                  first.erm_only)
+  assert s1.name == first.name and s1.by_source == first.by_source
+  assert s1.kind == first.kind == compose.PRETRAIN
   assert list(s1.train.path) == list(first.train.path)
-  assert s1.shared and s1.erm_only and s1.hparams == "stage1"
-  assert compose.SHARED_STAGES["stage1_only"] == s1.name
 
 
 def test_stage2_then_1_trains_real_first_then_synthetic_unshared():
   real, syn = compose.compose("stage2_then_1", SPEC, _train(), _pool()).stages
   assert (real.train.source == REAL).all() and len(real.train) == 200
-  assert not real.erm_only and real.hparams == "train" and not real.freeze_bn
-  assert (syn.train.source == SYNTHETIC).all() and syn.erm_only
-  assert syn.hparams == "stage1" and not syn.shared
-  assert "stage2_then_1" not in compose.SHARED_STAGES
+  assert real.kind == compose.TRAIN_KIND  # the method, no frozen BN
+  assert (syn.train.source == SYNTHETIC).all() and syn.kind == compose.PRETRAIN
 
 
 def test_ffr_biased_pretrains_on_synthetic_data_in_the_real_proportions():
@@ -139,12 +137,20 @@ def test_ffr_biased_pretrains_on_synthetic_data_in_the_real_proportions():
   # earlier group.
   assert comp.synthetic_per_group == {(0, 0): 81, (0, 1): 9, (1, 0): 5,
                                       (1, 1): 85}
-  assert s1.shared and s1.name == compose.STAGE1_BIASED and s1.erm_only
-  assert s2.name == compose.STAGE2 and s2.freeze_bn
-  assert compose.SHARED_STAGES["ffr_biased"] == compose.STAGE1_BIASED
+  assert s1.name == compose.STAGE1_BIASED and s1.kind == compose.PRETRAIN
+  assert s2.name == compose.STAGE2 and s2.kind == compose.FINETUNE
 
 
 def test_biased_counts_sum_exactly():
   for total in (0, 1, 7, 180, 1001):
     counts = compose.biased_counts(SPEC, _train(), total)
     assert sum(counts.values()) == total
+
+
+def test_describe_gives_every_modes_stages_without_data():
+  for mode in compose.MODES:
+    described = compose.describe(mode)
+    composed = compose.compose(mode, SPEC, _train(), _pool()).stages
+    assert [(s.name, s.kind, s.by_source) for s in described] == [
+        (s.name, s.kind, s.by_source) for s in composed]
+    assert all(s.train is None for s in described)

@@ -1,10 +1,12 @@
-"""End to end: the main command on the built-in benchmark, results, resume."""
+"""End to end: the main command on the built-in benchmark: results, resume,
+portable workdirs, one owner, one-line errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,31 +43,83 @@ def _check_split_metrics(m):
 def test_demo_smoke_runs_every_mode_and_writes_results(tmp_path):
   proc = _run(_main(tmp_path))
   for mode in ("none", "usb", "asb", "ffr"):
-    res = json.load(open(tmp_path / f"{mode}-erm" / "results.json"))
+    res = json.load(open(tmp_path / "runs" / f"mode={mode}" / "method=erm" /
+                         "results.json"))
     assert res["mode"] == mode and res["method"] == "erm"
     assert res["dataset"] == "demo" and res["bias_ratio"] == 0.99
     for split in ("val", "test"):
       _check_split_metrics(res[split])
     assert res["selected_epoch"] >= 1
-    assert res["config"]["mode"]  # the resolved config is recorded
+    assert res["selection"] == {"worst_group_acc": res["val"]["worst_group_acc"],
+                                "source": "val"}
+    assert res["config"]["mode"] == mode  # the resolved config is recorded
     assert res["wall_seconds"] > 0
-  ffr = json.load(open(tmp_path / "ffr-erm" / "results.json"))
+  ffr = json.load(open(tmp_path / "runs" / "mode=ffr" / "method=erm" /
+                       "results.json"))
   assert set(ffr["stages"]) == {"stage1", "stage2"}
+  assert ffr["stage_order"] == ["stage1", "stage2"]
+  # Stage 2 starts with an evaluation of stage 1's selected model.
+  assert ffr["stages"]["stage2"]["epoch0"]["val"] == ffr["stages"]["stage1"]["val"]
   assert (tmp_path / "summary.png").stat().st_size > 1000
   assert "| ffr | erm |" in proc.stdout
+  assert "WA = worst-group accuracy" in proc.stdout
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
-  proc = subprocess.run(_main(tmp_path, "--config.train.nonexistent=1"),
-                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert proc.returncode != 0
-  assert "nonexistent" in proc.stderr
+def _fails_with_one_line(cmd, expect: str):
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+  assert expect in lines[0], lines[0]
+  return lines[0]
 
 
-def _wait_for_checkpoint(proc, stage_dir: pathlib.Path, timeout=400):
+@pytest.mark.parametrize("override,expect", [
+    ("--config.train.nonexistent=1", "nonexistent"),
+    ("--config.data.bias_ratio=1.5", "1.5"),
+    ("--config.mode=mixup", "Unknown mode 'mixup'"),
+    ("--config.method=jtt", "Unknown method 'jtt'"),
+    ("--config.train.epochs=0", "train.epochs"),
+    ("--config.train.lr=abc", "lr"),
+])
+def test_a_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override,
+                                                           expect):
+  workdir = tmp_path / "w"
+  _fails_with_one_line(_main(workdir, override), expect)
+  assert not workdir.exists()  # validated before anything is written
+
+
+def test_bad_paths_are_one_line_errors(tmp_path):
+  _fails_with_one_line(_main(tmp_path, config=str(ROOT / "configs" / "nope.py")),
+                       "nope.py")
+  file = tmp_path / "a_file"
+  file.write_text("x")
+  _fails_with_one_line(_main(file), "a_file")
+
+
+def test_help_lists_the_config_keys_modes_and_methods(tmp_path):
+  proc = subprocess.run(_main(tmp_path, "--help"), capture_output=True,
+                        text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0
+  assert "--config.train.lr=0.001" in proc.stdout  # the demo's value
+  assert "--config.data.bias_ratio=0.99" in proc.stdout
+  assert "mode: asb, ffr, ffr_biased, none, stage1_only, stage2_then_1, usb" in (
+      proc.stdout)
+  assert "method: dfr, erm, groupdro, resampling" in proc.stdout
+
+
+def _stage_dir(workdir: pathlib.Path, stage: str) -> pathlib.Path:
+  """The folder of ``stage`` (``stages/{stage}-{fingerprint}``), once it exists."""
+  found = sorted((workdir / "stages").glob(f"{stage}-*")) if (
+      workdir / "stages").exists() else []
+  return found[0] if found else workdir / "stages" / f"{stage}-?"
+
+
+def _wait_for_stage_checkpoint(proc, workdir, stage, timeout=400):
   start = time.time()
   while time.time() - start < timeout:
-    ckpts = stage_dir / "checkpoints"
+    ckpts = _stage_dir(workdir, stage) / "checkpoints"
     if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
       return
     if proc.poll() is not None:
@@ -75,7 +129,11 @@ def _wait_for_checkpoint(proc, stage_dir: pathlib.Path, timeout=400):
   raise AssertionError("no checkpoint appeared")
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+def _metric_rows(workdir):
+  return [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+
+
+def test_killed_run_resumes_to_the_same_result_anywhere(tmp_path):
   overrides = ["--config.mode=ffr", "--config.method=groupdro",
                "--config.train.epochs=3", "--config.train.checkpoint_every=3"]
   _run(_main(tmp_path / "straight", *overrides))
@@ -85,17 +143,32 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   proc = subprocess.Popen(_main(workdir, *overrides), cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           env=dict(os.environ))
-  _wait_for_checkpoint(proc, workdir / "stage2")
+  _wait_for_stage_checkpoint(proc, workdir, "stage2")
+  # A second process on the same workdir is refused at once, in one line.
+  line = _fails_with_one_line(_main(workdir, *overrides), "in use")
+  assert str(proc.pid) in line
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (workdir / "results.json").exists()
-  _run(_main(workdir, *overrides))
-  got = json.load(open(workdir / "results.json"))
+  # Resumed in a copy at another path (and the data under another root):
+  # fingerprints hold no absolute paths, and the killed owner's lock is stale.
+  moved = tmp_path / "elsewhere" / "moved"
+  shutil.copytree(workdir, moved)
+  _run(_main(moved, *overrides))
+  got = json.load(open(moved / "results.json"))
   for split in ("val", "test"):
     assert got[split] == expected[split]
   assert got["selected_epoch"] == expected["selected_epoch"]
   assert (got["stages"]["stage2"]["history"]
           == expected["stages"]["stage2"]["history"])
+  # Every logged step once, even those logged again after the resume.
+  keys = [(r["stage"], r["step"], tuple(sorted(k for k in r if "/" in k)))
+          for r in _metric_rows(moved)]
+  assert len(keys) == len(set(keys))
+  # A finished run is not redone: results.json (wall times too) unchanged.
+  before = (moved / "results.json").read_bytes()
+  proc = _run(_main(moved, *overrides))
+  assert (moved / "results.json").read_bytes() == before
 
 
 def test_real_spuco_layout_runs_with_groupdro_and_dfr(tmp_path):
@@ -107,9 +180,17 @@ def test_real_spuco_layout_runs_with_groupdro_and_dfr(tmp_path):
              "--config.data.bias_ratio=0.9", "--config.method=groupdro,dfr",
              config=f"{ROOT / 'configs' / 'spuco.py'}:smoke"))
   for method in ("groupdro", "dfr"):
-    res = json.load(open(tmp_path / "run" / f"none-{method}" / "results.json"))
+    res = json.load(open(tmp_path / "run" / "runs" / "mode=none" /
+                         f"method={method}" / "results.json"))
     assert res["dataset"] == "spuco_animals"
     _check_split_metrics(res["test"])
-  dfr = json.load(open(tmp_path / "run" / "none-dfr" / "results.json"))["dfr"]
-  assert dfr["best_c"] in (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+  dfr_run = json.load(open(tmp_path / "run" / "runs" / "mode=none" /
+                           "method=dfr" / "results.json"))
+  # DFR's refit head is scored on val it was fit on: selection uses the
+  # backbone's val score before the refit.
+  assert dfr_run["selection"] == {
+      "worst_group_acc": dfr_run["val_backbone"]["worst_group_acc"],
+      "source": "backbone_val"}
+  dfr = dfr_run["dfr"]
+  assert dfr["best_c"] in (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
   assert dfr["num_refits"] == 20

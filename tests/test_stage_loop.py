@@ -1,4 +1,5 @@
-"""The stage loop: epochs, best-epoch selection, result reuse, NaN stop."""
+"""The stage loop: epochs, best-epoch selection, result reuse, NaN stop, and
+what a stage hands to the next one."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffr_jax import config as config_lib
+import dataclasses
+
+import jax
+
 from ffr_jax import models
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import DatasetSpec, Examples, GroupScheme
 from ffr_jax.reporting.writer import MetricWriter
-from ffr_jax.training import loop
+from ffr_jax.training import stage as stage_lib
+from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.mesh import make_shardings
-from ffr_jax.training.methods import Method, get_method
+from ffr_jax.training.methods import Method
+from ffr_jax.training.plan import LoopOptions, StagePlan
 from tests.fake_trees import write_image
 
 SPEC = DatasetSpec("toy", ("a", "b"), ("x", "y"),
@@ -35,83 +41,166 @@ def _examples(root, n_per_group, tag):
   return Examples.from_lists(paths, ys, bs)
 
 
-def _cfg():
-  cfg = config_lib.base_config()
-  cfg.data.image_size = 16
-  cfg.data.cache_images = True
-  cfg.train.batch_size = 8
-  cfg.train.eval_batch_size = 16
-  cfg.train.log_every = 2
-  return cfg
+OPTIONS = LoopOptions(log_every=2, eval_batch_size=16,
+                      data=None)
 
 
-def _stage(tmp_path, method, epochs=2, name="train"):
-  scheme = GroupScheme(SPEC)
-  return loop.StageSpec(
-      name=name, stage_dir=str(tmp_path / name),
-      train=_examples(str(tmp_path), 6, "train"), scheme=scheme,
-      method=method, epochs=epochs, lr=1e-3, freeze_bn=False, seed=0)
+def _plan(tmp_path, method="erm", epochs=2, name="train", lr=1e-3,
+          init="fresh", freeze_bn=False, **kw):
+  return StagePlan(
+      name=name, examples=_examples(str(tmp_path), 6, "train"), data="toy",
+      by_source=False, method=method, method_settings=(), epochs=epochs,
+      lr=lr, batch_size=8, weight_decay=1e-5,
+      freeze_bn=freeze_bn, image_size=16, flip=False, model="tiny/float32",
+      seed=0, init=init, epoch0_candidate=kw.pop("epoch0_candidate", False))
 
 
 def _evals(tmp_path):
   scheme = GroupScheme(SPEC)
-  return [loop.EvalSet("val", _examples(str(tmp_path), 3, "val"), scheme),
-          loop.EvalSet("test", _examples(str(tmp_path), 3, "test"), scheme)]
+  return [stage_lib.EvalSet("val", _examples(str(tmp_path), 3, "val"), scheme),
+          stage_lib.EvalSet("test", _examples(str(tmp_path), 3, "test"), scheme)]
+
+
+def _run(tmp_path, plan, writer=None, variables=None, folder=None):
+  writer = writer or MetricWriter(str(tmp_path / "off"), enabled=False)
+  return stage_lib.run_stage(
+      plan, models.create_model("tiny", 2), _evals(tmp_path), make_shardings(),
+      writer, str(tmp_path / (folder or plan.name)), OPTIONS,
+      init_variables=variables)
+
+
+def _evaluate(tmp_path, variables, split="val"):
+  shardings = make_shardings()
+  model = models.create_model("tiny", 2)
+  ev = {e.name: e for e in _evals(tmp_path)}[split]
+  data = stage_lib._input_config(_plan(tmp_path), OPTIONS)  # pylint: disable=protected-access
+  loader = pipeline.make_eval_loader(ev.examples, ev.scheme, data, 16)
+  step = steps_lib.make_eval_step(model, ev.scheme.num_groups, shardings)
+  from ffr_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  counts = stage_lib.evaluate(step, variables, loader, ev.scheme.num_groups,
+                              shardings)
+  return metrics_lib.summarize(jax.device_get(counts), ev.scheme.names())
 
 
 def test_stage_trains_selects_and_is_never_recomputed(tmp_path, monkeypatch):
-  model = models.create_model("tiny", 2)
-  spec = _stage(tmp_path, get_method("erm"))
+  plan = _plan(tmp_path)
   writer = MetricWriter(str(tmp_path / "logs"))
-  result, best = loop.run_stage(spec, model, _cfg(), _evals(tmp_path),
-                                make_shardings(), writer)
+  result, best = _run(tmp_path, plan, writer)
   writer.close()
   assert len(result.history) == 2
   vals = [h["val"]["worst_group_acc"] for h in result.history]
   assert result.best_epoch == 1 + int(np.argmax(vals))
   assert result.metrics["test"] == result.history[result.best_epoch - 1]["test"]
-  saved = json.load(open(tmp_path / "train" / loop.RESULT_FILE))
+  saved = json.load(open(tmp_path / "train" / stage_lib.RESULT_FILE))
   assert saved["best_epoch"] == result.best_epoch
+  assert saved["fingerprint"] == plan.fingerprint
   lines = [json.loads(l) for l in open(tmp_path / "logs" / "metrics.jsonl")]
   assert any("val/worst_group_acc" in l for l in lines)
+  assert any("test/worst_group_acc" in l for l in lines)
   assert any("train/loss" in l for l in lines)
 
   # A finished stage is reused, not retrained: building a loader would fail.
   def no_loader(*a, **k):
     raise AssertionError("a finished stage must not be retrained")
   monkeypatch.setattr(pipeline, "make_train_loader", no_loader)
-  again, best_again = loop.run_stage(spec, model, _cfg(), _evals(tmp_path),
-                                     make_shardings(), MetricWriter(
-                                         str(tmp_path / "l2"), enabled=False))
+  again, best_again = _run(tmp_path, plan)
   assert again.best_epoch == result.best_epoch
   np.testing.assert_array_equal(best["params"]["fc"]["kernel"],
                                 best_again["params"]["fc"]["kernel"])
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path):
-  def nan_loss(config, group_sizes):
-    del config, group_sizes
+def test_returned_best_variables_reproduce_the_best_epochs_metrics(tmp_path):
+  result, best = _run(tmp_path, _plan(tmp_path, epochs=3, lr=3e-3))
+  assert _evaluate(tmp_path, best, "val") == result.metrics["val"]
+  assert _evaluate(tmp_path, best, "test") == result.metrics["test"]
+
+
+def test_next_stage_starts_from_the_best_model_with_a_fresh_optimizer(
+    tmp_path, monkeypatch):
+  first, best = _run(tmp_path, _plan(tmp_path, name="stage1", epochs=2))
+  seen = {}
+  make = steps_lib.make_train_step
+
+  def spy(model, tx, loss_fn, cfg, shardings, state):
+    seen["state"] = jax.device_get(state)
+    return make(model, tx, loss_fn, cfg, shardings, state)
+  monkeypatch.setattr(steps_lib, "make_train_step", spy)
+  # lr 0 and frozen BN: stage 2 cannot move, so every epoch equals epoch 0,
+  # and epoch 0 is stage 1's selected model.
+  second, _ = _run(tmp_path, _plan(tmp_path, name="stage2", lr=0.0,
+                                   freeze_bn=True, init="stage:x"),
+                   variables=best)
+  assert second.epoch0["val"] == first.metrics["val"]
+  assert second.epoch0["test"] == first.metrics["test"]
+  for record in second.history:
+    assert record["val"] == first.metrics["val"]
+  state = seen["state"]
+  np.testing.assert_array_equal(state.params["fc"]["kernel"],
+                                jax.device_get(best["params"]["fc"]["kernel"]))
+  # The optimizer starts anew: Adam's moments are zero and its count is 0.
+  moments = [x for x in jax.tree.leaves(state.opt_state)
+             if np.asarray(x).ndim > 0]
+  assert moments and all(not np.asarray(m).any() for m in moments)
+  counts = [x for x in jax.tree.leaves(state.opt_state)
+            if np.asarray(x).ndim == 0]
+  assert all(int(c) == 0 for c in counts)
+
+
+def test_epoch0_is_selected_only_when_the_plan_allows_it(tmp_path):
+  _, best = _run(tmp_path, _plan(tmp_path, name="stage1", epochs=2, lr=3e-3))
+  # A huge learning rate wrecks the model after one epoch: with epoch 0 as a
+  # candidate, the starting model wins.
+  wreck = dict(name="stage2", lr=5.0, init="stage:x", epochs=1)
+  allowed, kept = _run(tmp_path, _plan(tmp_path, epoch0_candidate=True, **wreck),
+                       variables=best, folder="a")
+  plain, _ = _run(tmp_path, _plan(tmp_path, **wreck), variables=best,
+                  folder="b")
+  assert plain.best_epoch == 1
+  if allowed.epoch0["val"]["worst_group_acc"] > allowed.history[0]["val"][
+      "worst_group_acc"]:
+    assert allowed.best_epoch == 0
+    assert allowed.metrics["val"] == allowed.epoch0["val"]
+    np.testing.assert_array_equal(jax.device_get(kept["params"]["fc"]["kernel"]),
+                                  jax.device_get(best["params"]["fc"]["kernel"]))
+  else:
+    assert allowed.best_epoch == 1
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+  def nan_loss(settings, group_sizes):
+    del settings, group_sizes
     return lambda per_example, group, q: (jnp.mean(per_example) * jnp.nan, q)
 
-  spec = _stage(tmp_path, Method("nan", "shuffle", nan_loss), epochs=1)
-  with pytest.raises(loop.NonFiniteLossError, match="NaN or inf at step 1"):
-    loop.run_stage(spec, models.create_model("tiny", 2), _cfg(),
-                   _evals(tmp_path), make_shardings(),
-                   MetricWriter(str(tmp_path / "logs"), enabled=False))
+  monkeypatch.setattr(stage_lib, "get_method",
+                      lambda name: Method("nan", "shuffle", nan_loss))
+  with pytest.raises(stage_lib.NonFiniteLossError, match="NaN or inf at step 1"):
+    _run(tmp_path, _plan(tmp_path, epochs=1))
   # Nothing was checkpointed and no result written.
-  assert not (tmp_path / "train" / loop.RESULT_FILE).exists()
+  assert not (tmp_path / "train" / stage_lib.RESULT_FILE).exists()
   ckpts = tmp_path / "train" / "checkpoints"
   assert not ckpts.exists() or not [p for p in ckpts.iterdir()
                                     if p.name.isdigit()]
 
 
 def test_a_stage_of_another_experiment_is_refused(tmp_path):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  model = models.create_model("tiny", 2)
-  spec = _stage(tmp_path, get_method("erm"), epochs=1)
-  off = MetricWriter(str(tmp_path / "logs"), enabled=False)
-  loop.run_stage(spec, model, _cfg(), _evals(tmp_path), make_shardings(), off)
-  other = dataclasses.replace(spec, lr=1e-2)
-  with pytest.raises(loop.StageMismatchError, match=r"lr: 0.001 -> 0.01"):
-    loop.run_stage(other, model, _cfg(), _evals(tmp_path), make_shardings(),
-                   off)
+  plan = _plan(tmp_path, epochs=1)
+  _run(tmp_path, plan)
+  other = dataclasses.replace(plan, lr=1e-2)
+  with pytest.raises(stage_lib.StageMismatchError, match=r"lr: 0.001 -> 0.01"):
+    _run(tmp_path, other, folder=plan.name)
+
+
+def test_a_stop_request_saves_a_checkpoint_and_resumes_to_the_same_result(
+    tmp_path):
+  plan = _plan(tmp_path, epochs=2)
+  whole, _ = _run(tmp_path, plan, folder="whole")
+  with pytest.raises(stage_lib.StageInterrupted) as stopped:
+    stage_lib.run_stage(
+        plan, models.create_model("tiny", 2), _evals(tmp_path),
+        make_shardings(), MetricWriter(str(tmp_path / "off"), enabled=False),
+        str(tmp_path / "cut"), OPTIONS, should_stop=lambda step: step == 3)
+  assert stopped.value.step == 3
+  assert not list((tmp_path / "cut").rglob("*tmp*"))
+  resumed, _ = _run(tmp_path, plan, folder="cut")
+  assert resumed.history == whole.history
+  assert resumed.best_epoch == whole.best_epoch

@@ -1,8 +1,5 @@
-"""The sweep: grid expansion, names, stage-1 sharing, skip/resume, shards, --list.
-
-Also the ablation modes' compositions (stage1_only, stage2_then_1, ffr_biased)
-that the sweep's paper grids use. No training except in the slow tests.
-"""
+"""The sweep engine: grid expansion, names, stage sharing, skip/resume,
+shards, --list. No training except in the slow tests."""
 
 from __future__ import annotations
 
@@ -17,9 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ffr_jax import sweep as sweep_lib
-from ffr_jax.data import compose
-from ffr_jax.training import run as run_lib
+from ffr_jax import experiments as sweep_lib
 
 from conftest import ROOT
 
@@ -114,7 +109,7 @@ def test_shared_data_folders_are_keyed_on_their_settings(tmp_path):
 # Stage-1 sharing.
 
 
-def test_stage2_runs_needing_the_same_stage1_share_its_folder(tmp_path):
+def test_runs_needing_the_same_stage1_are_one_sharing_unit(tmp_path):
   sweep = _sweep([
       {"mode": ("ffr", "stage1_only", "ffr_biased", "none", "usb"),
        "method": ("erm", "groupdro"), "seed": (0, 1)},
@@ -125,35 +120,23 @@ def test_stage2_runs_needing_the_same_stage1_share_its_folder(tmp_path):
   ])
   runs = _by_name(sweep_lib.expand(sweep, tmp_path))
 
-  def s1(name):
-    return runs[name].config.train.stage1_dir
+  def unit(name):
+    return runs[name].unit
 
-  erm = s1("mode=ffr/method=erm/seed=0")
-  assert erm.startswith(os.path.join(tmp_path, "shared", "stage1"))
+  erm = unit("mode=ffr/method=erm/seed=0")
   # Method, stage-2 learning rate and freeze-BN do not change stage 1 ...
-  assert s1("mode=ffr/method=groupdro/seed=0") == erm
-  assert s1("mode=ffr/method=erm/train.freeze_bn=True/train.lr=0.0001/seed=0"
-            ) == erm
-  # ... nor does using stage 1 alone; the biased pretraining lives beside it.
-  assert s1("mode=stage1_only/method=erm/seed=0") == erm
-  assert s1("mode=ffr_biased/method=erm/seed=0") == erm
-  cfg = runs["mode=ffr/method=erm/seed=0"].config
-  assert (run_lib.shared_stage_dir(cfg, "/w", compose.STAGE1) !=
-          run_lib.shared_stage_dir(cfg, "/w", compose.STAGE1_BIASED))
+  assert unit("mode=ffr/method=groupdro/seed=0") == erm
+  assert unit("mode=ffr/method=erm/train.freeze_bn=True/train.lr=0.0001/seed=0"
+              ) == erm
+  # ... nor does using stage 1 alone; the biased pretraining is another stage.
+  assert unit("mode=stage1_only/method=erm/seed=0") == erm
+  assert unit("mode=ffr_biased/method=erm/seed=0") != erm
   # The seed and stage 1's own settings do.
-  assert s1("mode=ffr/method=erm/seed=1") != erm
-  assert s1("mode=ffr/method=erm/stage1.lr=0.0001/seed=0") != erm
-  # Modes without a shared stage get no stage-1 folder.
-  assert runs["mode=none/method=erm/seed=0"].stage1_key is None
-  assert "train.stage1_dir" not in dict(
-      runs["mode=usb/method=erm/seed=0"].overrides)
-
-
-def test_shared_stage_dir_default_is_the_old_layout():
-  cfg = ml_collections.ConfigDict({"train": {"stage1_dir": ""}})
-  assert run_lib.shared_stage_dir(cfg, "/w", "stage1") == "/w/ffr-stage1"
-  cfg.train.stage1_dir = "/s"
-  assert run_lib.shared_stage_dir(cfg, "/w", "stage1") == "/s/stage1"
+  assert unit("mode=ffr/method=erm/seed=1") != erm
+  assert unit("mode=ffr/method=erm/stage1.lr=0.0001/seed=0") != erm
+  # Every run keeps its stages in the sweep's one stage store.
+  assert {r.config.train.stages_dir for r in runs.values()} == {
+      os.path.join(tmp_path, "shared", "stages")}
 
 
 def test_shards_partition_the_runs_and_keep_stage1_groups_together(tmp_path):
@@ -164,9 +147,9 @@ def test_shards_partition_the_runs_and_keep_stage1_groups_together(tmp_path):
   shards = [sweep_lib.shard(runs, i, 3) for i in range(3)]
   names = [r.name for s in shards for r in s]
   assert sorted(names) == sorted(r.name for r in runs)
-  for key in {r.stage1_key for r in runs if r.stage1_key}:
+  for key in {r.unit for r in runs}:
     owners = [i for i, s in enumerate(shards)
-              if any(r.stage1_key == key for r in s)]
+              if any(r.unit == key for r in s)]
     assert len(owners) == 1
   assert [r.name for r in sweep_lib.shard(runs, 1, 3)] == [
       r.name for r in shards[1]]
@@ -276,13 +259,15 @@ def test_a_listed_command_runs_as_is_and_a_sweep_shares_stage1(tmp_path):
     ffr = [r for r in runs if r.config.mode == "ffr"]
     outcomes = sweep_lib.execute(ffr, "inprocess", log=lambda s: None)
     assert [o.status for o in outcomes] == ["done", "done"]
-    (stage1_dir,) = {r.config.train.stage1_dir for r in ffr}
+    (stages_dir,) = {r.config.train.stages_dir for r in ffr}
     # One stage 1 for both methods: one folder, trained once (one history),
     # and both runs report the same stage-1 numbers.
-    assert os.listdir(stage1_dir) == ["stage1"]
+    assert len([d for d in os.listdir(stages_dir)
+                if d.startswith("stage1-")]) == 1
     results = [json.load(open(os.path.join(r.run_dir, "results.json")))
                for r in ffr]
-    assert results[0]["stages"]["stage1"] == results[1]["stages"]["stage1"]
+    assert results[0]["stages"]["stage1"]["history"] == results[1]["stages"][
+        "stage1"]["history"]
     assert "synthetic_test" in results[0]
     # A listed command, run as printed, from a fresh shell.
     none = next(r for r in runs if r.config.mode == "none")

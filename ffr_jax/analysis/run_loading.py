@@ -1,16 +1,14 @@
 """A finished run, back from its workdir: config, data spec, model, variables.
 
-The training command leaves one of two layouts (``ffr_jax.training.run``)::
+A run is a folder with ``results.json``, which names each stage's folder
+(``results["stages"][name]["dir"]``, relative to the run). Several runs are a
+sweep (``ffr_jax.experiments``; also ``ffr_jax.main`` with comma lists)::
 
-    {workdir}/results.json                      one mode x method
-    {workdir}/{stage}/checkpoints/<step>/       its stages (train, or stage2)
+    {workdir}/runs/<name>/results.json          one folder per run
+    {workdir}/shared/stages/{stage}-{fingerprint}/checkpoints/<step>/
+    {workdir}/sweep.json                        the runs, in order
 
-    {workdir}/{mode}-{method}/results.json      several mode x method
-    {workdir}/{mode}-{method}/{stage}/checkpoints/<step>/
-    {workdir}/summary.json
-
-and FFR's stage 1 in ``{workdir}/ffr-stage1`` in both. :func:`find_runs` takes
-either kind of workdir (or one ``{mode}-{method}`` folder) and returns every
+:func:`find_runs` takes a run folder or a sweep folder and returns every
 finished run in it; :func:`load_run` rebuilds the model with the run's resolved
 config (``results.json["config"]``) and restores the best variables of a stage.
 Nothing here trains or writes.
@@ -27,19 +25,14 @@ import jax
 import ml_collections
 
 from ffr_jax import models
-from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.reporting import results as results_lib
-from ffr_jax.training import loop
+from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
 from ffr_jax.training.mesh import Shardings
-from ffr_jax.training.run import STAGE1_DIR
 
 LAST = "last"
-# Training order of the stages a run can have; the last present is the model
-# the run reports.
-STAGE_ORDER = (compose_lib.STAGE1, compose_lib.STAGE2, compose_lib.TRAIN)
 _HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "
                  "--workdir=DIR` and let it finish.")
 
@@ -49,9 +42,10 @@ class RunInfo:
   """A finished run found on disk; nothing heavy is loaded.
 
   Attributes:
-    name: ``"{mode}-{method}"`` (made unique by :func:`find_runs_in`).
+    name: ``"{mode}-{method}"``, or the run's sweep name where that is not
+      unique (made unique over workdirs by :func:`find_runs_in`).
     run_dir: the folder holding its ``results.json``.
-    workdir: the training command's workdir (holds ``ffr-stage1``).
+    workdir: the folder it was found in (a run or a sweep).
     results: the parsed ``results.json``.
     config: the run's resolved config.
   """
@@ -100,35 +94,34 @@ class LoadedRun:
     return self.info.config
 
 
-def _read_run(run_dir: str, workdir: str) -> RunInfo:
+def _read_run(run_dir: str, workdir: str, name: str | None = None) -> RunInfo:
   results = results_lib.read_results(run_dir)
-  if "config" not in results:
-    raise ValueError(f"{run_dir}/{results_lib.RESULTS_FILE} has no 'config'; "
-                     "it was not written by `python -m ffr_jax.main`.")
-  return RunInfo(name=f"{results['mode']}-{results['method']}",
+  if "config" not in results or "stages" not in results:
+    raise ValueError(f"{run_dir}/{results_lib.RESULTS_FILE} has no 'config' or "
+                     "'stages'; it was not written by `python -m ffr_jax.main`.")
+  return RunInfo(name=name or f"{results['mode']}-{results['method']}",
                  run_dir=run_dir, workdir=workdir, results=results,
                  config=ml_collections.ConfigDict(results["config"]))
 
 
-def _summary_order(workdir: str) -> list[str]:
-  """Run folder names in the order the training command ran them."""
-  path = os.path.join(workdir, "summary.json")
+def _sweep_order(workdir: str) -> list[str]:
+  """Run folders in the order the sweep lists them (``sweep.json``)."""
+  path = os.path.join(workdir, "sweep.json")
   if not os.path.isfile(path):
     return []
   with open(path) as f:
-    return [str(row["run"]) for row in json.load(f)]
+    return [os.path.abspath(str(row["run_dir"])) for row in json.load(f)["runs"]]
 
 
 def find_runs(workdir: str) -> list[RunInfo]:
   """Every finished run in ``workdir``.
 
   Args:
-    workdir: a single run's workdir (``results.json`` inside), a several-run
-      workdir (``{mode}-{method}/results.json`` inside) or one of its
-      ``{mode}-{method}`` folders.
+    workdir: a run's folder (``results.json`` inside) or a sweep's
+      (``runs/.../results.json`` inside).
 
   Returns:
-    The runs, in the order the training command ran them.
+    The runs, in the order the sweep ran them.
 
   Raises:
     FileNotFoundError: no finished run there; the message names the layouts
@@ -138,22 +131,23 @@ def find_runs(workdir: str) -> list[RunInfo]:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"No such workdir: {workdir}. {_HOW_TO_TRAIN}")
   if os.path.isfile(os.path.join(workdir, results_lib.RESULTS_FILE)):
-    parent = os.path.dirname(workdir)
-    # A {mode}-{method} folder of a several-run workdir: stage 1 is beside it.
-    top = (parent if os.path.isdir(os.path.join(parent, STAGE1_DIR))
-           and not os.path.isdir(os.path.join(workdir, STAGE1_DIR)) else workdir)
-    return [_read_run(workdir, top)]
-  subdirs = sorted(
-      d for d in os.listdir(workdir)
-      if os.path.isfile(os.path.join(workdir, d, results_lib.RESULTS_FILE)))
-  if not subdirs:
+    return [_read_run(workdir, workdir)]
+  found = []
+  for parent, _, files in os.walk(os.path.join(workdir, "runs")):
+    if results_lib.RESULTS_FILE in files:
+      found.append(os.path.abspath(parent))
+  if not found:
     raise FileNotFoundError(
         f"No finished run in {workdir}: expected {workdir}/"
-        f"{results_lib.RESULTS_FILE} (one mode x method) or {workdir}/"
-        f"<mode>-<method>/{results_lib.RESULTS_FILE} (several). {_HOW_TO_TRAIN}")
-  order = _summary_order(workdir)
-  subdirs.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
-  return [_read_run(os.path.join(workdir, d), workdir) for d in subdirs]
+        f"{results_lib.RESULTS_FILE} (a run) or {workdir}/runs/.../"
+        f"{results_lib.RESULTS_FILE} (a sweep). {_HOW_TO_TRAIN}")
+  order = _sweep_order(workdir)
+  found.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
+  runs = [_read_run(d, workdir) for d in found]
+  names = [r.name for r in runs]
+  runs_dir = os.path.join(workdir, "runs")
+  return [r if names.count(r.name) == 1 else dataclasses.replace(
+      r, name=os.path.relpath(r.run_dir, runs_dir)) for r in runs]
 
 
 def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
@@ -185,17 +179,16 @@ def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
   Raises:
     ValueError: the run has no such stage.
   """
-  present = [s for s in STAGE_ORDER if s in run.results.get("stages", {})]
+  present = list(run.results.get("stage_order", ()))
   if not present:
     raise ValueError(f"{run.run_dir}/{results_lib.RESULTS_FILE} lists no "
-                     f"stages; expected some of {STAGE_ORDER}.")
+                     "stages ('stage_order').")
   name = present[-1] if stage == LAST else stage
   if name not in present:
     raise ValueError(f"Run {run.name} has no stage {stage!r}; it has "
                      f"{present} (or 'last').")
-  if name == compose_lib.STAGE1:
-    return name, os.path.join(run.workdir, STAGE1_DIR)
-  return name, os.path.join(run.run_dir, name)
+  return name, os.path.normpath(os.path.join(
+      run.run_dir, run.results["stages"][name]["dir"]))
 
 
 def _check_checkpoints(stage_dir: str) -> None:
@@ -227,7 +220,7 @@ def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
   name, stage_dir = resolve_stage(run, stage)
   _check_checkpoints(stage_dir)
   config = run.config
-  spec = datasets.get_dataset(config.data.name).spec
+  spec = datasets.dataset_spec(config.data)
   model = build_model(config, spec)
   # Shapes only: Orbax restores straight into replicated arrays on the mesh.
   abstract = jax.eval_shape(lambda: state_lib.init_variables(
@@ -235,6 +228,6 @@ def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=shardings.replicated), abstract)
-  variables = loop.restore_best_variables(stage_dir, abstract)
+  variables = stage_lib.restore_best_variables(stage_dir, abstract)
   return LoadedRun(info=run, stage=name, stage_dir=stage_dir, spec=spec,
                    model=model, variables=variables)

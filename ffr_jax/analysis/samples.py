@@ -42,6 +42,7 @@ from ffr_jax.data import datasets
 from ffr_jax.data import images as images_lib
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSpec, Examples
+from ffr_jax.generation import factory as generate_lib
 
 HELDOUT_SEED_OFFSET = 7919
 SYNTHETIC_CHOICES = ("auto", "heldout", "generate", "train")
@@ -151,7 +152,6 @@ def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
 
 def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
               per_group: int, out_dir: str) -> tuple[Examples, str]:
-  from ffr_jax.generation import factory as generate_lib  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.generate.seed = int(cfg.generate.seed) + HELDOUT_SEED_OFFSET
   root = os.path.join(out_dir, HELDOUT_DIR, data_key(config))

@@ -21,7 +21,7 @@ Ablations (the paper's Tables 1 and 2; "stage 2 only" is mode ``none``):
 
 Validation and test are always real. USB and ASB put real and synthetic images
 in one training set, so their robust methods act on ``(y, b, source)`` groups;
-``none`` and ``ffr`` use ``(y, b)`` groups (REFERENCE.md, "Training").
+``none`` and ``ffr`` use ``(y, b)`` groups (docs/reference.md, "Training").
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ffr_jax.data.types import REAL, DatasetSpec, Examples
+from ffr_jax.registry import Registry
 
 STAGE1 = "stage1"  # FFR: ERM on the balanced synthetic set
 STAGE2 = "stage2"  # FFR: fine-tuning on real data
@@ -39,31 +40,30 @@ STAGE1_BIASED = "stage1_biased"  # ffr_biased: pretraining on biased synthetic d
 TRAIN = "train"    # the only stage of modes none, usb and asb
 
 
+PRETRAIN = "pretrain"  # synthetic data, ERM, the stage1.* settings
+TRAIN_KIND = "train"   # the configured method from the first stage on
+FINETUNE = "finetune"  # the configured method after pretraining (freeze_bn)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One training stage.
+  """One training stage of a mode.
 
   Attributes:
     name: ``"stage1"`` / ``"stage2"`` for FFR, ``"train"`` for the
       single-stage modes.
-    train: the examples it trains on.
+    train: the examples it trains on; None when only the shape of a mode is
+      asked for (:func:`describe`).
     by_source: whether groups are ``(y, b, source)`` rather than ``(y, b)``.
-    erm_only: stage 1 of FFR is plain ERM whatever the configured method.
-    hparams: the config section holding its ``epochs`` and ``lr``:
-      ``"stage1"`` for stages on synthetic data, ``"train"`` otherwise.
-    shared: the stage starts from scratch and ignores the method, so every
-      method (and every mode naming the same stage) can reuse one copy: the
-      run keeps it in the shared stage-1 folder (``train.stage1_dir``).
-    freeze_bn: ``train.freeze_bn`` applies (fine-tuning after pretraining).
+    kind: :data:`PRETRAIN` (synthetic pretraining: ERM, ``stage1.*``),
+      :data:`TRAIN_KIND` or :data:`FINETUNE` (the configured method with
+      ``train.*``; fine-tuning after pretraining may freeze batch norm).
   """
 
   name: str
-  train: Examples
+  train: Examples | None
   by_source: bool
-  erm_only: bool = False
-  hparams: str = "train"
-  shared: bool = False
-  freeze_bn: bool = False
+  kind: str = TRAIN_KIND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +102,7 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
       ``stage1_only`` and ``stage2_then_1`` use FFR's set; ``ffr_biased`` the
       same total, in the real train split's group proportions.
   """
-  if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; known modes: {sorted(MODES)}")
+  MODES.get(mode)  # an unknown mode is an error naming the known ones
   if mode == "none":
     return {g: 0 for g in spec.groups}
   if mode == "usb":
@@ -169,25 +168,24 @@ def _none(spec, train, pool, per_group):
 
 
 def _usb(spec, train, pool, per_group):
-  syn = take_synthetic(spec, pool, synthetic_needs("usb", spec, train, per_group))
-  return (Stage(TRAIN, Examples.concat([train, syn]), by_source=True),)
+  syn = _take("usb", spec, train, pool, per_group)
+  return (Stage(TRAIN, _concat(train, syn), by_source=True),)
 
 
 def _asb(spec, train, pool, per_group):
-  syn = take_synthetic(spec, pool, synthetic_needs("asb", spec, train, per_group))
-  return (Stage(TRAIN, Examples.concat([train, syn]), by_source=True),)
+  syn = _take("asb", spec, train, pool, per_group)
+  return (Stage(TRAIN, _concat(train, syn), by_source=True),)
 
 
 def _pretrain(name, mode, spec, train, pool, per_group):
-  """The synthetic pretraining stage of ``mode`` (ERM, shared by methods)."""
-  syn = take_synthetic(spec, pool, synthetic_needs(mode, spec, train, per_group))
-  return Stage(name, syn, by_source=False, erm_only=True, hparams="stage1",
-               shared=True)
+  """The synthetic pretraining stage of ``mode``."""
+  syn = _take(mode, spec, train, pool, per_group)
+  return Stage(name, syn, by_source=False, kind=PRETRAIN)
 
 
 def _ffr(spec, train, pool, per_group):
   return (_pretrain(STAGE1, "ffr", spec, train, pool, per_group),
-          Stage(STAGE2, train, by_source=False, freeze_bn=True))
+          Stage(STAGE2, train, by_source=False, kind=FINETUNE))
 
 
 def _stage1_only(spec, train, pool, per_group):
@@ -195,35 +193,39 @@ def _stage1_only(spec, train, pool, per_group):
 
 
 def _stage2_then_1(spec, train, pool, per_group):
-  syn = take_synthetic(spec, pool, synthetic_needs("ffr", spec, train, per_group))
-  # The synthetic stage now follows a trained model, so it is not shared.
   return (Stage(STAGE2, train, by_source=False),
-          Stage(STAGE1, syn, by_source=False, erm_only=True, hparams="stage1"))
+          _pretrain(STAGE1, "ffr", spec, train, pool, per_group))
 
 
 def _ffr_biased(spec, train, pool, per_group):
   return (_pretrain(STAGE1_BIASED, "ffr_biased", spec, train, pool, per_group),
-          Stage(STAGE2, train, by_source=False, freeze_bn=True))
+          Stage(STAGE2, train, by_source=False, kind=FINETUNE))
 
 
-ComposeFn = Callable[[DatasetSpec, Examples, Examples, int], tuple[Stage, ...]]
-MODES: dict[str, ComposeFn] = {
-    "none": _none,
-    "usb": _usb,
-    "asb": _asb,
-    "ffr": _ffr,
-    "stage1_only": _stage1_only,
-    "stage2_then_1": _stage2_then_1,
-    "ffr_biased": _ffr_biased,
-}
+def _take(mode, spec, train, pool, per_group):
+  """The synthetic examples ``mode`` adds (None when describing a mode)."""
+  if train is None:
+    return None
+  return take_synthetic(spec, pool, synthetic_needs(mode, spec, train, per_group))
 
-# The shared (method-independent) stage of each mode that has one; the sweep
-# keys a shared folder on the settings this stage depends on.
-SHARED_STAGES: dict[str, str] = {
-    "ffr": STAGE1,
-    "stage1_only": STAGE1,
-    "ffr_biased": STAGE1_BIASED,
-}
+
+def _concat(train, syn):
+  return None if train is None else Examples.concat([train, syn])
+
+
+ComposeFn = Callable[[DatasetSpec, Examples | None, Examples | None, int],
+                     tuple[Stage, ...]]
+MODES: Registry[ComposeFn] = Registry("mode")
+for _name, _fn in (("none", _none), ("usb", _usb), ("asb", _asb), ("ffr", _ffr),
+                   ("stage1_only", _stage1_only),
+                   ("stage2_then_1", _stage2_then_1),
+                   ("ffr_biased", _ffr_biased)):
+  MODES.register(_name, _fn)
+
+
+def describe(mode: str) -> tuple[Stage, ...]:
+  """The stages of ``mode`` without data (names, kinds, groups)."""
+  return MODES.get(mode)(None, None, None, -1)
 
 
 def compose(mode: str, spec: DatasetSpec, train: Examples,
@@ -241,15 +243,13 @@ def compose(mode: str, spec: DatasetSpec, train: Examples,
   Returns:
     The stages in training order.
   """
-  if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; known modes: {sorted(MODES)}")
   needs = synthetic_needs(mode, spec, train, per_group)
   if synthetic is None:
     if any(needs.values()):
       raise ValueError(f"Mode {mode!r} needs synthetic images; set "
                        "data.synthetic_root or generate them first.")
     synthetic = Examples.empty()
-  stages = MODES[mode](spec, train, synthetic, per_group)
+  stages = MODES.get(mode)(spec, train, synthetic, per_group)
   for s in stages:
     if len(s.train) == 0:
       raise ValueError(f"Mode {mode!r}: {s.name} has no training examples.")

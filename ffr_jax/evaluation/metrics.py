@@ -4,7 +4,7 @@ Evaluation runs over padded batches with a boolean mask (the pipeline pads the
 last batch), possibly sharded over several devices. Each batch is reduced on
 device to two float32 vectors of per-group counts, :class:`GroupCounts`, that
 are summed across batches with ``+``; only the final counts cross to the host,
-where :func:`summarize` turns them into the numbers we report (REFERENCE.md,
+where :func:`summarize` turns them into the numbers we report (docs/reference.md,
 "Metrics"):
 
 * worst-group accuracy: the minimum over groups of the group's accuracy;

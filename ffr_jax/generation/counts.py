@@ -2,7 +2,7 @@
 
 By default we generate what ASB and FFR stage 1 use at the configured bias
 ratio: the total USB would add (every group filled up to the largest real
-group), split equally over the groups (REFERENCE.md, "Synthetic data"; e.g.
+group), split equally over the groups (docs/reference.md, "Synthetic data"; e.g.
 SpuCo Animals at 95%: 38000 in total, 4750 per group). The rule itself lives in
 :mod:`ffr_jax.data.compose`, which also takes the images back out, so both ends
 agree by construction. A folder meant to serve USB too needs, per group, the

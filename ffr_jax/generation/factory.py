@@ -9,6 +9,7 @@ benchmark's generator, ``config.benchmark.*``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 
@@ -17,9 +18,11 @@ import numpy as np
 from absl import logging
 
 from ffr_jax.data.types import DatasetSpec
+from ffr_jax.demo import generator as demo_generator
 from ffr_jax.generation import prompts as prompts_lib
 from ffr_jax.generation import writer as writer_lib
 from ffr_jax.generation.base import Generator
+from ffr_jax.registry import Registry
 
 
 def _stable_diffusion(config: ml_collections.ConfigDict, spec: DatasetSpec
@@ -39,53 +42,72 @@ def _stable_diffusion(config: ml_collections.ConfigDict, spec: DatasetSpec
 
 def _procedural(config: ml_collections.ConfigDict, spec: DatasetSpec
                 ) -> Generator:
-  try:
-    from ffr_jax.demo.generator import ProceduralGenerator  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ValueError(
-        "generate.generator='procedural' needs ffr_jax.demo.generator, "
-        f"which failed to import ({e}).") from e
   if "benchmark" not in config:
     raise ValueError(
         "generate.generator='procedural' needs the config.benchmark section "
         "(strength, image_size); use configs/demo.py.")
-  return ProceduralGenerator(strength=config.benchmark.strength,
-                             image_size=config.benchmark.image_size, spec=spec)
+  return demo_generator.ProceduralGenerator(
+      strength=config.benchmark.strength,
+      image_size=config.benchmark.image_size, spec=spec)
 
 
-# Explicit registry: config.generate.generator -> constructor.
-GENERATORS: dict[str, Callable[[ml_collections.ConfigDict, DatasetSpec], Generator]] = {
-    "stable_diffusion": _stable_diffusion,
-    "procedural": _procedural,
-}
+def _text_prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
+                  ) -> prompts_lib.PromptFn:
+  """Stable Diffusion's prompts (:mod:`ffr_jax.generation.prompts`)."""
+  return prompts_lib.make_prompt_fn(spec, config.generate.prompts,
+                                    int(config.generate.seed))
+
+
+def _procedural_prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
+                        ) -> prompts_lib.PromptFn:
+  """The benchmark's own prompt forms: its generator reads the group back."""
+  name, seed = config.generate.prompts, int(config.generate.seed)
+
+  def prompt_fn(g: int, index: int) -> str:
+    variant = int(np.random.default_rng([seed, g, index]).integers(1 << 16))
+    return demo_generator.build_prompt(spec, *spec.groups[g], template=name,
+                                       variant=variant)
+  return prompt_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorDef:
+  """A generator kind.
+
+  Attributes:
+    make: ``make(config, spec) -> Generator``.
+    prompts: ``prompts(config, spec) -> prompt_fn(g, index)``.
+    makes_own_data: cheap and offline (the built-in benchmark's): a training
+      run makes the images it lacks itself, so the demo is one command.
+  """
+
+  make: Callable[[ml_collections.ConfigDict, DatasetSpec], Generator]
+  prompts: Callable[[ml_collections.ConfigDict, DatasetSpec], prompts_lib.PromptFn]
+  makes_own_data: bool = False
+
+
+GENERATORS: Registry[GeneratorDef] = Registry("generator")
+GENERATORS.register("stable_diffusion",
+                    GeneratorDef(_stable_diffusion, _text_prompts))
+GENERATORS.register("procedural", GeneratorDef(
+    _procedural, _procedural_prompts, makes_own_data=True))
 
 
 def make_generator(config: ml_collections.ConfigDict, spec: DatasetSpec
                    ) -> Generator:
   """The generator ``config.generate.generator`` names."""
-  name = config.generate.generator
-  if name not in GENERATORS:
-    raise ValueError(f"Unknown generator {name!r}; known: {sorted(GENERATORS)}.")
-  return GENERATORS[name](config, spec)
+  return GENERATORS.get(config.generate.generator).make(config, spec)
 
 
 def make_prompt_fn(config: ml_collections.ConfigDict, spec: DatasetSpec
                    ) -> prompts_lib.PromptFn:
-  """``prompt_fn(g, index)`` for the configured prompt set and generator.
+  """``prompt_fn(g, index)`` for the configured prompt set and generator."""
+  return GENERATORS.get(config.generate.generator).prompts(config, spec)
 
-  The procedural generator reads the group back out of the prompt, so it gets
-  the benchmark's own prompt forms; Stable Diffusion gets
-  :mod:`ffr_jax.generation.prompts`.
-  """
-  name, seed = config.generate.prompts, int(config.generate.seed)
-  if config.generate.generator != "procedural":
-    return prompts_lib.make_prompt_fn(spec, name, seed)
-  from ffr_jax.demo.generator import build_prompt  # pylint: disable=import-outside-toplevel
 
-  def prompt_fn(g: int, index: int) -> str:
-    variant = int(np.random.default_rng([seed, g, index]).integers(1 << 16))
-    return build_prompt(spec, *spec.groups[g], template=name, variant=variant)
-  return prompt_fn
+def makes_its_own_data(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run generates its missing synthetic images itself."""
+  return GENERATORS.get(config.generate.generator).makes_own_data
 
 
 def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,

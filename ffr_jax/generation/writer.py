@@ -24,7 +24,7 @@ then remembered by size and checksum (:func:`ffr_jax.data.images.find_unreadable
 so a resume re-reads every image but decodes only new or changed ones.
 
 Filter: images the safety checker blacks out, and near-grayscale images, are
-dropped (REFERENCE.md, "Synthetic data") and regenerated with the next attempt's
+dropped (docs/reference.md, "Synthetic data") and regenerated with the next attempt's
 seed; see :func:`reject_reason`.
 
 Multi-host: generation is one collective computation over all devices of all

@@ -27,7 +27,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-RESULTS_FILE = "results.json"
+from ffr_jax import config as config_lib
+from ffr_jax.reporting.results import RESULTS_FILE
 
 # Config keys chosen per cell on validation data, when they vary.
 HPARAM_KEYS = (
@@ -37,13 +38,10 @@ HPARAM_KEYS = (
 )
 # Keys that never define a condition: the cell keys and seeds, paths (which
 # follow from other settings), and settings that change speed, not results.
-IGNORED_KEYS = (
+IGNORED_KEYS = frozenset({
     "seed", "mode", "method", "data.name", "data.bias_ratio", "data.root",
-    "data.synthetic_root", "train.stage1_dir", "eval.synthetic_test_root",
-    "train.log_every", "train.checkpoint_every", "train.eval_batch_size",
-    "data.num_workers", "data.verify_images", "data.cache_images",
-    "generate.batch_size", "model.pretrained", "generate.model",
-)
+    "data.synthetic_root", "eval.synthetic_test_root", "model.pretrained",
+    "generate.model"}) | config_lib.SPEED_ONLY_KEYS
 METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
            "syn_ba")
 
@@ -75,14 +73,10 @@ class Record:
   syn_ba: float | None = None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-  return out
+def _flatten(d: dict) -> dict[str, Any]:
+  """The flat config, with lists as (hashable) tuples."""
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in config_lib.flatten(d).items()}
 
 
 def _selection(results: dict, path: str) -> tuple[float, str]:

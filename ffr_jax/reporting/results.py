@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _jsonable(obj: Any) -> Any:
@@ -23,33 +23,40 @@ def _jsonable(obj: Any) -> Any:
   return obj
 
 
-def run_results(*, config: ml_collections.ConfigDict, mode: str, method: str,
-                metrics: dict[str, dict], stage_results: dict, dfr: dict | None,
-                synthetic_per_group: dict, wall_seconds: float) -> dict:
+def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
+                stage_results: dict, stage_dirs: dict[str, str],
+                selection: dict, dfr: dict | None, synthetic_per_group: dict,
+                fingerprint: str, wall_seconds: float) -> dict:
   """The ``results.json`` object of one mode x method.
 
   ``val`` and ``test`` hold ``{"worst_group_acc", "balanced_acc",
   "group_acc": {"y=0,b=1": acc, ...}, "acc"}`` (accuracies in [0, 1]) of the
   epoch selected by validation worst-group accuracy (after DFR's refit when
-  the method is DFR). When the run evaluates a held-out synthetic test set
-  (``eval.synthetic_test_per_group``), ``synthetic_test`` holds its metrics
-  in the same form; otherwise the key is absent.
+  the method is DFR; ``val_backbone`` then holds the backbone's val numbers
+  before the refit). ``selection`` is the held-out number that hyperparameter
+  selection over runs must use: the val WA of the selected epoch, or for DFR
+  the backbone's (the refit head's val score is in-sample). A held-out
+  synthetic test set (``eval.synthetic_test_per_group``) adds
+  ``synthetic_test``. ``stages`` holds each stage's selected epoch, metrics,
+  history, epoch-0 metrics and folder (relative to the run's workdir).
   """
   last = list(stage_results)[-1]
-  extra = {k: v for k, v in metrics.items() if k not in ("val", "test")}
   return _jsonable({
       "schema_version": SCHEMA_VERSION,
+      "fingerprint": fingerprint,
       "dataset": config.data.name,
       "bias_ratio": float(config.data.bias_ratio),
-      "mode": mode,
-      "method": method,
+      "mode": str(config.mode),
+      "method": str(config.method),
       "seed": int(config.seed),
-      "val": metrics["val"],
-      "test": metrics["test"],
-      **extra,
+      **metrics,
+      "selection": selection,
       "selected_epoch": stage_results[last].best_epoch,
+      "stage_order": list(stage_results),  # training order (keys get sorted)
       "stages": {
           name: {"selected_epoch": r.best_epoch, **r.metrics,
+                 "epoch0": r.epoch0, "dir": stage_dirs[name],
+                 "fingerprint": r.fingerprint,
                  "wall_seconds": r.wall_seconds, "history": r.history}
           for name, r in stage_results.items()},
       "dfr": dfr,
@@ -101,6 +108,10 @@ def summary_rows(runs: dict[str, dict]) -> list[dict]:
       "selected_epoch": r["selected_epoch"],
       "wall_seconds": r["wall_seconds"],
   } for name, r in runs.items()]
+
+
+LEGEND = ("WA = worst-group accuracy, BA = balanced accuracy (test, %); epoch = "
+          "the one chosen by validation WA.")
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -13,6 +13,8 @@ import time
 
 import jax
 
+METRICS_FILE = "metrics.jsonl"
+
 
 class MetricWriter:
   """Writes scalars under ``{logdir}``; a no-op on hosts other than 0."""
@@ -24,7 +26,7 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       os.makedirs(logdir, exist_ok=True)
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+      self._jsonl = open(os.path.join(logdir, METRICS_FILE), "a")
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
@@ -41,6 +43,33 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(f"{stage}/{k}", float(v), int(step))
+
+  def drop_after(self, stage: str, step: int) -> None:
+    """Forgets JSON lines of ``stage`` past ``step`` (a resume redoes them).
+
+    A killed run may have logged steps after its last checkpoint; the resumed
+    run logs them again, so without this ``metrics.jsonl`` would hold those
+    steps twice. (TensorBoard shows the later value of a repeated step.)
+    """
+    if not self.enabled:
+      return
+    path = os.path.join(self.logdir, METRICS_FILE)
+    self._jsonl.close()
+    with open(path) as f:
+      rows = [line for line in f if line.strip()]
+    kept = []
+    for line in rows:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line torn by the kill
+        continue
+      if not (row.get("stage") == stage and int(row.get("step", 0)) > step):
+        kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+    self._jsonl = open(path, "a")
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -1,7 +1,7 @@
 """Group distributionally robust optimisation (Sagawa et al., 2020).
 
 The canonical online GroupDRO (``LossComputer.compute_robust_loss`` in
-github.com/kohpangwei/group_DRO), step by step (REFERENCE.md, "Methods"):
+github.com/kohpangwei/group_DRO), step by step (docs/reference.md, "Methods"):
 
 1. ``L_g = sum of the losses of group g in the batch / max(count_g, 1)``, so a
    group absent from the batch has ``L_g = 0``;
@@ -118,7 +118,7 @@ def groupdro_loss(
 
   The q update uses the size-adjusted losses ``L_g + C / sqrt(n_g)``; the
   returned loss is ``group_losses @ q_new`` with the *unadjusted* ``L_g``, as
-  REFERENCE.md states. (In Sagawa's code ``adjusted_loss += ...`` aliases
+  docs/reference.md states. (In Sagawa's code ``adjusted_loss += ...`` aliases
   ``group_loss`` in place, so their logged loss also carries the constant
   ``sum_g q_g C / sqrt(n_g)``; its gradient is the same, since that term does
   not depend on the parameters and q is detached.)

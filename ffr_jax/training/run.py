@@ -1,145 +1,156 @@
-"""A whole run: data, the mode's stages, DFR, and ``results.json``.
+"""One run: one mode x method, from config to ``results.json``.
 
-``config.mode`` and ``config.method`` may each name one value or several,
-comma-separated (``"none,usb,asb,ffr"``). One mode x method writes
-``{workdir}/results.json``; several write one sub-workdir each
-(``{workdir}/{mode}-{method}/results.json``) plus ``{workdir}/summary.json``,
-``summary.md`` and a bar chart. FFR's stage 1 (ERM on synthetic data, the same
-for every method) lives in ``{workdir}/ffr-stage1`` and is trained once;
-``train.stage1_dir`` moves the shared stages to ``{stage1_dir}/{stage name}``
-(a sweep points every run needing the same stage 1 there).
+    config -> validate -> data -> compose (the mode's stages)
+           -> plan_run (one StagePlan per stage) -> run_stage per plan
+           -> DFR refit (method dfr) -> {workdir}/results.json
 
-With ``eval.synthetic_test_per_group = N > 0`` every stage is also evaluated
-on N held-out synthetic images per group (their own generation seed and
-folder) and ``results.json`` gets ``synthetic_test`` next to ``test``.
+Stages live in ``train.stages_dir`` (default ``{workdir}/stages``), one folder
+per plan (``{name}-{fingerprint}``), so a stage with the same plan is trained
+once: a sweep points all its runs at one folder and FFR's stage 1 is shared by
+every method. ``results.json`` names each stage's folder relative to the
+workdir, so a finished workdir can be moved.
+
+Several modes or methods at once (``--config.mode=none,usb``) are a sweep:
+``ffr_jax.main`` hands them to :mod:`ffr_jax.experiments`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
+import hashlib
+import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
+from ffr_jax import config as config_lib
+from ffr_jax import models
+from ffr_jax.data import bias
 from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSplits, Examples, GroupScheme
-from ffr_jax import models
+from ffr_jax.generation import factory as generation
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import last_layer
-from ffr_jax.training import loop
+from ffr_jax.training import lifecycle
+from ffr_jax.training import plan as plan_lib
+from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
-from ffr_jax.training.methods import get_method
-from ffr_jax.training.mesh import (Shardings, make_shardings,
-                                   maybe_initialize_distributed)
+from ffr_jax.training.methods import METHODS, get_method
+from ffr_jax.training.mesh import Shardings, make_shardings, maybe_initialize_distributed
 
-STAGE1_DIR = "ffr-stage1"  # the default folder of the shared stage "stage1"
+STAGES_DIR = "stages"   # {workdir}/stages unless train.stages_dir is set
 SYNTHETIC_TEST = "synthetic_test"
 
 
-def parse_list(value: str, known, what: str) -> list[str]:
-  """``"a,b"`` -> ``["a", "b"]``, each checked against ``known``."""
-  items = [v.strip() for v in str(value).split(",") if v.strip()]
-  if not items:
-    raise ValueError(f"config.{what} is empty; choose from {sorted(known)}.")
-  for v in items:
-    if v not in known:
-      raise ValueError(f"Unknown {what} {v!r}; known: {sorted(known)}.")
-  return items
+class RunMismatchError(ValueError):
+  """The workdir holds the results of a run with other settings."""
 
 
-def _old_resolve_roots(config: ml_collections.ConfigDict, workdir: str
-                  ) -> ml_collections.ConfigDict:
-  """Fills in the default data folders under ``workdir``.
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks every value a run reads before anything is written.
 
-  An empty ``data.root`` is allowed only for a dataset that can make its own
-  data (the built-in benchmark renders into ``{workdir}/data/real``); an empty
-  ``data.synthetic_root`` means ``{workdir}/synthetic``.
+  Raises:
+    ValueError: the first bad value, with what was expected.
   """
-  config = ml_collections.ConfigDict(config.to_dict())
-  definition = datasets.get_dataset(config.data.name)
-  if not config.data.root:
-    if not getattr(definition, "self_contained", False):
-      raise ValueError(
-          f"config.data.root is empty; point it at the {config.data.name} "
-          f"folder. Expected layout:\n{definition.layout}")
-    config.data.root = os.path.join(workdir, "data", "real")
-  if not config.data.synthetic_root:
-    config.data.synthetic_root = os.path.join(workdir, "synthetic")
-  if "eval" in config and not config.eval.synthetic_test_root:
-    config.eval.synthetic_test_root = config.data.synthetic_root + "-test"
-  return config
+  compose_lib.MODES.get(str(config.mode))
+  METHODS.get(str(config.method))
+  datasets.get_dataset(str(config.data.name))
+  models.MODELS.get(str(config.model.name))
+  generation.GENERATORS.get(str(config.generate.generator))
+  bias.check_ratio(config.data.bias_ratio)
+  for key in ("train.epochs", "stage1.epochs", "train.batch_size",
+              "train.eval_batch_size", "data.image_size", "train.log_every"):
+    section, name = key.split(".")
+    if int(config[section][name]) < 1:
+      raise ValueError(f"config.{key}={config[section][name]} must be >= 1.")
+  for key in ("stage1.lr",):
+    section, name = key.split(".")
+    if float(config[section][name]) <= 0:
+      raise ValueError(f"config.{key}={config[section][name]} must be > 0.")
+  if config_lib.train_lr(config) <= 0:
+    raise ValueError(f"config.train.lr={config.train.lr} must be > 0 (or "
+                     f"{config_lib.AUTHORS_LR} for the authors' value).")
+  if config.train.checkpoint_every < 0:
+    raise ValueError("config.train.checkpoint_every must be >= 0.")
+  pretrained = str(config.model.pretrained)
+  if (pretrained and not pretrained.startswith(weights_lib.HUB_PREFIX)
+      and not os.path.isfile(pretrained)):
+    raise FileNotFoundError(
+        f"config.model.pretrained={config.model.pretrained!r} is not a file "
+        "(a .pth or .safetensors file, or hf-hub:ORG/NAME).")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunContext:
-  """What every mode x method of a run shares."""
+class RunData:
+  """The data of a run: real splits, synthetic pool, synthetic test set."""
 
-  config: ml_collections.ConfigDict
-  workdir: str
   splits: DatasetSplits
-  shardings: Shardings
-  model: object
-  synthetic_test: Examples | None = None
+  synthetic: Examples | None
+  synthetic_test: Examples | None
+  roots: tuple[str, ...]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every configured mode x method; returns ``{name: results}``."""
-  maybe_initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
-  modes = parse_list(config.mode, compose_lib.MODES, "mode")
-  methods = parse_list(config.method, _known_methods(), "method")
-  config = datasets.resolve_roots(config, workdir)
+def load_run_data(config: ml_collections.ConfigDict,
+                  modes: Sequence[str]) -> RunData:
+  """Loads (and for built-in generators, makes) what ``modes`` train on.
+
+  ``config`` has resolved roots (:func:`ffr_jax.data.datasets.resolve_roots`).
+  """
   datasets.prepare_dataset(config)
   splits = datasets.load_dataset(config.data)
+  check_same_data_on_every_host(splits)
   spec = splits.spec
-  ctx = RunContext(
-      config=config, workdir=workdir, splits=splits,
-      shardings=make_shardings(),
-      model=models.model_from_config(config.model, spec.num_classes),
-      synthetic_test=synthetic_test_set(config, spec))
-  pool = _synthetic_pool(ctx, modes)
-  runs = list(itertools.product(modes, methods))
-  out = {}
-  for mode, method in runs:
-    run_dir = workdir if len(runs) == 1 else os.path.join(workdir,
-                                                          f"{mode}-{method}")
-    out[f"{mode}-{method}"] = run_one(ctx, mode, method, pool, run_dir)
-  if len(runs) > 1:
-    results_lib.write_summary(workdir, out)
-  return out
-
-
-def _known_methods():
-  from ffr_jax.training.methods import METHODS  # pylint: disable=g-import-not-at-top
-  return METHODS
-
-
-def _synthetic_pool(ctx: RunContext, modes: list[str]) -> Examples | None:
-  """Loads (and for built-in generators, makes) the synthetic images needed."""
-  cfg = ctx.config
-  spec, train = ctx.splits.spec, ctx.splits.train
-  needs = {}
+  needs: dict = {}
   for mode in modes:
     for g, n in compose_lib.synthetic_needs(
-        mode, spec, train, cfg.data.synthetic_per_group).items():
+        mode, spec, splits.train, config.data.synthetic_per_group).items():
       needs[g] = max(needs.get(g, 0), n)
-  if not any(needs.values()):
-    return None
-  root = cfg.data.synthetic_root
-  if cfg.generate.generator == "procedural":
-    # The built-in benchmark's generator is cheap and offline: make what is
-    # missing now (resumable), so the demo is one command.
-    from ffr_jax.generation import factory as generate  # pylint: disable=g-import-not-at-top
-    generate.generate_synthetic(cfg, spec, needs, root)
-  return synthetic_lib.load_synthetic(root, spec)
+  pool = None
+  if any(needs.values()):
+    root = config.data.synthetic_root
+    if generation.makes_its_own_data(config):
+      generation.generate_synthetic(config, spec, needs, root)
+    pool = synthetic_lib.load_synthetic(root, spec)
+  return RunData(splits=splits, synthetic=pool,
+                 synthetic_test=synthetic_test_set(config, spec),
+                 roots=(config.data.root, config.data.synthetic_root,
+                        config.eval.synthetic_test_root))
+
+
+def check_same_data_on_every_host(splits: DatasetSplits) -> None:
+  """Fails clearly when the hosts of a multi-host run loaded other splits.
+
+  A flaky network file system could list different files on different hosts;
+  training would then mix data silently. Each host digests its splits and the
+  digests are compared across processes.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for name in ("train", "val", "test"):
+    ex = splits.split(name)
+    h.update("\n".join(os.path.basename(str(p)) for p in ex.path).encode())
+    h.update(np.asarray(ex.y, np.int64).tobytes())
+    h.update(np.asarray(ex.b, np.int64).tobytes())
+  mine = np.frombuffer(h.digest()[:8], np.uint32)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  if not (every == every[0]).all():
+    differ = [i for i in range(len(every)) if not (every[i] == every[0]).all()]
+    raise ValueError(
+        f"Hosts {differ} loaded other dataset splits than host 0 (listing of "
+        f"{splits.spec.name} differs): check that every host sees the same "
+        "files under data.root.")
 
 
 def synthetic_test_set(config: ml_collections.ConfigDict, spec
@@ -153,7 +164,7 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
   ``python -m ffr_jax.generate --config.generate.seed=SEED
   --config.generate.per_group=N --config.data.synthetic_root=ROOT``.
   """
-  n = int(config.eval.synthetic_test_per_group) if "eval" in config else 0
+  n = int(config.eval.synthetic_test_per_group)
   if n <= 0:
     return None
   if int(config.eval.synthetic_test_seed) == int(config.generate.seed):
@@ -162,94 +173,213 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
         "images would repeat the training images; choose another seed.")
   root = config.eval.synthetic_test_root
   needs = {g: n for g in spec.groups}
-  if config.generate.generator == "procedural":
+  if generation.makes_its_own_data(config):
     test_config = ml_collections.ConfigDict(config.to_dict())
     test_config.generate.seed = int(config.eval.synthetic_test_seed)
-    from ffr_jax.generation import factory as generate  # pylint: disable=g-import-not-at-top
-    generate.generate_synthetic(test_config, spec, needs, root,
-                                show_progress=False, log_summary=False)
-  return compose_lib.take_synthetic(spec, synthetic_lib.load_synthetic(root, spec),
-                                    needs)
+    generation.generate_synthetic(test_config, spec, needs, root,
+                                  show_progress=False, log_summary=False)
+  return compose_lib.take_synthetic(
+      spec, synthetic_lib.load_synthetic(root, spec), needs)
 
 
-def _initial_variables(ctx: RunContext):
-  """ImageNet weights if configured, else None (fresh initialisation)."""
-  path = ctx.config.model.pretrained
-  if not path:
-    return None
+def eval_sets(data: RunData) -> list[stage_lib.EvalSet]:
+  """Every split a run evaluates after each epoch; val first (selection)."""
+  scheme = GroupScheme(data.splits.spec, by_source=False)
+  evals = [stage_lib.EvalSet("val", data.splits.val, scheme),
+           stage_lib.EvalSet("test", data.splits.test, scheme)]
+  if data.synthetic_test is not None:
+    evals.append(stage_lib.EvalSet(SYNTHETIC_TEST, data.synthetic_test, scheme))
+  return evals
+
+
+def pretrained_variables(config: ml_collections.ConfigDict, model):
+  """ImageNet weights if configured (else None) and their plan ``init``."""
+  source = str(config.model.pretrained)
+  if not source:
+    return None, plan_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
   template = jax.device_get(jax.jit(
-      lambda: state_lib.init_variables(ctx.model, ctx.config.data.image_size,
-                                       ctx.config.seed))())
-  return weights_lib.load_torchvision_weights(path, template)
+      lambda: state_lib.init_variables(model, config.data.image_size,
+                                       config.seed))())
+  variables = weights_lib.load_torchvision_weights(source, template)
+  return variables, f"pretrained:{plan_lib.variables_digest(variables)}"
 
 
-def shared_stage_dir(config: ml_collections.ConfigDict, workdir: str,
-                     stage_name: str) -> str:
-  """Where a shared (method-independent) stage lives.
+def stages_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  return str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
 
-  ``{train.stage1_dir}/{stage}`` when set, else ``{workdir}/ffr-{stage}``
-  (``ffr-stage1`` for FFR's stage 1, as before the setting existed).
+
+def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
+                    config: ml_collections.ConfigDict) -> str:
+  """The stages plus what acts after them (DFR's settings, the eval sets)."""
+  after = {"method": str(config.method),
+           "eval": {k: v for k, v in config_lib.flatten(config.eval).items()
+                    if not k.endswith("_root")}}
+  if get_method(str(config.method)).refit_last_layer:
+    after["dfr"] = config_lib.flatten(config.dfr)
+  text = json.dumps({"stages": [p.fingerprint for p in plans], **after},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:plan_lib.FINGERPRINT_CHARS]
+
+
+class _MonotonicSteps:
+  """A stop check that sees one increasing step count over all stages.
+
+  Stage steps restart at 0; JAX's multi-host preemption sync point expects
+  step ids that only grow.
   """
-  if config.train.stage1_dir:
-    return os.path.join(config.train.stage1_dir, stage_name)
-  return os.path.join(workdir, f"ffr-{stage_name}")
+
+  def __init__(self, should_stop):
+    self._should_stop = should_stop
+    self._base = self._last = 0
+
+  def next_stage(self) -> None:
+    self._base = self._last + 1
+
+  def __call__(self, step: int) -> bool:
+    self._last = self._base + int(step)
+    return self._should_stop(self._last)
 
 
-def _stage_dir(ctx: RunContext, run_dir: str, stage: compose_lib.Stage) -> str:
-  if stage.shared:
-    return shared_stage_dir(ctx.config, ctx.workdir, stage.name)
-  return os.path.join(run_dir, stage.name)
+def _finished_results(workdir: str, fingerprint: str) -> dict | None:
+  """The results of this very run if it finished earlier, else None.
+
+  Raises:
+    RunMismatchError: the workdir holds a finished run with other settings.
+  """
+  path = os.path.join(workdir, results_lib.RESULTS_FILE)
+  if not os.path.isfile(path):
+    return None
+  previous = results_lib.read_results(workdir)
+  if previous.get("fingerprint") != fingerprint:
+    raise RunMismatchError(
+        f"{workdir} holds the results of a run with other settings (mode "
+        f"{previous.get('mode')}, method {previous.get('method')}); use a new "
+        "--workdir for a new experiment.")
+  return previous
 
 
-def run_one(ctx: RunContext, mode: str, method_name: str,
-            pool: Examples | None, run_dir: str) -> dict:
-  """Trains the stages of ``mode`` with ``method_name``; writes results.json."""
-  cfg = ctx.config
-  spec = ctx.splits.spec
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: RunData | None = None,
+                       should_stop=None) -> dict:
+  """Trains the stages of one mode x method and writes ``results.json``.
+
+  Args:
+    config: the run's config (one mode, one method).
+    workdir: the run's folder.
+    data: the loaded data, when a sweep already has it; else loaded here.
+    should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
+
+  Returns:
+    The ``results.json`` dict. A finished run returns its results unchanged
+    (wall times included).
+  """
+  for key in ("mode", "method"):
+    if "," in str(config[key]):
+      raise ValueError(
+          f"config.{key}={config[key]!r} is a list; train_and_evaluate runs "
+          "one mode x method (ffr_jax.main runs lists as a sweep).")
+  validate_config(config)
+  maybe_initialize_distributed()
+  config = datasets.resolve_roots(config, workdir)
+  mode, method_name = str(config.mode), str(config.method)
+  if data is None:
+    data = load_run_data(config, [mode])
+  spec = data.splits.spec
+  shardings = make_shardings()
+  model = models.model_from_config(config.model, spec.num_classes)
+  stages = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
+                               config.data.synthetic_per_group).stages
+  variables, init = pretrained_variables(config, model)
+  plans = plan_lib.plan_run(config, stages, roots=data.roots, pretrained=init)
+  fingerprint = run_fingerprint(plans, config)
+  finished = _finished_results(workdir, fingerprint)
+  if finished is not None:
+    logging.info("%s-%s: finished earlier; results in %s.", mode, method_name,
+                 workdir)
+    return finished
+  return _train(config, workdir, data, plans, fingerprint, model, shardings,
+                variables, should_stop)
+
+
+def _train(config, workdir, data, plans, fingerprint, model, shardings,
+           variables, should_stop) -> dict:
+  """Runs the planned stages, DFR, and writes results.json."""
   start = time.time()
-  comp = compose_lib.compose(mode, spec, ctx.splits.train, pool,
-                             cfg.data.synthetic_per_group)
-  eval_scheme = GroupScheme(spec, by_source=False)
-  evals = [loop.EvalSet("val", ctx.splits.val, eval_scheme),
-           loop.EvalSet("test", ctx.splits.test, eval_scheme)]
-  if ctx.synthetic_test is not None:
-    evals.append(loop.EvalSet(SYNTHETIC_TEST, ctx.synthetic_test, eval_scheme))
-  method = get_method(method_name)
-  writer = MetricWriter(run_dir)
-  variables = _initial_variables(ctx)
-  stage_results = {}
-  last_stage_train = None
-  for stage in comp.stages:
-    stage_method = get_method("erm") if stage.erm_only else method
-    hparams = cfg[stage.hparams]  # stage1.* or train.*
-    spec_ = loop.StageSpec(
-        name=stage.name, stage_dir=_stage_dir(ctx, run_dir, stage),
-        train=stage.train, scheme=GroupScheme(spec, stage.by_source),
-        method=stage_method, epochs=hparams.epochs, lr=hparams.lr,
-        freeze_bn=bool(cfg.train.freeze_bn) and stage.freeze_bn,
-        seed=cfg.seed)
-    result, variables = loop.run_stage(spec_, ctx.model, cfg, evals,
-                                       ctx.shardings, writer, variables)
-    stage_results[stage.name] = result
-    last_stage_train = stage
-  final = stage_results[comp.stages[-1].name]
-  metrics = {e.name: final.metrics[e.name] for e in evals
-             if e.name in final.metrics}
+  evals = eval_sets(data)
+  options = plan_lib.loop_options(config)
+  root = stages_dir(config, workdir)
+  writer = MetricWriter(workdir)
+  stage_results, stage_dirs = {}, {}
+  steps = _MonotonicSteps(should_stop) if should_stop else None
+  try:
+    for plan in plans:
+      stage_dir = os.path.join(root, plan.folder)
+      if steps is not None:
+        steps.next_stage()
+      result, variables = stage_lib.run_stage(
+          plan, model, evals, shardings, writer, stage_dir, options,
+          init_variables=variables, should_stop=steps)
+      stage_results[plan.name] = result
+      stage_dirs[plan.name] = os.path.relpath(stage_dir, workdir)
+  finally:
+    writer.close()
+  final = stage_results[plans[-1].name]
+  metrics = dict(final.metrics)
+  selection = {"worst_group_acc": metrics[stage_lib.SELECTION_SPLIT][
+      stage_lib.SELECTION_METRIC], "source": stage_lib.SELECTION_SPLIT}
   dfr_info = None
+  method = get_method(str(config.method))
   if method.refit_last_layer:
+    # The refit head is scored on the val data it was fit on: selection uses
+    # the backbone's val score before the refit (the authors' choice).
+    backbone_val = metrics[stage_lib.SELECTION_SPLIT]
     metrics, dfr_info = last_layer.refit_and_evaluate(
-        ctx.model, variables, last_stage_train.train, evals, cfg,
-        ctx.shardings)
-  writer.close()
+        model, variables, plans[-1].examples, evals, config, shardings)
+    metrics["val_backbone"] = backbone_val
+    selection["source"] = "backbone_val"
   results = results_lib.run_results(
-      config=cfg, mode=mode, method=method_name, metrics=metrics,
-      stage_results=stage_results, dfr=dfr_info,
-      synthetic_per_group=comp.synthetic_per_group,
-      wall_seconds=time.time() - start)
-  results_lib.write_results(run_dir, results)
-  logging.info("%s-%s: test WA %.4f BA %.4f", mode, method_name,
+      config=config, metrics=metrics, stage_results=stage_results,
+      stage_dirs=stage_dirs, selection=selection, dfr=dfr_info,
+      synthetic_per_group=compose_lib.synthetic_needs(
+          str(config.mode), data.splits.spec, data.splits.train,
+          config.data.synthetic_per_group),
+      fingerprint=fingerprint, wall_seconds=time.time() - start)
+  results_lib.write_results(workdir, results)
+  logging.info("%s-%s: test WA %.4f BA %.4f", config.mode, config.method,
                metrics["test"]["worst_group_acc"],
                metrics["test"]["balanced_acc"])
   return results
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
+
+
+@contextlib.contextmanager
+def owned_workdir(workdir: str):
+  """Holds the workdir's lock (host 0) for the duration of a command.
+
+  A second process on the same workdir stops at once with one line naming
+  the owner; a stale lock of a killed process is taken over.
+  """
+  check_workdir(workdir)
+  with lifecycle.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    yield
+
+
+def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """One mode x method as ``ffr_jax.main`` runs it: validated, locked, and
+  stopped cleanly by SIGTERM/SIGINT (a checkpoint, then :class:`Preempted`).
+  """
+  validate_config(config)  # before the lock writes anything
+  check_workdir(workdir)
+  datasets.resolve_roots(config, workdir)
+  with owned_workdir(workdir), lifecycle.PreemptionGuard() as guard:
+    try:
+      return train_and_evaluate(config, workdir, should_stop=guard.should_stop)
+    except stage_lib.StageInterrupted as e:
+      raise lifecycle.Preempted(
+          step=e.step, stage=e.stage, signal_name=guard.signal_name) from None

@@ -1,0 +1,570 @@
+"""The sweep engine: a grid of runs, each in its own sub-workdir; rerun to resume.
+
+    python -m ffr_jax.sweep --config=configs/sweeps/paper.py:demo --workdir=DIR
+    python -m ffr_jax.sweep --config=... --workdir=DIR --list       # commands
+    python -m ffr_jax.sweep --config=... --workdir=DIR --shard=3/16 # one shard
+    python -m ffr_jax.sweep --config=... --workdir=DIR --prepare    # data only
+    python -m ffr_jax.sweep --config=... --workdir=DIR --filter=mode=ffr/
+
+A sweep config file defines ``get_config(arg)`` returning a locked ConfigDict:
+
+* ``config``: the run config file every run starts from (``path[:arg]``, as
+  ``ffr_jax.main --config`` takes it; relative paths are relative to the
+  directory the sweep runs in, normally the repository root);
+* ``fixed``: ``((key, value), ...)``, overrides applied to every run;
+* ``unnamed`` (optional): grid keys left out of run names, e.g. paths that
+  follow from the dataset (``data.root``);
+* ``grid``: a tuple of dicts ``{key: (value, ...)}``; each dict expands to
+  the cartesian product of its values, and the sweep is the union over dicts
+  (runs with identical settings are kept once). ``key`` is a dotted run-config
+  key (``data.bias_ratio``, ``train.lr``, ``seed``, ...) or ``config`` (the
+  run config file, to sweep datasets).
+
+Run ``r`` lives in ``{workdir}/runs/{name}``, ``name`` being its grid values
+in a fixed key order, e.g. ``data.bias_ratio=0.99/mode=ffr/method=erm/seed=0``
+(only the keys its grid dict sets: the name does not change when other dicts
+are added). Shared inputs live in ``{workdir}/shared/``: the rendered real
+data of the built-in benchmark (keyed on its render settings), the synthetic
+images (keyed on the generator settings) and every run's stages
+(``shared/stages/{name}-{fingerprint}``: one folder per stage plan, see
+:mod:`ffr_jax.training.plan`), so FFR's stage 1 is trained once for all
+methods and for ``stage1_only``.
+
+A run whose ``results.json`` exists is skipped; an unfinished one is started
+again and resumes from its checkpoints. A failed run is reported (exit code 1
+at the end) and the sweep goes on. ``--shard=i/n`` runs the ``i``-th of ``n``
+deterministic shards; runs that may share a stage always land in the same
+shard, so no two shards ever train the same stage at once. Before running shards in
+parallel, run ``--prepare`` once: it renders and generates the shared data, so
+that shards do not write the same folders concurrently.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from ffr_jax import config as config_lib
+from ffr_jax.data import compose
+from ffr_jax.data import datasets
+from ffr_jax.reporting import results as results_lib
+from ffr_jax.training import lifecycle
+from ffr_jax.training import plan as plan_lib
+from ffr_jax.training import run as run_lib
+from ffr_jax.training import stage as stage_lib
+
+STAGES_DIR = "stages"  # {workdir}/shared/stages: every run's stages
+
+
+RUNS_DIR = "runs"
+SHARED_DIR = "shared"
+CONFIG_KEY = "config"  # the grid key that names the run config file
+# Keys first in a run's name, in this order; then the rest alphabetically,
+# then the seed, so the names of one sweep sort into readable blocks.
+NAME_ORDER = (CONFIG_KEY, "data.name", "data.bias_ratio", "mode", "method")
+NAME_LAST = ("seed",)
+
+# ----------------------------------------------------------------------------
+# Config helpers.
+
+
+def settings_hash(settings: Mapping[str, Any], length: int = 12) -> str:
+  """A stable short hash of a flat settings dict (order-independent)."""
+  text = json.dumps(dict(sorted(settings.items())), sort_keys=True,
+                    default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def split_config_path(path: str) -> tuple[str, str | None]:
+  """``"configs/demo.py:smoke"`` -> ``("configs/demo.py", "smoke")``."""
+  file, sep, arg = path.partition(":")
+  return file, (arg if sep else None)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Imports ``path[:arg]`` and returns ``get_config(arg)``, as config_flags does."""
+  file, arg = split_config_path(path)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(
+        f"Config file {file!r} not found (relative to {os.getcwd()}); run the "
+        "sweep from the repository root or give an absolute path.")
+  name = "_ffr_sweep_config_" + hashlib.sha1(
+      os.path.abspath(file).encode()).hexdigest()[:8]
+  spec = importlib.util.spec_from_file_location(name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[tuple[str, Any]]) -> None:
+  """Sets dotted keys as ``--config.key=value`` would.
+
+  Raises:
+    KeyError: a key the config does not have (the message names it).
+    ValueError: a value of the wrong type.
+  """
+  for key, value in overrides:
+    try:
+      config.update_from_flattened_dict({key: value})
+    except KeyError:
+      raise KeyError(f"Unknown config key {key!r}.") from None
+    except TypeError as e:
+      raise ValueError(f"config.{key}={value!r}: {e}") from None
+
+
+def format_value(value: Any) -> str:
+  """A value as ``--config.key=VALUE`` and run names spell it."""
+  if isinstance(value, (list, tuple, dict)):
+    raise ValueError(f"Sweep values must be scalars, got {value!r}.")
+  return str(value)
+
+
+# ----------------------------------------------------------------------------
+# Expansion.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep.
+
+  Attributes:
+    name: its sub-workdir under ``{workdir}/runs``, from its grid values.
+    config_path: the run config file (``path[:arg]``).
+    overrides: every ``--config.key=value`` of the run, in command order
+      (fixed settings, grid values, then the shared folders).
+    config: the run's full config (overrides applied).
+    run_dir: its workdir.
+    unit: runs with the same unit may share a stage (the fingerprint of
+      their first stage's plan); a shard takes whole units.
+  """
+
+  name: str
+  config_path: str
+  overrides: tuple[tuple[str, Any], ...]
+  config: ml_collections.ConfigDict
+  run_dir: str
+  unit: str
+
+  def command(self, python: str = "python") -> list[str]:
+    """The ``ffr_jax.main`` command that trains this run on its own."""
+    return ([python, "-m", "ffr_jax.main", f"--config={self.config_path}",
+             f"--workdir={self.run_dir}"] +
+            [f"--config.{k}={format_value(v)}" for k, v in self.overrides])
+
+  def finished(self) -> bool:
+    return os.path.isfile(os.path.join(self.run_dir, results_lib.RESULTS_FILE))
+
+
+def _key_rank(key: str) -> tuple:
+  if key in NAME_ORDER:
+    return (0, NAME_ORDER.index(key), key)
+  if key in NAME_LAST:
+    return (2, NAME_LAST.index(key), key)
+  return (1, 0, key)
+
+
+def _name_part(key: str, value: Any) -> str:
+  if key == CONFIG_KEY:  # configs/spuco.py:smoke -> config=spuco:smoke
+    file, arg = split_config_path(str(value))
+    value = os.path.splitext(os.path.basename(file))[0] + (
+        f":{arg}" if arg is not None else "")
+  text = format_value(value)
+  if "/" in text or text in ("", ".", ".."):
+    raise ValueError(f"Sweep value {value!r} of {key!r} cannot name a folder.")
+  return f"{key}={text}"
+
+
+def run_name(assignment: Mapping[str, Any]) -> str:
+  """``{"seed": 0, "mode": "ffr"}`` -> ``"mode=ffr/seed=0"``."""
+  keys = sorted(assignment, key=_key_rank)
+  return "/".join(_name_part(k, assignment[k]) for k in keys)
+
+
+def expand_grid(grid: Sequence[Mapping[str, Sequence[Any]]]
+                ) -> list[dict[str, Any]]:
+  """The union of the cartesian products of each grid dict, in order."""
+  out = []
+  for entry in grid:
+    keys = list(entry)
+    for key in keys:
+      values = entry[key]
+      if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"Grid values of {key!r} must be a tuple or list, got "
+                         f"{values!r}.")
+    for combo in itertools.product(*(tuple(entry[k]) for k in keys)):
+      out.append(dict(zip(keys, combo)))
+  return out
+
+
+def sharing_unit(config: ml_collections.ConfigDict) -> str:
+  """The fingerprint of a run's first stage plan, from its settings alone.
+
+  Runs whose first stages have the same plan share that stage's folder, so
+  they go to one shard. The plan is :func:`ffr_jax.training.plan.plan_run`'s,
+  with a digest of the data settings standing in for the data.
+  """
+  stages = compose.describe(str(config.mode))
+  return plan_lib.plan_run(config, stages)[0].fingerprint
+
+
+def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
+                      ) -> list[tuple[str, str]]:
+  """``data.root`` / ``data.synthetic_root`` overrides for shared folders.
+
+  Only folders the run would otherwise make in its own workdir are shared:
+  the built-in benchmark's rendered real data (keyed on its render settings)
+  and the synthetic images (keyed on the generator settings; images are a
+  function of the seed, group and index, so one folder serves every bias
+  ratio and mode). User-given roots are left alone.
+  """
+  out = []
+  name = config.data.name
+  has_benchmark = "benchmark" in config
+  if not config.data.root and has_benchmark:
+    render = {k: v for k, v in config_lib.flatten(config.benchmark).items()
+              if k != "strength"}  # the fingerprint only touches synthetic
+    out.append(("data.root", os.path.join(
+        shared, "real", f"{name}-{settings_hash({'name': name, **render})}")))
+  if not config.data.synthetic_root:
+    gen = {f"generate.{k}": v for k, v in config_lib.flatten(config.generate).items()
+           if k != "batch_size"}
+    if has_benchmark:
+      gen.update({f"benchmark.{k}": v for k, v in config_lib.flatten(config.benchmark).items()
+                  if k in ("strength", "image_size")})
+    out.append(("data.synthetic_root", os.path.join(
+        shared, "synthetic", f"{name}-{settings_hash({'name': name, **gen})}")))
+  return out
+
+
+def expand(sweep: ml_collections.ConfigDict, workdir: str,
+           base: ml_collections.ConfigDict | None = None) -> list[Run]:
+  """The runs of a sweep config, in grid order, without duplicates.
+
+  Args:
+    sweep: ``config`` (the run config file), ``fixed``, ``grid`` and
+      optionally ``unnamed`` (see the module docstring).
+    workdir: the sweep's folder.
+    base: the run config itself, when the caller has it already (``main``
+      with comma lists); else ``sweep.config`` is loaded.
+
+  Raises:
+    ValueError: a run's mode or method is a list, a value cannot name a
+      folder, or one run's folder would hold another's.
+    KeyError: a grid or fixed key is not a key of the run config.
+  """
+  workdir = os.path.abspath(workdir)
+  shared = os.path.join(workdir, SHARED_DIR)
+  bases: dict[str, ml_collections.ConfigDict] = {}
+  if base is not None:
+    bases[str(sweep.config)] = base
+  runs, seen = [], {}
+  fixed = [(str(k), v) for k, v in sweep.fixed]
+  for assignment in expand_grid(sweep.grid):
+    config_path = str(assignment.get(CONFIG_KEY, sweep.config))
+    if config_path not in bases:
+      bases[config_path] = load_config_file(config_path)
+    config = copy.deepcopy(bases[config_path])
+    grid_overrides = [(k, v) for k, v in assignment.items() if k != CONFIG_KEY]
+    apply_overrides(config, fixed + grid_overrides)
+    name = run_name({k: v for k, v in assignment.items()
+                     if k not in tuple(sweep.get("unnamed", ()))})
+    for key in ("mode", "method"):
+      if "," in str(config[key]):
+        raise ValueError(
+            f"Run {name!r}: {key}={config[key]!r} is a list; a sweep run "
+            "trains one mode x method. Put the values in the grid instead.")
+    identity = (config_path, settings_hash(config_lib.flatten(config), 64))
+    if identity in seen:
+      continue  # the same settings from another grid dict: run once
+    if name in seen.values():
+      raise ValueError(
+          f"Two runs with different settings are both named {name!r}; a key "
+          "listed in `unnamed` must follow from the named ones.")
+    seen[identity] = name
+    derived = _shared_data_dirs(config, shared)
+    if not config.train.stages_dir:
+      derived.append(("train.stages_dir", os.path.join(shared, STAGES_DIR)))
+    apply_overrides(config, derived)
+    runs.append(Run(
+        name=name, config_path=config_path,
+        overrides=tuple(fixed + grid_overrides + derived), config=config,
+        run_dir=os.path.join(workdir, RUNS_DIR, *name.split("/")),
+        unit=sharing_unit(config)))
+  _check_nesting(runs)
+  return runs
+
+
+def _check_nesting(runs: Sequence[Run]) -> None:
+  dirs = sorted((r.run_dir + os.sep, r.name) for r in runs)
+  for (a, na), (b, nb) in zip(dirs, dirs[1:]):
+    if b.startswith(a):
+      raise ValueError(
+          f"Run {nb!r} would live inside run {na!r}; give both grid dicts the "
+          "same keys.")
+
+
+# ----------------------------------------------------------------------------
+# Sharding.
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """``"2/8"`` -> ``(2, 8)``; shards are numbered 0..n-1."""
+  try:
+    i, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}."
+                     ) from None
+  if n < 1 or not 0 <= i < n:
+    raise ValueError(f"--shard={text}: need n >= 1 and 0 <= i < n.")
+  return i, n
+
+
+def shard(runs: Sequence[Run], index: int, count: int) -> list[Run]:
+  """The runs of shard ``index`` of ``count``, in sweep order.
+
+  Runs sharing a stage 1 form one unit, so a stage 1 is trained by one shard
+  only; units go greedily (largest first, ties by first run) to the shard
+  with the fewest runs so far (ties to the lowest index). Deterministic: the
+  same sweep always gives the same shards.
+  """
+  units: dict[str, list[int]] = {}
+  for i, r in enumerate(runs):
+    units.setdefault(r.unit, []).append(i)
+  order = sorted(units.values(), key=lambda u: (-len(u), u[0]))
+  loads = [0] * count
+  mine = []
+  for unit in order:
+    target = min(range(count), key=lambda s: (loads[s], s))
+    loads[target] += len(unit)
+    if target == index:
+      mine.extend(unit)
+  return [runs[i] for i in sorted(mine)]
+
+
+# ----------------------------------------------------------------------------
+# Execution.
+
+
+@dataclasses.dataclass
+class Outcome:
+  name: str
+  status: str  # "skipped" (finished earlier), "done", "failed"
+  seconds: float = 0.0
+  error: str = ""
+
+
+def run_subprocess(run: Run) -> None:
+  """Runs ``run.command()`` with output appended to ``{run_dir}/sweep.log``."""
+  os.makedirs(run.run_dir, exist_ok=True)
+  with open(os.path.join(run.run_dir, "sweep.log"), "a") as log:
+    log.write(f"\n$ {shlex.join(run.command())}\n")
+    log.flush()
+    proc = subprocess.run(run.command(sys.executable), stdout=log,
+                          stderr=subprocess.STDOUT, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"exit code {proc.returncode}; see "
+                       f"{os.path.join(run.run_dir, 'sweep.log')}")
+
+
+def run_in_process(run: Run, should_stop=None) -> None:
+  """Trains ``run`` in this process (no start-up cost; one failure is caught)."""
+  config = copy.deepcopy(run.config)
+  config.lock()
+  try:
+    with run_lib.owned_workdir(run.run_dir):
+      run_lib.train_and_evaluate(config, run.run_dir, should_stop=should_stop)
+  finally:
+    jax.clear_caches()  # compiled steps of finished runs would pile up
+
+
+EXECUTORS = {"subprocess": run_subprocess, "inprocess": run_in_process}
+
+
+def execute(runs: Sequence[Run], executor: str = "subprocess",
+            log=print, guard: lifecycle.PreemptionGuard | None = None
+            ) -> list[Outcome]:
+  """Runs every unfinished run in order; a failure is recorded, not raised.
+
+  With a ``guard``, a stop signal ends the sweep after the current run's
+  checkpoint (in-process runs stop after their current step; a subprocess
+  run gets the signal too when the scheduler signals the process group):
+  :class:`~ffr_jax.training.lifecycle.Preempted` is raised.
+  """
+  fn = EXECUTORS[executor]
+  outcomes = []
+  for i, run in enumerate(runs):
+    if run.finished():
+      outcomes.append(Outcome(run.name, "skipped"))
+      continue
+    log(f"[{i + 1}/{len(runs)}] {run.name}")
+    start = time.time()
+    try:
+      if executor == "inprocess" and guard is not None:
+        fn(run, guard.should_stop)
+      else:
+        fn(run)
+      if guard is not None and guard.signal_name is not None:
+        raise lifecycle.Preempted(0, run.name, guard.signal_name)
+      if not run.finished():
+        raise RuntimeError(f"ended without {results_lib.RESULTS_FILE}")
+      outcomes.append(Outcome(run.name, "done", time.time() - start))
+    except stage_lib.StageInterrupted as e:
+      raise lifecycle.Preempted(e.step, f"{e.stage} of {run.name}",
+                                guard.signal_name if guard else None) from None
+    except lifecycle.Preempted:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # One bad run (a NaN loss, a missing file) must not stop the sweep.
+      outcomes.append(Outcome(run.name, "failed", time.time() - start,
+                              f"{type(e).__name__}: {e}"))
+      log(f"  FAILED: {outcomes[-1].error}")
+      if executor == "inprocess":
+        log(traceback.format_exc())
+  return outcomes
+
+
+def prepare(runs: Sequence[Run], log=print) -> None:
+  """Renders and generates the shared data of ``runs`` (no training).
+
+  One pass per distinct data setting: the real data is rendered (built-in
+  benchmark) and the synthetic images every run's mode needs are generated
+  (built-in generator), including the held-out synthetic test set.
+  """
+  groups: dict[str, list[Run]] = {}
+  for r in runs:
+    groups.setdefault(plan_lib.data_settings_digest(r.config) + str(
+        r.config.data.root) + str(r.config.data.synthetic_root), []).append(r)
+  for members in groups.values():
+    first = members[0]
+    modes = sorted({str(r.config.mode) for r in members})
+    log(f"prepare: {first.name} (+{len(members) - 1} alike), modes {modes}")
+    config = datasets.resolve_roots(first.config, first.run_dir)
+    run_lib.load_run_data(config, modes)
+
+
+def write_manifest(workdir: str, runs: Sequence[Run],
+                   outcomes: Sequence[Outcome] = ()) -> str:
+  """``{workdir}/sweep.json``: every run's name, command and last outcome."""
+  path = os.path.join(workdir, "sweep.json")
+  previous = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      previous = {r["name"]: r for r in json.load(f).get("runs", [])}
+  by_name = {o.name: o for o in outcomes}
+  rows = []
+  for r in runs:
+    row = {"name": r.name, "run_dir": r.run_dir, "command": shlex.join(
+        r.command()), "unit": r.unit, "finished": r.finished()}
+    if r.name in by_name:
+      row["outcome"] = dataclasses.asdict(by_name[r.name])
+    elif "outcome" in previous.get(r.name, {}):
+      row["outcome"] = previous[r.name]["outcome"]
+    rows.append(row)
+  os.makedirs(workdir, exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"  # shards may write at the same time
+  with open(tmp, "w") as f:
+    json.dump({"runs": rows}, f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
+def summarize(outcomes: Sequence[Outcome]) -> str:
+  counts = {s: sum(o.status == s for o in outcomes)
+            for s in ("done", "skipped", "failed")}
+  lines = [f"{counts['done']} run, {counts['skipped']} skipped (finished "
+           f"earlier), {counts['failed']} failed."]
+  lines += [f"  failed: {o.name}: {o.error}" for o in outcomes
+            if o.status == "failed"]
+  return "\n".join(lines)
+
+
+
+
+def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
+              log=None) -> list[Outcome]:
+  """Runs the unfinished ``runs`` and records the outcomes in sweep.json.
+
+  Each run's folder has one owner (a lock, taken by the run), so shards may
+  run side by side; SIGTERM or Ctrl-C stops the sweep cleanly after the
+  current step (in-process) or run (subprocesses).
+  """
+  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  log(f"Sweep: {len(runs)} runs, {sum(r.finished() for r in runs)} finished "
+      "earlier.")
+  with lifecycle.PreemptionGuard() as guard:
+    write_manifest(workdir, runs)
+    start = time.time()
+    outcomes = execute(runs, executor, log, guard)
+  write_manifest(workdir, runs, outcomes)
+  log(summarize(outcomes) + f"\nWall time {time.time() - start:.0f} s.")
+  return outcomes
+
+
+def lists_as_sweep(config: ml_collections.ConfigDict, config_path: str,
+                   overrides: Sequence[tuple[str, Any]] = ()
+                   ) -> ml_collections.ConfigDict:
+  """A sweep over the comma lists in ``config.mode`` / ``config.method``."""
+  grid = {}
+  for key in ("mode", "method"):
+    grid[key] = tuple(v.strip() for v in str(config[key]).split(",") if v.strip())
+  return ml_collections.ConfigDict({
+      "config": config_path, "fixed": tuple(overrides), "grid": (grid,)})
+
+
+def summary(runs: Sequence[Run]) -> dict[str, dict]:
+  """name -> results of every finished run."""
+  return {r.name: results_lib.read_results(r.run_dir) for r in runs
+          if r.finished()}
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+  """What ``ffr_jax.main`` prints, and whether every run finished."""
+
+  table: str
+  failed: tuple[str, ...] = ()
+
+
+def train_command(config: ml_collections.ConfigDict, workdir: str, *,
+                  config_path: str, overrides: Mapping[str, Any]
+                  ) -> CommandResult:
+  """What ``ffr_jax.main`` does.
+
+  One mode x method trains into ``workdir``; comma lists in ``mode`` or
+  ``method`` become a sweep run in this process (the sweep layout). Every
+  run's config is validated before anything is written.
+  """
+  if not any("," in str(config[k]) for k in ("mode", "method")):
+    results = run_lib.train_command(config, workdir)
+    rows = results_lib.summary_rows({f"{config.mode}-{config.method}": results})
+    return CommandResult(
+        results_lib.markdown_table(rows) + "\n" + results_lib.LEGEND +
+        f"\nResults in {workdir}/{results_lib.RESULTS_FILE}.")
+  run_lib.check_workdir(workdir)
+  fixed = [(k, v) for k, v in overrides.items() if k not in ("mode", "method")]
+  runs = expand(lists_as_sweep(config, config_path, fixed), workdir,
+                base=config)
+  for r in runs:
+    run_lib.validate_config(r.config)
+  outcomes = run_sweep(runs, workdir, executor="inprocess")
+  table = results_lib.write_summary(workdir, summary(runs))
+  return CommandResult(
+      table + "\n" + results_lib.LEGEND +
+      f"\nResults in {workdir} (summary.md, summary.png, runs/).",
+      failed=tuple(o.name for o in outcomes if o.status == "failed"))

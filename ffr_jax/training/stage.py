@@ -1,0 +1,422 @@
+"""One training stage: epochs of jitted steps, evaluation, Orbax checkpoints.
+
+:func:`run_stage` takes a :class:`~ffr_jax.training.plan.StagePlan` (what to
+train), :class:`~ffr_jax.training.plan.LoopOptions` (how often to log and
+save) and the evaluation sets; it reads no config. A stage owns a directory::
+
+    {stage_dir}/checkpoints/<step>/   Orbax: state, best variables, meta (JSON)
+    {stage_dir}/result.json           written once the stage is finished
+
+Resumption: a stage whose ``result.json`` exists is never recomputed. Otherwise
+the latest checkpoint is restored (train state with GroupDRO weights and the
+step counter, the best variables so far, the metrics history); the data order
+of an epoch is a function of (seed, epoch) and the step's randomness folds in
+the step number, so a resumed run takes exactly the steps an uninterrupted run
+would have taken. A stage that continues another is evaluated before its
+first step ("epoch 0": the previous stage's selected model on this stage's
+evaluation sets), recorded in its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+import ml_collections
+
+from ffr_jax.data import pipeline
+from ffr_jax.data.types import Examples, GroupScheme
+from ffr_jax.evaluation import metrics as metrics_lib
+from ffr_jax.progress import Progress
+from ffr_jax.reporting.results import write_json_atomic
+from ffr_jax.reporting.writer import MetricWriter
+from ffr_jax.training import state as state_lib
+from ffr_jax.training import steps as steps_lib
+from ffr_jax.training.mesh import Shardings, check_batch_size, to_global
+from ffr_jax.training.methods import get_method
+from ffr_jax.training.plan import LoopOptions, StagePlan
+
+RESULT_FILE = "result.json"
+SELECTION_SPLIT = "val"
+SELECTION_METRIC = "worst_group_acc"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """A split evaluated after every epoch, grouped by ``(y, b)``; the first
+  of a stage's evaluation sets must be :data:`SELECTION_SPLIT`."""
+
+  name: str
+  examples: Examples
+  scheme: GroupScheme
+
+
+@dataclasses.dataclass
+class StageResult:
+  """The outcome of a stage.
+
+  Attributes:
+    best_epoch: the epoch (1-based; 0 = the starting model when the plan
+      allows it) with the best validation worst-group accuracy; its metrics
+      are the stage's result.
+    metrics: split -> summarize() dict of the best epoch.
+    history: one dict per epoch.
+    wall_seconds: time spent training this stage (over all resumptions).
+    fingerprint: the plan's fingerprint; a rerun must match it to reuse it.
+    plan: the plan's settings (for readers of the folder).
+    epoch0: the starting model's metrics for a stage that continues
+      another, else None.
+  """
+
+  best_epoch: int
+  metrics: dict[str, dict]
+  history: list[dict]
+  wall_seconds: float
+  fingerprint: str
+  plan: dict
+  epoch0: dict | None = None
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def read_result(stage_dir: str) -> StageResult | None:
+  path = os.path.join(stage_dir, RESULT_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return StageResult(**json.load(f))
+
+
+def checkpoint_manager(stage_dir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(stage_dir), "checkpoints"),
+      # Temporary folders left by a SIGKILL are removed: the workdir lock
+      # guarantees that no other process is writing one.
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                           cleanup_tmp_directories=True))
+
+
+def restore_best_variables(stage_dir: str, abstract_variables: Any) -> Any:
+  """The best variables saved by a finished stage (to start the next one)."""
+  mgr = checkpoint_manager(stage_dir)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {stage_dir}/checkpoints.")
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      best=ocp.args.StandardRestore(abstract_variables)))
+  mgr.close()
+  return restored.best
+
+
+def evaluate(eval_step, variables, loader, num_groups: int,
+             shardings: Shardings) -> metrics_lib.GroupCounts:
+  """Sums the eval step's group counts over every batch of ``loader``."""
+  total = metrics_lib.GroupCounts.zeros(num_groups)
+  for batch in loader:
+    b = to_global({k: batch[k] for k in ("image", "label", "group", "mask")},
+                  shardings)
+    total = total + eval_step(variables, b)
+  return total
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _check_finite(window: list[dict], stage: str, first_step: int) -> None:
+  finite = [bool(m["finite"]) for m in window]
+  if not all(finite):
+    bad = first_step + finite.index(False)
+    raise NonFiniteLossError(
+        f"{stage}: the training loss became NaN or inf at step {bad + 1}. The "
+        "run stopped without saving that state; the last checkpoint is intact. "
+        "Lower train.lr (or stage1.lr), check the input data, or use float32.")
+
+
+@dataclasses.dataclass
+class _Bookkeeping:
+  """Mutable bookkeeping saved in each checkpoint's meta."""
+
+  history: list[dict]
+  best_epoch: int
+  best_value: float
+  wall_seconds: float
+  fingerprint: str
+  epoch0: dict | None = None
+
+
+class StageMismatchError(ValueError):
+  pass
+
+
+def _check_fingerprint(stored: str, plan: StagePlan, stored_plan: dict,
+                       stage_dir: str) -> None:
+  """Refuses a folder that holds another plan's stage."""
+  if stored == plan.fingerprint:
+    return
+  current = plan.settings()
+  diff = sorted(k for k in set(stored_plan) | set(current)
+                if stored_plan.get(k) != current.get(k))
+  details = ", ".join(f"{k}: {stored_plan.get(k)!r} -> {current.get(k)!r}"
+                      for k in diff) or f"fingerprint {stored} -> {plan.fingerprint}"
+  raise StageMismatchError(
+      f"{stage_dir} holds a stage trained with other settings ({details}). "
+      "Use a new --workdir for a new experiment (or delete that folder to "
+      "retrain it).")
+
+
+def _input_config(plan: StagePlan, options: LoopOptions
+                  ) -> ml_collections.ConfigDict:
+  """The pipeline's options, with the plan's image size and flips."""
+  data = ml_collections.ConfigDict(
+      options.data.to_dict() if options.data is not None else {})
+  data.image_size = plan.image_size
+  data.flip = plan.flip
+  for key, default in (("cache_images", False), ("num_workers", 0)):
+    if key not in data:
+      data[key] = default
+  return data
+
+
+
+
+
+def _abstract_variables(model, plan: StagePlan, shardings: Shardings):
+  abstract = jax.eval_shape(lambda: state_lib.init_variables(
+      model, plan.image_size, plan.seed))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=shardings.replicated), abstract)
+
+
+def _evaluate_all(eval_step, variables, eval_loaders, evals, shardings) -> dict:
+  """split -> summarize() dict for every evaluation set."""
+  num_groups = evals[0].scheme.num_groups
+  names = evals[0].scheme.names()
+  return {name: metrics_lib.summarize(
+              jax.device_get(evaluate(eval_step, variables, eloader,
+                                      num_groups, shardings)), names)
+          for name, eloader in eval_loaders.items()}
+
+
+def run_stage(plan: StagePlan, model, evals: list[EvalSet],
+              shardings: Shardings, writer: MetricWriter, stage_dir: str,
+              options: LoopOptions = LoopOptions(),
+              init_variables: Any | None = None,
+              should_stop=None) -> tuple[StageResult, Any]:
+  """Trains one stage (or resumes it) and returns its result and best variables.
+
+  Args:
+    plan: what to train (examples, method, optimisation, seed, init).
+    model: the flax module.
+    evals: splits evaluated after every epoch; the first must be
+      :data:`SELECTION_SPLIT`.
+    shardings: the mesh.
+    writer: metric sink (TensorBoard + JSON lines).
+    stage_dir: the stage's folder.
+    options: logging, checkpointing and input-pipeline options.
+    init_variables: start from these variables (pretrained weights or the
+      previous stage's best); None for a fresh initialisation. They must be
+      what ``plan.init`` names.
+    should_stop: ``should_stop(step) -> bool`` called after every step (a
+      preemption guard); when it says True the stage saves a checkpoint and
+      raises :class:`StageInterrupted`.
+
+  Returns:
+    The :class:`StageResult` and the best epoch's variables (on device).
+  """
+  if not evals or evals[0].name != SELECTION_SPLIT:
+    raise ValueError(f"The first evaluation set must be {SELECTION_SPLIT!r}.")
+  os.makedirs(stage_dir, exist_ok=True)
+  finished = read_result(stage_dir)
+  if finished is not None:
+    _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
+    # A finished stage is never recomputed: reuse its result and best model.
+    logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
+    return finished, restore_best_variables(
+        stage_dir, _abstract_variables(model, plan, shardings))
+  check_batch_size(plan.batch_size, shardings)
+  check_batch_size(options.eval_batch_size, shardings)
+  method = get_method(plan.method)
+  scheme = GroupScheme(evals[0].scheme.spec, plan.by_source)
+  group_sizes = scheme.counts(plan.examples)
+  if (group_sizes == 0).all():
+    raise ValueError(f"{plan.name}: no training examples.")
+
+  data_cfg = _input_config(plan, options)
+  loader = pipeline.make_train_loader(
+      plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
+      sampler=method.sampler)
+  steps_per_epoch = loader.steps_per_epoch
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"{plan.name}: {len(plan.examples)} training examples do not fill one "
+        f"batch of {plan.batch_size}; lower train.batch_size.")
+  eval_loaders = {
+      e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
+                                        options.eval_batch_size)
+      for e in evals}
+  total_steps = plan.epochs * steps_per_epoch
+
+  tx = state_lib.make_optimizer(plan.lr, plan.weight_decay)
+  state = state_lib.create_state(
+      model, tx, plan.image_size, scheme.num_groups, plan.seed, shardings,
+      variables=init_variables)
+  loss_fn = method.make_loss(dict(plan.method_settings), group_sizes)
+  train_step = steps_lib.make_train_step(
+      model, tx, loss_fn,
+      steps_lib.StepConfig(num_groups=scheme.num_groups,
+                           freeze_bn=plan.freeze_bn),
+      shardings, state)
+  eval_step = steps_lib.make_eval_step(model, evals[0].scheme.num_groups,
+                                       shardings)
+
+  mgr = checkpoint_manager(stage_dir)
+  best = jax.tree.map(jnp.copy, state.variables())
+  book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
+                      wall_seconds=0.0, fingerprint=plan.fingerprint)
+  if mgr.latest_step() is not None:
+    state, best, book = _restore(mgr, state, best)
+    _check_fingerprint(book.fingerprint, plan, plan.settings(), stage_dir)
+    writer.drop_after(plan.name, int(state.step))
+    logging.info("%s: resumed from step %d.", plan.name, int(state.step))
+  elif plan.init.startswith("stage:"):
+    # Epoch 0: how the previous stage's model does here, before any step.
+    book.epoch0 = {"epoch": 0, "step": 0, **_evaluate_all(
+        eval_step, state.variables(), eval_loaders, evals, shardings)}
+    writer.write(plan.name, 0, _flat_eval_metrics(book.epoch0))
+    logging.info("%s epoch 0 (start): %s", plan.name, _describe(book.epoch0))
+    if plan.epoch0_candidate:
+      book.best_value = book.epoch0[SELECTION_SPLIT][SELECTION_METRIC]
+
+  def save(step: int) -> None:
+    mgr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        best=ocp.args.StandardSave(best),
+        meta=ocp.args.JsonSave(dataclasses.asdict(book))))
+
+  step = int(state.step)
+  if should_stop is not None and step < total_steps and should_stop(step):
+    # A signal during set-up: stop before the first step (nothing new to save).
+    mgr.close()
+    raise StageInterrupted(plan.name, step, total_steps)
+  start_time = time.perf_counter() - book.wall_seconds
+  bar = Progress(total_steps, desc=plan.name, unit="step",
+                 enabled=jax.process_index() == 0, initial=step)
+  window, window_start = [], step
+  while step < total_steps:
+    epoch, start = divmod(step, steps_per_epoch)
+    for batch in loader.epoch(epoch, start):
+      b = to_global({k: batch[k] for k in ("image", "label", "group")},
+                    shardings)
+      state, m = train_step(state, b)
+      window.append(m)
+      step += 1
+      bar.update(1)
+      if len(window) >= options.log_every or step % steps_per_epoch == 0:
+        window = jax.device_get(window)
+        _check_finite(window, plan.name, window_start)
+        train_metrics = {f"train/{k}": float(np.mean([w[k] for w in window]))
+                         for k in ("loss", "accuracy")}
+        writer.write(plan.name, step, train_metrics)
+        bar.postfix = f"loss {train_metrics['train/loss']:.4f}"
+        window, window_start = [], step
+      stop = should_stop is not None and should_stop(step)
+      every = options.checkpoint_every
+      if (stop or (every and step % every == 0)) and step % steps_per_epoch:
+        # Never checkpoint a state whose loss went non-finite since the last
+        # check: a resume would start from it.
+        _check_finite(jax.device_get(window), plan.name, window_start)
+        book.wall_seconds = time.perf_counter() - start_time
+        save(step)
+      if stop and step % steps_per_epoch:
+        # (On an epoch's last step the epoch's evaluation and checkpoint
+        # come first; the check below then stops.)
+        bar.close()
+        mgr.wait_until_finished()
+        mgr.close()
+        raise StageInterrupted(plan.name, step, total_steps)
+    # End of an epoch: evaluate, keep the best, checkpoint.
+    epoch += 1
+    variables = state.variables()
+    record = {"epoch": epoch, "step": step,
+              **_evaluate_all(eval_step, variables, eval_loaders, evals,
+                              shardings)}
+    value = record[SELECTION_SPLIT][SELECTION_METRIC]
+    if value > book.best_value:
+      book.best_value, book.best_epoch = value, epoch
+      best = jax.tree.map(jnp.copy, variables)
+    book.history.append(record)
+    book.wall_seconds = time.perf_counter() - start_time
+    writer.write(plan.name, step, _flat_eval_metrics(record))
+    logging.info("%s epoch %d/%d: %s", plan.name, epoch, plan.epochs,
+                 _describe(record))
+    save(step)
+    if should_stop is not None and step < total_steps and should_stop(step):
+      bar.close()
+      mgr.wait_until_finished()
+      mgr.close()
+      raise StageInterrupted(plan.name, step, total_steps)
+  bar.close()
+  mgr.wait_until_finished()
+  mgr.close()
+  selected = (book.epoch0 if book.best_epoch == 0
+              else book.history[book.best_epoch - 1])
+  result = StageResult(
+      best_epoch=book.best_epoch,
+      metrics={e.name: selected[e.name] for e in evals},
+      history=book.history,
+      wall_seconds=book.wall_seconds,
+      fingerprint=plan.fingerprint,
+      plan=plan.settings(),
+      epoch0=book.epoch0)
+  write_json_atomic(os.path.join(stage_dir, RESULT_FILE), result.to_json())
+  return result, best
+
+
+class StageInterrupted(Exception):
+  """A stop was requested (a signal); the stage saved a checkpoint first."""
+
+  def __init__(self, stage: str, step: int, total_steps: int):
+    super().__init__(f"stopped at step {step} of {total_steps} in {stage}")
+    self.stage, self.step, self.total_steps = stage, step, total_steps
+
+
+def _restore(mgr, state, best):
+  step = mgr.latest_step()
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state_lib.abstract_like(state)),
+      best=ocp.args.StandardRestore(state_lib.abstract_like(best)),
+      meta=ocp.args.JsonRestore()))
+  return restored.state, restored.best, _Bookkeeping(**restored.meta)
+
+
+def _splits(record: dict) -> list[str]:
+  return [k for k, v in record.items() if isinstance(v, dict)]
+
+
+def _flat_eval_metrics(record: dict) -> dict[str, float]:
+  """Every evaluation set's summary numbers, logged alike."""
+  out = {}
+  for split in _splits(record):
+    for k in ("worst_group_acc", "balanced_acc", "acc"):
+      v = record[split].get(k)
+      if v is not None:
+        out[f"{split}/{k}"] = float(v)
+  return out
+
+
+def _describe(record: dict) -> str:
+  return ", ".join(f"{split} WA {record[split]['worst_group_acc']:.3f} "
+                   f"BA {record[split]['balanced_acc']:.3f}"
+                   for split in _splits(record))

@@ -1,0 +1,92 @@
+"""Stage plans: one source of truth for what a stage depends on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ffr_jax import config as config_lib
+from ffr_jax.data import compose
+from ffr_jax.data.types import Examples
+from ffr_jax.training import plan as plan_lib
+
+
+def _config(**overrides):
+  c = config_lib.base_config()
+  c.data.name = "demo"
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def _plans(config, mode=None):
+  config.mode = mode or config.mode
+  return plan_lib.plan_run(config, compose.describe(str(config.mode)))
+
+
+def test_ffr_stage1_is_one_plan_for_every_method_and_stage1_only():
+  first = {m: _plans(_config(mode="ffr", method=m))[0].fingerprint
+           for m in ("erm", "groupdro", "resampling", "dfr")}
+  assert len(set(first.values())) == 1
+  assert _plans(_config(mode="stage1_only"))[0].fingerprint == first["erm"]
+  # Settings only stage 2 reads leave stage 1 alone ...
+  for key, value in (("groupdro.eta", 0.5), ("train.lr", 0.1),
+                     ("train.epochs", 3), ("train.freeze_bn", True),
+                     ("dfr.num_refits", 2)):
+    other = _plans(_config(mode="ffr", method="groupdro", **{key: value}))
+    assert other[0].fingerprint == first["erm"], key
+  # ... and change stage 2's plan when it reads them.
+  eta = _plans(_config(mode="ffr", method="groupdro", **{"groupdro.eta": 0.5}))
+  base = _plans(_config(mode="ffr", method="groupdro"))
+  assert eta[1].fingerprint != base[1].fingerprint
+  assert eta[1].method_settings == (("eta", 0.5), ("size_adjustment", 0.0))
+
+
+def test_a_stage_depends_on_the_stage_it_continues():
+  a = _plans(_config(mode="ffr"))
+  b = _plans(_config(mode="ffr", **{"stage1.lr": 3e-4}))
+  assert a[0].fingerprint != b[0].fingerprint
+  assert a[1].init == f"stage:{a[0].fingerprint}" != b[1].init
+  assert a[1].fingerprint != b[1].fingerprint
+
+
+def test_speed_only_settings_leave_every_plan_alone():
+  base = [p.fingerprint for p in _plans(_config(mode="ffr"))]
+  for key in sorted(config_lib.SPEED_ONLY_KEYS):
+    value = not config_lib.flatten(_config())[key] if isinstance(
+        config_lib.flatten(_config())[key], bool) else 7
+    if key == "train.stages_dir":
+      value = "/elsewhere"
+    assert [p.fingerprint for p in _plans(_config(mode="ffr", **{key: value}))
+            ] == base, key
+
+
+def test_authors_learning_rates_per_mode():
+  assert _plans(_config(mode="asb"))[0].lr == 1e-4
+  assert _plans(_config(mode="none"))[0].lr == 1e-3
+  ffr = _plans(_config(mode="ffr"))
+  assert (ffr[0].lr, ffr[1].lr) == (1e-4, 1e-3)
+  assert _plans(_config(mode="asb", **{"train.lr": 0.01}))[0].lr == 0.01
+
+
+def test_the_data_digest_is_the_same_under_another_root(tmp_path):
+  def examples(root):
+    return Examples.from_lists([f"{root}/a/1.png", f"{root}/b/2.png"], [0, 1],
+                               [1, 0])
+  here = plan_lib.examples_digest(examples("/data/x"), ["/data/x"])
+  there = plan_lib.examples_digest(examples("/mnt/copy"), ["/mnt/copy"])
+  assert here == there
+  relabelled = Examples.from_lists(["/data/x/a/1.png", "/data/x/b/2.png"],
+                                   [0, 0], [1, 0])
+  assert plan_lib.examples_digest(relabelled, ["/data/x"]) != here
+
+
+def test_epoch0_is_a_candidate_only_for_a_continuing_stage():
+  plans = _plans(_config(mode="ffr", **{"train.select_epoch0": True}))
+  assert not plans[0].epoch0_candidate and plans[1].epoch0_candidate
+
+
+@pytest.mark.parametrize("mode", sorted(compose.MODES))
+def test_every_mode_plans_without_data(mode):
+  plans = _plans(_config(), mode)
+  assert [p.name for p in plans] == [s.name for s in compose.describe(mode)]
