@@ -27,7 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The usual pairing: blond goes with female, not blond with male. (By the
   # official train counts alone, not blond would be female: 71629 vs 66874.)
   config.data.majority = "not blond:male,blond:female"
-  # DFR's C grid for CelebA (as configs/celeba_hq.py).
-  config.dfr.c_grid = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+  config.generate.steps = 25  # the authors' steps for faces
   apply_arg(config, arg)
   return config.lock()

@@ -21,6 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The locked config; ``arg`` is ``None`` or ``"smoke"``."""
   config = base_config()
   config.data.name = "waterbirds"
-  # DFR's C grid: base_config's default is DFR's Waterbirds grid.
+  # The canonical DFR code's Waterbirds grid (the FFR release never ran
+  # Waterbirds); docs/reference.md, "Methods".
+  config.dfr.c_grid = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
   apply_arg(config, arg)
   return config.lock()

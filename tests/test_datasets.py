@@ -162,7 +162,7 @@ def check_prebiased(splits: DatasetSplits, n_examples: int):
     b_minor = 1 - b_major
     n_major = splits.train.count(y, b_major)
     # The pre-bias floors the count to keep, as the authors' script does.
-    assert splits.train.count(y, b_minor) == int(n_major * 0.1 / 0.9)
+    assert splits.train.count(y, b_minor) == int((1 - 0.9) * n_major / (1 - (1 - 0.9)))  # the authors' float expression
     assert splits.val.count(y, b_minor) == bias.MIN_VAL_PER_GROUP
   n_test = n_examples - round(0.8 * n_examples) - round(0.1 * n_examples)
   assert len(splits.test) == n_test
@@ -399,10 +399,9 @@ def test_configs(file, name):
   config = _load_config(file)
   assert config.data.name == name and name in datasets.DATASETS
   assert config.data.image_size == 224
-  if name == "celeba_hq":
-    assert tuple(config.dfr.c_grid) == (3, 1, 0.3, 0.1, 0.03, 0.01, 0.003)
-  else:
-    assert tuple(config.dfr.c_grid) == (1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+  # The authors' DFR grid and diffusion steps (docs/reference.md).
+  assert tuple(config.dfr.c_grid) == (3, 1, 0.3, 0.1, 0.03, 0.01, 0.003)
+  assert config.generate.steps == (50 if name == "spuco_animals" else 25)
   with pytest.raises(AttributeError):
     config.data.nonexistent = 1  # Locked.
   smoke = _load_config(file, "smoke")

@@ -51,8 +51,9 @@ def minority_to_remove(majority_count: int, minority_count: int,
   r = 1.0 - ratio
   to_keep = majority_count * r / (1.0 - r)
   if floor_keep:
-    # 1e-9 absorbs float error: 144 * (1 - 0.9) / 0.9 is 15.999999999999998.
-    to_keep = math.floor(to_keep + 1e-9)
+    # Truncated as the authors' int(): their float error is kept too (144 *
+    # (1 - 0.9) / 0.9 is 15.999999999999998 -> 15), so the counts are theirs.
+    to_keep = math.floor(to_keep)
   if minority_count <= to_keep:
     return 0
   return int(minority_count - to_keep)
