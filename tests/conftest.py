@@ -16,6 +16,9 @@ CACHE_DIR = os.environ.setdefault(
     os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# Verification caches of test images go to a throwaway folder, not ~/.cache.
+os.environ.setdefault("FFR_JAX_CACHE", os.path.join(
+    "/tmp", f"ffr_jax-test-cache-{os.getuid()}"))
 # No model hub or dataset download may ever be reached from a test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
