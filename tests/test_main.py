@@ -80,7 +80,7 @@ def _fails_with_one_line(cmd, expect: str):
     ("--config.data.bias_ratio=1.5", "1.5"),
     ("--config.mode=mixup", "Unknown mode 'mixup'"),
     ("--config.method=jtt", "Unknown method 'jtt'"),
-    ("--config.train.epochs=0", "train.epochs"),
+    ("--config.train.epochs=0", "epochs=0 must be >= 1"),
     ("--config.train.lr=abc", "lr"),
 ])
 def test_a_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override,

@@ -89,6 +89,17 @@ class StagePlan:
   init: str
   epoch0_candidate: bool
 
+  def __post_init__(self):
+    # A bad value is caught when the run is planned from the config alone,
+    # before anything is written (ffr_jax.training.run.validate_config).
+    where = f"stage {self.name!r} (config.train.* or, pretraining, config.stage1.*)"
+    _require(self.epochs >= 1, f"{where}: epochs={self.epochs} must be >= 1.")
+    _require(self.lr >= 0, f"{where}: lr={self.lr} must be >= 0.")
+    _require(self.batch_size >= 1,
+             f"config.train.batch_size={self.batch_size} must be >= 1.")
+    _require(self.image_size >= 1,
+             f"config.data.image_size={self.image_size} must be >= 1.")
+
   def settings(self) -> dict[str, Any]:
     """The hashed fields, as JSON-ready values."""
     return {f.name: _jsonable(getattr(self, f.name))
@@ -112,6 +123,19 @@ class LoopOptions:
   checkpoint_every: int = 0
   eval_batch_size: int = 256
   data: ml_collections.ConfigDict | None = None  # input pipeline options
+
+  def __post_init__(self):
+    _require(self.log_every >= 1,
+             f"config.train.log_every={self.log_every} must be >= 1.")
+    _require(self.checkpoint_every >= 0, "config.train.checkpoint_every="
+             f"{self.checkpoint_every} must be >= 0 (0: at epoch ends).")
+    _require(self.eval_batch_size >= 1, "config.train.eval_batch_size="
+             f"{self.eval_batch_size} must be >= 1.")
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
 
 
 def _jsonable(value: Any) -> Any:

@@ -68,20 +68,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   models.MODELS.get(str(config.model.name))
   generation.GENERATORS.get(str(config.generate.generator))
   bias.check_ratio(config.data.bias_ratio)
-  for key in ("train.epochs", "stage1.epochs", "train.batch_size",
-              "train.eval_batch_size", "data.image_size", "train.log_every"):
-    section, name = key.split(".")
-    if int(config[section][name]) < 1:
-      raise ValueError(f"config.{key}={config[section][name]} must be >= 1.")
-  for key in ("stage1.lr",):
-    section, name = key.split(".")
-    if float(config[section][name]) <= 0:
-      raise ValueError(f"config.{key}={config[section][name]} must be > 0.")
-  if config_lib.train_lr(config) <= 0:
-    raise ValueError(f"config.train.lr={config.train.lr} must be > 0 (or "
-                     f"{config_lib.AUTHORS_LR} for the authors' value).")
-  if config.train.checkpoint_every < 0:
-    raise ValueError("config.train.checkpoint_every must be >= 0.")
+  # Every stage setting is checked by planning the run without data.
+  plan_lib.plan_run(config, compose_lib.describe(str(config.mode)))
+  plan_lib.loop_options(config)
   pretrained = str(config.model.pretrained)
   if (pretrained and not pretrained.startswith(weights_lib.HUB_PREFIX)
       and not os.path.isfile(pretrained)):
