@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128     # global batch over all devices and hosts
   c.train.epochs = 50
   c.train.lr = AUTHORS_LR       # -1: 1e-3, ASB 1e-4 (the authors' values)
+  c.train.lr_schedule = "constant"  # or "cosine": to 0 over each stage
   c.train.weight_decay = 1e-5  # Adam with L2 decay, as torch.optim.Adam
   c.train.freeze_bn = False    # FFR stage 2: keep BN statistics from stage 1
   c.train.log_every = 50       # steps between host-side metric logs

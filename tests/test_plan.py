@@ -24,6 +24,16 @@ def _plans(config, mode=None):
   return plan_lib.plan_run(config, compose.describe(str(config.mode)))
 
 
+def test_two_plans_differing_only_in_the_lr_schedule_differ():
+  constant = _plans(_config(mode="ffr"))
+  cosine = _plans(_config(mode="ffr", **{"train.lr_schedule": "cosine"}))
+  assert dataclasses.replace(constant[0], lr_schedule="cosine") == cosine[0]
+  for a, b in zip(constant, cosine):
+    assert a.fingerprint != b.fingerprint
+  with pytest.raises(ValueError, match="lr_schedule='step'"):
+    _plans(_config(mode="ffr", **{"train.lr_schedule": "step"}))
+
+
 def test_ffr_stage1_is_one_plan_for_every_method_and_stage1_only():
   first = {m: _plans(_config(mode="ffr", method=m))[0].fingerprint
            for m in ("erm", "groupdro", "resampling", "dfr")}

@@ -50,7 +50,7 @@ def _plan(tmp_path, method="erm", epochs=2, name="train", lr=1e-3,
   return StagePlan(
       name=name, examples=_examples(str(tmp_path), 6, "train"), data="toy",
       by_source=False, method=method, method_settings=(), epochs=epochs,
-      lr=lr, batch_size=8, weight_decay=1e-5,
+      lr=lr, lr_schedule=kw.pop("lr_schedule", "constant"), batch_size=8, weight_decay=1e-5,
       freeze_bn=freeze_bn, image_size=16, flip=False, model="tiny/float32",
       seed=0, init=init, epoch0_candidate=kw.pop("epoch0_candidate", False))
 
@@ -164,6 +164,16 @@ def test_epoch0_is_selected_only_when_the_plan_allows_it(tmp_path):
                                   jax.device_get(best["params"]["fc"]["kernel"]))
   else:
     assert allowed.best_epoch == 1
+
+
+def test_a_cosine_schedule_trains_differently_from_a_constant_one(tmp_path):
+  # One epoch, so both return the model after the same steps.
+  _, constant = _run(tmp_path, _plan(tmp_path, lr=3e-3, epochs=1), folder="c")
+  _, cosine = _run(tmp_path, _plan(tmp_path, lr=3e-3, epochs=1,
+                                   lr_schedule="cosine"), folder="k")
+  a, b = (np.asarray(jax.device_get(v["params"]["fc"]["kernel"]))
+          for v in (constant, cosine))
+  assert not np.allclose(a, b)
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):

@@ -58,7 +58,9 @@ class StagePlan:
     method_settings: what the method reads from the config (GroupDRO's eta
       and size adjustment), as sorted ``(key, value)`` pairs.
     epochs: epochs to train.
-    lr: Adam's learning rate.
+    lr: Adam's (peak) learning rate.
+    lr_schedule: ``constant`` (the authors') or ``cosine`` (from ``lr`` to 0
+      over the stage's steps).
     batch_size: the global batch.
     weight_decay: L2 decay added to the gradient, as ``torch.optim.Adam``.
     freeze_bn: keep batch-norm statistics fixed (fine-tuning).
@@ -79,6 +81,7 @@ class StagePlan:
   method_settings: tuple[tuple[str, Any], ...]
   epochs: int
   lr: float
+  lr_schedule: str
   batch_size: int
   weight_decay: float
   freeze_bn: bool
@@ -95,6 +98,9 @@ class StagePlan:
     where = f"stage {self.name!r} (config.train.* or, pretraining, config.stage1.*)"
     _require(self.epochs >= 1, f"{where}: epochs={self.epochs} must be >= 1.")
     _require(self.lr >= 0, f"{where}: lr={self.lr} must be >= 0.")
+    _require(self.lr_schedule in ("constant", "cosine"),
+             f"config.train.lr_schedule={self.lr_schedule!r}: expected "
+             "'constant' or 'cosine'.")
     _require(self.batch_size >= 1,
              f"config.train.batch_size={self.batch_size} must be >= 1.")
     _require(self.image_size >= 1,
@@ -222,6 +228,7 @@ def _stage_plan(stage: compose_lib.Stage, config: ml_collections.ConfigDict,
           methods_lib.get_method(stage_method).settings(config).items())),
       epochs=int(epochs),
       lr=float(lr),
+      lr_schedule=str(config.train.lr_schedule),
       batch_size=int(config.train.batch_size),
       weight_decay=float(config.train.weight_decay),
       freeze_bn=bool(config.train.freeze_bn) and stage.kind == compose_lib.FINETUNE,

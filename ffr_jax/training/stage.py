@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import ml_collections
+import optax
 
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import Examples, GroupScheme
@@ -268,7 +269,9 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
       for e in evals}
   total_steps = plan.epochs * steps_per_epoch
 
-  tx = state_lib.make_optimizer(plan.lr, plan.weight_decay)
+  lr = (plan.lr if plan.lr_schedule == "constant" else
+        optax.cosine_decay_schedule(plan.lr, max(1, total_steps)))
+  tx = state_lib.make_optimizer(lr, plan.weight_decay)
   state = state_lib.create_state(
       model, tx, plan.image_size, scheme.num_groups, plan.seed, shardings,
       variables=init_variables)
