@@ -78,9 +78,10 @@ def _run(command: str) -> str:
     return os.path.join(out, reports.EMBEDDINGS_PNG)
   cfg = rise_lib.RiseConfig(num_masks=_MASKS.value, grid=_GRID.value,
                             p=_P.value, batch=_BATCH.value, seed=_SEED.value)
-  reports.rise_report(workdirs, out, images=_IMAGES.value, groups=_GROUPS.value,
-                      with_synthetic=_WITH_SYNTHETIC.value, rise=cfg, **common)
-  return os.path.join(out, reports.RISE_PNG)
+  report = reports.rise_report(
+      workdirs, out, images=_IMAGES.value, groups=_GROUPS.value,
+      with_synthetic=_WITH_SYNTHETIC.value, rise=cfg, **common)
+  return ", ".join(os.path.join(out, page) for page in report["pages"])
 
 
 def main(argv: list[str]) -> None:

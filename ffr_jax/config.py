@@ -64,7 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"    # resnet50 | resnet18 | tiny
-  c.model.pretrained = ""      # local ImageNet weights (.pth or .safetensors)
+  # ImageNet weights: a .pth or .safetensors file, or hf-hub:ORG/NAME[@REV]
+  # (hf-hub:timm/resnet50.tv_in1k is torchvision's, the paper's).
+  c.model.pretrained = ""
   c.model.dtype = "float32"    # compute dtype; bfloat16 on accelerators
   # 1x1 convolutions as matmuls: same parameters and outputs; XLA:CPU's conv
   # backward is slow, so this trains faster on CPU and is neutral on GPU

@@ -32,12 +32,13 @@ def _stable_diffusion(config: ml_collections.ConfigDict, spec: DatasetSpec
   if not g.model:
     raise ValueError(
         "config.generate.model is empty: set --config.generate.model to a local "
-        "diffusers folder of Stable Diffusion (e.g. v1.4 with Flax weights).")
+        "diffusers folder or a hub id (e.g. CompVis/stable-diffusion-v1-4 with "
+        "--config.generate.revision=flax).")
   from ffr_jax.generation.stable_diffusion import StableDiffusionGenerator  # pylint: disable=import-outside-toplevel
   return StableDiffusionGenerator(
       g.model, resolution=g.resolution, steps=g.steps,
       guidance_scale=g.guidance_scale, scheduler=g.scheduler, dtype=g.dtype,
-      batch_size=g.batch_size)
+      batch_size=g.batch_size, revision=g.revision)
 
 
 def _procedural(config: ml_collections.ConfigDict, spec: DatasetSpec
