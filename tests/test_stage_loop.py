@@ -214,3 +214,38 @@ def test_a_stop_request_saves_a_checkpoint_and_resumes_to_the_same_result(
   resumed, _ = _run(tmp_path, plan, folder="cut")
   assert resumed.history == whole.history
   assert resumed.best_epoch == whole.best_epoch
+
+
+def _groupdro_plan(tmp_path):
+  # A large step size makes the group weights matter within a few steps.
+  return dataclasses.replace(
+      _plan(tmp_path, epochs=2, lr=3e-3), method="groupdro",
+      method_settings=(("eta", 5.0), ("size_adjustment", 0.0)))
+
+
+def _interrupted_then_resumed(tmp_path, plan, folder):
+  with pytest.raises(stage_lib.StageInterrupted):
+    stage_lib.run_stage(
+        plan, models.create_model("tiny", 2), _evals(tmp_path),
+        make_shardings(), MetricWriter(str(tmp_path / "off"), enabled=False),
+        str(tmp_path / folder), OPTIONS, should_stop=lambda step: step == 4)
+  return _run(tmp_path, plan, folder=folder)
+
+
+def test_a_resume_restores_groupdros_weights(tmp_path, monkeypatch):
+  plan = _groupdro_plan(tmp_path)
+  _, whole = _run(tmp_path, plan, folder="whole")
+  _, resumed = _interrupted_then_resumed(tmp_path, plan, "cut")
+  kernel = lambda v: np.asarray(jax.device_get(v["params"]["fc"]["kernel"]))  # noqa: E731
+  np.testing.assert_array_equal(kernel(resumed), kernel(whole))
+  # The check above can fail: a resume that forgot q (uniform again) trains
+  # another model.
+  restore = stage_lib._restore  # pylint: disable=protected-access
+
+  def forgetful(mgr, state, best):
+    state, best, book = restore(mgr, state, best)
+    uniform = jnp.full_like(state.group_weights, 1 / state.group_weights.size)
+    return state.replace(group_weights=uniform), best, book
+  monkeypatch.setattr(stage_lib, "_restore", forgetful)
+  _, wrong = _interrupted_then_resumed(tmp_path, plan, "forgot")
+  assert not np.array_equal(kernel(wrong), kernel(whole))
