@@ -21,7 +21,8 @@ def _setup(freeze_bn: bool):
   model = models.create_model("tiny", 2)
   tx = state_lib.make_optimizer(1e-2, 0.0)
   state = state_lib.create_state(model, tx, 16, 4, 0, shardings)
-  loss = get_method("erm").make_loss(config_lib.base_config(), np.ones(4))
+  erm = get_method("erm")
+  loss = erm.make_loss(erm.settings(config_lib.base_config()), np.ones(4))
   step = steps_lib.make_train_step(
       model, tx, loss, steps_lib.StepConfig(num_groups=4, freeze_bn=freeze_bn),
       shardings, state)

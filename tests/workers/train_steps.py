@@ -80,7 +80,7 @@ def main():
   state = state_lib.create_state(model, tx, 16, scheme.num_groups, 0, shardings)
   method = get_method(args.method)
   step_fn = steps_lib.make_train_step(
-      model, tx, method.make_loss(cfg, scheme.counts(examples)),
+      model, tx, method.make_loss(method.settings(cfg), scheme.counts(examples)),
       steps_lib.StepConfig(num_groups=scheme.num_groups), shardings, state)
   losses = []
   for i, batch in enumerate(loader.epoch(0)):
