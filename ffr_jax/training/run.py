@@ -71,6 +71,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   # Every stage setting is checked by planning the run without data.
   plan_lib.plan_run(config, compose_lib.describe(str(config.mode)))
   plan_lib.loop_options(config)
+  root = str(config.data.root)
+  if root and not os.path.isdir(root):
+    raise FileNotFoundError(
+        f"config.data.root={root!r} is not a folder; point it at the "
+        f"{config.data.name} data (python -m ffr_jax.data --help shows the "
+        "layouts).")
   pretrained = str(config.model.pretrained)
   if (pretrained and not pretrained.startswith(weights_lib.HUB_PREFIX)
       and not os.path.isfile(pretrained)):
