@@ -64,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   compose_lib.MODES.get(str(config.mode))
   METHODS.get(str(config.method))
-  datasets.get_dataset(str(config.data.name))
+  definition = datasets.get_dataset(str(config.data.name))
   models.MODELS.get(str(config.model.name))
   generation.GENERATORS.get(str(config.generate.generator))
   bias.check_ratio(config.data.bias_ratio)
@@ -72,7 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   plan_lib.plan_run(config, compose_lib.describe(str(config.mode)))
   plan_lib.loop_options(config)
   root = str(config.data.root)
-  if root and not os.path.isdir(root):
+  if root and not definition.self_contained and not os.path.isdir(root):
     raise FileNotFoundError(
         f"config.data.root={root!r} is not a folder; point it at the "
         f"{config.data.name} data (python -m ffr_jax.data --help shows the "
