@@ -28,7 +28,7 @@ import types
 import numpy as np
 
 # torchvision's compiled ops are a CUDA build on this machine and fail to load;
-# the models themselves do not need them (RECIPES.md).
+# the models themselves do not need them (docs/reference.md, "Library notes").
 sys.modules.setdefault("torchvision._meta_registrations",
                        types.ModuleType("torchvision._meta_registrations"))
 

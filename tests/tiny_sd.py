@@ -1,7 +1,7 @@
 """A tiny, randomly initialised Stable Diffusion in diffusers layout, built offline.
 
-Follows the verified recipe of /work/shared/reference/RECIPES.md ("A tiny Stable
-Diffusion"): a hand-written CLIP BPE vocabulary with whole-word tokens for the
+Checked on this project's machines (docs/reference.md, "Library notes"): a
+hand-written CLIP BPE vocabulary with whole-word tokens for the
 words the tests use (other lower-case words still tokenize letter by letter),
 a 2-layer CLIP text encoder, a 3-block VAE (4x downsampling) and a 2-block
 UNet; about 1.8M parameters. ``build(dir)`` writes it with ``save_pretrained``

@@ -551,7 +551,7 @@ def _gather_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
 
 def _ensure_flags_parsed() -> None:
   # grain's multiprocessing reads absl flags; outside absl.app.run they are
-  # unparsed and grain would raise (RECIPES.md, "grain and TFDS").
+  # unparsed and grain would raise (docs/reference.md, "Library notes").
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -73,8 +73,9 @@ def prepare_imports() -> None:
   Each Flax class logs a deprecation warning per instance: silenced. And where
   the CPU wheel of torchvision is installed, its C++ ops (a CUDA build) fail to
   register, which breaks transformers' image utilities and with them the import
-  of diffusers' UNet. RECIPES.md's workaround: stub the failing submodule before
-  torchvision is first imported; nothing here uses torchvision's ops.
+  of diffusers' UNet (docs/reference.md, "Library notes"). The workaround:
+  stub the failing submodule before torchvision is first imported; nothing
+  here uses torchvision's ops.
   """
   os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
   name = "torchvision._meta_registrations"
