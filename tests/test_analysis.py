@@ -170,7 +170,8 @@ def _demo_config(tmp_path):
 
 def _run_info(tmp_path, config, used: int) -> run_loading.RunInfo:
   from ffr_jax.demo import DEMO as demo_def  # pylint: disable=g-import-not-at-top
-  results = {"mode": "asb", "method": "erm", "stages": {"train": {}},
+  results = {"mode": "asb", "method": "erm",
+             "stages": {"train": {"dir": "train"}}, "stage_order": ["train"],
              "synthetic_per_group": {f"y={y},b={b}": used
                                      for y, b in demo_def.spec.groups},
              "config": config.to_dict()}
@@ -239,8 +240,8 @@ def test_commands_fail_clearly_on_unfinished_workdirs(tmp_path, command):
          f"--workdir={workdir}", f"--out={tmp_path / 'out'}"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env=dict(os.environ))
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert message in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr
 
 
@@ -268,7 +269,7 @@ def test_commands_on_a_trained_smoke_run(tmp_path):
   for args in (["embeddings", "--per_group=20"],
                ["rise", "--images=sample:1", "--rise_masks=256",
                 "--groups=big dog/indoors,small dog/outdoors"],
-               ["embeddings", "--stage=stage1", f"--workdir={workdir}/ffr-erm",
+               ["embeddings", "--stage=stage1", f"--workdir={workdir}/runs/mode=ffr/method=erm",
                 f"--out={out}/stage1"]):
     extra = [] if any(a.startswith("--workdir") for a in args) else [
         f"--workdir={workdir}", f"--out={out}"]
