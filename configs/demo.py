@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.benchmark.image_size = ml_collections.FieldReference(32)
   c.benchmark.seed = 0          # seeds every real image
   c.benchmark.strength = 0.5    # generator fingerprint; 0 = real distribution
+  c.benchmark.content_gap = 0.0  # generated content/style shift; 0 = real content
 
   c.data.name = "demo"
   c.data.root = ""              # "": {workdir}/data/real (rendered on first use)

@@ -231,3 +231,59 @@ def test_demo_config():
   with pytest.raises(ValueError, match="arg"):
     _load_config("huge")
   assert get_dataset("demo").self_contained
+
+
+def _prompts(ys, bs):
+  return [generator.build_prompt(SPEC, y, b) for y, b in zip(ys, bs)]
+
+
+def test_no_gap_no_fingerprint_is_the_renderer_byte_for_byte():
+  """Both knobs at 0: the generator draws exactly the renderer's images."""
+  ys, bs, seeds = _all_groups(3)
+  gen = generator.ProceduralGenerator(0.0, 32, content_gap=0.0)
+  same = render.render(ys, bs, seeds, salt=generator.GENERATOR_SALT,
+                       content_gap=0.0)
+  np.testing.assert_array_equal(gen.generate(_prompts(ys, bs), seeds), same)
+  # The knob's default leaves the real renderer's bytes alone.
+  np.testing.assert_array_equal(render.render(ys, bs, seeds),
+                                render.render(ys, bs, seeds, content_gap=0.0))
+  assert gen.name == "procedural-fp0"  # manifests from before the knob stay valid
+
+
+def _area_and_offset(cover: np.ndarray) -> tuple[float, float]:
+  """Mean animal area (fraction of the image) and mean centroid distance from the centre."""
+  size = cover.shape[-1]
+  coords = (np.arange(size) + 0.5) / size
+  mass = cover.sum(axis=(1, 2))
+  cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
+  cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
+  return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
+
+
+def test_content_gap_makes_animals_larger_centred_and_scenes_cleaner():
+  ys, bs, seeds = _all_groups(30)
+  salt = generator.GENERATOR_SALT
+  area0, off0 = _area_and_offset(render.animal_coverage(ys, bs, seeds, salt=salt))
+  area1, off1 = _area_and_offset(
+      render.animal_coverage(ys, bs, seeds, salt=salt, content_gap=1.0))
+  assert area1 > 1.5 * area0, (area0, area1)
+  assert off1 < 0.6 * off0, (off0, off1)
+  # Cleaner backgrounds: less fine texture at the corners (where no animal is).
+  def corner_texture(x):
+    return np.abs(np.diff(x[:, :6, :6].astype(np.float64), axis=2)).mean()
+  gen0 = generator.ProceduralGenerator(0.0, content_gap=0.0).generate(_prompts(ys, bs), seeds)
+  gen1 = generator.ProceduralGenerator(0.0, content_gap=1.0).generate(_prompts(ys, bs), seeds)
+  assert corner_texture(gen1) < corner_texture(gen0)
+  assert generator.ProceduralGenerator(0.5, content_gap=1.0).name == "procedural-fp0.5-cg1"
+
+
+@pytest.mark.parametrize("gap", [-0.1, 1.5])
+def test_content_gap_outside_unit_interval_is_a_clear_error(gap):
+  with pytest.raises(ValueError, match="content_gap"):
+    generator.ProceduralGenerator(0.5, content_gap=gap)
+  with pytest.raises(ValueError, match="content_gap"):
+    render.render([0], [0], [0], content_gap=gap)
+
+
+def test_demo_config_content_gap_defaults_to_none():
+  assert _load_config(None).benchmark.content_gap == 0.0

@@ -17,6 +17,12 @@ up. Ours has three parts, each scaled linearly by ``strength``:
 At ``strength = 0`` every part is the identity, so generated images follow
 exactly the real images' distribution (they are drawn from a separate random
 stream, so they never duplicate a real image).
+
+Separately from the fingerprint (a low-level trace), ``content_gap`` shifts
+what the images show, as Stable Diffusion's images differ from photos in
+content and style (:mod:`ffr_jax.demo.render`; docs/benchmark.md, "The
+content gap"). Both at 0: the real renderer's images, byte for byte, of the
+generator's own random stream.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ LOCATIONS = {
     "outdoors": ("a park", "a garden", "a backyard", "a street"),
 }
 DEFAULT_STRENGTH = 0.5
+# No content gap: the generated images show what the real ones show.
+DEFAULT_CONTENT_GAP = 0.0
 # Images from the generator use their own random stream: never a real image.
 GENERATOR_SALT = 1
 
@@ -177,15 +185,18 @@ class ProceduralGenerator:
   only on ``(prompts[i], seeds[i])`` (and the constructor's arguments).
 
   Attributes:
-    name: ``"procedural-fp{strength}"``, recorded in each manifest line.
+    name: ``"procedural-fp{strength}"`` (plus ``"-cg{content_gap}"`` when the
+      content gap is not 0), recorded in each manifest line.
     image_size: side of the square images.
     strength: fingerprint strength; 0 reproduces the real distribution.
+    content_gap: content/style shift in [0, 1]; 0 draws what real images show.
     spec: the dataset whose names the prompts carry.
   """
 
   def __init__(self, strength: float = DEFAULT_STRENGTH,
                image_size: int = render.DEFAULT_SIZE,
-               spec: DatasetSpec = render.DEMO_SPEC):
+               spec: DatasetSpec = render.DEMO_SPEC,
+               content_gap: float = DEFAULT_CONTENT_GAP):
     if strength < 0:
       raise ValueError(f"fingerprint strength must be >= 0, got {strength}.")
     if spec.groups != render.GROUPS:
@@ -193,9 +204,12 @@ class ProceduralGenerator:
           f"ProceduralGenerator renders the benchmark's groups {render.GROUPS}; "
           f"{spec.name} has {spec.groups}.")
     self.strength = float(strength)
+    self.content_gap = render.check_content_gap(content_gap)
     self.image_size = render.check_size(image_size)
     self.spec = spec
-    self.name = f"procedural-fp{self.strength:g}"
+    # Unchanged at gap 0, so manifests written before the knob stay valid.
+    gap_tag = f"-cg{self.content_gap:g}" if self.content_gap else ""
+    self.name = f"procedural-fp{self.strength:g}{gap_tag}"
 
   def parse(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Classes and biases the prompts ask for, as int arrays."""
@@ -211,5 +225,6 @@ class ProceduralGenerator:
           f"generate: {len(prompts)} prompts but {len(seeds)} seeds.")
     ys, bs = self.parse(prompts)
     images = render.render_float(ys, bs, seeds, self.image_size,
-                                 salt=GENERATOR_SALT)
+                                 salt=GENERATOR_SALT,
+                                 content_gap=self.content_gap)
     return render.quantize(fingerprint(images, self.strength))

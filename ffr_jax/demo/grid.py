@@ -14,7 +14,8 @@ _GAP = 12
 
 def grid_image(strength: float = generator.DEFAULT_STRENGTH,
                image_size: int = render.DEFAULT_SIZE, per_group: int = 4,
-               seed: int = 0, zoom: int = 2, template: str = "paper"
+               seed: int = 0, zoom: int = 2, template: str = "paper",
+               content_gap: float = generator.DEFAULT_CONTENT_GAP
                ) -> Image.Image:
   """Renders ``per_group`` real and ``per_group`` generated images per group.
 
@@ -25,13 +26,15 @@ def grid_image(strength: float = generator.DEFAULT_STRENGTH,
     seed: the first image seed; image ``j`` of a row uses ``seed + j``.
     zoom: nearest-neighbour magnification, so pixels stay visible.
     template: the prompt template used to ask the generator for each group.
+    content_gap: content/style shift of the generated images.
 
   Returns:
     An RGB image: rows are the groups in the spec's order, the left block real,
     the right block generated, with the group name and prompt at the left.
   """
   spec = render.DEMO_SPEC
-  gen = generator.ProceduralGenerator(strength, image_size, spec)
+  gen = generator.ProceduralGenerator(strength, image_size, spec,
+                                      content_gap=content_gap)
   cell = image_size * zoom
   width = _LABEL_W + 2 * per_group * cell + _GAP
   height = 16 + len(spec.groups) * cell

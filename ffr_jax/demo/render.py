@@ -18,6 +18,14 @@ Every image is a function of ``(y, b, seed)`` (and ``size`` and a ``salt`` that
 separates independent streams, e.g. real vs generated) only: the random
 parameters of image ``i`` come from its own ``numpy`` generator seeded by
 ``(seed, y, b, salt)``; the drawing itself is vectorised over the batch.
+
+A ``content_gap`` in [0, 1] (used only by the procedural generator, see
+docs/benchmark.md, "The content gap") shifts *what* is drawn, the way Stable
+Diffusion's images differ from photos in content and style: larger, more
+centred animals in a canonical pose (facing right), more saturated colours and
+cleaner, more uniform backgrounds. Every change is written ``x + gap * (...)``
+or ``x * (1 + gap * k)``, so ``content_gap = 0`` gives the real images' exact
+bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +67,23 @@ _BG_TEXTURE = np.array([[26, 0, 0], [6, 16, 0], [5, 0, 14], [10, 0, 0]],
                        np.float32)
 # Backgrounds with a horizon (wall/floor, sky/grass) and where it lies.
 _HAS_HORIZON = np.array([0, 0, 1, 1], np.float32)
+
+# The content gap at 1 (docs/benchmark.md, "The content gap"): each effect
+# grows linearly with the gap from 0 (the real images) to these values.
+GAP_SCALE = 0.4          # animals up to 40% larger
+GAP_CENTRE = 0.5         # where a centred animal's body sits (x and y)
+GAP_TEXTURE = 0.7        # 70% less background texture (cleaner scenes)
+GAP_JITTER = 0.7         # 70% less per-image background colour jitter
+GAP_SATURATION = 0.6     # colours pushed 60% further from grey
+
+
+def check_content_gap(gap: float) -> float:
+  """Returns ``gap`` as a float, or raises if it lies outside [0, 1]."""
+  gap = float(gap)
+  if not 0.0 <= gap <= 1.0:
+    raise ValueError(
+        f"content_gap={gap} must lie in [0, 1] (0: the real images' content).")
+  return gap
 
 
 def check_size(size: int) -> int:
@@ -112,19 +137,26 @@ def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
   return rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w
 
 
+def _saturate(colours: np.ndarray, gap: float) -> np.ndarray:
+  """Pushes ``[..., 3]`` colours away from their grey by ``GAP_SATURATION * gap``."""
+  grey = colours.mean(axis=-1, keepdims=True)
+  return colours + gap * GAP_SATURATION * (colours - grey)
+
+
 def _backgrounds(bs: np.ndarray, p: np.ndarray, texture: np.ndarray,
-                 u: np.ndarray, v: np.ndarray) -> np.ndarray:
+                 u: np.ndarray, v: np.ndarray, gap: float = 0.0) -> np.ndarray:
   """Background fields ``[N, S, S, 3]`` for bias values ``bs``."""
   size = u.shape[-1]
   jitter = (p[:, 0:3] - 0.5) * 36  # per-channel colour jitter, +-18
+  jitter = jitter * (1 - gap * GAP_JITTER)
   bright = 0.85 + 0.3 * p[:, 3]
-  top = (_BG_TOP[bs] + jitter) * bright[:, None]
-  bottom = (_BG_BOTTOM[bs] + jitter) * bright[:, None]
+  top = _saturate(_BG_TOP[bs] + jitter, gap) * bright[:, None]
+  bottom = _saturate(_BG_BOTTOM[bs] + jitter, gap) * bright[:, None]
   horizon = 0.45 + 0.25 * p[:, 4]
   below = 1 / (1 + np.exp(-(v[None] - horizon[:, None, None]) * size * 1.5))
   below = below * _HAS_HORIZON[bs][:, None, None]
   img = top[:, None, None] * (1 - below[..., None]) + bottom[:, None, None] * below[..., None]
-  strength = _BG_TEXTURE[bs]
+  strength = _BG_TEXTURE[bs] * (1 - gap * GAP_TEXTURE)
   mottle = _upsample(texture, size) * strength[:, 0, None, None]
   freq = 3 + 4 * p[:, 5]
   phase = 2 * np.pi * p[:, 6]
@@ -153,8 +185,8 @@ def _box(u, v, cx, cy, hw, hh, size):
   return cu * cv
 
 
-def _objects(ys: np.ndarray, p: np.ndarray, u: np.ndarray, v: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _objects(ys: np.ndarray, p: np.ndarray, u: np.ndarray, v: np.ndarray,
+             gap: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Each image's animal: coverage ``[N, S, S]`` and a brightness map of its markings."""
   size = u.shape[-1]
   bird = ys < 2
@@ -162,11 +194,13 @@ def _objects(ys: np.ndarray, p: np.ndarray, u: np.ndarray, v: np.ndarray
   # in between; ranges overlap so size alone is not decisive.
   lo = np.array([0.14, 0.14, 0.11, 0.16])[ys]
   hi = np.array([0.19, 0.19, 0.16, 0.22])[ys]
-  ax = lo + (hi - lo) * p[:, 7]
+  ax = (lo + (hi - lo) * p[:, 7]) * (1 + gap * GAP_SCALE)
   ay = ax * np.where(bird, 0.62, 0.5)
   cx = 0.32 + 0.36 * p[:, 8]
   cy = 0.42 + 0.2 * p[:, 9]
-  face = np.where(p[:, 10] < 0.5, -1.0, 1.0)  # which way the animal looks
+  cx, cy = cx + gap * (GAP_CENTRE - cx), cy + gap * (GAP_CENTRE - cy)
+  # Which way the animal looks; the gap makes facing right the canonical pose.
+  face = np.where(p[:, 10] < 0.5 * (1 - gap), -1.0, 1.0)
   body = _ellipse(u, v, cx, cy, ax, ay, size)
   cover = body
   tone = _markings(ys, body, u, v, cx, cy, ax, ay)
@@ -220,17 +254,18 @@ def _markings(ys, body, u, v, cx, cy, ax, ay) -> np.ndarray:
   return np.where(kind == 3, 1 - 0.45 * saddle * body, tone).astype(np.float32)
 
 
-def _object_colour(p: np.ndarray) -> np.ndarray:
+def _object_colour(p: np.ndarray, gap: float = 0.0) -> np.ndarray:
   """A random colour per image, drawn the same way for every class."""
   base = 25 + 205 * p[:, 11:14]
   grey = base.mean(axis=1, keepdims=True)
   # Pull towards grey by a random amount: muted animals are harder to see.
   muted = p[:, 14:15]
-  return grey + (base - grey) * (0.6 + 0.4 * muted)
+  return _saturate(grey + (base - grey) * (0.6 + 0.4 * muted), gap)
 
 
 def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
-                 size: int = DEFAULT_SIZE, salt: int = 0) -> np.ndarray:
+                 size: int = DEFAULT_SIZE, salt: int = 0,
+                 content_gap: float = 0.0) -> np.ndarray:
   """Renders images as float32 ``[N, size, size, 3]`` in 0..255, unclipped.
 
   This is :func:`render` before quantisation; the procedural generator adds its
@@ -243,8 +278,11 @@ def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
     seeds: non-negative integer seed of each image.
     size: side of the square images.
     salt: separates independent streams of images (0: the real data).
+    content_gap: in [0, 1]; how far the content departs from the real
+      images' (module docstring); 0 for the real data.
   """
   size = check_size(size)
+  gap = check_content_gap(content_gap)
   ys = np.asarray(ys, np.int64).reshape(-1)
   bs = np.asarray(bs, np.int64).reshape(-1)
   seeds = np.asarray(seeds, np.int64).reshape(-1)
@@ -256,15 +294,33 @@ def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
     sl = slice(start, start + _CHUNK)
     p, noise, texture = _draw(ys[sl], bs[sl], seeds[sl], size, salt)
     p = p.astype(np.float32)
-    img = _backgrounds(bs[sl], p, texture, u, v)
-    cover, tone = _objects(ys[sl], p, u, v)
+    img = _backgrounds(bs[sl], p, texture, u, v, gap)
+    cover, tone = _objects(ys[sl], p, u, v, gap)
     cover, tone = cover[..., None], tone[..., None]
-    colour = _object_colour(p)[:, None, None, :]
+    colour = _object_colour(p, gap)[:, None, None, :]
     # Shade the animal darker towards its bottom so it is not a flat decal.
     shade = 1.0 - 0.18 * (v[None, :, :, None] - 0.5)
     img = img * (1 - cover) + np.minimum(colour * shade * tone, 250) * cover
     out[sl] = img + NOISE_STD * noise
   return out
+
+
+def animal_coverage(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
+                    size: int = DEFAULT_SIZE, salt: int = 0,
+                    content_gap: float = 0.0) -> np.ndarray:
+  """The animal's coverage ``[N, size, size]`` in [0, 1] in the images
+  :func:`render_float` draws with the same arguments (for measurements: the
+  content gap's size and centring, docs/benchmark.md)."""
+  size = check_size(size)
+  gap = check_content_gap(content_gap)
+  ys = np.asarray(ys, np.int64).reshape(-1)
+  bs = np.asarray(bs, np.int64).reshape(-1)
+  seeds = np.asarray(seeds, np.int64).reshape(-1)
+  _check_labels(ys, bs, seeds)
+  coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+  u, v = np.meshgrid(coords, coords)
+  p, _, _ = _draw(ys, bs, seeds, size, salt)
+  return _objects(ys, p.astype(np.float32), u, v, gap)[0]
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
@@ -273,10 +329,11 @@ def quantize(images: np.ndarray) -> np.ndarray:
 
 
 def render(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
-           size: int = DEFAULT_SIZE, salt: int = 0) -> np.ndarray:
-  """Renders real benchmark images, uint8 ``[N, size, size, 3]``.
+           size: int = DEFAULT_SIZE, salt: int = 0,
+           content_gap: float = 0.0) -> np.ndarray:
+  """Renders benchmark images, uint8 ``[N, size, size, 3]`` (real at gap 0).
 
-  Image ``i`` depends only on ``(ys[i], bs[i], seeds[i], size, salt)``.
-  See :func:`render_float` for the arguments.
+  Image ``i`` depends only on ``(ys[i], bs[i], seeds[i], size, salt,
+  content_gap)``. See :func:`render_float` for the arguments.
   """
-  return quantize(render_float(ys, bs, seeds, size, salt))
+  return quantize(render_float(ys, bs, seeds, size, salt, content_gap))
