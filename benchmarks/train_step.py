@@ -233,12 +233,14 @@ def breakdown(model_name: str, batch: int, size: int, steps: int,
   params, stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
 
-  def loss_fn(params, stats):
+  # Inputs are arguments, never closed over: XLA constant-folds what depends
+  # on constants only, which a real step cannot do.
+  def loss_fn(params, stats, x, y):
     out, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                            mutable=["batch_stats"])
     return optax.softmax_cross_entropy_with_integer_labels(out.logits, y).mean(), upd
 
-  fwd_eval = jax.jit(lambda p, s: model.apply({"params": p, "batch_stats": s}, x).logits)
+  fwd_eval = jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x).logits)
   fwd_train = jax.jit(loss_fn)
   grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
@@ -250,14 +252,14 @@ def breakdown(model_name: str, batch: int, size: int, steps: int,
   grads = jax.tree.map(jnp.ones_like, params)
   sync = jax.block_until_ready
   jax_ms = {
-      "forward_eval": _time_ms(lambda: fwd_eval(params, stats), sync, steps),
-      "forward_train": _time_ms(lambda: fwd_train(params, stats), sync, steps),
-      "forward_backward": _time_ms(lambda: grad(params, stats), sync, steps),
+      "forward_eval": _time_ms(lambda: fwd_eval(params, stats, x), sync, steps),
+      "forward_train": _time_ms(lambda: fwd_train(params, stats, x, y), sync, steps),
+      "forward_backward": _time_ms(lambda: grad(params, stats, x, y), sync, steps),
       "adam": _time_ms(lambda: adam_jit(params, grads, opt_state), sync, steps),
   }
-  full = jax.jit(lambda p, s, o: (lambda lg: (adam(p, lg[1], o), lg[0][1]))(
-      grad(p, s)))
-  jax_ms["step"] = _time_ms(lambda: full(params, stats, opt_state), sync, steps)
+  full = jax.jit(lambda p, s, o, x, y: (lambda lg: (adam(p, lg[1], o), lg[0][1]))(
+      grad(p, s, x, y)))
+  jax_ms["step"] = _time_ms(lambda: full(params, stats, opt_state, x, y), sync, steps)
   result: dict[str, Any] = {"config": f"{batch}x{size}", "jax_ms": jax_ms}
   imported = _import_torch() if with_torch else None
   if imported is not None and hasattr(imported[1], model_name):

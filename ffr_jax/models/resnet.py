@@ -163,6 +163,76 @@ class ConvSmallAsMatmul(nn.Module):
                                (((patches.ndim - 1,), (0,)), ((), ())))
 
 
+def _im2col(x: jax.Array, k: int, s: int) -> jax.Array:
+  """``[n, h', w', k*k*c]`` patches of a ``k x k``/``s`` convolution (padding k//2).
+
+  Features are ordered ``(kh, kw, c)``, so the HWIO kernel reshaped to
+  ``(k*k*c, out)`` multiplies them. Built from ``k*k`` strided slices: plain
+  copies, no convolution.
+  """
+  pad = k // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h = (x.shape[1] + 2 * pad - k) // s + 1
+  out_w = (x.shape[2] + 2 * pad - k) // s + 1
+  cols = [xp[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
+          for i in range(k) for j in range(k)]
+  return jnp.concatenate(cols, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_grad(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
+  """A ``k x k`` convolution whose filter gradient is an im2col matmul.
+
+  Forward: XLA's convolution (same outputs). Backward: the filter gradient
+  is ``patches^T @ dy``, one matmul; XLA:CPU's own filter gradient of the
+  3-channel stem runs 5-10x slower (docs/performance.md). The input gradient
+  uses XLA's transpose; the stem's input needs none and XLA drops it.
+  """
+  return _conv_plain(x, kernel, strides)
+
+
+def _conv_plain(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_im2col_grad_fwd(x, kernel, strides):
+  return _conv_plain(x, kernel, strides), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(strides, residuals, dy):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  patches = _im2col(x, k, strides)
+  dw = jnp.einsum("nhwp,nhwo->po", patches, dy).reshape(kernel.shape)
+  _, vjp_x = jax.vjp(lambda x: _conv_plain(x, kernel, strides), x)
+  return vjp_x(dy)[0], dw.astype(kernel.dtype)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
+
+
+class StemConv(nn.Module):
+  """The bias-free stem convolution with an im2col filter gradient.
+
+  Parameters are nn.Conv's (``kernel``: ``(k, k, in, out)``), so checkpoints
+  are shared; outputs are XLA's convolution's.
+  """
+
+  features: int
+  kernel_size: int
+  strides: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32).astype(self.dtype)
+    return _conv_im2col_grad(x.astype(self.dtype), kernel, self.strides)
+
+
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
           conv1x1_as_matmul: bool, small_convs_as_matmul: bool = False
           ) -> nn.Module:
@@ -279,6 +349,9 @@ class ResNet(nn.Module):
       2x2 pixels and >= 256 input channels as patches matmuls (same
       parameters); on CPU these are 5-25x faster than XLA's convolution, see
       :class:`ConvSmallAsMatmul`.
+    stem_im2col_grad: the stem's filter gradient as an im2col matmul (same
+      parameters and outputs), see :class:`StemConv`. Experimental: not yet
+      a ``config.model`` option.
   """
 
   stage_sizes: Sequence[int]
@@ -288,6 +361,7 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   conv1x1_as_matmul: bool = False
   small_convs_as_matmul: bool = False
+  stem_im2col_grad: bool = False
 
   @property
   def embedding_dim(self) -> int:
@@ -311,7 +385,10 @@ class ResNet(nn.Module):
       raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
     block_cls = BLOCKS[self.block]
     stem, planes = stage_widths(self.width)
-    x = _conv(stem, 7, 2, self.dtype, "conv1", False)(x.astype(self.dtype))
+    if self.stem_im2col_grad:
+      x = StemConv(stem, 7, 2, dtype=self.dtype, name="conv1")(x.astype(self.dtype))
+    else:
+      x = _conv(stem, 7, 2, self.dtype, "conv1", False)(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, stage_planes) in enumerate(zip(self.stage_sizes, planes)):
