@@ -332,7 +332,7 @@ def _import_torch() -> tuple[Any, Any] | None:
   except ImportError:
     return None
   # On CPU-only machines torchvision's compiled ops (a CUDA build) fail to load;
-  # the model definitions do not need them (RECIPES.md).
+  # the model definitions do not need them (docs/reference.md, "Library notes").
   if not torch.cuda.is_available():
     sys.modules.setdefault("torchvision._meta_registrations",
                            types.ModuleType("torchvision._meta_registrations"))

@@ -31,7 +31,7 @@ def _result(mode, method, seed, *, ratio=0.99, dataset="demo", val=0.5,
       "config": {"seed": seed, "mode": mode, "method": method,
                  "data": {"name": dataset, "bias_ratio": ratio,
                           "root": f"/tmp/{seed}/{mode}"},
-                 "train": {"lr": lr, "stage1_dir": f"/s/{seed}"},
+                 "train": {"lr": lr, "stages_dir": f"/s/{seed}"},
                  "benchmark": {"strength": strength}},
   }
   if syn is not None:
@@ -112,7 +112,7 @@ def test_conditions_split_cells_and_paths_do_not():
       _result("usb", "erm", 0, strength=0.5),
       _result("usb", "erm", 1, strength=0.5))]
   hkeys, ckeys = agg.split_keys(records)
-  # data.root, train.stage1_dir and the seed differ too, but are not settings.
+  # data.root, train.stages_dir and the seed differ too, but are not settings.
   assert (hkeys, ckeys) == ([], ["benchmark.strength"])
   sel = agg.select(records)
   assert sorted(len(s.runs) for s in sel.values()) == [1, 2]

@@ -80,7 +80,7 @@ class Conv1x1Matmul(nn.Module):
 
   The kernel has nn.Conv's shape ``(1, 1, in, out)`` and the same name, so the
   two forms share checkpoints. Why it exists: XLA:CPU's convolution backward
-  pass is about 5x slower than a matmul of the same size (RECIPES.md), while
+  pass is about 5x slower than a matmul of the same size (docs/reference.md, "Library notes"), while
   the 1x1 convolutions hold most of ResNet50's FLOPs.
 
   Attributes:
