@@ -8,6 +8,10 @@ Defaults follow the authors' release (docs/reference.md, "Training").
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -167,3 +171,41 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[key] = list(v) if isinstance(v, tuple) else v
   return out
+
+
+def split_config_path(path: str) -> tuple[str, str | None]:
+  """``"configs/demo.py:smoke"`` -> ``("configs/demo.py", "smoke")``."""
+  file, sep, arg = path.partition(":")
+  return file, (arg if sep else None)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Imports ``path[:arg]`` and returns ``get_config(arg)``, as config_flags does."""
+  file, arg = split_config_path(path)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(
+        f"Config file {file!r} not found (relative to {os.getcwd()}); run "
+        "from the repository root or give an absolute path.")
+  name = "_ffr_sweep_config_" + hashlib.sha1(
+      os.path.abspath(file).encode()).hexdigest()[:8]
+  spec = importlib.util.spec_from_file_location(name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[tuple[str, Any]]) -> None:
+  """Sets dotted keys as ``--config.key=value`` would.
+
+  Raises:
+    KeyError: a key the config does not have (the message names it).
+    ValueError: a value of the wrong type.
+  """
+  for key, value in overrides:
+    try:
+      config.update_from_flattened_dict({key: value})
+    except KeyError:
+      raise KeyError(f"Unknown config key {key!r}.") from None
+    except TypeError as e:
+      raise ValueError(f"config.{key}={value!r}: {e}") from None

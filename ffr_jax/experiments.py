@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -88,44 +87,6 @@ def settings_hash(settings: Mapping[str, Any], length: int = 12) -> str:
   text = json.dumps(dict(sorted(settings.items())), sort_keys=True,
                     default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def split_config_path(path: str) -> tuple[str, str | None]:
-  """``"configs/demo.py:smoke"`` -> ``("configs/demo.py", "smoke")``."""
-  file, sep, arg = path.partition(":")
-  return file, (arg if sep else None)
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports ``path[:arg]`` and returns ``get_config(arg)``, as config_flags does."""
-  file, arg = split_config_path(path)
-  if not os.path.isfile(file):
-    raise FileNotFoundError(
-        f"Config file {file!r} not found (relative to {os.getcwd()}); run the "
-        "sweep from the repository root or give an absolute path.")
-  name = "_ffr_sweep_config_" + hashlib.sha1(
-      os.path.abspath(file).encode()).hexdigest()[:8]
-  spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Sequence[tuple[str, Any]]) -> None:
-  """Sets dotted keys as ``--config.key=value`` would.
-
-  Raises:
-    KeyError: a key the config does not have (the message names it).
-    ValueError: a value of the wrong type.
-  """
-  for key, value in overrides:
-    try:
-      config.update_from_flattened_dict({key: value})
-    except KeyError:
-      raise KeyError(f"Unknown config key {key!r}.") from None
-    except TypeError as e:
-      raise ValueError(f"config.{key}={value!r}: {e}") from None
 
 
 def format_value(value: Any) -> str:
@@ -181,7 +142,7 @@ def _key_rank(key: str) -> tuple:
 
 def _name_part(key: str, value: Any) -> str:
   if key == CONFIG_KEY:  # configs/spuco.py:smoke -> config=spuco:smoke
-    file, arg = split_config_path(str(value))
+    file, arg = config_lib.split_config_path(str(value))
     value = os.path.splitext(os.path.basename(file))[0] + (
         f":{arg}" if arg is not None else "")
   text = format_value(value)
@@ -278,10 +239,10 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
   for assignment in expand_grid(sweep.grid):
     config_path = str(assignment.get(CONFIG_KEY, sweep.config))
     if config_path not in bases:
-      bases[config_path] = load_config_file(config_path)
+      bases[config_path] = config_lib.load_config_file(config_path)
     config = copy.deepcopy(bases[config_path])
     grid_overrides = [(k, v) for k, v in assignment.items() if k != CONFIG_KEY]
-    apply_overrides(config, fixed + grid_overrides)
+    config_lib.apply_overrides(config, fixed + grid_overrides)
     name = run_name({k: v for k, v in assignment.items()
                      if k not in tuple(sweep.get("unnamed", ()))})
     for key in ("mode", "method"):
@@ -300,7 +261,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
     derived = _shared_data_dirs(config, shared)
     if not config.train.stages_dir:
       derived.append(("train.stages_dir", os.path.join(shared, STAGES_DIR)))
-    apply_overrides(config, derived)
+    config_lib.apply_overrides(config, derived)
     runs.append(Run(
         name=name, config_path=config_path,
         overrides=tuple(fixed + grid_overrides + derived), config=config,

@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from ffr_jax import config as config_lib
 from ffr_jax import experiments as sweep_lib
 
 from conftest import ROOT
@@ -227,7 +228,7 @@ def test_list_prints_commands_that_parse_to_each_runs_config(tmp_path):
   cwd = os.getcwd()
   os.chdir(ROOT)  # the listed --config path is relative to the repository
   try:
-    sweep_cfg = sweep_lib.load_config_file("configs/sweeps/paper.py:smoke")
+    sweep_cfg = config_lib.load_config_file("configs/sweeps/paper.py:smoke")
     runs = sweep_lib.expand(sweep_cfg, tmp_path)
     assert len(lines) == len(runs) == 4
     for line, run in zip(lines, runs):
@@ -254,7 +255,7 @@ def test_a_listed_command_runs_as_is_and_a_sweep_shares_stage1(tmp_path):
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    sweep_cfg = sweep_lib.load_config_file("configs/sweeps/paper.py:smoke")
+    sweep_cfg = config_lib.load_config_file("configs/sweeps/paper.py:smoke")
     runs = sweep_lib.expand(sweep_cfg, tmp_path / "sweep")
     ffr = [r for r in runs if r.config.mode == "ffr"]
     outcomes = sweep_lib.execute(ffr, "inprocess", log=lambda s: None)

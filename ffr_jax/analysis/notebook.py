@@ -7,12 +7,12 @@ the commands' flag parsing would.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from ffr_jax import config as config_lib
 
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None
@@ -27,23 +27,10 @@ def load_config(path: str, overrides: Mapping[str, Any] | None = None
 
   Raises:
     FileNotFoundError: no such config file.
-    KeyError / AttributeError: an override names an unknown key.
+    KeyError: an override names an unknown key.
   """
-  file, _, arg = path.partition(":")
-  if not os.path.isfile(file):
-    raise FileNotFoundError(f"No config file {file!r} (cwd {os.getcwd()}).")
-  spec = importlib.util.spec_from_file_location("_ffr_notebook_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for key, value in (overrides or {}).items():
-    parent = config
-    *head, leaf = key.split(".")
-    for part in head:
-      parent = parent[part]
-    if leaf not in parent:
-      raise KeyError(f"Unknown config key {key!r}.")
-    parent[leaf] = value
+  config = config_lib.load_config_file(path)
+  config_lib.apply_overrides(config, list((overrides or {}).items()))
   return config
 
 
