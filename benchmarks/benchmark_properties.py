@@ -12,6 +12,10 @@
     the background the easier cue?).
 (c) Time to render 10,000 images, and to prepare the demo's real splits
     (render + PNG files) at the default scale.
+(d) Content gap: per ``content_gap``, the generated animals' mean area and
+    centroid distance from the image centre, and the real-vs-generated linear
+    probe with the fingerprint off (the content gap alone). ``--only_gap``
+    measures just this.
 
 Usage::
 
@@ -40,6 +44,7 @@ from ffr_jax.data.types import GroupScheme
 OUT = os.path.join(os.path.dirname(__file__), "results",
                    "benchmark_properties.json")
 STRENGTHS = (0.0, 0.1, 0.25, 0.5, 1.0)
+CONTENT_GAPS = (0.0, 0.25, 0.5, 1.0)
 SPEC = render.DEMO_SPEC
 # Salt of the balanced control images: a stream apart from real and generated.
 _CONTROL_SALT = 2
@@ -82,6 +87,34 @@ def fingerprint_detection(per_group: int, size: int) -> list[dict]:
         "probe_accuracy": _linear_probe(x, labels),
         "mean_rgb_shift": [round(float(v), 2) for v in mean_shift],
         "n_per_source": len(real)})
+  return rows
+
+
+def _area_and_offset(cover: np.ndarray) -> tuple[float, float]:
+  """Mean coverage fraction and mean centroid distance from the centre."""
+  size = cover.shape[-1]
+  coords = (np.arange(size) + 0.5) / size
+  mass = cover.sum(axis=(1, 2))
+  cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
+  cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
+  return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
+
+
+def content_gap_effect(per_group: int, size: int) -> list[dict]:
+  """(d): what the content gap changes, with the fingerprint off."""
+  ys, bs, seeds, real = _balanced(per_group, 0, size, offset=10**7)
+  prompts = [generator.build_prompt(SPEC, y, b) for y, b in zip(ys, bs)]
+  rows = []
+  for gap in CONTENT_GAPS:
+    cover = render.animal_coverage(ys, bs, seeds, size, generator.GENERATOR_SALT, gap)
+    area, offset = _area_and_offset(cover)
+    fake = generator.ProceduralGenerator(0.0, size, content_gap=gap).generate(prompts, seeds)
+    x = np.concatenate([real, fake])
+    labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    rows.append({"content_gap": gap, "animal_area": round(area, 4),
+                 "centroid_offset": round(offset, 4),
+                 "probe_accuracy": _linear_probe(x, labels),
+                 "n_per_source": len(real)})
   return rows
 
 
@@ -216,8 +249,13 @@ def main() -> None:
   p.add_argument("--scale", type=float, default=dataset.DEFAULT_SCALE)
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--out", default=OUT)
+  p.add_argument("--only_gap", action="store_true",
+                 help="measure (d) only and print it (writes nothing)")
   args = p.parse_args()
   per_group = 60 if args.quick else 250
+  if args.only_gap:
+    _print_gap(content_gap_effect(per_group, args.size))
+    return
   epochs = 2 if args.quick else args.epochs
   scale = 0.02 if args.quick else args.scale
   results = {"machine": {"python": platform.python_version(),
@@ -226,6 +264,7 @@ def main() -> None:
   results["prepare"] = prepare_timing(scale, args.size)
   results["fingerprint"] = fingerprint_detection(per_group, args.size)
   results["cues"] = cue_difficulty(per_group, args.size)
+  results["content_gap"] = content_gap_effect(per_group, args.size)
   with tempfile.TemporaryDirectory() as root:
     results["spurious"] = spurious_proxy(root, scale, args.size, 0.99, epochs,
                                          per_group)
@@ -258,6 +297,15 @@ def _print(r: dict) -> None:
   pr = r["prepare"]
   print(f"    prepare_real scale={pr['scale']} ({pr['images']} PNGs): "
         f"{pr['seconds']} s")
+  _print_gap(r["content_gap"])
+
+
+def _print_gap(rows: list[dict]) -> None:
+  print("(d) content gap (fingerprint off): animal area, centroid offset, "
+        "real-vs-generated probe")
+  for row in rows:
+    print(f"  gap {row['content_gap']:4.2f}  area {row['animal_area']:.3f}  "
+          f"offset {row['centroid_offset']:.3f}  probe {row['probe_accuracy']:.3f}")
 
 
 if __name__ == "__main__":
