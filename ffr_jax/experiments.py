@@ -61,6 +61,7 @@ import ml_collections
 from ffr_jax import config as config_lib
 from ffr_jax.data import compose
 from ffr_jax.data import datasets
+from ffr_jax.demo import generator as demo_generator
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.training import lifecycle
 from ffr_jax.training import plan as plan_lib
@@ -199,7 +200,7 @@ def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
   has_benchmark = "benchmark" in config
   if not config.data.root and has_benchmark:
     render = {k: v for k, v in config_lib.flatten(config.benchmark).items()
-              if k != "strength"}  # the fingerprint only touches synthetic
+              if k not in demo_generator.SYNTHETIC_ONLY_KEYS}
     out.append(("data.root", os.path.join(
         shared, "real", f"{name}-{settings_hash({'name': name, **render})}")))
   if not config.data.synthetic_root:
@@ -207,7 +208,7 @@ def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
            if k != "batch_size"}
     if has_benchmark:
       gen.update({f"benchmark.{k}": v for k, v in config_lib.flatten(config.benchmark).items()
-                  if k in ("strength", "image_size")})
+                  if k in demo_generator.GENERATOR_KEYS})
     out.append(("data.synthetic_root", os.path.join(
         shared, "synthetic", f"{name}-{settings_hash({'name': name, **gen})}")))
   return out

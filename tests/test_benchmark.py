@@ -306,3 +306,26 @@ def test_default_images_are_those_from_before_the_content_gap():
   fake = fake.reshape(len(ys), -1).astype(np.int64).sum(1)
   assert np.abs(real - _REAL_SUMS).max() <= 16, real.tolist()
   assert np.abs(fake - _GENERATED_SUMS).max() <= 16, fake.tolist()
+
+
+def test_the_configs_content_gap_reaches_the_generator_and_its_folder(tmp_path):
+  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ffr_jax import experiments  # pylint: disable=g-import-not-at-top
+  from ffr_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from ffr_jax.generation import factory  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(
+      os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:smoke"))
+  config.benchmark.content_gap = 0.5
+  generator = factory.make_generator(config, datasets.dataset_spec(config.data))
+  assert generator.content_gap == 0.5
+  roots = {gap: dict(experiments._shared_data_dirs(  # pylint: disable=protected-access
+      _with_gap(config, gap), str(tmp_path))) for gap in (0.0, 0.5)}
+  assert roots[0.0]["data.synthetic_root"] != roots[0.5]["data.synthetic_root"]
+  assert roots[0.0]["data.root"] == roots[0.5]["data.root"]  # real data alike
+
+
+def _with_gap(config, gap):
+  import copy  # pylint: disable=g-import-not-at-top
+  c = copy.deepcopy(config)
+  c.benchmark.content_gap = gap
+  return c

@@ -51,6 +51,10 @@ LOCATIONS = {
 DEFAULT_STRENGTH = 0.5
 # No content gap: the generated images show what the real ones show.
 DEFAULT_CONTENT_GAP = 0.0
+# The config.benchmark keys that change generated images only (never the real
+# renders); the generator also depends on benchmark.image_size.
+SYNTHETIC_ONLY_KEYS = ("strength", "content_gap")
+GENERATOR_KEYS = SYNTHETIC_ONLY_KEYS + ("image_size",)
 # Images from the generator use their own random stream: never a real image.
 GENERATOR_SALT = 1
 

@@ -49,6 +49,7 @@ def _procedural(config: ml_collections.ConfigDict, spec: DatasetSpec
         "(strength, image_size); use configs/demo.py.")
   return demo_generator.ProceduralGenerator(
       strength=config.benchmark.strength,
+      content_gap=config.benchmark.content_gap,
       image_size=config.benchmark.image_size, spec=spec)
 
 
