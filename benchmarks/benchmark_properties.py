@@ -90,16 +90,6 @@ def fingerprint_detection(per_group: int, size: int) -> list[dict]:
   return rows
 
 
-def _area_and_offset(cover: np.ndarray) -> tuple[float, float]:
-  """Mean coverage fraction and mean centroid distance from the centre."""
-  size = cover.shape[-1]
-  coords = (np.arange(size) + 0.5) / size
-  mass = cover.sum(axis=(1, 2))
-  cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
-  cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
-  return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
-
-
 def content_gap_effect(per_group: int, size: int) -> list[dict]:
   """(d): what the content gap changes, with the fingerprint off."""
   ys, bs, seeds, real = _balanced(per_group, 0, size, offset=10**7)
@@ -107,7 +97,7 @@ def content_gap_effect(per_group: int, size: int) -> list[dict]:
   rows = []
   for gap in CONTENT_GAPS:
     cover = render.animal_coverage(ys, bs, seeds, size, generator.GENERATOR_SALT, gap)
-    area, offset = _area_and_offset(cover)
+    area, offset = render.area_and_offset(cover)
     fake = generator.ProceduralGenerator(0.0, size, content_gap=gap).generate(prompts, seeds)
     x = np.concatenate([real, fake])
     labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]

@@ -250,21 +250,11 @@ def test_no_gap_no_fingerprint_is_the_renderer_byte_for_byte():
   assert gen.name == "procedural-fp0"  # manifests from before the knob stay valid
 
 
-def _area_and_offset(cover: np.ndarray) -> tuple[float, float]:
-  """Mean animal area (fraction of the image) and mean centroid distance from the centre."""
-  size = cover.shape[-1]
-  coords = (np.arange(size) + 0.5) / size
-  mass = cover.sum(axis=(1, 2))
-  cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
-  cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
-  return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
-
-
 def test_content_gap_makes_animals_larger_centred_and_scenes_cleaner():
   ys, bs, seeds = _all_groups(30)
   salt = generator.GENERATOR_SALT
-  area0, off0 = _area_and_offset(render.animal_coverage(ys, bs, seeds, salt=salt))
-  area1, off1 = _area_and_offset(
+  area0, off0 = render.area_and_offset(render.animal_coverage(ys, bs, seeds, salt=salt))
+  area1, off1 = render.area_and_offset(
       render.animal_coverage(ys, bs, seeds, salt=salt, content_gap=1.0))
   assert area1 > 1.5 * area0, (area0, area1)
   assert off1 < 0.6 * off0, (off0, off1)

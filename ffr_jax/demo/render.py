@@ -281,12 +281,7 @@ def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
     content_gap: in [0, 1]; how far the content departs from the real
       images' (module docstring); 0 for the real data.
   """
-  size = check_size(size)
-  gap = check_content_gap(content_gap)
-  ys = np.asarray(ys, np.int64).reshape(-1)
-  bs = np.asarray(bs, np.int64).reshape(-1)
-  seeds = np.asarray(seeds, np.int64).reshape(-1)
-  _check_labels(ys, bs, seeds)
+  size, gap, ys, bs, seeds = _checked_inputs(ys, bs, seeds, size, content_gap)
   out = np.empty((len(seeds), size, size, 3), np.float32)
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
   u, v = np.meshgrid(coords, coords)  # u: x (columns), v: y (rows)
@@ -311,16 +306,33 @@ def animal_coverage(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
   """The animal's coverage ``[N, size, size]`` in [0, 1] in the images
   :func:`render_float` draws with the same arguments (for measurements: the
   content gap's size and centring, docs/benchmark.md)."""
+  size, gap, ys, bs, seeds = _checked_inputs(ys, bs, seeds, size, content_gap)
+  coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+  u, v = np.meshgrid(coords, coords)
+  p, _, _ = _draw(ys, bs, seeds, size, salt)
+  return _objects(ys, p.astype(np.float32), u, v, gap)[0]
+
+
+def area_and_offset(cover: np.ndarray) -> tuple[float, float]:
+  """Mean animal area (fraction of the image) and mean distance of the
+  animal's centroid from the image centre, over ``cover [N, size, size]``."""
+  size = cover.shape[-1]
+  coords = (np.arange(size) + 0.5) / size
+  mass = cover.sum(axis=(1, 2))
+  cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
+  cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
+  return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
+
+
+def _checked_inputs(ys, bs, seeds, size, content_gap):
+  """The renderer's arguments, checked, as int64 vectors."""
   size = check_size(size)
   gap = check_content_gap(content_gap)
   ys = np.asarray(ys, np.int64).reshape(-1)
   bs = np.asarray(bs, np.int64).reshape(-1)
   seeds = np.asarray(seeds, np.int64).reshape(-1)
   _check_labels(ys, bs, seeds)
-  coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-  u, v = np.meshgrid(coords, coords)
-  p, _, _ = _draw(ys, bs, seeds, size, salt)
-  return _objects(ys, p.astype(np.float32), u, v, gap)[0]
+  return size, gap, ys, bs, seeds
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
