@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import platform
+import re
 import sys
 import time
 import types
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out", default=RESULTS, help="JSON file the record is appended to")
   p.add_argument("--probe", action="store_true",
                  help="also time the step's building blocks alone (at the first config)")
+  p.add_argument("--profile", default="", metavar="LOGDIR",
+                 help="also take an XLA trace of the step at the first config into LOGDIR "
+                 "and print where its time goes (needs the xprof package)")
   p.add_argument("--breakdown", action="store_true",
                  help="also time the step's parts (forward, backward, Adam) in JAX and "
                  "torch, interleaved, at the first config")
@@ -78,9 +82,9 @@ def parse_configs(spec: str) -> list[tuple[int, int]]:
   return out
 
 
-def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: bool,
-              steps: int, warmup: int, small_as_matmul: bool = True) -> dict[str, Any]:
-  """Compiles and times our train step; returns img/s, compile time and FLOP rate."""
+def _jax_step(model_name: str, batch: int, size: int, dtype: str, as_matmul: bool,
+              small_as_matmul: bool = True) -> tuple[Any, Any, tuple[Any, Any], Any, float]:
+  """Our compiled train step: (compiled, state, (x, y), lowered, compile seconds)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -110,11 +114,19 @@ def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: boo
   y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
   variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
   state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-
   t0 = time.perf_counter()
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, x, y)
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
+  return compiled, state, (x, y), lowered, time.perf_counter() - t0
+
+
+def bench_jax(model_name: str, batch: int, size: int, dtype: str, as_matmul: bool,
+              steps: int, warmup: int, small_as_matmul: bool = True) -> dict[str, Any]:
+  """Compiles and times our train step; returns img/s, compile time and FLOP rate."""
+  import jax
+
+  compiled, state, (x, y), lowered, compile_s = _jax_step(
+      model_name, batch, size, dtype, as_matmul, small_as_matmul)
   flops = _flops(lowered)
   for _ in range(warmup):
     state, loss = compiled(state, x, y)
@@ -192,6 +204,136 @@ def probe_ops(batch: int, size: int, steps: int) -> list[dict[str, Any]]:
             else f"{row['gb_per_s']:7.1f} GB/s (approx.)")
     print(f"{name:>28} {str(tuple(shape)):>20} {ms:9.2f} ms  {rate}")
   return rows
+
+
+_HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z\-]+)\(")
+_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_HLO_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_BATCHNORM = re.compile(r"/(downsample_)?bn\d*/")
+
+
+def _op_role(opcodes: set[str], opcode: str, op_name: str) -> str:
+  """What one compiled instruction is, from its opcodes and JAX's op name."""
+  if "convolution" in opcodes:
+    return "convolution (XLA)"
+  if "dot" in opcodes:
+    return "matmul (1x1 convs, small convs, head)"
+  if opcodes & {"reduce-window", "select-and-scatter"}:
+    return "max pool"
+  if op_name.startswith("jit(") and "ResNet" not in op_name and "jvp(" not in op_name:
+    return "Adam + weight decay"  # the update is outside the model's scope
+  if _BATCHNORM.search(op_name):
+    return "BatchNorm (+ fused ReLU/add)"
+  if "relu" in op_name or op_name.endswith(("/select_n", "/gt")):
+    return "ReLU"
+  if opcode in ("copy", "transpose", "copy-start"):
+    return "copies / layout"
+  if "ResNet" not in op_name:
+    return "loss and other"
+  return "other elementwise in the model"
+
+
+def hlo_roles(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+  """Maps each instruction of the compiled step to (what, forward|backward, shape).
+
+  *What* comes from the opcode (a fusion takes the heaviest op it calls:
+  convolution, then dot, then pooling) and otherwise from the op name JAX
+  records in the metadata (the Flax module path: ``bn2`` is BatchNorm; ops
+  outside the model are the optimizer). *Backward* means the op name of the
+  instruction or of one it fuses is inside ``transpose(...)``: the VJP of the
+  forward pass (a convolution's filter gradient is a YNN fusion whose own op
+  name is the forward convolution's).
+  """
+  bodies: dict[str, set[str]] = {}
+  backward_bodies: set[str] = set()  # a YNN fusion's own op_name can be a forward op's
+  current = None
+  instrs = []
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and "{" in line:
+      current = line.split("(")[0].replace("ENTRY", "").split()[-1].lstrip("%")
+      bodies[current] = set()
+      continue
+    m = _HLO_LINE.match(line)
+    if not m or current is None:
+      continue
+    name, shape, opcode = m.groups()
+    bodies[current].add(opcode)
+    op_name = _HLO_OP_NAME.search(line)
+    if op_name and "transpose(" in op_name.group(1):
+      backward_bodies.add(current)
+    calls = _HLO_CALLS.search(line)
+    instrs.append((name, shape.split("{")[0], opcode, op_name.group(1) if op_name else "",
+                   calls.group(1) if calls else None))
+  roles = {}
+  for name, shape, opcode, op_name, calls in instrs:
+    what = _op_role(bodies.get(calls, set()) | {opcode}, opcode, op_name)
+    roles[name] = (what, "backward" if "transpose(" in op_name or calls in backward_bodies
+                  else "forward", shape)
+  return roles
+
+
+def _xplane_op_times(logdir: str) -> dict[str, float]:
+  """Summed duration (us) of each traced event name in the newest trace under ``logdir``."""
+  import glob
+
+  from xprof.convert import raw_to_tool_data
+
+  path = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")),
+             key=os.path.getmtime)
+  data, _ = raw_to_tool_data.xspace_to_tool_data([path], "trace_viewer", {})
+  events = json.loads(data)["traceEvents"]
+  times: dict[str, float] = {}
+  for ev in events:
+    if ev.get("ph") == "X" and "dur" in ev:
+      times[ev["name"]] = times.get(ev["name"], 0.0) + float(ev["dur"])
+  return times
+
+
+def profile_step(model_name: str, batch: int, size: int, steps: int,
+                 logdir: str) -> dict[str, Any]:
+  """An XLA trace of ``steps`` train steps, grouped by what each op is.
+
+  The trace (``jax.profiler``) lands in ``logdir`` (open it with xprof or
+  TensorBoard's profile plugin); its per-instruction times are joined with
+  the compiled HLO's metadata (:func:`hlo_roles`) into a table of where the
+  step's time goes. Needs the ``xprof`` package to read the trace.
+  """
+  import jax
+
+  compiled, state, (x, y), _, _ = _jax_step(model_name, batch, size, "float32", True)
+  state, loss = compiled(state, x, y)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  with jax.profiler.trace(logdir):
+    for _ in range(steps):
+      state, loss = compiled(state, x, y)
+    jax.block_until_ready((state, loss))
+  wall_ms = (time.perf_counter() - t0) / steps * 1e3
+  roles = hlo_roles(compiled.as_text())
+  times = _xplane_op_times(logdir)
+  table: dict[str, float] = {}
+  for name, us in times.items():
+    if name in roles:
+      key = " / ".join(roles[name][:2])
+      table[key] = table.get(key, 0.0) + us / steps / 1e3
+  traced = sum(table.values())
+  rows = [{"part": k, "ms_per_step": v, "share": v / traced}
+          for k, v in sorted(table.items(), key=lambda kv: -kv[1])]
+  top = [{"instruction": n, "part": " / ".join(roles[n][:2]), "shape": roles[n][2],
+          "ms_per_step": us / steps / 1e3}
+         for n, us in sorted(times.items(), key=lambda kv: -kv[1]) if n in roles][:15]
+  print(f"profile {batch}x{size}: {wall_ms:.0f} ms/step wall (under the tracer), "
+        f"{traced:.0f} ms of traced ops, {len(roles)} instructions")
+  for r in rows:
+    print(f"{r['part']:>48} {r['ms_per_step']:9.1f} ms {100 * r['share']:6.1f}%")
+  print("the 15 slowest instructions:")
+  for t in top:
+    print(f"{t['instruction']:>28} {t['part']:>48} {t['shape']:>28} {t['ms_per_step']:8.1f} ms")
+  del state, compiled
+  gc.collect()
+  return {"config": f"{batch}x{size}", "wall_ms_per_step": wall_ms,
+          "traced_ms_per_step": traced, "rows": rows, "top": top, "logdir": logdir,
+          "unmatched_event_names": sorted(n for n in times if n not in roles)[:20]}
 
 
 def _time_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], steps: int) -> float:
@@ -454,6 +596,10 @@ def main(argv: list[str] | None = None) -> None:
   if args.probe:
     batch, size = parse_configs(args.configs)[0]
     record["probe"] = probe_ops(batch, size, max(args.steps, 3))
+  if args.profile:
+    batch, size = parse_configs(args.configs)[0]
+    record["profile"] = profile_step(args.model, batch, size, max(args.steps, 2),
+                                     args.profile)
   if args.breakdown:
     batch, size = parse_configs(args.configs)[0]
     record["breakdown"] = breakdown(args.model, batch, size, args.steps,
