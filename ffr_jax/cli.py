@@ -1,17 +1,12 @@
 """What every command shares: logging, the compilation cache, one-line errors.
 
 A command (``main.py``, ``generate.py``, ...) defines its flags, then calls
-:func:`run` with a ``main(argv)`` that makes one library call. :func:`run`
-
-* parses the flags itself, so that a bad flag, a missing config file or a
-  misspelled ``--config.key`` is one ``error: ...`` line and exit code 2;
-* turns the exceptions a user's mistake raises (bad config values, missing
-  files, malformed data: :data:`USER_ERRORS`) into the same one line, with the
-  traceback only under ``--verbose``;
-* keeps library INFO logs out of the way (Orbax logs every checkpoint);
-* enables the persistent XLA compilation cache;
-* prints the config's keys with their defaults under ``--help`` when
-  ``--config`` is given.
+:func:`run` with a ``main(argv)`` that makes one library call. A bad flag, a
+missing config file, a misspelled ``--config.key`` and the exceptions a user's
+mistake raises (bad config values, missing files, malformed data:
+:data:`USER_ERRORS`) are one ``error: ...`` line and exit code 2, with the
+traceback only under ``--verbose``. ``--help`` with ``--config`` also lists
+the config's keys with their values.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ from ffr_jax.training.lifecycle import Preempted, exit_code
 # commands whose checks failed (``generate --verify``).
 USAGE_EXIT = 2
 INTERRUPT_EXIT = exit_code(signal.SIGINT)
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla")
+_HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 
 
 class UserError(Exception):
@@ -54,7 +49,7 @@ USER_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError,
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Show the full traceback of an error (for bug reports).")
 _CACHE = flags.DEFINE_string(
-    "compilation_cache", DEFAULT_CACHE,
+    "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax", "xla"),
     "Persistent XLA compilation cache ('' to disable): a rerun or a resumed "
     "run skips recompiling, which is most of a small run's start-up.")
 
@@ -63,57 +58,36 @@ class QuietLibraries(std_logging.Filter):
   """INFO lines from our own modules, warnings and errors from everyone."""
 
   def filter(self, record) -> bool:
-    if record.levelno >= std_logging.WARNING:
-      return True
-    return "ffr_jax" in record.pathname.replace("\\", "/")
-
-
-def configure_logging() -> None:
-  logging.set_verbosity(logging.INFO)
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, QuietLibraries) for f in handler.filters):
-    handler.addFilter(QuietLibraries())
-
-
-def enable_compilation_cache(path: str = DEFAULT_CACHE) -> None:
-  import jax  # pylint: disable=g-import-not-at-top  # not needed by --help
-  if path and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return (record.levelno >= std_logging.WARNING or
+            "ffr_jax" in record.pathname.replace("\\", "/"))
 
 
 def error_message(e: BaseException) -> str:
   """The one line shown for ``e`` (KeyError's repr quotes are dropped)."""
   if isinstance(e, KeyError) and len(e.args) == 1:
-    text = str(e.args[0])
-  elif isinstance(e, OSError) and e.filename and e.strerror:
-    text = f"{e.strerror}: {e.filename}"
-  else:
-    text = str(e) or type(e).__name__
-  return text
+    return str(e.args[0])
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    return f"{e.strerror}: {e.filename}"
+  return str(e) or type(e).__name__
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> None:
   """Prints ``error: message`` on stderr and exits."""
-  sys.stderr.write(f"error: {message}\n")
-  sys.stderr.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
 
 
 def config_help(config) -> str:
-  """Every ``--config.key`` with its default, for ``--help``."""
+  """Every ``--config.key`` with its value, then the valid registry names."""
   lines = ["Config keys (--config.KEY=VALUE) and their values in this config:"]
   for key, value in sorted(config_lib.flatten(config).items()):
     lines.append(f"  --config.{key}={value!r}")
-  return "\n".join(lines + ["", choices_help()])
-
-
-def choices_help() -> str:
-  """The valid values of the keys that name a registry entry."""
-  rows = [("mode", compose.MODES), ("method", methods.METHODS),
-          ("data.name", datasets.DATASETS), ("model.name", models.MODELS),
-          ("generate.generator", factory.GENERATORS)]
-  return "\n".join(f"  {key}: {', '.join(sorted(reg))}" for key, reg in rows)
+  lines.append("")
+  for key, registry in [("mode", compose.MODES), ("method", methods.METHODS),
+                        ("data.name", datasets.DATASETS), ("model.name", models.MODELS),
+                        ("generate.generator", factory.GENERATORS)]:
+    lines.append(f"  {key}: {', '.join(sorted(registry))}")
+  return "\n".join(lines)
 
 
 def _override_message(e: Exception) -> str:
@@ -142,13 +116,9 @@ def _last_reason(text: str) -> str:
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's parsing, with every failure as one line and exit code 2."""
-  wants_help = any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?")
-                   for a in argv[1:])
-  if wants_help:
-    rest = [a for a in argv if a not in ("--help", "-h", "--helpshort",
-                                         "--helpfull", "-?")]
+  if any(a in _HELP_FLAGS for a in argv[1:]):
     try:
-      flags.FLAGS(rest, known_only=True)
+      flags.FLAGS([a for a in argv if a not in _HELP_FLAGS], known_only=True)
       config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
     except Exception:  # pylint: disable=broad-except  # help still prints
       config = None
@@ -202,14 +172,20 @@ def run(main: Callable[[list[str]], int | None],
            f"{' '.join(argv[1:]) or 'none'}.")
     if not commands and len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    configure_logging()
-    enable_compilation_cache(_CACHE.value)
+    # Library INFO logs out of the way (Orbax logs every checkpoint).
+    logging.set_verbosity(logging.INFO)
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+      handler.addFilter(QuietLibraries())
+    import jax  # pylint: disable=g-import-not-at-top  # not needed by --help
+    if _CACHE.value and not jax.config.jax_compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     try:
       return main(argv)
     except Preempted as e:
       # A clean stop on SIGTERM/SIGINT: the checkpoint is saved.
-      sys.stderr.write(f"{e}\n")
-      sys.stderr.flush()
+      print(e, file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
     except USER_ERRORS as e:
       if _VERBOSE.value:

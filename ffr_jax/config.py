@@ -8,9 +8,8 @@ Defaults follow the authors' release (docs/reference.md, "Training").
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
+import runpy
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,6 @@ import ml_collections
 # train.lr is AUTHORS_LR (docs/reference.md, "Training"): 1e-3, except ASB.
 AUTHORS_LR = -1.0
 _AUTHORS_TRAIN_LR = {"asb": 1e-4}
-_DEFAULT_TRAIN_LR = 1e-3
 
 # Settings that change speed, logging or where files go, never a result: a
 # stage's plan leaves them out (ffr_jax.training.plan).
@@ -35,7 +33,7 @@ def train_lr(config: ml_collections.ConfigDict) -> float:
   """``train.lr``, or the authors' value for ``config.mode`` when unset."""
   lr = float(config.train.lr)
   if lr == AUTHORS_LR:
-    return _AUTHORS_TRAIN_LR.get(str(config.mode), _DEFAULT_TRAIN_LR)
+    return _AUTHORS_TRAIN_LR.get(str(config.mode), 1e-3)
   return lr
 
 
@@ -186,12 +184,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"Config file {file!r} not found (relative to {os.getcwd()}); run "
         "from the repository root or give an absolute path.")
-  name = "_ffr_sweep_config_" + hashlib.sha1(
-      os.path.abspath(file).encode()).hexdigest()[:8]
-  spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  get_config = runpy.run_path(file)["get_config"]
+  return get_config(arg) if arg is not None else get_config()
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

@@ -1,42 +1,12 @@
 """The sweep engine: a grid of runs, each in its own sub-workdir; rerun to resume.
 
-    python -m ffr_jax.sweep --config=configs/sweeps/paper.py:demo --workdir=DIR
-    python -m ffr_jax.sweep --config=... --workdir=DIR --list       # commands
-    python -m ffr_jax.sweep --config=... --workdir=DIR --shard=3/16 # one shard
-    python -m ffr_jax.sweep --config=... --workdir=DIR --prepare    # data only
-    python -m ffr_jax.sweep --config=... --workdir=DIR --filter=mode=ffr/
-
-A sweep config file defines ``get_config(arg)`` returning a locked ConfigDict:
-
-* ``config``: the run config file every run starts from (``path[:arg]``, as
-  ``ffr_jax.main --config`` takes it; relative paths are relative to the
-  directory the sweep runs in, normally the repository root);
-* ``fixed``: ``((key, value), ...)``, overrides applied to every run;
-* ``unnamed`` (optional): grid keys left out of run names, e.g. paths that
-  follow from the dataset (``data.root``);
-* ``grid``: a tuple of dicts ``{key: (value, ...)}``; each dict expands to
-  the cartesian product of its values, and the sweep is the union over dicts
-  (runs with identical settings are kept once). ``key`` is a dotted run-config
-  key (``data.bias_ratio``, ``train.lr``, ``seed``, ...) or ``config`` (the
-  run config file, to sweep datasets).
-
-Run ``r`` lives in ``{workdir}/runs/{name}``, ``name`` being its grid values
-in a fixed key order, e.g. ``data.bias_ratio=0.99/mode=ffr/method=erm/seed=0``
-(only the keys its grid dict sets: the name does not change when other dicts
-are added). Shared inputs live in ``{workdir}/shared/``: the rendered real
-data of the built-in benchmark (keyed on its render settings), the synthetic
-images (keyed on the generator settings) and every run's stages
-(``shared/stages/{name}-{fingerprint}``: one folder per stage plan, see
-:mod:`ffr_jax.training.plan`), so FFR's stage 1 is trained once for all
-methods and for ``stage1_only``.
-
-A run whose ``results.json`` exists is skipped; an unfinished one is started
-again and resumes from its checkpoints. A failed run is reported (exit code 1
-at the end) and the sweep goes on. ``--shard=i/n`` runs the ``i``-th of ``n``
-deterministic shards; runs that may share a stage always land in the same
-shard, so no two shards ever train the same stage at once. Before running shards in
-parallel, run ``--prepare`` once: it renders and generates the shared data, so
-that shards do not write the same folders concurrently.
+docs/experiments.md ("Sweep configs") describes the sweep config file
+(``config``, ``fixed``, ``grid``, ``unnamed``), the run folders
+(``{workdir}/runs/{name}``), the shared folders (``{workdir}/shared/``: real
+data, synthetic images and every run's stages, so FFR's stage 1 is trained once
+for all methods), skipping and resuming, failures and shards. Here:
+:func:`expand` (a sweep config to its runs), :func:`shard`, :func:`prepare`,
+:func:`run_sweep`, and :func:`train_command` (what ``ffr_jax.main`` does).
 """
 
 from __future__ import annotations
@@ -68,16 +38,12 @@ from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import run as run_lib
 from ffr_jax.training import stage as stage_lib
 
-STAGES_DIR = "stages"  # {workdir}/shared/stages: every run's stages
-
-
 RUNS_DIR = "runs"
-SHARED_DIR = "shared"
+SHARED_DIR = "shared"  # {workdir}/shared/{real,synthetic,stages}
 CONFIG_KEY = "config"  # the grid key that names the run config file
 # Keys first in a run's name, in this order; then the rest alphabetically,
 # then the seed, so the names of one sweep sort into readable blocks.
 NAME_ORDER = (CONFIG_KEY, "data.name", "data.bias_ratio", "mode", "method")
-NAME_LAST = ("seed",)
 
 # ----------------------------------------------------------------------------
 # Config helpers.
@@ -85,8 +51,7 @@ NAME_LAST = ("seed",)
 
 def settings_hash(settings: Mapping[str, Any], length: int = 12) -> str:
   """A stable short hash of a flat settings dict (order-independent)."""
-  text = json.dumps(dict(sorted(settings.items())), sort_keys=True,
-                    default=str)
+  text = json.dumps(dict(settings), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
@@ -112,8 +77,9 @@ class Run:
       (fixed settings, grid values, then the shared folders).
     config: the run's full config (overrides applied).
     run_dir: its workdir.
-    unit: runs with the same unit may share a stage (the fingerprint of
-      their first stage's plan); a shard takes whole units.
+    unit: runs with the same unit may share a stage: the fingerprint of
+      their first stage's plan, planned from the settings alone (a digest of
+      the data settings stands in for the data); a shard takes whole units.
   """
 
   name: str
@@ -136,9 +102,7 @@ class Run:
 def _key_rank(key: str) -> tuple:
   if key in NAME_ORDER:
     return (0, NAME_ORDER.index(key), key)
-  if key in NAME_LAST:
-    return (2, NAME_LAST.index(key), key)
-  return (1, 0, key)
+  return (2 if key == "seed" else 1, 0, key)
 
 
 def _name_part(key: str, value: Any) -> str:
@@ -165,24 +129,12 @@ def expand_grid(grid: Sequence[Mapping[str, Sequence[Any]]]
   for entry in grid:
     keys = list(entry)
     for key in keys:
-      values = entry[key]
-      if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+      if isinstance(entry[key], (str, bytes)) or not isinstance(entry[key], Iterable):
         raise ValueError(f"Grid values of {key!r} must be a tuple or list, got "
-                         f"{values!r}.")
-    for combo in itertools.product(*(tuple(entry[k]) for k in keys)):
-      out.append(dict(zip(keys, combo)))
+                         f"{entry[key]!r}.")
+    out += [dict(zip(keys, combo))
+            for combo in itertools.product(*(entry[k] for k in keys))]
   return out
-
-
-def sharing_unit(config: ml_collections.ConfigDict) -> str:
-  """The fingerprint of a run's first stage plan, from its settings alone.
-
-  Runs whose first stages have the same plan share that stage's folder, so
-  they go to one shard. The plan is :func:`ffr_jax.training.plan.plan_run`'s,
-  with a digest of the data settings standing in for the data.
-  """
-  stages = compose.describe(str(config.mode))
-  return plan_lib.plan_run(config, stages)[0].fingerprint
 
 
 def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
@@ -220,7 +172,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
 
   Args:
     sweep: ``config`` (the run config file), ``fixed``, ``grid`` and
-      optionally ``unnamed`` (see the module docstring).
+      optionally ``unnamed`` (docs/experiments.md).
     workdir: the sweep's folder.
     base: the run config itself, when the caller has it already (``main``
       with comma lists); else ``sweep.config`` is loaded.
@@ -261,24 +213,20 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
     seen[identity] = name
     derived = _shared_data_dirs(config, shared)
     if not config.train.stages_dir:
-      derived.append(("train.stages_dir", os.path.join(shared, STAGES_DIR)))
+      derived.append(("train.stages_dir", os.path.join(shared, "stages")))
     config_lib.apply_overrides(config, derived)
     runs.append(Run(
         name=name, config_path=config_path,
         overrides=tuple(fixed + grid_overrides + derived), config=config,
         run_dir=os.path.join(workdir, RUNS_DIR, *name.split("/")),
-        unit=sharing_unit(config)))
-  _check_nesting(runs)
-  return runs
-
-
-def _check_nesting(runs: Sequence[Run]) -> None:
+        unit=plan_lib.plan_run(config, compose.describe(str(config.mode)))[0].fingerprint))
   dirs = sorted((r.run_dir + os.sep, r.name) for r in runs)
   for (a, na), (b, nb) in zip(dirs, dirs[1:]):
     if b.startswith(a):
       raise ValueError(
           f"Run {nb!r} would live inside run {na!r}; give both grid dicts the "
           "same keys.")
+  return runs
 
 
 # ----------------------------------------------------------------------------
@@ -345,12 +293,10 @@ def run_subprocess(run: Run) -> None:
 
 
 def run_in_process(run: Run, should_stop=None) -> None:
-  """Trains ``run`` in this process (no start-up cost; one failure is caught)."""
-  config = copy.deepcopy(run.config)
-  config.lock()
+  """Trains ``run`` in this process (no interpreter or JAX start-up per run)."""
   try:
     with run_lib.owned_workdir(run.run_dir):
-      run_lib.train_and_evaluate(config, run.run_dir, should_stop=should_stop)
+      run_lib.train_and_evaluate(run.config, run.run_dir, should_stop=should_stop)
   finally:
     jax.clear_caches()  # compiled steps of finished runs would pile up
 
@@ -456,8 +402,6 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
   return "\n".join(lines)
 
 
-
-
 def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
               log=None) -> list[Outcome]:
   """Runs the unfinished ``runs`` and records the outcomes in sweep.json.
@@ -476,23 +420,6 @@ def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
   write_manifest(workdir, runs, outcomes)
   log(summarize(outcomes) + f"\nWall time {time.time() - start:.0f} s.")
   return outcomes
-
-
-def lists_as_sweep(config: ml_collections.ConfigDict, config_path: str,
-                   overrides: Sequence[tuple[str, Any]] = ()
-                   ) -> ml_collections.ConfigDict:
-  """A sweep over the comma lists in ``config.mode`` / ``config.method``."""
-  grid = {}
-  for key in ("mode", "method"):
-    grid[key] = tuple(v.strip() for v in str(config[key]).split(",") if v.strip())
-  return ml_collections.ConfigDict({
-      "config": config_path, "fixed": tuple(overrides), "grid": (grid,)})
-
-
-def summary(runs: Sequence[Run]) -> dict[str, dict]:
-  """name -> results of every finished run."""
-  return {r.name: results_lib.read_results(r.run_dir) for r in runs
-          if r.finished()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,13 +446,16 @@ def train_command(config: ml_collections.ConfigDict, workdir: str, *,
         results_lib.markdown_table(rows) + "\n" + results_lib.LEGEND +
         f"\nResults in {workdir}/{results_lib.RESULTS_FILE}.")
   run_lib.check_workdir(workdir)
-  fixed = [(k, v) for k, v in overrides.items() if k not in ("mode", "method")]
-  runs = expand(lists_as_sweep(config, config_path, fixed), workdir,
-                base=config)
+  grid = {k: tuple(v.strip() for v in str(config[k]).split(",") if v.strip())
+          for k in ("mode", "method")}
+  fixed = tuple((k, v) for k, v in overrides.items() if k not in grid)
+  runs = expand(ml_collections.ConfigDict(
+      {"config": config_path, "fixed": fixed, "grid": (grid,)}), workdir, base=config)
   for r in runs:
     run_lib.validate_config(r.config)
   outcomes = run_sweep(runs, workdir, executor="inprocess")
-  table = results_lib.write_summary(workdir, summary(runs))
+  table = results_lib.write_summary(workdir, {
+      r.name: results_lib.read_results(r.run_dir) for r in runs if r.finished()})
   return CommandResult(
       table + "\n" + results_lib.LEGEND +
       f"\nResults in {workdir} (summary.md, summary.png, runs/).",

@@ -11,7 +11,7 @@ every kind.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -22,28 +22,20 @@ class Registry(Generic[T]):
 
   def __init__(self, kind: str):
     self.kind = kind
-    self._entries: dict[str, T | str] = {}
-    self._lazy: set[str] = set()
+    self._entries: dict[str, T] = {}
+    self._lazy: dict[str, str] = {}  # name -> "module:attribute", not imported yet
 
-  def register(self, name: str, value: T) -> T:
+  def register(self, name: str, value: T) -> None:
     """Adds ``name``; the same value twice is a no-op, another is an error."""
-    old = self._entries.get(name)
-    if old is not None and name not in self._lazy and old is not value and old != value:
+    old = self._entries.get(name, value)
+    if old is not value and old != value:
       raise ValueError(f"{self.kind} {name!r} is already registered differently.")
     self._entries[name] = value
-    self._lazy.discard(name)
-    return value
+    self._lazy.pop(name, None)
 
   def register_lazy(self, name: str, target: str) -> None:
     """Adds ``name`` as ``"package.module:attribute"``, imported on first use."""
-    if ":" not in target:
-      raise ValueError(f"Lazy {self.kind} {name!r}: {target!r} is not 'module:attr'.")
-    self._entries[name] = target
-    self._lazy.add(name)
-
-  def decorator(self, name: str) -> Callable[[T], T]:
-    """``@REGISTRY.decorator("name")`` registers the decorated object."""
-    return lambda value: self.register(name, value)
+    self._lazy[name] = target
 
   def get(self, name: str) -> T:
     """The value of ``name``.
@@ -52,29 +44,20 @@ class Registry(Generic[T]):
       ValueError: an unknown name (the message lists the known names), or a
         lazy entry whose module fails to import.
     """
-    if name not in self._entries:
-      raise ValueError(
-          f"Unknown {self.kind} {name!r}; known {self.kind}s: "
-          f"{', '.join(self.names())}.")
     if name in self._lazy:
-      module, _, attr = str(self._entries[name]).partition(":")
+      module, _, attr = self._lazy[name].partition(":")
       try:
-        value = getattr(importlib.import_module(module), attr)
+        self.register(name, getattr(importlib.import_module(module), attr))
       except (ImportError, AttributeError) as e:
         raise ValueError(f"{self.kind} {name!r}: importing {module}:{attr} "
                          f"failed ({e}).") from e
-      self._entries[name] = value
-      self._lazy.discard(name)
-    return self._entries[name]  # type: ignore[return-value]
-
-  def names(self) -> list[str]:
-    return sorted(self._entries)
+    if name not in self._entries:
+      raise ValueError(
+          f"Unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self)}.")
+    return self._entries[name]
 
   def __contains__(self, name: object) -> bool:
-    return name in self._entries
+    return name in self._entries or name in self._lazy
 
   def __iter__(self) -> Iterator[str]:
-    return iter(self.names())
-
-  def __len__(self) -> int:
-    return len(self._entries)
+    return iter(sorted([*self._entries, *self._lazy]))

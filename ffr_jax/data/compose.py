@@ -27,7 +27,6 @@ in one training set, so their robust methods act on ``(y, b, source)`` groups;
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import numpy as np
 
@@ -162,70 +161,35 @@ def take_synthetic(spec: DatasetSpec, pool: Examples,
   return Examples.concat(parts)
 
 
-def _none(spec, train, pool, per_group):
-  del spec, pool, per_group
-  return (Stage(TRAIN, train, by_source=False),)
+# What a stage trains on: the real train split, the mode's synthetic set, or
+# both in one set (whose robust methods then act on (y, b, source) groups).
+_REAL, _SYNTHETIC, _BOTH = "real", "synthetic", "both"
+
+# Each mode's stages in training order: (name, data, kind).
+MODES: Registry[tuple[tuple[str, str, str], ...]] = Registry("mode")
+for _name, _layout in (
+    ("none", ((TRAIN, _REAL, TRAIN_KIND),)),
+    ("usb", ((TRAIN, _BOTH, TRAIN_KIND),)),
+    ("asb", ((TRAIN, _BOTH, TRAIN_KIND),)),
+    ("ffr", ((STAGE1, _SYNTHETIC, PRETRAIN), (STAGE2, _REAL, FINETUNE))),
+    ("stage1_only", ((STAGE1, _SYNTHETIC, PRETRAIN),)),
+    ("stage2_then_1", ((STAGE2, _REAL, TRAIN_KIND), (STAGE1, _SYNTHETIC, PRETRAIN))),
+    ("ffr_biased", ((STAGE1_BIASED, _SYNTHETIC, PRETRAIN), (STAGE2, _REAL, FINETUNE)))):
+  MODES.register(_name, _layout)
 
 
-def _usb(spec, train, pool, per_group):
-  syn = _take("usb", spec, train, pool, per_group)
-  return (Stage(TRAIN, _concat(train, syn), by_source=True),)
-
-
-def _asb(spec, train, pool, per_group):
-  syn = _take("asb", spec, train, pool, per_group)
-  return (Stage(TRAIN, _concat(train, syn), by_source=True),)
-
-
-def _pretrain(name, mode, spec, train, pool, per_group):
-  """The synthetic pretraining stage of ``mode``."""
-  syn = _take(mode, spec, train, pool, per_group)
-  return Stage(name, syn, by_source=False, kind=PRETRAIN)
-
-
-def _ffr(spec, train, pool, per_group):
-  return (_pretrain(STAGE1, "ffr", spec, train, pool, per_group),
-          Stage(STAGE2, train, by_source=False, kind=FINETUNE))
-
-
-def _stage1_only(spec, train, pool, per_group):
-  return (_pretrain(STAGE1, "ffr", spec, train, pool, per_group),)
-
-
-def _stage2_then_1(spec, train, pool, per_group):
-  return (Stage(STAGE2, train, by_source=False),
-          _pretrain(STAGE1, "ffr", spec, train, pool, per_group))
-
-
-def _ffr_biased(spec, train, pool, per_group):
-  return (_pretrain(STAGE1_BIASED, "ffr_biased", spec, train, pool, per_group),
-          Stage(STAGE2, train, by_source=False, kind=FINETUNE))
-
-
-def _take(mode, spec, train, pool, per_group):
-  """The synthetic examples ``mode`` adds (None when describing a mode)."""
-  if train is None:
-    return None
-  return take_synthetic(spec, pool, synthetic_needs(mode, spec, train, per_group))
-
-
-def _concat(train, syn):
-  return None if train is None else Examples.concat([train, syn])
-
-
-ComposeFn = Callable[[DatasetSpec, Examples | None, Examples | None, int],
-                     tuple[Stage, ...]]
-MODES: Registry[ComposeFn] = Registry("mode")
-for _name, _fn in (("none", _none), ("usb", _usb), ("asb", _asb), ("ffr", _ffr),
-                   ("stage1_only", _stage1_only),
-                   ("stage2_then_1", _stage2_then_1),
-                   ("ffr_biased", _ffr_biased)):
-  MODES.register(_name, _fn)
+def _stages(mode: str, train: Examples | None, synthetic: Examples | None
+            ) -> tuple[Stage, ...]:
+  """The stages of ``mode`` on ``train`` and its synthetic set (None: no data)."""
+  data = {_REAL: train, _SYNTHETIC: synthetic,
+          _BOTH: None if train is None else Examples.concat([train, synthetic])}
+  return tuple(Stage(name, data[source], by_source=source == _BOTH, kind=kind)
+               for name, source, kind in MODES.get(mode))
 
 
 def describe(mode: str) -> tuple[Stage, ...]:
   """The stages of ``mode`` without data (names, kinds, groups)."""
-  return MODES.get(mode)(None, None, None, -1)
+  return _stages(mode, None, None)
 
 
 def compose(mode: str, spec: DatasetSpec, train: Examples,
@@ -249,7 +213,7 @@ def compose(mode: str, spec: DatasetSpec, train: Examples,
       raise ValueError(f"Mode {mode!r} needs synthetic images; set "
                        "data.synthetic_root or generate them first.")
     synthetic = Examples.empty()
-  stages = MODES.get(mode)(spec, train, synthetic, per_group)
+  stages = _stages(mode, train, take_synthetic(spec, synthetic, needs))
   for s in stages:
     if len(s.train) == 0:
       raise ValueError(f"Mode {mode!r}: {s.name} has no training examples.")

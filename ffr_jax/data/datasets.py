@@ -25,7 +25,7 @@ from absl import logging
 from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
 from ffr_jax.data import utk_face, waterbirds
 from ffr_jax.data.images import find_unreadable, verified_cache_path
-from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+from ffr_jax.data.types import DatasetSpec, DatasetSplits
 from ffr_jax.registry import Registry
 
 UNREADABLE = "unreadable_image"
@@ -101,22 +101,14 @@ DATASETS: Registry[DatasetDef] = Registry("dataset")
 for _module in (spuco, celeba_hq, utk_face, waterbirds):
   DATASETS.register(_module.SPEC.name,
                     DatasetDef(_module.SPEC, _module.load, _module.LAYOUT))
-DATASETS.register(celeba.NAME, DatasetDef(
-    None, celeba.load, celeba.LAYOUT, options=celeba.OPTIONS,
-    make_spec=celeba.make_spec))
-DATASETS.register(folder.NAME, DatasetDef(
-    None, folder.load, folder.LAYOUT, options=folder.OPTIONS,
-    make_spec=folder.make_spec))
+for _module in (celeba, folder):  # names and groups from the config and the data
+  DATASETS.register(_module.NAME, DatasetDef(
+      None, _module.load, _module.LAYOUT, options=_module.OPTIONS,
+      make_spec=_module.make_spec))
 DATASETS.register_lazy("demo", "ffr_jax.demo.dataset:DEMO")
 
 
-def get_dataset(name: str) -> DatasetDef:
-  """The definition of ``name``.
-
-  Raises:
-    ValueError: unknown name; the message lists the known names.
-  """
-  return DATASETS.get(name)
+get_dataset = DATASETS.get  # ValueError for an unknown name, listing the known ones
 
 
 def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
@@ -149,25 +141,18 @@ def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
   logging.warning(
       "%s: %d unreadable image(s) excluded, e.g.\n  %s", splits.spec.name,
       len(bad), shown)
-  kept = {s: ex.take(~_isin(ex, bad)) for s, ex in parts.items()}
-  skipped = dict(splits.skipped)
-  skipped[UNREADABLE] = skipped.get(UNREADABLE, 0) + len(bad)
-  files = {k: list(v) for k, v in splits.skipped_files.items()}
-  files[UNREADABLE] = sorted(bad)[:layouts.MAX_SKIPPED_EXAMPLES]
+  kept = {s: ex.take(np.array([str(p) not in bad for p in ex.path], dtype=bool))
+          for s, ex in parts.items()}
+  skipped = {**splits.skipped, UNREADABLE: splits.skipped.get(UNREADABLE, 0) + len(bad)}
+  files = {**splits.skipped_files, UNREADABLE: sorted(bad)[:layouts.MAX_SKIPPED_EXAMPLES]}
   return splits.replace(skipped=skipped, skipped_files=files, **kept)
-
-
-def _isin(examples: Examples, paths: dict[str, str]) -> np.ndarray:
-  """Boolean mask of the rows whose path is a key of ``paths``."""
-  return np.array([str(p) in paths for p in examples.path], dtype=bool)
 
 
 def _require_root(name: str, root: str, layout: str) -> None:
   """Raises ValueError naming the layout when no root was configured."""
   if not root:
-    raise ValueError(
-        f"config.data.root is empty: set --config.data.root to the folder of "
-        f"{name!r}. Expected layout:\n{layout}")
+    raise ValueError(f"config.data.root is empty; point it at the {name} folder. "
+                     f"Expected layout:\n{layout}")
 
 
 def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
@@ -214,12 +199,9 @@ def resolve_roots(config: ml_collections.ConfigDict, workdir: str
   """
   config = ml_collections.ConfigDict(config.to_dict())
   definition = get_dataset(config.data.name)
-  if not config.data.root:
-    if not definition.self_contained:
-      raise ValueError(
-          f"config.data.root is empty; point it at the {config.data.name} "
-          f"folder. Expected layout:\n{definition.layout}")
+  if not config.data.root and definition.self_contained:
     config.data.root = os.path.join(workdir, "data", "real")
+  _require_root(config.data.name, config.data.root, definition.layout)
   if not config.data.synthetic_root:
     config.data.synthetic_root = os.path.join(workdir, "synthetic")
   if not config.eval.synthetic_test_root:

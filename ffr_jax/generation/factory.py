@@ -101,12 +101,6 @@ def make_generator(config: ml_collections.ConfigDict, spec: DatasetSpec
   return GENERATORS.get(config.generate.generator).make(config, spec)
 
 
-def make_prompt_fn(config: ml_collections.ConfigDict, spec: DatasetSpec
-                   ) -> prompts_lib.PromptFn:
-  """``prompt_fn(g, index)`` for the configured prompt set and generator."""
-  return GENERATORS.get(config.generate.generator).prompts(config, spec)
-
-
 def makes_its_own_data(config: ml_collections.ConfigDict) -> bool:
   """Whether a run generates its missing synthetic images itself."""
   return GENERATORS.get(config.generate.generator).makes_own_data
@@ -129,11 +123,12 @@ def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
   Returns:
     The writer's per-group summary (also logged).
   """
-  generator = make_generator(config, spec)
+  definition = GENERATORS.get(config.generate.generator)
+  generator = definition.make(config, spec)
   metadata = {"prompts": config.generate.prompts,
               **getattr(generator, "settings", {})}
   summary = writer_lib.generate_dataset(
-      generator, spec, needs, root, make_prompt_fn(config, spec),
+      generator, spec, needs, root, definition.prompts(config, spec),
       seed=int(config.generate.seed),
       # One call per compiled sampling batch (all devices) where there is one.
       batch_size=int(getattr(generator, "global_batch", config.generate.batch_size)),

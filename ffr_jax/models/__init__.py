@@ -1,12 +1,9 @@
 """Flax ResNets (torchvision architecture) and torchvision weight loading.
 
 Use :func:`create_model` with a name from :data:`MODELS`; load ImageNet
-weights with :func:`ffr_jax.models.weights.load_torchvision_weights`.
-
-Each registered model is a :class:`ModelSpec`: the module, its fixed
-architecture and the ``config.model`` options it reads. A model never gets an
-option it does not declare, so a new architecture adds its own options (and
-config keys) without touching the others.
+weights with :func:`ffr_jax.models.weights.load_torchvision_weights`. A model
+never gets an option it does not declare (:class:`ModelSpec`), so a new
+architecture adds its own options (and config keys) without touching the others.
 """
 
 from __future__ import annotations
@@ -39,26 +36,15 @@ class ModelSpec:
   architecture: Mapping[str, Any]
   options: tuple[str, ...] = ()
 
-  def build(self, num_classes: int, dtype: Any = jnp.float32, **options: Any) -> nn.Module:
-    """The unbound module; ``options`` outside :attr:`options` are an error."""
-    unknown = sorted(set(options) - set(self.options))
-    if unknown:
-      raise ValueError(f"Unknown model option(s) {unknown}; this model reads "
-                       f"{list(self.options) or 'none'}.")
-    return self.module(num_classes=num_classes, dtype=jnp.dtype(dtype),
-                       **self.architecture, **options)
-
 
 MODELS: Registry[ModelSpec] = Registry("model")
-MODELS.register("resnet50", ModelSpec(
-    ResNet, {"stage_sizes": (3, 4, 6, 3), "block": "bottleneck"}, RESNET_OPTIONS))
-MODELS.register("resnet18", ModelSpec(
-    ResNet, {"stage_sizes": (2, 2, 2, 2), "block": "basic"}, RESNET_OPTIONS))
-# For tests and CPU demos at 32-64 px: ResNet18's layout at a quarter of the
-# width with one block per stage (about 0.3M parameters, 128-d embedding).
-MODELS.register("tiny", ModelSpec(
-    ResNet, {"stage_sizes": (1, 1, 1, 1), "block": "basic", "width": 0.25},
-    RESNET_OPTIONS))
+for _name, _architecture in (
+    ("resnet50", {"stage_sizes": (3, 4, 6, 3), "block": "bottleneck"}),
+    ("resnet18", {"stage_sizes": (2, 2, 2, 2), "block": "basic"}),
+    # For tests and CPU demos at 32-64 px: ResNet18's layout at a quarter of
+    # the width with one block per stage (about 0.3M parameters, 128-d embedding).
+    ("tiny", {"stage_sizes": (1, 1, 1, 1), "block": "basic", "width": 0.25})):
+  MODELS.register(_name, ModelSpec(ResNet, _architecture, RESNET_OPTIONS))
 
 
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32,
@@ -80,7 +66,13 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32,
   Raises:
     ValueError: an unknown name, or an option the model does not declare.
   """
-  return MODELS.get(name).build(num_classes, dtype, **options)
+  spec = MODELS.get(name)
+  unknown = sorted(set(options) - set(spec.options))
+  if unknown:
+    raise ValueError(f"Unknown model option(s) {unknown}; this model reads "
+                     f"{list(spec.options) or 'none'}.")
+  return spec.module(num_classes=num_classes, dtype=jnp.dtype(dtype),
+                     **spec.architecture, **options)
 
 
 def model_from_config(config_model: Any, num_classes: int) -> nn.Module:
@@ -93,13 +85,14 @@ def model_from_config(config_model: Any, num_classes: int) -> nn.Module:
     ValueError: an unknown model name.
     KeyError: ``config_model`` lacks an option the model reads.
   """
-  spec = MODELS.get(str(config_model["name"]))
-  missing = [o for o in spec.options if o not in config_model]
+  name = str(config_model["name"])
+  options = MODELS.get(name).options
+  missing = [o for o in options if o not in config_model]
   if missing:
     raise KeyError(f"config.model lacks {', '.join('model.' + o for o in missing)}, "
-                   f"which model {config_model['name']!r} reads.")
-  options = {o: config_model[o] for o in spec.options}
-  return spec.build(num_classes, config_model["dtype"], **options)
+                   f"which model {name!r} reads.")
+  return create_model(name, num_classes, config_model["dtype"],
+                      **{o: config_model[o] for o in options})
 
 
 __all__ = ["MODELS", "ModelSpec", "ResNet", "ResNetOutput", "create_model",

@@ -72,6 +72,9 @@ class Shardings:
 def make_shardings(devices=None) -> Shardings:
   """A ``('data',)`` mesh over ``devices`` (default: all devices, all hosts)."""
   devices = jax.devices() if devices is None else devices
+  # Not jax.make_mesh: it reorders devices (by id on GPU, by torus position on
+  # TPU), refuses multi-slice TPUs and defaults to Explicit axes; this mesh
+  # keeps the order of ``devices`` and Auto axes.
   return Shardings(Mesh(np.asarray(devices), (DATA_AXIS,)))
 
 

@@ -5,8 +5,7 @@ A run (one mode x method) is a list of stage plans, built from the config by
 nothing else: the examples it trains on (by content digest), the method and
 its settings, the optimisation settings, the model, the seed and where its
 initial weights come from (fresh, a pretrained file's content, or another
-plan's fingerprint). Its hash, :func:`fingerprint`, is the one source of truth
-for
+plan's fingerprint). Its hash, ``StagePlan.fingerprint``, is the one source of truth for
 
 * the folder of a stage (``{stages_dir}/{name}-{fingerprint}``): a stage with
   the same plan is trained once, whichever run, mode or sweep asks for it
@@ -31,6 +30,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -113,7 +113,8 @@ class StagePlan:
 
   @property
   def fingerprint(self) -> str:
-    return fingerprint(self)
+    """A stable hash of the settings (16 hex characters)."""
+    return json_digest(self.settings())
 
   @property
   def folder(self) -> str:
@@ -150,9 +151,9 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def fingerprint(plan: StagePlan) -> str:
-  """A stable hash of the plan's settings (16 hex characters)."""
-  text = json.dumps(plan.settings(), sort_keys=True)
+def json_digest(value: Any) -> str:
+  """A stable hash of a JSON value (16 hex characters); other leaves as ``str``."""
+  text = json.dumps(value, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
@@ -181,7 +182,6 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
 
 def variables_digest(variables: Any) -> str:
   """A digest of weights (pretrained initialisation), by value."""
-  import jax  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(jax.device_get(variables)):
     h.update(np.ascontiguousarray(leaf, np.float32).tobytes())
@@ -199,8 +199,7 @@ def data_settings_digest(config: ml_collections.ConfigDict) -> str:
           if k.split(".")[0] in ("data", "generate", "benchmark")
           and k not in config_lib.SPEED_ONLY_KEYS
           and not k.endswith("_root") and k != "data.root"}
-  text = json.dumps(kept, sort_keys=True, default=str)
-  return "settings:" + hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
+  return "settings:" + json_digest(kept)
 
 
 def loop_options(config: ml_collections.ConfigDict) -> LoopOptions:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -140,8 +139,8 @@ def check_same_data_on_every_host(splits: DatasetSplits) -> None:
     h.update(np.asarray(ex.b, np.int64).tobytes())
   mine = np.frombuffer(h.digest()[:8], np.uint32)
   every = np.asarray(multihost_utils.process_allgather(mine))
-  if not (every == every[0]).all():
-    differ = [i for i in range(len(every)) if not (every[i] == every[0]).all()]
+  differ = [i for i, theirs in enumerate(every) if (theirs != every[0]).any()]
+  if differ:
     raise ValueError(
         f"Hosts {differ} loaded other dataset splits than host 0 (listing of "
         f"{splits.spec.name} differs): check that every host sees the same "
@@ -201,10 +200,6 @@ def pretrained_variables(config: ml_collections.ConfigDict, model):
   return variables, f"pretrained:{plan_lib.variables_digest(variables)}"
 
 
-def stages_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
-
-
 def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
                     config: ml_collections.ConfigDict) -> str:
   """The stages plus what acts after them (DFR's settings, the eval sets)."""
@@ -213,9 +208,7 @@ def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
                     if not k.endswith("_root")}}
   if get_method(str(config.method)).refit_last_layer:
     after["dfr"] = config_lib.flatten(config.dfr)
-  text = json.dumps({"stages": [p.fingerprint for p in plans], **after},
-                    sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:plan_lib.FINGERPRINT_CHARS]
+  return plan_lib.json_digest({"stages": [p.fingerprint for p in plans], **after})
 
 
 class _MonotonicSteps:
@@ -294,25 +287,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("%s-%s: finished earlier; results in %s.", mode, method_name,
                  workdir)
     return finished
-  return _train(config, workdir, data, plans, fingerprint, model, shardings,
-                variables, should_stop)
-
-
-def _train(config, workdir, data, plans, fingerprint, model, shardings,
-           variables, should_stop) -> dict:
-  """Runs the planned stages, DFR, and writes results.json."""
   start = time.time()
   evals = eval_sets(data)
   options = plan_lib.loop_options(config)
-  root = stages_dir(config, workdir)
+  root = str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
   writer = MetricWriter(workdir)
   stage_results, stage_dirs = {}, {}
-  steps = _MonotonicSteps(should_stop) if should_stop else None
+  steps = _MonotonicSteps(should_stop or (lambda step: False))
   try:
     for plan in plans:
       stage_dir = os.path.join(root, plan.folder)
-      if steps is not None:
-        steps.next_stage()
+      steps.next_stage()
       result, variables = stage_lib.run_stage(
           plan, model, evals, shardings, writer, stage_dir, options,
           init_variables=variables, should_stop=steps)
@@ -320,13 +305,11 @@ def _train(config, workdir, data, plans, fingerprint, model, shardings,
       stage_dirs[plan.name] = os.path.relpath(stage_dir, workdir)
   finally:
     writer.close()
-  final = stage_results[plans[-1].name]
-  metrics = dict(final.metrics)
+  metrics = dict(stage_results[plans[-1].name].metrics)
   selection = {"worst_group_acc": metrics[stage_lib.SELECTION_SPLIT][
       stage_lib.SELECTION_METRIC], "source": stage_lib.SELECTION_SPLIT}
   dfr_info = None
-  method = get_method(str(config.method))
-  if method.refit_last_layer:
+  if get_method(method_name).refit_last_layer:
     # The refit head is scored on the val data it was fit on: selection uses
     # the backbone's val score before the refit (the authors' choice).
     backbone_val = metrics[stage_lib.SELECTION_SPLIT]
@@ -338,11 +321,10 @@ def _train(config, workdir, data, plans, fingerprint, model, shardings,
       config=config, metrics=metrics, stage_results=stage_results,
       stage_dirs=stage_dirs, selection=selection, dfr=dfr_info,
       synthetic_per_group=compose_lib.synthetic_needs(
-          str(config.mode), data.splits.spec, data.splits.train,
-          config.data.synthetic_per_group),
+          mode, spec, data.splits.train, config.data.synthetic_per_group),
       fingerprint=fingerprint, wall_seconds=time.time() - start)
   results_lib.write_results(workdir, results)
-  logging.info("%s-%s: test WA %.4f BA %.4f", config.mode, config.method,
+  logging.info("%s-%s: test WA %.4f BA %.4f", mode, method_name,
                metrics["test"]["worst_group_acc"],
                metrics["test"]["balanced_acc"])
   return results
@@ -370,7 +352,6 @@ def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stopped cleanly by SIGTERM/SIGINT (a checkpoint, then :class:`Preempted`).
   """
   validate_config(config)  # before the lock writes anything
-  check_workdir(workdir)
   datasets.resolve_roots(config, workdir)
   with owned_workdir(workdir), lifecycle.PreemptionGuard() as guard:
     try:

@@ -86,37 +86,27 @@ class StageResult:
   plan: dict
   epoch0: dict | None = None
 
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-
-def read_result(stage_dir: str) -> StageResult | None:
-  path = os.path.join(stage_dir, RESULT_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return StageResult(**json.load(f))
-
 
 def checkpoint_manager(stage_dir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(stage_dir), "checkpoints"),
-      # Temporary folders left by a SIGKILL are removed: the workdir lock
-      # guarantees that no other process is writing one.
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                           cleanup_tmp_directories=True))
+      # Every checkpoint holds the best variables so far, so the latest one is
+      # all a resume or the next stage needs. Temporary folders left by a
+      # SIGKILL are removed: the workdir lock guarantees that no other process
+      # is writing one.
+      options=ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(2), create=True,
+          cleanup_tmp_directories=True))
 
 
 def restore_best_variables(stage_dir: str, abstract_variables: Any) -> Any:
   """The best variables saved by a finished stage (to start the next one)."""
-  mgr = checkpoint_manager(stage_dir)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {stage_dir}/checkpoints.")
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      best=ocp.args.StandardRestore(abstract_variables)))
-  mgr.close()
-  return restored.best
+  with checkpoint_manager(stage_dir) as mgr:
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {stage_dir}/checkpoints.")
+    return mgr.restore(step, args=ocp.args.Composite(
+        best=ocp.args.StandardRestore(abstract_variables))).best
 
 
 def evaluate(eval_step, variables, loader, num_groups: int,
@@ -179,35 +169,10 @@ def _check_fingerprint(stored: str, plan: StagePlan, stored_plan: dict,
 def _input_config(plan: StagePlan, options: LoopOptions
                   ) -> ml_collections.ConfigDict:
   """The pipeline's options, with the plan's image size and flips."""
-  data = ml_collections.ConfigDict(
-      options.data.to_dict() if options.data is not None else {})
-  data.image_size = plan.image_size
-  data.flip = plan.flip
-  for key, default in (("cache_images", False), ("num_workers", 0)):
-    if key not in data:
-      data[key] = default
-  return data
-
-
-
-
-
-def _abstract_variables(model, plan: StagePlan, shardings: Shardings):
-  abstract = jax.eval_shape(lambda: state_lib.init_variables(
-      model, plan.image_size, plan.seed))
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=shardings.replicated), abstract)
-
-
-def _evaluate_all(eval_step, variables, eval_loaders, evals, shardings) -> dict:
-  """split -> summarize() dict for every evaluation set."""
-  num_groups = evals[0].scheme.num_groups
-  names = evals[0].scheme.names()
-  return {name: metrics_lib.summarize(
-              jax.device_get(evaluate(eval_step, variables, eloader,
-                                      num_groups, shardings)), names)
-          for name, eloader in eval_loaders.items()}
+  return ml_collections.ConfigDict({
+      "cache_images": False, "num_workers": 0,
+      **(options.data.to_dict() if options.data is not None else {}),
+      "image_size": plan.image_size, "flip": plan.flip})
 
 
 def run_stage(plan: StagePlan, model, evals: list[EvalSet],
@@ -239,13 +204,18 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
   if not evals or evals[0].name != SELECTION_SPLIT:
     raise ValueError(f"The first evaluation set must be {SELECTION_SPLIT!r}.")
   os.makedirs(stage_dir, exist_ok=True)
-  finished = read_result(stage_dir)
-  if finished is not None:
+  result_path = os.path.join(stage_dir, RESULT_FILE)
+  if os.path.isfile(result_path):
+    with open(result_path) as f:
+      finished = StageResult(**json.load(f))
     _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
     # A finished stage is never recomputed: reuse its result and best model.
     logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
-    return finished, restore_best_variables(
-        stage_dir, _abstract_variables(model, plan, shardings))
+    abstract = jax.eval_shape(lambda: state_lib.init_variables(
+        model, plan.image_size, plan.seed))
+    return finished, restore_best_variables(stage_dir, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=shardings.replicated), abstract))
   check_batch_size(plan.batch_size, shardings)
   check_batch_size(options.eval_batch_size, shardings)
   method = get_method(plan.method)
@@ -281,26 +251,26 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
       steps_lib.StepConfig(num_groups=scheme.num_groups,
                            freeze_bn=plan.freeze_bn),
       shardings, state)
-  eval_step = steps_lib.make_eval_step(model, evals[0].scheme.num_groups,
-                                       shardings)
+  eval_scheme = evals[0].scheme
+  eval_step = steps_lib.make_eval_step(model, eval_scheme.num_groups, shardings)
 
-  mgr = checkpoint_manager(stage_dir)
-  best = jax.tree.map(jnp.copy, state.variables())
-  book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
-                      wall_seconds=0.0, fingerprint=plan.fingerprint)
-  if mgr.latest_step() is not None:
-    state, best, book = _restore(mgr, state, best)
-    _check_fingerprint(book.fingerprint, plan, plan.settings(), stage_dir)
-    writer.drop_after(plan.name, int(state.step))
-    logging.info("%s: resumed from step %d.", plan.name, int(state.step))
-  elif plan.init.startswith("stage:"):
-    # Epoch 0: how the previous stage's model does here, before any step.
-    book.epoch0 = {"epoch": 0, "step": 0, **_evaluate_all(
-        eval_step, state.variables(), eval_loaders, evals, shardings)}
-    writer.write(plan.name, 0, _flat_eval_metrics(book.epoch0))
-    logging.info("%s epoch 0 (start): %s", plan.name, _describe(book.epoch0))
-    if plan.epoch0_candidate:
-      book.best_value = book.epoch0[SELECTION_SPLIT][SELECTION_METRIC]
+  def evaluate_epoch(epoch: int, step: int) -> dict:
+    """The current model's record on every evaluation set, logged."""
+    variables, splits = state.variables(), {}
+    for name, eloader in eval_loaders.items():
+      counts = evaluate(eval_step, variables, eloader, eval_scheme.num_groups,
+                        shardings)
+      splits[name] = metrics_lib.summarize(jax.device_get(counts),
+                                           eval_scheme.names())
+    writer.write(plan.name, step, {
+        f"{split}/{k}": float(m[k]) for split, m in splits.items()
+        for k in ("worst_group_acc", "balanced_acc", "acc")})
+    logging.info("%s epoch %s: %s", plan.name,
+                 f"{epoch}/{plan.epochs}" if epoch else "0 (start)",
+                 ", ".join(f"{split} WA {m['worst_group_acc']:.3f} "
+                           f"BA {m['balanced_acc']:.3f}"
+                           for split, m in splits.items()))
+    return {"epoch": epoch, "step": step, **splits}
 
   def save(step: int) -> None:
     mgr.save(step, args=ocp.args.Composite(
@@ -308,71 +278,74 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
         best=ocp.args.StandardSave(best),
         meta=ocp.args.JsonSave(dataclasses.asdict(book))))
 
-  step = int(state.step)
-  if should_stop is not None and step < total_steps and should_stop(step):
-    # A signal during set-up: stop before the first step (nothing new to save).
-    mgr.close()
-    raise StageInterrupted(plan.name, step, total_steps)
-  start_time = time.perf_counter() - book.wall_seconds
-  bar = Progress(total_steps, desc=plan.name, unit="step",
-                 enabled=jax.process_index() == 0, initial=step)
-  window, window_start = [], step
-  while step < total_steps:
-    epoch, start = divmod(step, steps_per_epoch)
-    for batch in loader.epoch(epoch, start):
-      b = to_global({k: batch[k] for k in ("image", "label", "group")},
-                    shardings)
-      state, m = train_step(state, b)
-      window.append(m)
-      step += 1
-      bar.update(1)
-      if len(window) >= options.log_every or step % steps_per_epoch == 0:
-        window = jax.device_get(window)
-        _check_finite(window, plan.name, window_start)
-        train_metrics = {f"train/{k}": float(np.mean([w[k] for w in window]))
-                         for k in ("loss", "accuracy")}
-        writer.write(plan.name, step, train_metrics)
-        bar.postfix = f"loss {train_metrics['train/loss']:.4f}"
-        window, window_start = [], step
-      stop = should_stop is not None and should_stop(step)
-      every = options.checkpoint_every
-      if (stop or (every and step % every == 0)) and step % steps_per_epoch:
-        # Never checkpoint a state whose loss went non-finite since the last
-        # check: a resume would start from it.
-        _check_finite(jax.device_get(window), plan.name, window_start)
+  should_stop = should_stop or (lambda step: False)
+  best = jax.tree.map(jnp.copy, state.variables())
+  book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
+                      wall_seconds=0.0, fingerprint=plan.fingerprint)
+  # Closing the manager (however the loop ends) waits for pending saves.
+  with checkpoint_manager(stage_dir) as mgr:
+    if mgr.latest_step() is not None:
+      state, best, book = _restore(mgr, state, best)
+      _check_fingerprint(book.fingerprint, plan, plan.settings(), stage_dir)
+      writer.drop_after(plan.name, int(state.step))
+      logging.info("%s: resumed from step %d.", plan.name, int(state.step))
+    elif plan.init.startswith("stage:"):
+      # Epoch 0: how the previous stage's model does here, before any step.
+      book.epoch0 = evaluate_epoch(0, 0)
+      if plan.epoch0_candidate:
+        book.best_value = book.epoch0[SELECTION_SPLIT][SELECTION_METRIC]
+
+    step = int(state.step)
+    if step < total_steps and should_stop(step):
+      # A signal during set-up: stop before the first step (nothing new to save).
+      raise StageInterrupted(plan.name, step, total_steps)
+    start_time = time.perf_counter() - book.wall_seconds
+    bar = Progress(total_steps, desc=plan.name, unit="step",
+                   enabled=jax.process_index() == 0, initial=step)
+    window, window_start = [], step
+    try:
+      while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        for batch in loader.epoch(epoch, start):
+          b = to_global({k: batch[k] for k in ("image", "label", "group")},
+                        shardings)
+          state, m = train_step(state, b)
+          window.append(m)
+          step += 1
+          bar.update(1)
+          if len(window) >= options.log_every or step % steps_per_epoch == 0:
+            window = jax.device_get(window)
+            _check_finite(window, plan.name, window_start)
+            train_metrics = {f"train/{k}": float(np.mean([w[k] for w in window]))
+                             for k in ("loss", "accuracy")}
+            writer.write(plan.name, step, train_metrics)
+            bar.postfix = f"loss {train_metrics['train/loss']:.4f}"
+            window, window_start = [], step
+          # (On an epoch's last step the epoch's evaluation and checkpoint
+          # come first; the stop check after them then stops.)
+          stop = should_stop(step)
+          every = options.checkpoint_every
+          if step % steps_per_epoch and (stop or (every and step % every == 0)):
+            # Never checkpoint a state whose loss went non-finite since the
+            # last check: a resume would start from it.
+            _check_finite(jax.device_get(window), plan.name, window_start)
+            book.wall_seconds = time.perf_counter() - start_time
+            save(step)
+            if stop:
+              raise StageInterrupted(plan.name, step, total_steps)
+        # End of an epoch: evaluate, keep the best, checkpoint.
+        record = evaluate_epoch(epoch + 1, step)
+        value = record[SELECTION_SPLIT][SELECTION_METRIC]
+        if value > book.best_value:
+          book.best_value, book.best_epoch = value, epoch + 1
+          best = jax.tree.map(jnp.copy, state.variables())
+        book.history.append(record)
         book.wall_seconds = time.perf_counter() - start_time
         save(step)
-      if stop and step % steps_per_epoch:
-        # (On an epoch's last step the epoch's evaluation and checkpoint
-        # come first; the check below then stops.)
-        bar.close()
-        mgr.wait_until_finished()
-        mgr.close()
-        raise StageInterrupted(plan.name, step, total_steps)
-    # End of an epoch: evaluate, keep the best, checkpoint.
-    epoch += 1
-    variables = state.variables()
-    record = {"epoch": epoch, "step": step,
-              **_evaluate_all(eval_step, variables, eval_loaders, evals,
-                              shardings)}
-    value = record[SELECTION_SPLIT][SELECTION_METRIC]
-    if value > book.best_value:
-      book.best_value, book.best_epoch = value, epoch
-      best = jax.tree.map(jnp.copy, variables)
-    book.history.append(record)
-    book.wall_seconds = time.perf_counter() - start_time
-    writer.write(plan.name, step, _flat_eval_metrics(record))
-    logging.info("%s epoch %d/%d: %s", plan.name, epoch, plan.epochs,
-                 _describe(record))
-    save(step)
-    if should_stop is not None and step < total_steps and should_stop(step):
+        if step < total_steps and should_stop(step):
+          raise StageInterrupted(plan.name, step, total_steps)
+    finally:
       bar.close()
-      mgr.wait_until_finished()
-      mgr.close()
-      raise StageInterrupted(plan.name, step, total_steps)
-  bar.close()
-  mgr.wait_until_finished()
-  mgr.close()
   selected = (book.epoch0 if book.best_epoch == 0
               else book.history[book.best_epoch - 1])
   result = StageResult(
@@ -383,7 +356,7 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
       fingerprint=plan.fingerprint,
       plan=plan.settings(),
       epoch0=book.epoch0)
-  write_json_atomic(os.path.join(stage_dir, RESULT_FILE), result.to_json())
+  write_json_atomic(result_path, dataclasses.asdict(result))
   return result, best
 
 
@@ -402,24 +375,3 @@ def _restore(mgr, state, best):
       best=ocp.args.StandardRestore(state_lib.abstract_like(best)),
       meta=ocp.args.JsonRestore()))
   return restored.state, restored.best, _Bookkeeping(**restored.meta)
-
-
-def _splits(record: dict) -> list[str]:
-  return [k for k, v in record.items() if isinstance(v, dict)]
-
-
-def _flat_eval_metrics(record: dict) -> dict[str, float]:
-  """Every evaluation set's summary numbers, logged alike."""
-  out = {}
-  for split in _splits(record):
-    for k in ("worst_group_acc", "balanced_acc", "acc"):
-      v = record[split].get(k)
-      if v is not None:
-        out[f"{split}/{k}"] = float(v)
-  return out
-
-
-def _describe(record: dict) -> str:
-  return ", ".join(f"{split} WA {record[split]['worst_group_acc']:.3f} "
-                   f"BA {record[split]['balanced_acc']:.3f}"
-                   for split in _splits(record))
