@@ -24,7 +24,7 @@ from absl import logging
 
 from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
 from ffr_jax.data import utk_face, waterbirds
-from ffr_jax.data.images import find_unreadable, verified_cache_path
+from ffr_jax.data.images import verified_cache_path, verify_images
 from ffr_jax.data.types import DatasetSpec, DatasetSplits
 from ffr_jax.registry import Registry
 
@@ -129,14 +129,16 @@ def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
 def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
   """Decodes every image once and drops the ones that fail, with a warning.
 
-  Files that decoded fine before (same size and modification time) are
-  remembered in a cache outside ``root`` and not decoded again.
+  Files whose bytes decoded fine before are remembered in a cache outside
+  ``root`` and not decoded again. The kept rows carry their files' content
+  identity (:attr:`Examples.content`).
   """
   parts = {s: splits.split(s) for s in ("train", "val", "test")}
   paths = [str(p) for ex in parts.values() for p in ex.path]
-  bad = find_unreadable(paths, cache_path=verified_cache_path(root))
+  bad, content = verify_images(paths, cache_path=verified_cache_path(root))
+  parts = {s: ex.with_content(content) for s, ex in parts.items()}
   if not bad:
-    return splits
+    return splits.replace(**parts)
   shown = "\n  ".join(f"{p}: {bad[p]}" for p in sorted(bad)[:_SHOW_PATHS])
   logging.warning(
       "%s: %d unreadable image(s) excluded, e.g.\n  %s", splits.spec.name,
