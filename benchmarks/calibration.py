@@ -132,8 +132,8 @@ def collect(runs: list[experiments.Run]) -> dict[str, dict]:
                                "strength": float(b.strength), "runs": []})
     row["runs"].append({"name": r.name, "bias_ratio": float(r.config.data.bias_ratio),
                         "seed": int(r.config.seed),
-                        "test_wa": 100 * res["metrics"]["test"]["worst_group_acc"],
-                        "test_ba": 100 * res["metrics"]["test"]["balanced_acc"]})
+                        "test_wa": 100 * res["test"]["worst_group_acc"],
+                        "test_ba": 100 * res["test"]["balanced_acc"]})
   for row in out.values():
     wa = [x["test_wa"] for x in row["runs"]]
     row["n"], row["mean_wa"], row["std_wa"] = len(wa), float(np.mean(wa)), float(np.std(wa))
