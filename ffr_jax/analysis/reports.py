@@ -20,7 +20,7 @@ from ffr_jax.analysis import rise as rise_lib
 from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib
 from ffr_jax.data import datasets
-from ffr_jax.data import synthetic as synthetic_lib
+from ffr_jax.data import images as images_lib
 from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
 from ffr_jax.training import last_layer
 from ffr_jax.training.mesh import Shardings, make_shardings
@@ -150,10 +150,7 @@ def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]
   for ex in (data.train, data.val, data.test):
     out.update({str(p): (int(y), int(b), REAL)
                 for p, y, b in zip(ex.path, ex.y, ex.b)})
-  try:
-    pool = synthetic_lib.load_synthetic(config.data.synthetic_root, spec)
-  except FileNotFoundError:
-    pool = Examples.empty()
+  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
   out.update({str(p): (int(y), int(b), int(s))
               for p, y, b, s in zip(pool.path, pool.y, pool.b, pool.source)})
   return out
@@ -233,8 +230,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   if not paths:
     raise ValueError(f"No images selected by --images={images!r} and "
                      f"--groups={groups!r}.")
-  pixels = [samples_lib.load_images(Examples.from_lists([p], [0], [0]),
-                                    size)[0] for p in paths]
+  pixels = [images_lib.decode(p, size) for p in paths]
   maps = np.zeros((len(paths), len(loaded), size, size), np.float32)
   notes = [[""] * len(loaded) for _ in paths]
   per_image = [{"path": p, "label": None if lab is None else {

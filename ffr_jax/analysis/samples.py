@@ -39,7 +39,6 @@ import numpy as np
 
 from ffr_jax.analysis.run_loading import RunInfo
 from ffr_jax.data import datasets
-from ffr_jax.data import images as images_lib
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSpec, Examples
 from ffr_jax.generation import factory as generate_lib
@@ -129,7 +128,8 @@ def used_synthetic(runs: list[RunInfo], spec: DatasetSpec
   return used
 
 
-def _pool(root: str, spec: DatasetSpec) -> Examples:
+def synthetic_pool(root: str, spec: DatasetSpec) -> Examples:
+  """The synthetic images in ``root``; none if nothing was generated there."""
   try:
     return synthetic_lib.load_synthetic(root, spec)
   except FileNotFoundError:
@@ -180,7 +180,7 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
   if choice == "generate":
     ex, where = _generate(config, spec, per_group, out_dir)
     return ex, "generate", where
-  pool = _pool(root, spec)
+  pool = synthetic_pool(root, spec)
   if choice == "train":
     ex = _after(spec, pool, {g: 0 for g in spec.groups}, per_group)
     if not _enough(spec, ex, 1):
@@ -221,10 +221,3 @@ def make_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
                                      choice, out_dir)
   return Sample(real=real, synthetic=syn, synthetic_choice=used,
                 synthetic_root=root)
-
-
-def load_images(examples: Examples, size: int) -> np.ndarray:
-  """uint8 ``[N, size, size, 3]`` images of ``examples``, as training saw them."""
-  if not len(examples):
-    return np.zeros((0, size, size, 3), np.uint8)
-  return np.stack([images_lib.decode(str(p), size) for p in examples.path])

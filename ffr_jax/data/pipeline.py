@@ -522,26 +522,25 @@ def _gather_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
   device step and scales with cores.
   """
   starts = range(0, len(rows), batch_size)
+
+  def gather(start: int) -> Batch:
+    return source.gather(rows[start:start + batch_size],
+                         flips[start:start + batch_size])
+
   if options.prefetch_batches <= 0:
-    for start in starts:
-      yield source.gather(rows[start:start + batch_size],
-                          flips[start:start + batch_size])
+    yield from map(gather, starts)
     return
   threads = max(1, options.num_threads or (os.cpu_count() or 1))
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    pending: collections.deque = collections.deque()
     submitted = iter(starts)
+    pending = collections.deque(
+        pool.submit(gather, start) for start in itertools.islice(
+            submitted, threads + options.prefetch_batches))
     try:
-      for start in itertools.islice(submitted,
-                                    threads + options.prefetch_batches):
-        pending.append(pool.submit(source.gather, rows[start:start + batch_size],
-                                   flips[start:start + batch_size]))
       while pending:
         batch = pending.popleft().result()
-        for start in itertools.islice(submitted, 1):
-          pending.append(pool.submit(
-              source.gather, rows[start:start + batch_size],
-              flips[start:start + batch_size]))
+        pending.extend(pool.submit(gather, start)
+                       for start in itertools.islice(submitted, 1))
         yield batch
     finally:
       # An abandoned epoch (resumption, early stop) does not finish reading.

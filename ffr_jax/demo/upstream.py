@@ -226,26 +226,16 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
   return render.quantize(img + NOISE_STD * noise)
 
 
-def split(num_classes: int, per_class: int, size: int, seed: int, salt: int
-          ) -> tuple[np.ndarray, np.ndarray]:
-  """Images and labels of one split: ``per_class`` images of each class."""
+def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
+          first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels of one split: ``per_class`` images of each class, the
+  images ``first_index ..`` of each class's stream."""
   num_classes = check_classes(num_classes)
   if per_class < 1:
     raise ValueError(f"per_class={per_class} must be >= 1.")
   labels = np.repeat(np.arange(num_classes), per_class)
-  indices = np.tile(np.arange(per_class), num_classes)
+  indices = np.tile(np.arange(per_class), num_classes) + first_index
   return render_upstream(labels, indices, size, seed, salt), labels
-
-
-def epoch_split(num_classes: int, per_class: int, size: int, seed: int, epoch: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Epoch ``epoch``'s (1-based) training images: new indices every epoch."""
-  num_classes = check_classes(num_classes)
-  if per_class < 1:
-    raise ValueError(f"per_class={per_class} must be >= 1.")
-  labels = np.repeat(np.arange(num_classes), per_class)
-  indices = np.tile(np.arange(per_class), num_classes) + (epoch - 1) * per_class
-  return render_upstream(labels, indices, size, seed, TRAIN_SALT), labels
 
 
 def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -339,11 +329,13 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
   rng = np.random.default_rng([seed, TRAIN_SALT])
   history = []
   for epoch in range(1, epochs + 1):
-    # Fresh images every epoch (indices epoch * per_class + i): the dataset is
-    # procedural, so the model never sees an image twice and cannot memorise
-    # (with 100 fixed images per class it does, and held-out accuracy stalls).
+    # Fresh images every epoch (indices (epoch - 1) * per_class + i): the
+    # dataset is procedural, so the model never sees an image twice and cannot
+    # memorise (with 100 fixed images per class it does, and held-out accuracy
+    # stalls).
     t = time.time()
-    x_train, y_train = epoch_split(num_classes, per_class, image_size, seed, epoch)
+    x_train, y_train = split(num_classes, per_class, image_size, seed,
+                             TRAIN_SALT, (epoch - 1) * per_class)
     render_s += time.time() - t
     train_acc = []
     for idx in _batches(len(y_train), min(BATCH_SIZE, len(y_train)), rng):

@@ -167,16 +167,13 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
         st = values[metric][(meth, m)]
         if st is not None:
           grid[i, j] = 100 * st.mean
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100)
-    for i, meth in enumerate(FIG4_METHODS):
-      for j, m in enumerate(FIG4_MODES):
-        st = values[metric][(meth, m)]
         text = MISSING if st is None else (
             f"{100 * st.mean:.1f}" + ("" if st.std is None
                                       else f"\n±{100 * st.std:.1f}"))
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="black" if st is None or st.mean > 0.6 else "white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100)
     ax.set_xticks(range(len(FIG4_MODES)), [NAMES[m] for m in FIG4_MODES])
     ax.set_yticks(range(len(FIG4_METHODS)), [NAMES[m] for m in FIG4_METHODS])
     ax.set_xlabel("SD-Aug")
@@ -260,12 +257,8 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
                  _ratio_label(cell.bias_ratio), cell.mode, cell.method, chosen,
                  ",".join(str(k) for k in s.runs),
                  f"`{agg.selection_sources(s)}`"] +
-                [agg.fmt(s.metric(m)) for m in METRICS_ORDER])
+                [agg.fmt(s.metric(m)) for m in agg.METRICS])
   return _table(header, rows)
-
-
-METRICS_ORDER = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
-                 "syn_ba")
 
 
 def _condition_label(condition: tuple) -> str:
