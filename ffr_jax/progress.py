@@ -41,7 +41,6 @@ class Progress:
     self.min_interval = min_interval
     self.stream = stream or sys.stderr
     self.n = initial
-    self._initial = initial
     self._start = time.perf_counter()
     self._last = 0.0
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()

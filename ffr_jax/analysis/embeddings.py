@@ -183,15 +183,13 @@ class RunEmbeddings:
 
 
 def measure(name: str, embeddings: np.ndarray, examples: Examples,
-            spec: DatasetSpec, seed: int = 0, with_tsne: bool = True
-            ) -> RunEmbeddings:
+            spec: DatasetSpec, seed: int = 0) -> RunEmbeddings:
   """Probe, centroid distances and t-SNE of one run's embeddings."""
   groups = GroupScheme(spec, by_source=False).ids(examples)
   names = [spec.group_name(g) for g in range(len(spec.groups))]
-  tsne = tsne_2d(embeddings, seed) if with_tsne else np.zeros((len(groups), 2))
   return RunEmbeddings(
       name=name, embeddings=embeddings, source=examples.source, groups=groups,
-      tsne=tsne,
+      tsne=tsne_2d(embeddings, seed),
       probe=probe_accuracy(embeddings, examples.source, groups, seed=seed),
       distances=centroid_distances(embeddings, examples.source, groups, names))
 

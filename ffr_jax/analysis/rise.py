@@ -34,7 +34,6 @@ import numpy as np
 
 from ffr_jax.data.pipeline import normalize
 from ffr_jax.training.mesh import Shardings, make_shardings
-from ffr_jax.training.steps import model_outputs
 
 # score_fn(aux, images [B, H, W, C] float32) -> scores [B, K].
 ScoreFn = Callable[[Any, jax.Array], jax.Array]
@@ -80,11 +79,6 @@ def make_masks(key: jax.Array, n: int, grid: int, p: float, height: int,
   return jax.vmap(crop)(up, dy, dx)
 
 
-def _batch_size(cfg: RiseConfig, shardings: Shardings) -> int:
-  d = shardings.num_devices
-  return -(-cfg.batch // d) * d
-
-
 def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
                  shardings: Shardings | None = None):
   """Compiles ``rise(aux, image, key) -> [K, H, W]`` saliency maps.
@@ -100,7 +94,8 @@ def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
     space ``score_fn`` expects.
   """
   shardings = shardings or make_shardings()
-  batch = _batch_size(cfg, shardings)
+  d = shardings.num_devices
+  batch = -(-cfg.batch // d) * d  # a multiple of the device count
   num_batches = -(-cfg.num_masks // batch)
   total = num_batches * batch
 
@@ -135,7 +130,7 @@ def model_score_fn(model) -> ScoreFn:
   """Softmax class probabilities of ``model``; ``aux`` is its variables."""
 
   def score(variables, images):
-    logits, _ = model_outputs(model.apply(variables, images, train=False))
+    logits = model.apply(variables, images, train=False).logits
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return score
 

@@ -389,12 +389,6 @@ class _ManifestAppender:
 # Multi-host plumbing.
 
 
-def _process_info() -> tuple[int, int]:
-  """``(process_index, process_count)``; (0, 1) without importing JAX twice."""
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.process_index(), jax.process_count()
-
-
 def _broadcast_plan(todo: np.ndarray, count: int) -> np.ndarray:
   """Host 0's boolean array (the plan, or its failure flag) on every host."""
   if count == 1:
@@ -466,8 +460,9 @@ def generate_dataset(
   start = time.perf_counter()
   summary = GenerationSummary(
       [GroupSummary(spec.group_name(g), t) for g, t in enumerate(targets)])
-  process_index, process_count = _process_info()
-  writer = process_index == 0
+  import jax  # pylint: disable=import-outside-toplevel
+  process_count = jax.process_count()
+  writer = jax.process_index() == 0
   base = dataset_dir(out_root, spec)
 
   todo = np.zeros((len(targets), max(targets, default=0)), bool)
@@ -485,10 +480,7 @@ def generate_dataset(
       failure = e
     else:
       for g, t in enumerate(targets):
-        todo[g, :t] = True
-        for i in range(t):
-          if (g, i) in done:
-            todo[g, i] = False
+        todo[g, :t] = [(g, i) not in done for i in range(t)]
         summary.groups[g].present = int(t - todo[g, :t].sum())
   failed = _broadcast_plan(np.asarray([failure is not None]), process_count)
   if failure is not None:

@@ -244,10 +244,6 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
   return tree
 
 
-def _is_head(path: tuple[str, ...]) -> bool:
-  return path[0] == "fc"
-
-
 def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
                        keep_head: bool | None) -> bool:
   """Whether to load the checkpoint's ``fc`` (auto: only when shapes match)."""
@@ -283,7 +279,7 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str,
   load_head = _resolve_keep_head(state, template, keep_head)
   out, missing, mismatched, used = {}, [], [], set()
   for path, ref in template.items():
-    if _is_head(path[1:]) and not load_head:
+    if path[1] == "fc" and not load_head:  # the head
       out[path] = ref
       continue
     name = flax_to_torch_name(path[0], path[1:])

@@ -84,13 +84,6 @@ def write_json_atomic(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def write_results(run_dir: str, results: dict) -> str:
-  """Writes ``{run_dir}/results.json`` atomically (host 0 only)."""
-  path = os.path.join(run_dir, RESULTS_FILE)
-  write_json_atomic(path, results)
-  return path
-
-
 def read_results(run_dir: str) -> dict:
   path = os.path.join(run_dir, RESULTS_FILE)
   if not os.path.isfile(path):

@@ -45,7 +45,7 @@ from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
 from ffr_jax.training.methods import METHODS, get_method
-from ffr_jax.training.mesh import Shardings, make_shardings, maybe_initialize_distributed
+from ffr_jax.training.mesh import make_shardings, maybe_initialize_distributed
 
 STAGES_DIR = "stages"   # {workdir}/stages unless train.stages_dir is set
 SYNTHETIC_TEST = "synthetic_test"
@@ -323,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       synthetic_per_group=compose_lib.synthetic_needs(
           mode, spec, data.splits.train, config.data.synthetic_per_group),
       fingerprint=fingerprint, wall_seconds=time.time() - start)
-  results_lib.write_results(workdir, results)
+  results_lib.write_json_atomic(
+      os.path.join(workdir, results_lib.RESULTS_FILE), results)
   logging.info("%s-%s: test WA %.4f BA %.4f", mode, method_name,
                metrics["test"]["worst_group_acc"],
                metrics["test"]["balanced_acc"])
