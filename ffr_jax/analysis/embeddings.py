@@ -25,6 +25,7 @@ import itertools
 import numpy as np
 
 from ffr_jax.data.types import REAL, SYNTHETIC, DatasetSpec, Examples, GroupScheme
+from ffr_jax.reporting import results as results_lib
 
 PCA_DIMS = 50
 
@@ -205,10 +206,7 @@ def to_json(r: RunEmbeddings) -> dict:
 def plot(results: list[RunEmbeddings], spec: DatasetSpec, path: str,
          title: str = "") -> None:
   """t-SNE per run side by side: by source (top) and by group (bottom)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = results_lib.pyplot()
   n = len(results)
   fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False)
   cmap = plt.get_cmap("tab10")

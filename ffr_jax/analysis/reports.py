@@ -28,7 +28,6 @@ from ffr_jax.training.mesh import Shardings, make_shardings
 EMBEDDINGS_PNG = "embeddings.png"
 EMBEDDINGS_JSON = "embeddings.json"
 EMBEDDINGS_NPZ = "embeddings.npz"
-RISE_PNG = rise_lib.page_name(1)  # the first page of the grid
 RISE_JSON = "rise.json"
 RISE_NPZ = "rise.npz"
 SAMPLE_PREFIX = "sample:"
@@ -136,11 +135,8 @@ def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
 def _sampled_rows(sample: samples_lib.Sample, chosen: list[tuple[int, int]],
                   n: int) -> Examples:
   """``n`` real then ``n`` synthetic images of each chosen group."""
-  parts = []
-  for g in chosen:
-    for ex in (sample.real, sample.synthetic):
-      parts.append(ex.take(np.flatnonzero(ex.mask(*g))[:n]))
-  return Examples.concat(parts)
+  return Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
+                         for g in chosen for ex in (sample.real, sample.synthetic))
 
 
 def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]]:

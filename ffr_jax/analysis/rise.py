@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffr_jax.data.pipeline import normalize
+from ffr_jax.reporting import results as results_lib
 from ffr_jax.training.mesh import Shardings, make_shardings
 
 # score_fn(aux, images [B, H, W, C] float32) -> scores [B, K].
@@ -204,10 +205,7 @@ def draw_page(images: list[np.ndarray], row_labels: list[str],
   Returns:
     The figure (the caller saves and closes it).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = results_lib.pyplot()
   rows, cols = len(images), len(col_labels) + 1
   fig, axes = plt.subplots(
       rows, cols, figsize=(COL_INCHES * cols, ROW_INCHES * rows + HEADER_INCHES),
@@ -251,7 +249,7 @@ def plot_pages(images: list[np.ndarray], row_labels: list[str],
   Returns:
     The paths written, in page order.
   """
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = results_lib.pyplot()
   per_page = rows_per_page(max_px)
   starts = list(range(0, len(images), per_page))
   paths = []
@@ -263,12 +261,8 @@ def plot_pages(images: list[np.ndarray], row_labels: list[str],
     paths.append(os.path.join(out_dir, page_name(page)))
     fig.savefig(paths[-1], dpi=DPI)
     plt.close(fig)
-  _remove_stale_pages(out_dir, len(starts))
-  return paths
-
-
-def _remove_stale_pages(out_dir: str, pages: int) -> None:
-  page = pages + 1
+  page = len(starts) + 1  # the pages of an earlier, longer grid go
   while os.path.exists(os.path.join(out_dir, page_name(page))):
     os.remove(os.path.join(out_dir, page_name(page)))
     page += 1
+  return paths

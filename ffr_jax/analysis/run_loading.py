@@ -130,10 +130,9 @@ def find_runs(workdir: str) -> list[RunInfo]:
     raise FileNotFoundError(f"No such workdir: {workdir}. {_HOW_TO_TRAIN}")
   if os.path.isfile(os.path.join(workdir, results_lib.RESULTS_FILE)):
     return [_read_run(workdir, workdir)]
-  found = []
-  for parent, _, files in os.walk(os.path.join(workdir, "runs")):
-    if results_lib.RESULTS_FILE in files:
-      found.append(os.path.abspath(parent))
+  found = [os.path.abspath(parent)
+           for parent, _, files in os.walk(os.path.join(workdir, "runs"))
+           if results_lib.RESULTS_FILE in files]
   if not found:
     raise FileNotFoundError(
         f"No finished run in {workdir}: expected {workdir}/"
@@ -156,13 +155,9 @@ def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
   """
   runs = [r for w in workdirs for r in find_runs(w)]
   names = [r.name for r in runs]
-  out = []
-  for r in runs:
-    if names.count(r.name) > 1:
-      r = dataclasses.replace(
-          r, name=f"{os.path.basename(r.workdir.rstrip(os.sep))}/{r.name}")
-    out.append(r)
-  return out
+  return [r if names.count(r.name) == 1 else dataclasses.replace(
+      r, name=f"{os.path.basename(r.workdir.rstrip(os.sep))}/{r.name}")
+          for r in runs]
 
 
 def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:

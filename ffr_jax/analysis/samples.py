@@ -29,8 +29,6 @@ model that memorised its synthetic training set would look better separated
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 
@@ -42,6 +40,7 @@ from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSpec, Examples
 from ffr_jax.generation import factory as generate_lib
+from ffr_jax.training import plan as plan_lib
 
 HELDOUT_SEED_OFFSET = 7919
 SYNTHETIC_CHOICES = ("auto", "heldout", "generate", "train")
@@ -80,8 +79,7 @@ def data_key(config: ml_collections.ConfigDict) -> str:
   """Runs with equal keys see the same data and the same generator."""
   parts = {k: config[k].to_dict() for k in ("data", "generate", "benchmark")
            if k in config}
-  text = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:10]
+  return plan_lib.json_digest(parts, 10)
 
 
 def _take_per_group(spec: DatasetSpec, examples: Examples, per_group: int,

@@ -129,8 +129,8 @@ def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
 def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
   """Decodes every image once and drops the ones that fail, with a warning.
 
-  Files that decoded fine before (same size and modification time) are
-  remembered in a cache outside ``root`` and not decoded again.
+  Files whose bytes are unchanged since they last decoded fine (size and
+  checksum) are remembered in a cache outside ``root`` and not decoded again.
   """
   parts = {s: splits.split(s) for s in ("train", "val", "test")}
   paths = [str(p) for ex in parts.values() for p in ex.path]

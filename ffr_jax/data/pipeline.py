@@ -56,7 +56,6 @@ CACHE_LIMIT_BYTES = 32 << 30
 _STREAM_SHUFFLE = 0
 _STREAM_BALANCED = 1
 _STREAM_FLIP = 2
-_LABEL_FIELDS = ("label", "bias", "source", "group", "index")
 
 
 # ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 
 from ffr_jax.reporting import aggregate as agg
+from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.aggregate import Cell, Selection, Stat
 
 FIG3_MODES = ("none", "usb", "asb", "ffr")
@@ -79,8 +80,7 @@ def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
       row = [d, _ratio_label(r)]
       for m in FIG3_MODES:
         s = sel.get(Cell(condition, d, r, m, "erm"))
-        row += [agg.fmt(s.metric("test_wa") if s else None),
-                agg.fmt(s.metric("test_ba") if s else None)]
+        row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
       rows.append(row)
   return _table(header, rows)
 
@@ -91,7 +91,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
   if not any(Cell(condition, d, r, m, "erm") in sel
              for d, rs in dr.items() for r in rs for m in FIG3_MODES):
     return False
-  plt = _pyplot()
+  plt = results_lib.pyplot()
   fig, axes = plt.subplots(len(dr), 2, figsize=(9, 3.2 * len(dr)),
                            squeeze=False)
   for row, (d, ratios) in enumerate(dr.items()):
@@ -157,7 +157,7 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
   if all(v is None for vs in values.values() for v in vs.values()):
     return False
   import numpy as np  # pylint: disable=g-import-not-at-top
-  plt = _pyplot()
+  plt = results_lib.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for ax, (metric, label) in zip(axes, (("test_wa", "worst-group acc"),
                                         ("test_ba", "balanced acc"))):
@@ -233,8 +233,7 @@ def conditions_table(sel: dict[Cell, Selection]) -> str:
     row = [d, _ratio_label(r), mode, method]
     for c in conds:
       s = sel.get(Cell(c, d, r, mode, method))
-      row += [agg.fmt(s.metric("test_wa") if s else None),
-              agg.fmt(s.metric("test_ba") if s else None)]
+      row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
     rows.append(row)
   return _table(header, rows)
 
@@ -269,13 +268,6 @@ def _slug(condition: tuple) -> str:
   if not condition:
     return ""
   return "_" + "_".join(f"{k.split('.')[-1]}{v}" for k, v in condition)
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 # ----------------------------------------------------------------------------

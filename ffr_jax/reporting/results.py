@@ -119,12 +119,18 @@ def markdown_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
-  """Test worst-group and balanced accuracy per run, as a PNG."""
+def pyplot():
+  """``matplotlib.pyplot`` on the Agg backend (files only), imported on first use."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
+  """Test worst-group and balanced accuracy per run, as a PNG."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  plt = pyplot()
 
   labels = [r["run"] for r in rows]
   x = np.arange(len(rows))

@@ -35,6 +35,7 @@ from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSplits, Examples, GroupScheme
+from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory as generation
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
@@ -104,11 +105,8 @@ def load_run_data(config: ml_collections.ConfigDict,
   splits = datasets.load_dataset(config.data)
   check_same_data_on_every_host(splits)
   spec = splits.spec
-  needs: dict = {}
-  for mode in modes:
-    for g, n in compose_lib.synthetic_needs(
-        mode, spec, splits.train, config.data.synthetic_per_group).items():
-      needs[g] = max(needs.get(g, 0), n)
+  needs = counts_lib.needed_per_group(spec, splits.train, modes,
+                                      config.data.synthetic_per_group)
   pool = None
   if any(needs.values()):
     root = config.data.synthetic_root
