@@ -24,7 +24,6 @@ class Progress:
 
   Args:
     total: expected number of units (images, steps).
-    desc: a short label.
     unit: the unit's name for the rate.
     enabled: False on hosts other than 0.
     min_interval: seconds between redraws.

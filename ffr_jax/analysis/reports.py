@@ -176,13 +176,11 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
 
   Args:
     workdirs: training workdirs (or run folders).
-    out_dir: output folder.
     images: ``"sample:N"`` (``N`` real test images per chosen group, and as
       many synthetic ones with ``with_synthetic``) or comma-separated paths.
     groups: for sampling: ``"minority"``, ``"all"`` or group names.
     with_synthetic: also sample held-out synthetic images (as the paper's
       Figure 6 does).
-    rise: mask settings.
     synthetic: which synthetic images (see :mod:`ffr_jax.analysis.samples`).
     stage: ``"last"`` or a stage name.
     seed: image sampling.

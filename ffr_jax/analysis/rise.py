@@ -87,7 +87,6 @@ def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
   Args:
     score_fn: scores a batch of (masked) images: ``(aux, [B, H, W, C]) ->
       [B, K]``; ``aux`` (e.g. model variables) is passed through replicated.
-    cfg: mask settings.
     shardings: the mesh (default: all devices).
 
   Returns:
@@ -200,7 +199,6 @@ def draw_page(images: list[np.ndarray], row_labels: list[str],
     col_labels: one per run.
     maps: ``[rows, runs, H, W]`` saliency of each row's target class.
     notes: ``[rows][runs]`` short captions (e.g. the class probability).
-    title: figure title.
 
   Returns:
     The figure (the caller saves and closes it).
@@ -243,8 +241,6 @@ def plot_pages(images: list[np.ndarray], row_labels: list[str],
 
   Args:
     images, row_labels, col_labels, maps, notes, title: as for :func:`draw_page`.
-    out_dir: where the pages go.
-    max_px: page height limit.
 
   Returns:
     The paths written, in page order.

@@ -164,7 +164,6 @@ def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
   """``(stage name, stage folder)`` of ``run``.
 
   Args:
-    run: the run.
     stage: ``"last"`` (the model the run reports: ``stage2`` for FFR,
       ``train`` otherwise) or a stage name the run has (``"stage1"`` is
       FFR's synthetic-only model).

@@ -40,9 +40,6 @@ def minority_to_remove(majority_count: int, minority_count: int,
   """How many minority examples the authors' rule removes (0 if none).
 
   Args:
-    majority_count: size of the class's majority group.
-    minority_count: size of the minority group.
-    ratio: target bias ratio.
     floor_keep: floor the count to keep before subtracting. The authors'
       90% pre-bias of CelebA-HQ and UTKFace does this
       (``int(r * maj / (1 - r))``); their bias-ratio step does not.

@@ -203,9 +203,7 @@ def build(folder: str, fp: Fingerprint, load: Callable[[int], np.ndarray],
 
   Args:
     folder: the final cache folder (must not hold a usable cache).
-    fp: the fingerprint the cache is built for.
     load: ``load(row)`` -> uint8 ``(S, S, 3)`` image of row ``row``.
-    num_threads: decoding threads.
   """
   parent = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)

@@ -230,8 +230,6 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
   """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
 
   Args:
-    examples: the rows.
-    scheme: their group ids.
     image_size: images are resized to this square size.
     store: where images come from (files by default).
     cache: hold every decoded image in host memory.
@@ -692,7 +690,6 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
       ``cache_images``, ``num_workers`` and optionally ``image_cache_dir``
       (missing or ``""``: no on-disk cache).
     batch_size: global batch size over all hosts.
-    seed: the training seed.
     sampler: ``"shuffle"``, or ``"balanced"`` for the Resampling method.
     store: where images come from (files by default; TFDS, see
       ``tfds_builders.TfdsImages``).

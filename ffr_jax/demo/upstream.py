@@ -180,8 +180,6 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
   Args:
     labels: class of each image, in ``[0, MAX_CLASSES)``.
     indices: the image's index within its class (its identity).
-    size: side of the square images.
-    seed: the dataset's seed.
     salt: the split's stream (``TRAIN_SALT`` or ``TEST_SALT``).
   """
   size = render.check_size(size)
@@ -281,7 +279,7 @@ def _batches(n: int, batch: int, rng: np.random.Generator | None):
     yield order[start:start + batch]
 
 
-def _accuracy(eval_step, variables, images, labels, num_classes, shardings) -> float:
+def _accuracy(eval_step, variables, images, labels, shardings) -> float:
   """Held-out accuracy (padded rows masked out)."""
   correct = total = 0.0
   for idx in _batches(len(labels), BATCH_SIZE, None):
@@ -344,7 +342,7 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
       state, metrics = train_step(state, mesh_lib.to_global(batch, shardings))
       train_acc.append(metrics["accuracy"])  # device scalars: fetched once below
     train = float(np.mean(jax.device_get(train_acc)))
-    acc = _accuracy(eval_step, state.variables(), x_test, y_test, num_classes, shardings)
+    acc = _accuracy(eval_step, state.variables(), x_test, y_test, shardings)
     history.append({"epoch": epoch, "train_accuracy": train, "held_out_accuracy": acc})
     log(f"upstream epoch {epoch}/{epochs}: train accuracy {train:.3f} "
         f"(running), held-out accuracy {acc:.3f}")

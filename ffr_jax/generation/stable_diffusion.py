@@ -197,8 +197,6 @@ def make_sample_fn(modules: dict, resolution: int, steps: int,
 
   Args:
     modules: from :func:`load_components`.
-    resolution: image side in pixels.
-    steps: scheduler steps.
     guidance_scale: classifier-free guidance weight; 1.0 disables guidance
       (one UNet pass per step instead of two).
 

@@ -253,7 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Args:
     config: the run's config (one mode, one method).
-    workdir: the run's folder.
     data: the loaded data, when a sweep already has it; else loaded here.
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
 

@@ -190,12 +190,9 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
 
   Args:
     plan: what to train (examples, method, optimisation, seed, init).
-    model: the flax module.
     evals: splits evaluated after every epoch; the first must be
       :data:`SELECTION_SPLIT`.
-    shardings: the mesh.
     writer: metric sink (TensorBoard + JSON lines).
-    stage_dir: the stage's folder.
     options: logging, checkpointing and input-pipeline options.
     init_variables: start from these variables (pretrained weights or the
       previous stage's best); None for a fresh initialisation. They must be

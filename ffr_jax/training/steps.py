@@ -42,11 +42,8 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   """Compiles ``step(state, batch) -> (state, metrics)``.
 
   Args:
-    model: the flax module.
-    tx: the optimizer.
     loss_fn: ``(per_example_loss, group, group_weights) -> (loss,
       new_group_weights)`` of the method.
-    cfg: static settings.
     shardings: mesh shardings; the batch is sharded on 'data', the state
       replicated.
     state: an example state, for its shardings.
