@@ -100,3 +100,53 @@ def test_epoch0_is_a_candidate_only_for_a_continuing_stage():
 def test_every_mode_plans_without_data(mode):
   plans = _plans(_config(), mode)
   assert [p.name for p in plans] == [s.name for s in compose.describe(mode)]
+
+
+def _synthetic_pool(root, pixel: int) -> Examples:
+  """A one-image generated pool under ``root`` whose image is all ``pixel``."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  from ffr_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  from ffr_jax.demo import render  # pylint: disable=import-outside-toplevel
+  spec = render.DEMO_SPEC
+  rel = synthetic.relative_image_path(spec, 0, 0, 0)
+  base = synthetic.dataset_dir(str(root), spec)
+  os.makedirs(os.path.dirname(os.path.join(base, rel)), exist_ok=True)
+  Image.fromarray(np.full((8, 8, 3), pixel, np.uint8)).save(os.path.join(base, rel))
+  with open(os.path.join(base, synthetic.MANIFEST), "w") as f:
+    f.write(json.dumps({"file": rel, "class": spec.class_names[0],
+                        "bias": spec.bias_names[0], "index": 0, "prompt": "p",
+                        "seed": 0, "generator": "g"}) + "\n")
+  return synthetic.load_synthetic(str(root), spec)
+
+
+def test_same_relative_paths_with_other_bytes_are_other_data(tmp_path, monkeypatch):
+  # Two generated pools (a sweep over generator settings) have the same
+  # relative paths; sharing a stage between them would reuse the wrong model.
+  monkeypatch.setenv("FFR_JAX_CACHE", str(tmp_path / "cache"))
+  a = _synthetic_pool(tmp_path / "a", 10)
+  other_bytes = _synthetic_pool(tmp_path / "b", 200)
+  same_bytes = _synthetic_pool(tmp_path / "c", 10)
+  digest = lambda ex, root: plan_lib.examples_digest(ex, [str(root)])  # noqa: E731
+  assert digest(a, tmp_path / "a") != digest(other_bytes, tmp_path / "b")
+  # The same bytes under another root are the same data (portable workdirs).
+  assert digest(a, tmp_path / "a") == digest(same_bytes, tmp_path / "c")
+
+
+def test_demo_rendered_with_another_seed_is_other_data(tmp_path, monkeypatch):
+  from ffr_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  from ffr_jax.demo import dataset  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("FFR_JAX_CACHE", str(tmp_path / "cache"))
+
+  def train(name, seed):
+    root = str(tmp_path / name)
+    dataset.prepare_real(root, scale=0.005, image_size=16, seed=seed)
+    c = _config(**{"data.root": root, "data.bias_ratio": 0.95})
+    return plan_lib.examples_digest(datasets.load_dataset(c.data).train, [root])
+
+  assert train("a", 3) == train("b", 3)
+  assert train("a", 3) != train("c", 4)

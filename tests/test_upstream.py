@@ -56,13 +56,14 @@ def test_every_tiny_leaf_has_a_torchvision_name_and_round_trips():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _demo_config(pretrained: str):
+def _demo_config(pretrained: str | None):
   spec = importlib.util.spec_from_file_location(
       "demo_config", os.path.join(ROOT, "configs", "demo.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(None)
-  config.model.pretrained = pretrained
+  if pretrained is not None:
+    config.model.pretrained = pretrained
   return config
 
 
@@ -122,3 +123,31 @@ def test_pretrain_command_writes_weights_and_record(tmp_path):
 def test_save_refuses_a_name_model_pretrained_cannot_read(tmp_path):
   with pytest.raises(ValueError, match="safetensors"):
     upstream.save_torchvision({"params": {}}, str(tmp_path / "w.pth"))
+
+
+def test_shipped_upstream_weights_load_and_reach_their_recorded_accuracy():
+  """The weights every demo mode starts from: the file in the package, its
+  record beside it, and its held-out accuracy reproduced from the file."""
+  from ffr_jax import demo  # pylint: disable=import-outside-toplevel
+  config = _demo_config(None)  # the config file's own default
+  assert config.model.pretrained == demo.UPSTREAM_WEIGHTS
+  with open(upstream.metadata_path(demo.UPSTREAM_WEIGHTS), encoding="utf-8") as f:
+    record = json.load(f)
+  assert record["held_out_accuracy"] >= 0.10  # the calibration protocol's gate
+  assert record["weights_bytes"] == os.path.getsize(demo.UPSTREAM_WEIGHTS)
+  # Upstream's own 100-way head loads whole; the accuracy is the record's.
+  model = models.create_model(record["model"], record["classes"])
+  template = jax.device_get(jax.jit(lambda: state_lib.init_variables(
+      model, record["image_size"], 0))())
+  variables = weights_lib.load_torchvision_weights(demo.UPSTREAM_WEIGHTS, template)
+  x, y = upstream.split(record["classes"], record["held_out_per_class"],
+                        record["image_size"], record["seed"], upstream.TEST_SALT)
+  logits, _ = _outputs(model, variables, x)
+  accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == y))
+  assert accuracy == pytest.approx(record["held_out_accuracy"], abs=0.005)
+  # The demo config starts every mode from it (a fresh 4-way head).
+  variables4, init = run_lib.pretrained_variables(
+      config, models.model_from_config(config.model, 4))
+  assert init.startswith("pretrained:")
+  np.testing.assert_array_equal(np.asarray(variables4["params"]["conv1"]["kernel"]),
+                                np.asarray(variables["params"]["conv1"]["kernel"]))

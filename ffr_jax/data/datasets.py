@@ -24,7 +24,7 @@ from absl import logging
 
 from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
 from ffr_jax.data import utk_face, waterbirds
-from ffr_jax.data.images import find_unreadable, verified_cache_path
+from ffr_jax.data.images import verified_cache_path, verify_images
 from ffr_jax.data.types import DatasetSpec, DatasetSplits
 from ffr_jax.registry import Registry
 
@@ -131,12 +131,14 @@ def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
 
   Files whose bytes are unchanged since they last decoded fine (size and
   checksum) are remembered in a cache outside ``root`` and not decoded again.
+  The kept rows carry their files' content identity (:attr:`Examples.content`).
   """
   parts = {s: splits.split(s) for s in ("train", "val", "test")}
   paths = [str(p) for ex in parts.values() for p in ex.path]
-  bad = find_unreadable(paths, cache_path=verified_cache_path(root))
+  bad, content = verify_images(paths, cache_path=verified_cache_path(root))
+  parts = {s: ex.with_content(content) for s, ex in parts.items()}
   if not bad:
-    return splits
+    return splits.replace(**parts)
   shown = "\n  ".join(f"{p}: {bad[p]}" for p in sorted(bad)[:_SHOW_PATHS])
   logging.warning(
       "%s: %d unreadable image(s) excluded, e.g.\n  %s", splits.spec.name,

@@ -155,9 +155,10 @@ def _fingerprint(path: str) -> tuple[list | None, str | None]:
   return [len(data), file_digest(data)], None
 
 
-def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
-                    cache_path: str | None = None) -> dict[str, str]:
-  """Decodes every file once; returns ``{path: error}`` for those that fail.
+def verify_images(paths: Sequence[str], num_threads: int | None = None,
+                  cache_path: str | None = None
+                  ) -> tuple[dict[str, str], dict[str, str]]:
+  """Decodes every file once; returns the failures and the files' identities.
 
   Decoding is done in threads (PIL releases the GIL while decoding).
 
@@ -170,6 +171,11 @@ def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
       several times cheaper, see docs/reliability.md). A file changed in any
       way, even in place with its size and time kept, is decoded again;
       failures are never cached.
+
+  Returns:
+    ``(unreadable, content)``: ``{path: error}`` for the files that fail, and
+    ``{path: "<size>:<digest>"}`` for the others (every file is read to check
+    it, so its identity costs nothing more; stage fingerprints use it).
   """
   num_threads = num_threads or min(16, (os.cpu_count() or 1) * 2)
   known = _read_cache(cache_path)
@@ -183,7 +189,16 @@ def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
   if cache_path is not None and todo:
     known.update({p: prints[p][0] for p in todo if p not in bad})
     _write_cache(cache_path, known)
-  return bad
+  content = {p: f"{fp[0]}:{fp[1]}" for p, (fp, _) in prints.items()
+             if p not in bad}
+  return bad, content
+
+
+def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
+                    cache_path: str | None = None) -> dict[str, str]:
+  """``{path: error}`` for the files of ``paths`` that do not decode
+  (:func:`verify_images`)."""
+  return verify_images(paths, num_threads, cache_path)[0]
 
 
 def verified_cache_path(root: str) -> str:

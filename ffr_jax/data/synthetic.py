@@ -133,13 +133,15 @@ def load_synthetic(root: str, spec: DatasetSpec, check_files: bool = True
       raise FileNotFoundError(
           f"{len(missing)} images listed in {base}/{MANIFEST} are missing on "
           f"disk, e.g. {missing[:3]}. Run `python -m ffr_jax.generate --verify`.")
-    bad = images.find_unreadable(paths, cache_path=verified_cache_path(root, spec))
+    bad, content = images.verify_images(
+        paths, cache_path=verified_cache_path(root, spec))
     if bad:
       shown = [f"{p} ({bad[p]})" for p in sorted(bad)[:3]]
       raise ValueError(
           f"{len(bad)} images listed in {base}/{MANIFEST} do not decode, e.g. "
           f"{shown}. Rerun the generation command (`python -m ffr_jax.generate`"
           " with the same config): it regenerates them.")
-  ex = Examples.from_lists(paths, ys, bs, SYNTHETIC)
+  ex = Examples.from_lists(paths, ys, bs, SYNTHETIC, content=[
+      content[p] for p in paths] if check_files else None)
   order = np.lexsort((np.asarray(idx, np.int64), ex.b, ex.y))
   return ex.take(order)

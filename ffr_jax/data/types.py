@@ -101,17 +101,24 @@ class Examples:
     y: class labels, int32.
     b: bias labels, int32.
     source: ``REAL`` or ``SYNTHETIC``, int32.
+    content: the identity of each file's bytes (``"<size>:crc32:<hex>"``, see
+      :func:`ffr_jax.data.images.verify_images`), ``""`` where unknown; None
+      when no row has one (data loaded without checking its files). It tells
+      apart files with the same relative path and other bytes: two generated
+      pools, or a benchmark rendered with other settings.
   """
 
   path: np.ndarray
   y: np.ndarray
   b: np.ndarray
   source: np.ndarray
+  content: np.ndarray | None = None
 
   def __post_init__(self):
     n = len(self.path)
-    for field in ("y", "b", "source"):
-      if len(getattr(self, field)) != n:
+    for field in ("y", "b", "source", "content"):
+      column = getattr(self, field)
+      if column is not None and len(column) != n:
         raise ValueError(f"Examples: column {field!r} has the wrong length.")
 
   @classmethod
@@ -121,6 +128,7 @@ class Examples:
       ys: Sequence[int],
       bs: Sequence[int],
       source: int | Sequence[int] = REAL,
+      content: Sequence[str] | None = None,
   ) -> Examples:
     n = len(paths)
     src = np.full(n, source, np.int32) if np.isscalar(source) else source
@@ -129,6 +137,7 @@ class Examples:
         y=np.asarray(ys, np.int32).reshape(n),
         b=np.asarray(bs, np.int32).reshape(n),
         source=np.asarray(src, np.int32).reshape(n),
+        content=None if content is None else _strings(content),
     )
 
   @classmethod
@@ -142,7 +151,13 @@ class Examples:
     """Rows at ``index`` (an int array or a boolean mask), in that order."""
     return Examples(
         path=self.path[index], y=self.y[index], b=self.b[index],
-        source=self.source[index])
+        source=self.source[index],
+        content=None if self.content is None else self.content[index])
+
+  def with_content(self, content: dict[str, str]) -> Examples:
+    """These rows with ``content[path]`` (``""`` for a path it lacks)."""
+    return dataclasses.replace(
+        self, content=_strings([content.get(str(p), "") for p in self.path]))
 
   def sorted(self) -> Examples:
     """Rows sorted by path, so results never depend on file-system order."""
@@ -153,11 +168,15 @@ class Examples:
     parts = list(parts)
     if not parts:
       return Examples.empty()
+    known = any(p.content is not None for p in parts)
     return Examples(
         path=np.concatenate([p.path for p in parts]).astype(object),
         y=np.concatenate([p.y for p in parts]).astype(np.int32),
         b=np.concatenate([p.b for p in parts]).astype(np.int32),
         source=np.concatenate([p.source for p in parts]).astype(np.int32),
+        content=_strings([c for p in parts for c in (
+            p.content if p.content is not None else [""] * len(p))])
+        if known else None,
     )
 
   def mask(self, y: int, b: int, source: int | None = None) -> np.ndarray:
@@ -168,6 +187,11 @@ class Examples:
 
   def count(self, y: int, b: int, source: int | None = None) -> int:
     return int(self.mask(y, b, source).sum())
+
+
+def _strings(values: Iterable[str]) -> np.ndarray:
+  values = list(values)
+  return np.asarray(values, dtype=object).reshape(len(values))
 
 
 @dataclasses.dataclass(frozen=True)

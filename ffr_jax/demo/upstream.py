@@ -55,7 +55,9 @@ CLASS_NAMES = tuple(f"{s}/{t}" for s in SHAPES for t in TEXTURES)
 
 DEFAULT_CLASSES = 100
 DEFAULT_PER_CLASS = 100
-DEFAULT_EPOCHS = 10
+# 10 epochs reached held-out accuracy 0.065 (below the calibration protocol's
+# gate of 0.10, docs/benchmark.md), 20 reach 0.171: the shipped weights.
+DEFAULT_EPOCHS = 20
 DEFAULT_MODEL = "tiny"
 HELD_OUT_PER_CLASS = 20
 TRAIN_SALT, TEST_SALT = 11, 12

@@ -162,6 +162,10 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
 
   Each path is taken relative to the longest of ``roots`` that holds it, so
   the same data under another root, or a copied workdir, has the same digest.
+  The files' content identities (:attr:`Examples.content`, known when the
+  loader checked the files) are hashed too: pools generated with other
+  settings, or a benchmark rendered with others, have the same relative paths
+  and other bytes, and must not share a stage.
   """
   prefixes = sorted((os.path.abspath(r) + os.sep for r in roots if r),
                     key=len, reverse=True)
@@ -177,6 +181,8 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
   h.update("\n".join(rel(str(p)) for p in examples.path).encode())
   for column in (examples.y, examples.b, examples.source):
     h.update(np.ascontiguousarray(column, np.int64).tobytes())
+  if examples.content is not None:
+    h.update("\n".join(str(c) for c in examples.content).encode())
   return h.hexdigest()[:FINGERPRINT_CHARS]
 
 
