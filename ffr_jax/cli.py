@@ -11,7 +11,6 @@ the config's keys with their values.
 
 from __future__ import annotations
 
-import ast
 import logging as std_logging
 import os
 import signal
@@ -91,14 +90,11 @@ def config_help(config) -> str:
 
 
 def _override_message(e: Exception) -> str:
-  """One line for a bad ``--config.key=value`` (ml_collections nests reprs)."""
-  text = str(e.args[0]) if e.args else str(e)
-  for _ in range(2):  # a repr of a KeyError's repr
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-      try:
-        text = str(ast.literal_eval(text))
-      except (ValueError, SyntaxError):
-        break
+  """One line for a bad ``--config.key=value``: ml_collections raises an
+  AttributeError around a KeyError, whose text is the quoted key and maybe a
+  "Did you mean" line."""
+  inner = e.args[0] if e.args else e
+  text = error_message(inner) if isinstance(inner, BaseException) else str(inner)
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   if isinstance(e, (AttributeError, KeyError)) and lines:
     lines[0] = f"unknown config key {lines[0]}."

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -47,12 +46,6 @@ NAME_ORDER = (CONFIG_KEY, "data.name", "data.bias_ratio", "mode", "method")
 
 # ----------------------------------------------------------------------------
 # Config helpers.
-
-
-def settings_hash(settings: Mapping[str, Any], length: int = 12) -> str:
-  """A stable short hash of a flat settings dict (order-independent)."""
-  text = json.dumps(dict(settings), sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def format_value(value: Any) -> str:
@@ -154,7 +147,7 @@ def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
     render = {k: v for k, v in config_lib.flatten(config.benchmark).items()
               if k not in demo_generator.SYNTHETIC_ONLY_KEYS}
     out.append(("data.root", os.path.join(
-        shared, "real", f"{name}-{settings_hash({'name': name, **render})}")))
+        shared, "real", f"{name}-{plan_lib.json_digest({'name': name, **render}, 12)}")))
   if not config.data.synthetic_root:
     gen = {f"generate.{k}": v for k, v in config_lib.flatten(config.generate).items()
            if k != "batch_size"}
@@ -162,7 +155,7 @@ def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
       gen.update({f"benchmark.{k}": v for k, v in config_lib.flatten(config.benchmark).items()
                   if k in demo_generator.GENERATOR_KEYS})
     out.append(("data.synthetic_root", os.path.join(
-        shared, "synthetic", f"{name}-{settings_hash({'name': name, **gen})}")))
+        shared, "synthetic", f"{name}-{plan_lib.json_digest({'name': name, **gen}, 12)}")))
   return out
 
 
@@ -203,7 +196,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
         raise ValueError(
             f"Run {name!r}: {key}={config[key]!r} is a list; a sweep run "
             "trains one mode x method. Put the values in the grid instead.")
-    identity = (config_path, settings_hash(config_lib.flatten(config), 64))
+    identity = (config_path, plan_lib.json_digest(config_lib.flatten(config), 64))
     if identity in seen:
       continue  # the same settings from another grid dict: run once
     if name in seen.values():

@@ -40,7 +40,6 @@ from ml_collections import config_flags
 
 from ffr_jax import cli
 from ffr_jax.data import datasets
-from ffr_jax.data.types import DatasetSplits
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory
 from ffr_jax.generation import writer as writer_lib
@@ -63,15 +62,6 @@ _MODES = flags.DEFINE_list(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _needs(config) -> tuple[DatasetSplits, dict[tuple[int, int], int]]:
-  """The real splits and the images per group this config needs."""
-  datasets.prepare_dataset(config)
-  splits = datasets.load_dataset(config.data)
-  needs = counts_lib.needed_per_group(splits.spec, splits.train, _MODES.value,
-                                      counts_lib.configured_per_group(config))
-  return splits, needs
-
-
 def main(argv: list[str]) -> None:
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -79,8 +69,11 @@ def main(argv: list[str]) -> None:
   workdir = os.path.abspath(_WORKDIR.value)
   config = datasets.resolve_roots(_CONFIG.value, workdir)
   root = config.data.synthetic_root
-  splits, needs = _needs(config)
+  datasets.prepare_dataset(config)
+  splits = datasets.load_dataset(config.data)
   spec = splits.spec
+  needs = counts_lib.needed_per_group(spec, splits.train, _MODES.value,
+                                      counts_lib.configured_per_group(config))
   if _VERIFY.value:
     report = writer_lib.verify(root, spec, needs)
     print(report.text())

@@ -24,7 +24,6 @@ class Progress:
 
   Args:
     total: expected number of units (images, steps).
-    desc: a short label.
     unit: the unit's name for the rate.
     enabled: False on hosts other than 0.
     min_interval: seconds between redraws.
@@ -41,7 +40,6 @@ class Progress:
     self.min_interval = min_interval
     self.stream = stream or sys.stderr
     self.n = initial
-    self._initial = initial
     self._start = time.perf_counter()
     self._last = 0.0
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -7,7 +7,6 @@ the code under test.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib

@@ -15,7 +15,6 @@ from ffr_jax.demo import render, upstream
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.training import run as run_lib
 from ffr_jax.training import state as state_lib
-from ffr_jax.training.steps import model_outputs
 from ffr_jax.data.pipeline import normalize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +68,8 @@ def _demo_config(pretrained: str | None):
 
 
 def _outputs(model, variables, x):
-  return model_outputs(model.apply(variables, normalize(x), train=False))
+  out = model.apply(variables, normalize(x), train=False)
+  return out.logits, out.embedding
 
 
 def _perturbed(variables, seed: int):

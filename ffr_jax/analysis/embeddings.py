@@ -25,6 +25,7 @@ import itertools
 import numpy as np
 
 from ffr_jax.data.types import REAL, SYNTHETIC, DatasetSpec, Examples, GroupScheme
+from ffr_jax.reporting import results as results_lib
 
 PCA_DIMS = 50
 
@@ -183,15 +184,13 @@ class RunEmbeddings:
 
 
 def measure(name: str, embeddings: np.ndarray, examples: Examples,
-            spec: DatasetSpec, seed: int = 0, with_tsne: bool = True
-            ) -> RunEmbeddings:
+            spec: DatasetSpec, seed: int = 0) -> RunEmbeddings:
   """Probe, centroid distances and t-SNE of one run's embeddings."""
   groups = GroupScheme(spec, by_source=False).ids(examples)
   names = [spec.group_name(g) for g in range(len(spec.groups))]
-  tsne = tsne_2d(embeddings, seed) if with_tsne else np.zeros((len(groups), 2))
   return RunEmbeddings(
       name=name, embeddings=embeddings, source=examples.source, groups=groups,
-      tsne=tsne,
+      tsne=tsne_2d(embeddings, seed),
       probe=probe_accuracy(embeddings, examples.source, groups, seed=seed),
       distances=centroid_distances(embeddings, examples.source, groups, names))
 
@@ -207,10 +206,7 @@ def to_json(r: RunEmbeddings) -> dict:
 def plot(results: list[RunEmbeddings], spec: DatasetSpec, path: str,
          title: str = "") -> None:
   """t-SNE per run side by side: by source (top) and by group (bottom)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = results_lib.pyplot()
   n = len(results)
   fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False)
   cmap = plt.get_cmap("tab10")

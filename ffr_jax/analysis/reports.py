@@ -20,7 +20,7 @@ from ffr_jax.analysis import rise as rise_lib
 from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib
 from ffr_jax.data import datasets
-from ffr_jax.data import synthetic as synthetic_lib
+from ffr_jax.data import images as images_lib
 from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
 from ffr_jax.training import last_layer
 from ffr_jax.training.mesh import Shardings, make_shardings
@@ -28,7 +28,6 @@ from ffr_jax.training.mesh import Shardings, make_shardings
 EMBEDDINGS_PNG = "embeddings.png"
 EMBEDDINGS_JSON = "embeddings.json"
 EMBEDDINGS_NPZ = "embeddings.npz"
-RISE_PNG = rise_lib.page_name(1)  # the first page of the grid
 RISE_JSON = "rise.json"
 RISE_NPZ = "rise.npz"
 SAMPLE_PREFIX = "sample:"
@@ -136,11 +135,8 @@ def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
 def _sampled_rows(sample: samples_lib.Sample, chosen: list[tuple[int, int]],
                   n: int) -> Examples:
   """``n`` real then ``n`` synthetic images of each chosen group."""
-  parts = []
-  for g in chosen:
-    for ex in (sample.real, sample.synthetic):
-      parts.append(ex.take(np.flatnonzero(ex.mask(*g))[:n]))
-  return Examples.concat(parts)
+  return Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
+                         for g in chosen for ex in (sample.real, sample.synthetic))
 
 
 def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]]:
@@ -150,10 +146,7 @@ def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]
   for ex in (data.train, data.val, data.test):
     out.update({str(p): (int(y), int(b), REAL)
                 for p, y, b in zip(ex.path, ex.y, ex.b)})
-  try:
-    pool = synthetic_lib.load_synthetic(config.data.synthetic_root, spec)
-  except FileNotFoundError:
-    pool = Examples.empty()
+  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
   out.update({str(p): (int(y), int(b), int(s))
               for p, y, b, s in zip(pool.path, pool.y, pool.b, pool.source)})
   return out
@@ -183,13 +176,11 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
 
   Args:
     workdirs: training workdirs (or run folders).
-    out_dir: output folder.
     images: ``"sample:N"`` (``N`` real test images per chosen group, and as
       many synthetic ones with ``with_synthetic``) or comma-separated paths.
     groups: for sampling: ``"minority"``, ``"all"`` or group names.
     with_synthetic: also sample held-out synthetic images (as the paper's
       Figure 6 does).
-    rise: mask settings.
     synthetic: which synthetic images (see :mod:`ffr_jax.analysis.samples`).
     stage: ``"last"`` or a stage name.
     seed: image sampling.
@@ -233,8 +224,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   if not paths:
     raise ValueError(f"No images selected by --images={images!r} and "
                      f"--groups={groups!r}.")
-  pixels = [samples_lib.load_images(Examples.from_lists([p], [0], [0]),
-                                    size)[0] for p in paths]
+  pixels = [images_lib.decode(p, size) for p in paths]
   maps = np.zeros((len(paths), len(loaded), size, size), np.float32)
   notes = [[""] * len(loaded) for _ in paths]
   per_image = [{"path": p, "label": None if lab is None else {

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffr_jax.data.pipeline import normalize
+from ffr_jax.reporting import results as results_lib
 from ffr_jax.training.mesh import Shardings, make_shardings
-from ffr_jax.training.steps import model_outputs
 
 # score_fn(aux, images [B, H, W, C] float32) -> scores [B, K].
 ScoreFn = Callable[[Any, jax.Array], jax.Array]
@@ -80,11 +80,6 @@ def make_masks(key: jax.Array, n: int, grid: int, p: float, height: int,
   return jax.vmap(crop)(up, dy, dx)
 
 
-def _batch_size(cfg: RiseConfig, shardings: Shardings) -> int:
-  d = shardings.num_devices
-  return -(-cfg.batch // d) * d
-
-
 def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
                  shardings: Shardings | None = None):
   """Compiles ``rise(aux, image, key) -> [K, H, W]`` saliency maps.
@@ -92,7 +87,6 @@ def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
   Args:
     score_fn: scores a batch of (masked) images: ``(aux, [B, H, W, C]) ->
       [B, K]``; ``aux`` (e.g. model variables) is passed through replicated.
-    cfg: mask settings.
     shardings: the mesh (default: all devices).
 
   Returns:
@@ -100,7 +94,8 @@ def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
     space ``score_fn`` expects.
   """
   shardings = shardings or make_shardings()
-  batch = _batch_size(cfg, shardings)
+  d = shardings.num_devices
+  batch = -(-cfg.batch // d) * d  # a multiple of the device count
   num_batches = -(-cfg.num_masks // batch)
   total = num_batches * batch
 
@@ -135,7 +130,7 @@ def model_score_fn(model) -> ScoreFn:
   """Softmax class probabilities of ``model``; ``aux`` is its variables."""
 
   def score(variables, images):
-    logits, _ = model_outputs(model.apply(variables, images, train=False))
+    logits = model.apply(variables, images, train=False).logits
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return score
 
@@ -204,15 +199,11 @@ def draw_page(images: list[np.ndarray], row_labels: list[str],
     col_labels: one per run.
     maps: ``[rows, runs, H, W]`` saliency of each row's target class.
     notes: ``[rows][runs]`` short captions (e.g. the class probability).
-    title: figure title.
 
   Returns:
     The figure (the caller saves and closes it).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = results_lib.pyplot()
   rows, cols = len(images), len(col_labels) + 1
   fig, axes = plt.subplots(
       rows, cols, figsize=(COL_INCHES * cols, ROW_INCHES * rows + HEADER_INCHES),
@@ -250,13 +241,11 @@ def plot_pages(images: list[np.ndarray], row_labels: list[str],
 
   Args:
     images, row_labels, col_labels, maps, notes, title: as for :func:`draw_page`.
-    out_dir: where the pages go.
-    max_px: page height limit.
 
   Returns:
     The paths written, in page order.
   """
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = results_lib.pyplot()
   per_page = rows_per_page(max_px)
   starts = list(range(0, len(images), per_page))
   paths = []
@@ -268,12 +257,8 @@ def plot_pages(images: list[np.ndarray], row_labels: list[str],
     paths.append(os.path.join(out_dir, page_name(page)))
     fig.savefig(paths[-1], dpi=DPI)
     plt.close(fig)
-  _remove_stale_pages(out_dir, len(starts))
-  return paths
-
-
-def _remove_stale_pages(out_dir: str, pages: int) -> None:
-  page = pages + 1
+  page = len(starts) + 1  # the pages of an earlier, longer grid go
   while os.path.exists(os.path.join(out_dir, page_name(page))):
     os.remove(os.path.join(out_dir, page_name(page)))
     page += 1
+  return paths

@@ -21,7 +21,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from ffr_jax import models
@@ -29,7 +28,6 @@ from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.training import stage as stage_lib
-from ffr_jax.training import state as state_lib
 from ffr_jax.training.mesh import Shardings
 
 LAST = "last"
@@ -132,10 +130,9 @@ def find_runs(workdir: str) -> list[RunInfo]:
     raise FileNotFoundError(f"No such workdir: {workdir}. {_HOW_TO_TRAIN}")
   if os.path.isfile(os.path.join(workdir, results_lib.RESULTS_FILE)):
     return [_read_run(workdir, workdir)]
-  found = []
-  for parent, _, files in os.walk(os.path.join(workdir, "runs")):
-    if results_lib.RESULTS_FILE in files:
-      found.append(os.path.abspath(parent))
+  found = [os.path.abspath(parent)
+           for parent, _, files in os.walk(os.path.join(workdir, "runs"))
+           if results_lib.RESULTS_FILE in files]
   if not found:
     raise FileNotFoundError(
         f"No finished run in {workdir}: expected {workdir}/"
@@ -158,20 +155,15 @@ def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
   """
   runs = [r for w in workdirs for r in find_runs(w)]
   names = [r.name for r in runs]
-  out = []
-  for r in runs:
-    if names.count(r.name) > 1:
-      r = dataclasses.replace(
-          r, name=f"{os.path.basename(r.workdir.rstrip(os.sep))}/{r.name}")
-    out.append(r)
-  return out
+  return [r if names.count(r.name) == 1 else dataclasses.replace(
+      r, name=f"{os.path.basename(r.workdir.rstrip(os.sep))}/{r.name}")
+          for r in runs]
 
 
 def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
   """``(stage name, stage folder)`` of ``run``.
 
   Args:
-    run: the run.
     stage: ``"last"`` (the model the run reports: ``stage2`` for FFR,
       ``train`` otherwise) or a stage name the run has (``"stage1"`` is
       FFR's synthetic-only model).
@@ -204,11 +196,6 @@ def _check_checkpoints(stage_dir: str) -> None:
         f"{_HOW_TO_TRAIN}")
 
 
-def build_model(config: ml_collections.ConfigDict, spec: DatasetSpec):
-  """The flax module exactly as ``ffr_jax.training.run`` builds it."""
-  return models.model_from_config(config.model, spec.num_classes)
-
-
 def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
              ) -> LoadedRun:
   """Rebuilds ``run``'s model and restores the best variables of ``stage``.
@@ -221,13 +208,9 @@ def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
   _check_checkpoints(stage_dir)
   config = run.config
   spec = datasets.dataset_spec(config.data)
-  model = build_model(config, spec)
-  # Shapes only: Orbax restores straight into replicated arrays on the mesh.
-  abstract = jax.eval_shape(lambda: state_lib.init_variables(
-      model, config.data.image_size, config.seed))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=shardings.replicated), abstract)
-  variables = stage_lib.restore_best_variables(stage_dir, abstract)
+  # The flax module exactly as ffr_jax.training.run builds it.
+  model = models.model_from_config(config.model, spec.num_classes)
+  variables = stage_lib.restore_best_variables(
+      stage_dir, model, config.data.image_size, config.seed, shardings)
   return LoadedRun(info=run, stage=name, stage_dir=stage_dir, spec=spec,
                    model=model, variables=variables)

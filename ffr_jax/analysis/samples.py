@@ -29,8 +29,6 @@ model that memorised its synthetic training set would look better separated
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 
@@ -39,10 +37,10 @@ import numpy as np
 
 from ffr_jax.analysis.run_loading import RunInfo
 from ffr_jax.data import datasets
-from ffr_jax.data import images as images_lib
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSpec, Examples
 from ffr_jax.generation import factory as generate_lib
+from ffr_jax.training import plan as plan_lib
 
 HELDOUT_SEED_OFFSET = 7919
 SYNTHETIC_CHOICES = ("auto", "heldout", "generate", "train")
@@ -81,8 +79,7 @@ def data_key(config: ml_collections.ConfigDict) -> str:
   """Runs with equal keys see the same data and the same generator."""
   parts = {k: config[k].to_dict() for k in ("data", "generate", "benchmark")
            if k in config}
-  text = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:10]
+  return plan_lib.json_digest(parts, 10)
 
 
 def _take_per_group(spec: DatasetSpec, examples: Examples, per_group: int,
@@ -129,7 +126,8 @@ def used_synthetic(runs: list[RunInfo], spec: DatasetSpec
   return used
 
 
-def _pool(root: str, spec: DatasetSpec) -> Examples:
+def synthetic_pool(root: str, spec: DatasetSpec) -> Examples:
+  """The synthetic images in ``root``; none if nothing was generated there."""
   try:
     return synthetic_lib.load_synthetic(root, spec)
   except FileNotFoundError:
@@ -180,7 +178,7 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
   if choice == "generate":
     ex, where = _generate(config, spec, per_group, out_dir)
     return ex, "generate", where
-  pool = _pool(root, spec)
+  pool = synthetic_pool(root, spec)
   if choice == "train":
     ex = _after(spec, pool, {g: 0 for g in spec.groups}, per_group)
     if not _enough(spec, ex, 1):
@@ -221,10 +219,3 @@ def make_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
                                      choice, out_dir)
   return Sample(real=real, synthetic=syn, synthetic_choice=used,
                 synthetic_root=root)
-
-
-def load_images(examples: Examples, size: int) -> np.ndarray:
-  """uint8 ``[N, size, size, 3]`` images of ``examples``, as training saw them."""
-  if not len(examples):
-    return np.zeros((0, size, size, 3), np.uint8)
-  return np.stack([images_lib.decode(str(p), size) for p in examples.path])

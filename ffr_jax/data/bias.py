@@ -12,7 +12,6 @@ does not depend on file-system order.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -41,9 +40,6 @@ def minority_to_remove(majority_count: int, minority_count: int,
   """How many minority examples the authors' rule removes (0 if none).
 
   Args:
-    majority_count: size of the class's majority group.
-    minority_count: size of the minority group.
-    ratio: target bias ratio.
     floor_keep: floor the count to keep before subtracting. The authors'
       90% pre-bias of CelebA-HQ and UTKFace does this
       (``int(r * maj / (1 - r))``); their bias-ratio step does not.
@@ -104,20 +100,9 @@ def bias_splits(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSplits
   )
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitFractions:
-  train: float = 0.8
-  val: float = 0.1
-
-  def __post_init__(self):
-    if not (0 < self.train < 1 and 0 < self.val < 1 and self.train + self.val < 1):
-      raise ValueError(f"Bad split fractions {self}.")
-
-
-def seeded_split(examples: Examples, seed: int,
-                 fractions: SplitFractions = SplitFractions()
+def seeded_split(examples: Examples, seed: int
                  ) -> tuple[Examples, Examples, Examples]:
-  """Splits into train/val/test by a seeded permutation of path-sorted rows.
+  """A train/val/test split, 80/10/10, by a seeded permutation of sorted rows.
 
   The authors split by ``os.listdir`` order, which differs between machines;
   sorting first makes the split a function of the file names and the seed only.
@@ -125,8 +110,8 @@ def seeded_split(examples: Examples, seed: int,
   examples = examples.sorted()
   n = len(examples)
   perm = np.random.default_rng(seed).permutation(n)
-  n_train = int(round(n * fractions.train))
-  n_val = int(round(n * fractions.val))
+  n_train = int(round(n * 0.8))
+  n_val = int(round(n * 0.1))
   parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
   return tuple(examples.take(np.sort(p)) for p in parts)
 

@@ -94,7 +94,6 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
 
   Args:
     mode: one of :data:`MODES`.
-    spec: the dataset.
     train: the real train split after the bias ratio.
     per_group: if >= 0, a fixed count per group for asb and ffr (and the cap
       on what usb adds per group), instead of the counts derived from the data.
@@ -198,7 +197,6 @@ def compose(mode: str, spec: DatasetSpec, train: Examples,
 
   Args:
     mode: a key of :data:`MODES`.
-    spec: the dataset.
     train: the real train split (after the bias ratio).
     synthetic: the generated pool (``data.synthetic.load_synthetic``); may be
       None for mode ``none``.

@@ -129,9 +129,9 @@ def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
 def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
   """Decodes every image once and drops the ones that fail, with a warning.
 
-  Files whose bytes decoded fine before are remembered in a cache outside
-  ``root`` and not decoded again. The kept rows carry their files' content
-  identity (:attr:`Examples.content`).
+  Files whose bytes are unchanged since they last decoded fine (size and
+  checksum) are remembered in a cache outside ``root`` and not decoded again.
+  The kept rows carry their files' content identity (:attr:`Examples.content`).
   """
   parts = {s: splits.split(s) for s in ("train", "val", "test")}
   paths = [str(p) for ex in parts.values() for p in ex.path]

@@ -44,6 +44,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import logging
 
+from ffr_jax.training.lifecycle import pid_alive
+
 # Bump when the decoded pixels change (resize filter, colour conversion), so
 # old caches are never read as new ones.
 FORMAT_VERSION = 1
@@ -148,16 +150,6 @@ def _fsync(path: str) -> None:
     os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _remove_dead_partials(folder: str) -> None:
   """Deletes ``.partial`` folders of ``folder`` left by dead processes here."""
   parent, name = os.path.split(folder)
@@ -167,7 +159,7 @@ def _remove_dead_partials(folder: str) -> None:
       continue
     owner = entry[len(name + _PARTIAL):]
     owner_host, _, pid = owner.rpartition("-")
-    if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+    if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
       shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
@@ -211,9 +203,7 @@ def build(folder: str, fp: Fingerprint, load: Callable[[int], np.ndarray],
 
   Args:
     folder: the final cache folder (must not hold a usable cache).
-    fp: the fingerprint the cache is built for.
     load: ``load(row)`` -> uint8 ``(S, S, 3)`` image of row ``row``.
-    num_threads: decoding threads.
   """
   parent = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)

@@ -163,7 +163,6 @@ def verify_images(paths: Sequence[str], num_threads: int | None = None,
   Decoding is done in threads (PIL releases the GIL while decoding).
 
   Args:
-    paths: image files.
     num_threads: decoding threads (default: 2 per core, at most 16).
     cache_path: a JSON file remembering which files decoded fine, keyed by
       path with their size and a checksum of their bytes (:func:`file_digest`).

@@ -56,7 +56,6 @@ CACHE_LIMIT_BYTES = 32 << 30
 _STREAM_SHUFFLE = 0
 _STREAM_BALANCED = 1
 _STREAM_FLIP = 2
-_LABEL_FIELDS = ("label", "bias", "source", "group", "index")
 
 
 # ----------------------------------------------------------------------------
@@ -231,8 +230,6 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
   """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
 
   Args:
-    examples: the rows.
-    scheme: their group ids.
     image_size: images are resized to this square size.
     store: where images come from (files by default).
     cache: hold every decoded image in host memory.
@@ -522,26 +519,25 @@ def _gather_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
   device step and scales with cores.
   """
   starts = range(0, len(rows), batch_size)
+
+  def gather(start: int) -> Batch:
+    return source.gather(rows[start:start + batch_size],
+                         flips[start:start + batch_size])
+
   if options.prefetch_batches <= 0:
-    for start in starts:
-      yield source.gather(rows[start:start + batch_size],
-                          flips[start:start + batch_size])
+    yield from map(gather, starts)
     return
   threads = max(1, options.num_threads or (os.cpu_count() or 1))
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    pending: collections.deque = collections.deque()
     submitted = iter(starts)
+    pending = collections.deque(
+        pool.submit(gather, start) for start in itertools.islice(
+            submitted, threads + options.prefetch_batches))
     try:
-      for start in itertools.islice(submitted,
-                                    threads + options.prefetch_batches):
-        pending.append(pool.submit(source.gather, rows[start:start + batch_size],
-                                   flips[start:start + batch_size]))
       while pending:
         batch = pending.popleft().result()
-        for start in itertools.islice(submitted, 1):
-          pending.append(pool.submit(
-              source.gather, rows[start:start + batch_size],
-              flips[start:start + batch_size]))
+        pending.extend(pool.submit(gather, start)
+                       for start in itertools.islice(submitted, 1))
         yield batch
     finally:
       # An abandoned epoch (resumption, early stop) does not finish reading.
@@ -694,7 +690,6 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
       ``cache_images``, ``num_workers`` and optionally ``image_cache_dir``
       (missing or ``""``: no on-disk cache).
     batch_size: global batch size over all hosts.
-    seed: the training seed.
     sampler: ``"shuffle"``, or ``"balanced"`` for the Resampling method.
     store: where images come from (files by default; TFDS, see
       ``tfds_builders.TfdsImages``).

@@ -202,11 +202,7 @@ class FfrWaterbirds(_FfrBuilder):
 # CelebA and the folder dataset take their names from the config and the data,
 # which a TFDS builder's fixed features cannot; they read their folders.
 BUILDERS: dict[str, type[_FfrBuilder]] = {
-    "spuco_animals": FfrSpucoAnimals,
-    "celeba_hq": FfrCelebaHq,
-    "utk_face": FfrUtkFace,
-    "waterbirds": FfrWaterbirds,
-}
+    b.DATASET: b for b in (FfrSpucoAnimals, FfrCelebaHq, FfrUtkFace, FfrWaterbirds)}
 
 
 def prepare(dataset: str, manual_dir: str, data_dir: str,

@@ -228,13 +228,10 @@ class GroupScheme:
 
   def names(self) -> list[str]:
     """Metric-friendly names, e.g. ``"y=0,b=1"`` or ``"y=0,b=1,src=synthetic"``."""
-    out = []
-    for y, b in self.spec.groups:
-      if self.by_source:
-        out += [f"y={y},b={b},src={s}" for s in SOURCE_NAMES]
-      else:
-        out.append(f"y={y},b={b}")
-    return out
+    if self.by_source:
+      return [f"y={y},b={b},src={s}" for y, b in self.spec.groups
+              for s in SOURCE_NAMES]
+    return [f"y={y},b={b}" for y, b in self.spec.groups]
 
   def counts(self, examples: Examples) -> np.ndarray:
     return np.bincount(self.ids(examples), minlength=self.num_groups)

@@ -48,16 +48,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _pretrain(args: argparse.Namespace) -> None:
-  record = upstream.pretrain_to_file(
-      args.out, num_classes=args.classes, per_class=args.per_class,
-      epochs=args.epochs, image_size=args.image_size, seed=args.seed)
-  print(f"wrote {args.out} ({record['weights_bytes']} bytes) and "
-        f"{upstream.metadata_path(args.out)}: held-out accuracy "
-        f"{record['held_out_accuracy']:.3f} over {args.classes} classes "
-        f"(chance {record['chance_accuracy']:.3f}), {record['total_seconds']} s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one subcommand; a user's mistake is one ``error: ...`` line (exit 2)."""
   args = _parser().parse_args(argv)
@@ -70,12 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
   if args.command == "grid":
-    grid.write_grid(args.out, strength=args.strength, image_size=args.size,
+    grid.grid_image(strength=args.strength, image_size=args.size,
                     per_group=args.per_group, seed=args.seed, zoom=args.zoom,
-                    template=args.template, content_gap=args.content_gap)
+                    template=args.template, content_gap=args.content_gap
+                    ).save(args.out, optimize=True)
     print(f"wrote {args.out}")
   elif args.command == "pretrain":
-    _pretrain(args)
+    record = upstream.pretrain_to_file(
+        args.out, num_classes=args.classes, per_class=args.per_class,
+        epochs=args.epochs, image_size=args.image_size, seed=args.seed)
+    print(f"wrote {args.out} ({record['weights_bytes']} bytes) and "
+          f"{upstream.metadata_path(args.out)}: held-out accuracy "
+          f"{record['held_out_accuracy']:.3f} over {args.classes} classes "
+          f"(chance {record['chance_accuracy']:.3f}), {record['total_seconds']} s")
   else:
     dataset.prepare_real(args.root, scale=args.scale, image_size=args.size,
                          seed=args.seed)

@@ -58,8 +58,3 @@ def grid_image(strength: float = generator.DEFAULT_STRENGTH,
         tile = Image.fromarray(np.asarray(image)).resize((cell, cell), Image.NEAREST)
         canvas.paste(tile, (x0, top))
   return canvas
-
-
-def write_grid(out: str, **kwargs) -> None:
-  """Saves :func:`grid_image` (keyword arguments as there) as a PNG at ``out``."""
-  grid_image(**kwargs).save(out, optimize=True)

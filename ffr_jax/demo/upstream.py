@@ -182,8 +182,6 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
   Args:
     labels: class of each image, in ``[0, MAX_CLASSES)``.
     indices: the image's index within its class (its identity).
-    size: side of the square images.
-    seed: the dataset's seed.
     salt: the split's stream (``TRAIN_SALT`` or ``TEST_SALT``).
   """
   size = render.check_size(size)
@@ -228,26 +226,16 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
   return render.quantize(img + NOISE_STD * noise)
 
 
-def split(num_classes: int, per_class: int, size: int, seed: int, salt: int
-          ) -> tuple[np.ndarray, np.ndarray]:
-  """Images and labels of one split: ``per_class`` images of each class."""
+def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
+          first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels of one split: ``per_class`` images of each class, the
+  images ``first_index ..`` of each class's stream."""
   num_classes = check_classes(num_classes)
   if per_class < 1:
     raise ValueError(f"per_class={per_class} must be >= 1.")
   labels = np.repeat(np.arange(num_classes), per_class)
-  indices = np.tile(np.arange(per_class), num_classes)
+  indices = np.tile(np.arange(per_class), num_classes) + first_index
   return render_upstream(labels, indices, size, seed, salt), labels
-
-
-def epoch_split(num_classes: int, per_class: int, size: int, seed: int, epoch: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Epoch ``epoch``'s (1-based) training images: new indices every epoch."""
-  num_classes = check_classes(num_classes)
-  if per_class < 1:
-    raise ValueError(f"per_class={per_class} must be >= 1.")
-  labels = np.repeat(np.arange(num_classes), per_class)
-  indices = np.tile(np.arange(per_class), num_classes) + (epoch - 1) * per_class
-  return render_upstream(labels, indices, size, seed, TRAIN_SALT), labels
 
 
 def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -293,7 +281,7 @@ def _batches(n: int, batch: int, rng: np.random.Generator | None):
     yield order[start:start + batch]
 
 
-def _accuracy(eval_step, variables, images, labels, num_classes, shardings) -> float:
+def _accuracy(eval_step, variables, images, labels, shardings) -> float:
   """Held-out accuracy (padded rows masked out)."""
   correct = total = 0.0
   for idx in _batches(len(labels), BATCH_SIZE, None):
@@ -341,11 +329,13 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
   rng = np.random.default_rng([seed, TRAIN_SALT])
   history = []
   for epoch in range(1, epochs + 1):
-    # Fresh images every epoch (indices epoch * per_class + i): the dataset is
-    # procedural, so the model never sees an image twice and cannot memorise
-    # (with 100 fixed images per class it does, and held-out accuracy stalls).
+    # Fresh images every epoch (indices (epoch - 1) * per_class + i): the
+    # dataset is procedural, so the model never sees an image twice and cannot
+    # memorise (with 100 fixed images per class it does, and held-out accuracy
+    # stalls).
     t = time.time()
-    x_train, y_train = epoch_split(num_classes, per_class, image_size, seed, epoch)
+    x_train, y_train = split(num_classes, per_class, image_size, seed,
+                             TRAIN_SALT, (epoch - 1) * per_class)
     render_s += time.time() - t
     train_acc = []
     for idx in _batches(len(y_train), min(BATCH_SIZE, len(y_train)), rng):
@@ -354,7 +344,7 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
       state, metrics = train_step(state, mesh_lib.to_global(batch, shardings))
       train_acc.append(metrics["accuracy"])  # device scalars: fetched once below
     train = float(np.mean(jax.device_get(train_acc)))
-    acc = _accuracy(eval_step, state.variables(), x_test, y_test, num_classes, shardings)
+    acc = _accuracy(eval_step, state.variables(), x_test, y_test, shardings)
     history.append({"epoch": epoch, "train_accuracy": train, "held_out_accuracy": acc})
     log(f"upstream epoch {epoch}/{epochs}: train accuracy {train:.3f} "
         f"(running), held-out accuracy {acc:.3f}")

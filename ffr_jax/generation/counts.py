@@ -31,7 +31,6 @@ def needed_per_group(spec: DatasetSpec, train: Examples,
   folder generated with the same config is exactly what training takes.
 
   Args:
-    spec: the dataset.
     train: the real train split after the bias ratio (its group counts decide).
     modes: compositions the folder must serve (``usb``, ``asb``, ``ffr``).
     per_group: if >= 0, the explicit count per group for asb/ffr (and the cap

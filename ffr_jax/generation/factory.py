@@ -114,9 +114,7 @@ def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
 
   Args:
     config: the full config (``generate``, and ``benchmark`` for procedural).
-    spec: the dataset.
     needs: images per group, one int or ``{(y, b): count}``.
-    root: the synthetic root.
     show_progress: progress bar on stderr (host 0).
     log_summary: log the per-group table.
 

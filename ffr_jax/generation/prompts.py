@@ -237,7 +237,6 @@ def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
   """Returns ``prompt_fn(g, index) -> str`` for group ``spec.groups[g]``.
 
   Args:
-    spec: the dataset.
     prompt_set: ``"paper"``, ``"rich"``, or a template string such as
       ``"a photo of a {class} in {bias}"``.
     seed: seeds the choices of the rich set, per ``(seed, g, index)``.

@@ -51,9 +51,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from ffr_jax import hub
+from ffr_jax.training import mesh as mesh_lib
 
 SCHEDULERS = ("pndm", "ddim")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -197,8 +198,6 @@ def make_sample_fn(modules: dict, resolution: int, steps: int,
 
   Args:
     modules: from :func:`load_components`.
-    resolution: image side in pixels.
-    steps: scheduler steps.
     guidance_scale: classifier-free guidance weight; 1.0 disables guidance
       (one UNet pass per step instead of two).
 
@@ -343,10 +342,12 @@ class StableDiffusionGenerator:
                      "guidance_scale": float(guidance_scale),
                      "scheduler": scheduler, "dtype": dtype}
     devices = list(devices) if devices is not None else jax.devices()
-    self.mesh = Mesh(np.array(devices), ("data",))
+    # The training code's one ('data',) mesh: prompts and seeds sharded,
+    # parameters replicated.
+    shardings = mesh_lib.make_shardings(devices)
+    self.mesh = shardings.mesh
     self.global_batch = batch_size * len(devices)
-    self._replicated = NamedSharding(self.mesh, P())
-    self._batch = NamedSharding(self.mesh, P("data"))
+    self._replicated, self._batch = shardings.replicated, shardings.batch
     self._params = jax.device_put(params, self._replicated)
     self._uncond = self._global(self._tokenize([""]), self._replicated)
     self._sample = jax.jit(

@@ -147,7 +147,10 @@ class GenerationSummary:
     """A plain-text table, one row per group plus a total."""
     head = f"{'group':<28}{'target':>8}{'present':>9}{'generated':>11}{'filtered':>10}"
     rows = [head, "-" * len(head)]
-    for g in self.groups + [self._total()]:
+    total = GroupSummary("total", sum(g.target for g in self.groups),
+                         sum(g.present for g in self.groups), self.generated,
+                         self.filtered)
+    for g in self.groups + [total]:
       rows.append(f"{g.name:<28}{g.target:>8}{g.present:>9}{g.generated:>11}"
                   f"{g.filtered:>10}")
     extra = []
@@ -167,11 +170,6 @@ class GenerationSummary:
     extra.append(f"time {format_seconds(self.seconds)}, {rate:.2f} images/s")
     return "\n".join(rows + extra)
 
-  def _total(self) -> GroupSummary:
-    return GroupSummary(
-        "total", sum(g.target for g in self.groups),
-        sum(g.present for g in self.groups), self.generated, self.filtered)
-
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
@@ -181,7 +179,6 @@ def per_group_counts(spec: DatasetSpec,
   """Target count of every group in ``spec.groups`` order.
 
   Args:
-    spec: the dataset.
     per_group: one count for all groups, or ``{(y, b): count}`` naming every group.
   """
   if isinstance(per_group, Mapping):
@@ -389,12 +386,6 @@ class _ManifestAppender:
 # Multi-host plumbing.
 
 
-def _process_info() -> tuple[int, int]:
-  """``(process_index, process_count)``; (0, 1) without importing JAX twice."""
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.process_index(), jax.process_count()
-
-
 def _broadcast_plan(todo: np.ndarray, count: int) -> np.ndarray:
   """Host 0's boolean array (the plan, or its failure flag) on every host."""
   if count == 1:
@@ -466,8 +457,9 @@ def generate_dataset(
   start = time.perf_counter()
   summary = GenerationSummary(
       [GroupSummary(spec.group_name(g), t) for g, t in enumerate(targets)])
-  process_index, process_count = _process_info()
-  writer = process_index == 0
+  import jax  # pylint: disable=import-outside-toplevel
+  process_count = jax.process_count()
+  writer = jax.process_index() == 0
   base = dataset_dir(out_root, spec)
 
   todo = np.zeros((len(targets), max(targets, default=0)), bool)
@@ -485,10 +477,7 @@ def generate_dataset(
       failure = e
     else:
       for g, t in enumerate(targets):
-        todo[g, :t] = True
-        for i in range(t):
-          if (g, i) in done:
-            todo[g, i] = False
+        todo[g, :t] = [(g, i) not in done for i in range(t)]
         summary.groups[g].present = int(t - todo[g, :t].sum())
   failed = _broadcast_plan(np.asarray([failure is not None]), process_count)
   if failure is not None:
@@ -623,8 +612,6 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
   """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
 
   Args:
-    out_root: the synthetic root.
-    spec: the dataset.
     needs: images each ``(y, b)`` group must hold (what the generate command
       computes with :func:`ffr_jax.generation.counts.needed_per_group`); groups
       with fewer usable images are reported as short. None: counts not checked.

@@ -84,11 +84,8 @@ class Conv1x1Matmul(nn.Module):
   the 1x1 convolutions hold most of ResNet50's FLOPs.
 
   Attributes:
-    features: output channels.
     strides: spatial stride; a strided 1x1 convolution without padding reads
       pixels ``0, s, 2s, ...``, which is a strided slice.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
   """
 
   features: int
@@ -128,12 +125,6 @@ class ConvSmallAsMatmul(nn.Module):
   trace time): outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels from
   inputs of at least :data:`SMALL_CONV_MIN_CHANNELS` channels use
   ``conv_general_dilated_patches`` + a matmul, others the convolution.
-
-  Attributes:
-    features: output channels.
-    kernel_size: k.
-    strides: spatial stride.
-    dtype: compute dtype.
   """
 
   features: int

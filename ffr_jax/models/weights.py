@@ -62,9 +62,6 @@ class WeightsError(ValueError):
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
   """Reads a torchvision state dict from ``.safetensors`` (no torch) or ``.pth``.
 
-  Args:
-    path: checkpoint file.
-
   Returns:
     Parameter name -> numpy array.
 
@@ -106,12 +103,7 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 def convert_pth_to_safetensors(pth_path: str | os.PathLike[str],
                                out_path: str | os.PathLike[str]) -> None:
-  """Converts a torch checkpoint to ``.safetensors`` (needs torch; run once).
-
-  Args:
-    pth_path: torchvision ``.pth`` state dict.
-    out_path: where to write the ``.safetensors`` file.
-  """
+  """Converts a torch checkpoint to ``.safetensors`` (needs torch; run once)."""
   from safetensors.numpy import save_file
   state = _read_torch(os.fspath(pth_path))
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.fspath(out_path))
@@ -244,10 +236,6 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
   return tree
 
 
-def _is_head(path: tuple[str, ...]) -> bool:
-  return path[0] == "fc"
-
-
 def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
                        keep_head: bool | None) -> bool:
   """Whether to load the checkpoint's ``fc`` (auto: only when shapes match)."""
@@ -283,7 +271,7 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str,
   load_head = _resolve_keep_head(state, template, keep_head)
   out, missing, mismatched, used = {}, [], [], set()
   for path, ref in template.items():
-    if _is_head(path[1:]) and not load_head:
+    if path[1] == "fc" and not load_head:  # the head
       out[path] = ref
       continue
     name = flax_to_torch_name(path[0], path[1:])
@@ -326,9 +314,6 @@ def load_torchvision_weights(path: str | os.PathLike[str], variables: Mapping[st
       ``hf-hub:ORG/NAME[@REVISION]`` (a timm repository; no torch needed).
     variables: initialised ``{"params", "batch_stats"}`` of the model.
     keep_head: see :func:`torchvision_to_flax`.
-
-  Returns:
-    The loaded variables.
   """
   if hub.is_hub_ref(os.fspath(path)):
     state = read_hub_state_dict(os.fspath(path))

@@ -198,14 +198,8 @@ class Selection:
 def varying_keys(records: Iterable[Record]) -> list[str]:
   """Config keys (not ignored) whose value differs between records."""
   records = list(records)
-  keys = sorted({k for r in records for k in r.settings})
-  out = []
-  for k in keys:
-    if k in IGNORED_KEYS:
-      continue
-    if len({repr(r.settings.get(k)) for r in records}) > 1:
-      out.append(k)
-  return out
+  keys = sorted({k for r in records for k in r.settings} - IGNORED_KEYS)
+  return [k for k in keys if len({repr(r.settings.get(k)) for r in records}) > 1]
 
 
 def split_keys(records: Sequence[Record],

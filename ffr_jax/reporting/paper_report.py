@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 
 from ffr_jax.reporting import aggregate as agg
+from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.aggregate import Cell, Selection, Stat
 
 FIG3_MODES = ("none", "usb", "asb", "ffr")
@@ -79,8 +80,7 @@ def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
       row = [d, _ratio_label(r)]
       for m in FIG3_MODES:
         s = sel.get(Cell(condition, d, r, m, "erm"))
-        row += [agg.fmt(s.metric("test_wa") if s else None),
-                agg.fmt(s.metric("test_ba") if s else None)]
+        row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
       rows.append(row)
   return _table(header, rows)
 
@@ -91,7 +91,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
   if not any(Cell(condition, d, r, m, "erm") in sel
              for d, rs in dr.items() for r in rs for m in FIG3_MODES):
     return False
-  plt = _pyplot()
+  plt = results_lib.pyplot()
   fig, axes = plt.subplots(len(dr), 2, figsize=(9, 3.2 * len(dr)),
                            squeeze=False)
   for row, (d, ratios) in enumerate(dr.items()):
@@ -157,7 +157,7 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
   if all(v is None for vs in values.values() for v in vs.values()):
     return False
   import numpy as np  # pylint: disable=g-import-not-at-top
-  plt = _pyplot()
+  plt = results_lib.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for ax, (metric, label) in zip(axes, (("test_wa", "worst-group acc"),
                                         ("test_ba", "balanced acc"))):
@@ -167,16 +167,13 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
         st = values[metric][(meth, m)]
         if st is not None:
           grid[i, j] = 100 * st.mean
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100)
-    for i, meth in enumerate(FIG4_METHODS):
-      for j, m in enumerate(FIG4_MODES):
-        st = values[metric][(meth, m)]
         text = MISSING if st is None else (
             f"{100 * st.mean:.1f}" + ("" if st.std is None
                                       else f"\n±{100 * st.std:.1f}"))
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="black" if st is None or st.mean > 0.6 else "white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100)
     ax.set_xticks(range(len(FIG4_MODES)), [NAMES[m] for m in FIG4_MODES])
     ax.set_yticks(range(len(FIG4_METHODS)), [NAMES[m] for m in FIG4_METHODS])
     ax.set_xlabel("SD-Aug")
@@ -236,8 +233,7 @@ def conditions_table(sel: dict[Cell, Selection]) -> str:
     row = [d, _ratio_label(r), mode, method]
     for c in conds:
       s = sel.get(Cell(c, d, r, mode, method))
-      row += [agg.fmt(s.metric("test_wa") if s else None),
-              agg.fmt(s.metric("test_ba") if s else None)]
+      row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
     rows.append(row)
   return _table(header, rows)
 
@@ -260,12 +256,8 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
                  _ratio_label(cell.bias_ratio), cell.mode, cell.method, chosen,
                  ",".join(str(k) for k in s.runs),
                  f"`{agg.selection_sources(s)}`"] +
-                [agg.fmt(s.metric(m)) for m in METRICS_ORDER])
+                [agg.fmt(s.metric(m)) for m in agg.METRICS])
   return _table(header, rows)
-
-
-METRICS_ORDER = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
-                 "syn_ba")
 
 
 def _condition_label(condition: tuple) -> str:
@@ -276,13 +268,6 @@ def _slug(condition: tuple) -> str:
   if not condition:
     return ""
   return "_" + "_".join(f"{k.split('.')[-1]}{v}" for k, v in condition)
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 # ----------------------------------------------------------------------------

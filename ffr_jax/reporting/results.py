@@ -84,13 +84,6 @@ def write_json_atomic(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def write_results(run_dir: str, results: dict) -> str:
-  """Writes ``{run_dir}/results.json`` atomically (host 0 only)."""
-  path = os.path.join(run_dir, RESULTS_FILE)
-  write_json_atomic(path, results)
-  return path
-
-
 def read_results(run_dir: str) -> dict:
   path = os.path.join(run_dir, RESULTS_FILE)
   if not os.path.isfile(path):
@@ -126,12 +119,18 @@ def markdown_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
-  """Test worst-group and balanced accuracy per run, as a PNG."""
+def pyplot():
+  """``matplotlib.pyplot`` on the Agg backend (files only), imported on first use."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
+  """Test worst-group and balanced accuracy per run, as a PNG."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  plt = pyplot()
 
   labels = [r["run"] for r in rows]
   x = np.arange(len(rows))

@@ -173,11 +173,6 @@ def _labels(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
   return classes[np.argmax(scores, axis=1)]
 
 
-def _worst_group_acc(pred: np.ndarray, y: np.ndarray,
-                     per_group: list[np.ndarray]) -> float:
-  return float(min(np.mean(pred[idx] == y[idx]) for idx in per_group))
-
-
 def _validated(
     val_embeddings: np.ndarray, val_labels: np.ndarray,
     val_groups: np.ndarray, num_groups: int,
@@ -289,7 +284,8 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
   for c in c_grid:
     coef, intercept = _fit(x[rows], y[rows], classes, c, rng)
     pred = _labels(_scores(coef, intercept, x), classes)
-    scores[float(c)] = _worst_group_acc(pred, y, score_groups)
+    scores[float(c)] = float(min(np.mean(pred[idx] == y[idx])
+                                 for idx in score_groups))
   return scores
 
 

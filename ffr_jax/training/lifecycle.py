@@ -125,7 +125,8 @@ def _machine() -> dict[str, str]:
   return {"host": socket.gethostname(), "boot_id": boot_id, "pid_ns": pid_ns}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process ``pid`` runs on this machine (another user's counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -174,15 +175,12 @@ class _Owner:
     except (TypeError, ValueError):
       return None
 
-  def same_pid_space(self) -> bool:
-    here = _machine()
-    return (self.host, self.boot_id, self.pid_ns) == (
-        here["host"], here["boot_id"], here["pid_ns"])
-
   def why_stale(self, stale_after: float) -> str | None:
     """Why this owner is gone, or None while it may still be working."""
-    if self.same_pid_space():
-      if not _pid_alive(self.pid):
+    here = _machine()
+    if (self.host, self.boot_id, self.pid_ns) == (
+        here["host"], here["boot_id"], here["pid_ns"]):
+      if not pid_alive(self.pid):
         return f"pid {self.pid} is no longer running"
       now_start = process_start_time(self.pid)
       if (self.start_time_from_proc and now_start is not None and
@@ -533,11 +531,6 @@ class PreemptionGuard:
     logging.warning("Received %s: stopping after this step with a checkpoint "
                     "(Ctrl-C again to abort at once).",
                     signal.Signals(signum).name)
-
-  def request_stop(self, signum: int = signal.SIGTERM) -> None:
-    """What a signal does, for callers with another source of notices."""
-    if self._signum is None:
-      self._signum = signum
 
   def should_stop(self, step: int) -> bool:
     """Whether to save and stop after ``step`` (the same on every host)."""

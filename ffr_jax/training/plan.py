@@ -151,10 +151,10 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def json_digest(value: Any) -> str:
-  """A stable hash of a JSON value (16 hex characters); other leaves as ``str``."""
+def json_digest(value: Any, length: int = FINGERPRINT_CHARS) -> str:
+  """A stable hash of a JSON value, ``length`` hex characters; other leaves as ``str``."""
   text = json.dumps(value, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
+  return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def examples_digest(examples: Examples, roots: Sequence[str]) -> str:

@@ -35,6 +35,7 @@ from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSplits, Examples, GroupScheme
+from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory as generation
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
@@ -45,7 +46,7 @@ from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
 from ffr_jax.training.methods import METHODS, get_method
-from ffr_jax.training.mesh import Shardings, make_shardings, maybe_initialize_distributed
+from ffr_jax.training.mesh import make_shardings, maybe_initialize_distributed
 
 STAGES_DIR = "stages"   # {workdir}/stages unless train.stages_dir is set
 SYNTHETIC_TEST = "synthetic_test"
@@ -104,11 +105,8 @@ def load_run_data(config: ml_collections.ConfigDict,
   splits = datasets.load_dataset(config.data)
   check_same_data_on_every_host(splits)
   spec = splits.spec
-  needs: dict = {}
-  for mode in modes:
-    for g, n in compose_lib.synthetic_needs(
-        mode, spec, splits.train, config.data.synthetic_per_group).items():
-      needs[g] = max(needs.get(g, 0), n)
+  needs = counts_lib.needed_per_group(spec, splits.train, modes,
+                                      config.data.synthetic_per_group)
   pool = None
   if any(needs.values()):
     root = config.data.synthetic_root
@@ -255,7 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Args:
     config: the run's config (one mode, one method).
-    workdir: the run's folder.
     data: the loaded data, when a sweep already has it; else loaded here.
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
 
@@ -323,7 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       synthetic_per_group=compose_lib.synthetic_needs(
           mode, spec, data.splits.train, config.data.synthetic_per_group),
       fingerprint=fingerprint, wall_seconds=time.time() - start)
-  results_lib.write_results(workdir, results)
+  results_lib.write_json_atomic(
+      os.path.join(workdir, results_lib.RESULTS_FILE), results)
   logging.info("%s-%s: test WA %.4f BA %.4f", mode, method_name,
                metrics["test"]["worst_group_acc"],
                metrics["test"]["balanced_acc"])

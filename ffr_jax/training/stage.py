@@ -99,14 +99,20 @@ def checkpoint_manager(stage_dir: str) -> ocp.CheckpointManager:
           cleanup_tmp_directories=True))
 
 
-def restore_best_variables(stage_dir: str, abstract_variables: Any) -> Any:
-  """The best variables saved by a finished stage (to start the next one)."""
+def restore_best_variables(stage_dir: str, model, image_size: int, seed: int,
+                           shardings: Shardings) -> Any:
+  """The best variables saved by a finished stage, replicated on the mesh."""
+  # Shapes only: Orbax restores straight into replicated arrays.
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=shardings.replicated),
+      jax.eval_shape(lambda: state_lib.init_variables(model, image_size, seed)))
   with checkpoint_manager(stage_dir) as mgr:
     step = mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {stage_dir}/checkpoints.")
     return mgr.restore(step, args=ocp.args.Composite(
-        best=ocp.args.StandardRestore(abstract_variables))).best
+        best=ocp.args.StandardRestore(abstract))).best
 
 
 def evaluate(eval_step, variables, loader, num_groups: int,
@@ -184,12 +190,9 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
 
   Args:
     plan: what to train (examples, method, optimisation, seed, init).
-    model: the flax module.
     evals: splits evaluated after every epoch; the first must be
       :data:`SELECTION_SPLIT`.
-    shardings: the mesh.
     writer: metric sink (TensorBoard + JSON lines).
-    stage_dir: the stage's folder.
     options: logging, checkpointing and input-pipeline options.
     init_variables: start from these variables (pretrained weights or the
       previous stage's best); None for a fresh initialisation. They must be
@@ -211,11 +214,8 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
     _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
     # A finished stage is never recomputed: reuse its result and best model.
     logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
-    abstract = jax.eval_shape(lambda: state_lib.init_variables(
-        model, plan.image_size, plan.seed))
-    return finished, restore_best_variables(stage_dir, jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=shardings.replicated), abstract))
+    return finished, restore_best_variables(stage_dir, model, plan.image_size,
+                                            plan.seed, shardings)
   check_batch_size(plan.batch_size, shardings)
   check_batch_size(options.eval_batch_size, shardings)
   method = get_method(plan.method)
@@ -229,10 +229,6 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
       plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
       sampler=method.sampler)
   steps_per_epoch = loader.steps_per_epoch
-  if steps_per_epoch == 0:
-    raise ValueError(
-        f"{plan.name}: {len(plan.examples)} training examples do not fill one "
-        f"batch of {plan.batch_size}; lower train.batch_size.")
   eval_loaders = {
       e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
                                         options.eval_batch_size)

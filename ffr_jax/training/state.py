@@ -18,9 +18,6 @@ class TrainState:
 
   Attributes:
     step: optimizer steps taken in this stage.
-    params: model parameters.
-    batch_stats: batch-norm running statistics.
-    opt_state: optimizer state.
     group_weights: GroupDRO's q over the stage's groups (uniform and unused
       for other methods). Part of the state so it is checkpointed.
     rng: raw data of the stage's base PRNG key (uint32); the step folds in
@@ -66,11 +63,9 @@ def create_state(model, tx: optax.GradientTransformation, image_size: int,
 
   Args:
     model: a flax linen module taking ``(x, train)``.
-    tx: the optimizer.
     image_size: input side, for initialisation shapes.
     num_groups: size of the GroupDRO weight vector.
     seed: initialisation and step randomness seed.
-    shardings: the mesh's shardings.
     variables: start from these ``{'params', 'batch_stats'}`` (pretrained
       weights or a previous stage) instead of a fresh initialisation.
   """

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +18,6 @@ from ffr_jax.data.pipeline import normalize
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.training.mesh import Shardings
 from ffr_jax.training.state import TrainState
-
-
-def model_outputs(out: Any) -> tuple[jax.Array, jax.Array]:
-  """(logits, embedding) from a model's output (dict or dataclass)."""
-  if isinstance(out, dict):
-    return out["logits"], out["embedding"]
-  return out.logits, out.embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +42,8 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   """Compiles ``step(state, batch) -> (state, metrics)``.
 
   Args:
-    model: the flax module.
-    tx: the optimizer.
     loss_fn: ``(per_example_loss, group, group_weights) -> (loss,
       new_group_weights)`` of the method.
-    cfg: static settings.
     shardings: mesh shardings; the batch is sharded on 'data', the state
       replicated.
     state: an example state, for its shardings.
@@ -81,7 +70,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
                                    mutable=["batch_stats"],
                                    rngs={"dropout": key})
         new_stats = updates["batch_stats"]
-      logits, _ = model_outputs(out)
+      logits = out.logits
       per_example = optax.softmax_cross_entropy_with_integer_labels(
           logits.astype(jnp.float32), labels)
       loss, new_q = loss_fn(per_example, groups, state.group_weights)
@@ -116,7 +105,7 @@ def make_eval_step(model, num_groups: int, shardings: Shardings,
 
   def step(variables, batch):
     out = model.apply(variables, normalize(batch["image"]), train=False)
-    logits, emb = model_outputs(out)
+    logits, emb = out.logits, out.embedding
     pred = jnp.argmax(logits, -1)
     counts = metrics_lib.group_counts(pred, batch["label"], batch["group"],
                                       batch["mask"], num_groups)

@@ -44,7 +44,6 @@ def main():
     # spans both processes and times out after 30 s if one process is late
     # (e.g. still compiling); set it up now, while both are in step.
     multihost_utils.sync_global_devices("ffr_jax:initialized")
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
