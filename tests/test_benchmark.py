@@ -275,8 +275,15 @@ def test_content_gap_outside_unit_interval_is_a_clear_error(gap):
     render.render([0], [0], [0], content_gap=gap)
 
 
-def test_demo_config_content_gap_defaults_to_none():
-  assert _load_config(None).benchmark.content_gap == 0.0
+def test_demo_defaults_are_the_calibrations_choice():
+  """The benchmark's knobs are the pre-registered calibration's choice
+  (benchmarks/calibration.py), not a hand-picked value."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "benchmarks", "results", "calibration.json")) as f:
+    choice = json.load(f)["choice"]
+  b = _load_config(None).benchmark
+  assert (b.content_gap, b.strength) == (choice["content_gap"], choice["strength"])
+  assert choice["class_cue"] == 1.0 and choice["passed"]
 
 
 # Pixel sums of image seed 7 of each group, real and generated at strength 0.5,
