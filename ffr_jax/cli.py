@@ -25,8 +25,8 @@ from ffr_jax import config as config_lib
 from ffr_jax import models
 from ffr_jax.data import compose, datasets
 from ffr_jax.generation import factory
+from ffr_jax.lifecycle import Preempted, exit_code
 from ffr_jax.training import methods
-from ffr_jax.training.lifecycle import Preempted, exit_code
 
 # Exit code of a user error (bad flag, config, data); 1 is left to bugs and to
 # commands whose checks failed (``generate --verify``).

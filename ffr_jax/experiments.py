@@ -28,11 +28,11 @@ import jax
 import ml_collections
 
 from ffr_jax import config as config_lib
+from ffr_jax import lifecycle
 from ffr_jax.data import compose
 from ffr_jax.data import datasets
 from ffr_jax.demo import generator as demo_generator
 from ffr_jax.reporting import results as results_lib
-from ffr_jax.training import lifecycle
 from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import run as run_lib
 from ffr_jax.training import stage as stage_lib
@@ -305,7 +305,7 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
   With a ``guard``, a stop signal ends the sweep after the current run's
   checkpoint (in-process runs stop after their current step; a subprocess
   run gets the signal too when the scheduler signals the process group):
-  :class:`~ffr_jax.training.lifecycle.Preempted` is raised.
+  :class:`~ffr_jax.lifecycle.Preempted` is raised.
   """
   fn = EXECUTORS[executor]
   outcomes = []

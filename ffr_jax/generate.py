@@ -24,7 +24,7 @@ Multi-host: ``jax.distributed.initialize()`` is called only when the
 environment says this is a multi-process job (``JAX_COORDINATOR_ADDRESS`` +
 ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` as our launchers set, a multi-host
 TPU slice, or a SLURM job with several tasks; see
-``ffr_jax.training.mesh.maybe_initialize_distributed``). Every host then runs
+``ffr_jax.mesh.maybe_initialize_distributed``). Every host then runs
 this same command: sampling is sharded over all devices of all hosts, and host
 0 alone writes the images and the manifest (``ffr_jax.generation.writer``).
 """
@@ -43,7 +43,7 @@ from ffr_jax.data import datasets
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory
 from ffr_jax.generation import writer as writer_lib
-from ffr_jax.training.mesh import maybe_initialize_distributed
+from ffr_jax.mesh import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file (append :arg for variants).",

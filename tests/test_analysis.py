@@ -71,7 +71,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 import jax.numpy as jnp
 import numpy as np
 from ffr_jax.analysis import rise
-from ffr_jax.training.mesh import make_shardings
+from ffr_jax.mesh import make_shardings
 
 def score(aux, images):
   q = images[:, :16, :16, :].mean(axis=(1, 2, 3))

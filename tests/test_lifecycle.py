@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ffr_jax.training import lifecycle
+from ffr_jax import lifecycle
 
 needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"),
                                 reason="pid reuse is detected from /proc")
@@ -70,7 +70,7 @@ def test_busy_lock_held_by_another_live_process_is_kept(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", textwrap.dedent(f"""
           import sys, time
-          from ffr_jax.training import lifecycle
+          from ffr_jax import lifecycle
           with lifecycle.WorkdirLock({str(tmp_path)!r}):
             print("held", flush=True)
             sys.stdin.readline()
@@ -150,7 +150,7 @@ def test_two_racing_takers_of_a_stale_lock_one_wins(tmp_path):
   go = time.time() + 2.0  # all start together, after their imports
   code = textwrap.dedent(f"""
       import time
-      from ffr_jax.training import lifecycle
+      from ffr_jax import lifecycle
       lock = lifecycle.WorkdirLock({str(tmp_path)!r})
       time.sleep(max(0.0, {go} - time.time()))
       try:
@@ -180,7 +180,7 @@ def test_disabled_lock_writes_nothing(tmp_path):
 # handler runs inside the step in which the signal arrives.
 _LOOP = textwrap.dedent("""
     import signal, sys, time
-    from ffr_jax.training import lifecycle
+    from ffr_jax import lifecycle
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     step_seconds = float(sys.argv[1])
     try:
@@ -304,7 +304,7 @@ _HOST = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=sys.argv[2],
                                num_processes=2, process_id=int(sys.argv[1]))
-    from ffr_jax.training import lifecycle
+    from ffr_jax import lifecycle
     with lifecycle.PreemptionGuard(sync_every=3) as guard:
       step = 0
       while step < 400:

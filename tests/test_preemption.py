@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ffr_jax.training import lifecycle
+from ffr_jax import lifecycle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.py")

@@ -17,10 +17,10 @@ import jax
 from ffr_jax import models
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import DatasetSpec, Examples, GroupScheme
+from ffr_jax.mesh import make_shardings
 from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import steps as steps_lib
-from ffr_jax.training.mesh import make_shardings
 from ffr_jax.training.methods import Method
 from ffr_jax.training.plan import LoopOptions, StagePlan
 from tests.fake_trees import write_image

@@ -9,9 +9,9 @@ import optax
 from ffr_jax import config as config_lib
 from ffr_jax import models
 from ffr_jax.data.pipeline import normalize
+from ffr_jax.mesh import make_shardings
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
-from ffr_jax.training.mesh import make_shardings
 from ffr_jax.training.methods import get_method
 
 

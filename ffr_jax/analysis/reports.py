@@ -22,8 +22,8 @@ from ffr_jax.analysis import samples as samples_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import images as images_lib
 from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
+from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.training import last_layer
-from ffr_jax.training.mesh import Shardings, make_shardings
 
 EMBEDDINGS_PNG = "embeddings.png"
 EMBEDDINGS_JSON = "embeddings.json"

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffr_jax.data.pipeline import normalize
+from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.reporting import results as results_lib
-from ffr_jax.training.mesh import Shardings, make_shardings
 
 # score_fn(aux, images [B, H, W, C] float32) -> scores [B, K].
 ScoreFn = Callable[[Any, jax.Array], jax.Array]

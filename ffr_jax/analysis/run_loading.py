@@ -26,9 +26,9 @@ import ml_collections
 from ffr_jax import models
 from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
+from ffr_jax.mesh import Shardings
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.training import stage as stage_lib
-from ffr_jax.training.mesh import Shardings
 
 LAST = "last"
 _HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "

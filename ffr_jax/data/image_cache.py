@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import logging
 
-from ffr_jax.training.lifecycle import pid_alive
+from ffr_jax.lifecycle import pid_alive
 
 # Bump when the decoded pixels change (resize filter, colour conversion), so
 # old caches are never read as new ones.

@@ -3,7 +3,9 @@
 * :mod:`~ffr_jax.demo.render`: the real-image renderer (SpuCo Animals'
   classes, backgrounds and groups; background easy, animal subtle).
 * :mod:`~ffr_jax.demo.generator`: :class:`ProceduralGenerator`, a
-  prompt-driven generator whose fingerprint strength is a knob.
+  prompt-driven generator whose fingerprint strength is a knob;
+  ``PROCEDURAL`` is the ``"procedural"`` generator, which the generator
+  registry lists lazily.
 * :mod:`~ffr_jax.demo.dataset`: :func:`prepare_real` renders the real
   splits into SpuCo's on-disk layout; ``DEMO`` is the ``"demo"`` dataset,
   which the dataset registry lists lazily.

@@ -30,10 +30,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 
 from ffr_jax.demo import render
 from ffr_jax.data.types import DatasetSpec
+from ffr_jax.generation import prompts as prompts_lib
+from ffr_jax.generation.factory import GeneratorDef
 
 # The paper's template, and the richer one of the authors' SpuCo script.
 TEMPLATES = {
@@ -232,3 +235,30 @@ class ProceduralGenerator:
                                  salt=GENERATOR_SALT,
                                  content_gap=self.content_gap)
     return render.quantize(fingerprint(images, self.strength))
+
+
+def _make(config: ml_collections.ConfigDict, spec: DatasetSpec
+          ) -> ProceduralGenerator:
+  if "benchmark" not in config:
+    raise ValueError(
+        "generate.generator='procedural' needs the config.benchmark section "
+        "(strength, image_size); use configs/demo.py.")
+  return ProceduralGenerator(
+      strength=config.benchmark.strength,
+      content_gap=config.benchmark.content_gap,
+      image_size=config.benchmark.image_size, spec=spec)
+
+
+def _prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
+             ) -> prompts_lib.PromptFn:
+  """The benchmark's own prompt forms: its generator reads the group back."""
+  name, seed = config.generate.prompts, int(config.generate.seed)
+
+  def prompt_fn(g: int, index: int) -> str:
+    variant = int(np.random.default_rng([seed, g, index]).integers(1 << 16))
+    return build_prompt(spec, *spec.groups[g], template=name, variant=variant)
+  return prompt_fn
+
+
+# Listed lazily in ffr_jax.generation.factory.GENERATORS as "procedural".
+PROCEDURAL = GeneratorDef(_make, _prompts, makes_own_data=True)

@@ -36,10 +36,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from ffr_jax import mesh as mesh_lib
 from ffr_jax import models
 from ffr_jax.demo import render
 from ffr_jax.models import weights as weights_lib
-from ffr_jax.training import mesh as mesh_lib
 from ffr_jax.training import methods as methods_lib
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib

@@ -4,7 +4,8 @@ the built-in benchmark's synthetic images itself.
 
 Generators (``config.generate.generator``): ``stable_diffusion`` (a diffusers
 folder, ``config.generate.model``) and ``procedural`` (the built-in
-benchmark's generator, ``config.benchmark.*``).
+benchmark's generator, ``config.benchmark.*``), which lives in
+:mod:`ffr_jax.demo.generator` and is listed lazily.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import os
 from collections.abc import Callable, Mapping
 
 import ml_collections
-import numpy as np
 from absl import logging
 
 from ffr_jax.data.types import DatasetSpec
-from ffr_jax.demo import generator as demo_generator
 from ffr_jax.generation import prompts as prompts_lib
 from ffr_jax.generation import writer as writer_lib
 from ffr_jax.generation.base import Generator
@@ -41,35 +40,11 @@ def _stable_diffusion(config: ml_collections.ConfigDict, spec: DatasetSpec
       batch_size=g.batch_size, revision=g.revision)
 
 
-def _procedural(config: ml_collections.ConfigDict, spec: DatasetSpec
-                ) -> Generator:
-  if "benchmark" not in config:
-    raise ValueError(
-        "generate.generator='procedural' needs the config.benchmark section "
-        "(strength, image_size); use configs/demo.py.")
-  return demo_generator.ProceduralGenerator(
-      strength=config.benchmark.strength,
-      content_gap=config.benchmark.content_gap,
-      image_size=config.benchmark.image_size, spec=spec)
-
-
 def _text_prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
                   ) -> prompts_lib.PromptFn:
   """Stable Diffusion's prompts (:mod:`ffr_jax.generation.prompts`)."""
   return prompts_lib.make_prompt_fn(spec, config.generate.prompts,
                                     int(config.generate.seed))
-
-
-def _procedural_prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
-                        ) -> prompts_lib.PromptFn:
-  """The benchmark's own prompt forms: its generator reads the group back."""
-  name, seed = config.generate.prompts, int(config.generate.seed)
-
-  def prompt_fn(g: int, index: int) -> str:
-    variant = int(np.random.default_rng([seed, g, index]).integers(1 << 16))
-    return demo_generator.build_prompt(spec, *spec.groups[g], template=name,
-                                       variant=variant)
-  return prompt_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +66,9 @@ class GeneratorDef:
 GENERATORS: Registry[GeneratorDef] = Registry("generator")
 GENERATORS.register("stable_diffusion",
                     GeneratorDef(_stable_diffusion, _text_prompts))
-GENERATORS.register("procedural", GeneratorDef(
-    _procedural, _procedural_prompts, makes_own_data=True))
+# The built-in benchmark's generator lives in ffr_jax.demo: imported on first
+# lookup, never as a side effect.
+GENERATORS.register_lazy("procedural", "ffr_jax.demo.generator:PROCEDURAL")
 
 
 def make_generator(config: ml_collections.ConfigDict, spec: DatasetSpec

@@ -54,7 +54,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from ffr_jax import hub
-from ffr_jax.training import mesh as mesh_lib
+from ffr_jax import mesh as mesh_lib
 
 SCHEDULERS = ("pndm", "ddim")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

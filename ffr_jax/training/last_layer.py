@@ -18,9 +18,9 @@ from jax.experimental import multihost_utils
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import REAL, Examples, GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
+from ffr_jax.mesh import Shardings, to_global
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
-from ffr_jax.training.mesh import Shardings, to_global
 
 
 def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from ffr_jax import config as config_lib
+from ffr_jax import lifecycle
 from ffr_jax import models
 from ffr_jax.data import bias
 from ffr_jax.data import compose as compose_lib
@@ -37,16 +38,15 @@ from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSplits, Examples, GroupScheme
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory as generation
+from ffr_jax.mesh import make_shardings, maybe_initialize_distributed
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import last_layer
-from ffr_jax.training import lifecycle
 from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
 from ffr_jax.training.methods import METHODS, get_method
-from ffr_jax.training.mesh import make_shardings, maybe_initialize_distributed
 
 STAGES_DIR = "stages"   # {workdir}/stages unless train.stages_dir is set
 SYNTHETIC_TEST = "synthetic_test"

@@ -37,12 +37,12 @@ import optax
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import Examples, GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
+from ffr_jax.mesh import Shardings, check_batch_size, to_global
 from ffr_jax.progress import Progress
 from ffr_jax.reporting.results import write_json_atomic
 from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
-from ffr_jax.training.mesh import Shardings, check_batch_size, to_global
 from ffr_jax.training.methods import get_method
 from ffr_jax.training.plan import LoopOptions, StagePlan
 

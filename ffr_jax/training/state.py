@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ffr_jax.training.mesh import Shardings
+from ffr_jax.mesh import Shardings
 
 
 @flax.struct.dataclass

@@ -16,7 +16,7 @@ import optax
 
 from ffr_jax.data.pipeline import normalize
 from ffr_jax.evaluation import metrics as metrics_lib
-from ffr_jax.training.mesh import Shardings
+from ffr_jax.mesh import Shardings
 from ffr_jax.training.state import TrainState
 
 

@@ -50,9 +50,9 @@ def main():
   from ffr_jax import models
   from ffr_jax.data import pipeline
   from ffr_jax.data.types import DatasetSpec, Examples, GroupScheme
+  from ffr_jax.mesh import make_shardings, to_global
   from ffr_jax.training import state as state_lib
   from ffr_jax.training import steps as steps_lib
-  from ffr_jax.training.mesh import make_shardings, to_global
   from ffr_jax.training.methods import get_method
 
   cfg = config_lib.base_config()
