@@ -247,13 +247,11 @@ def _finished_results(workdir: str, fingerprint: str) -> dict | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: RunData | None = None,
                        should_stop=None) -> dict:
   """Trains the stages of one mode x method and writes ``results.json``.
 
   Args:
     config: the run's config (one mode, one method).
-    data: the loaded data, when a sweep already has it; else loaded here.
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
 
   Returns:
@@ -269,15 +267,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   maybe_initialize_distributed()
   config = datasets.resolve_roots(config, workdir)
   mode, method_name = str(config.mode), str(config.method)
-  if data is None:
-    data = load_run_data(config, [mode])
+  data = load_run_data(config, [mode])
   spec = data.splits.spec
   shardings = make_shardings()
   model = models.model_from_config(config.model, spec.num_classes)
-  stages = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
-                               config.data.synthetic_per_group).stages
+  composition = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
+                                    config.data.synthetic_per_group)
   variables, init = pretrained_variables(config, model)
-  plans = plan_lib.plan_run(config, stages, roots=data.roots, pretrained=init)
+  plans = plan_lib.plan_run(config, composition.stages, roots=data.roots,
+                            pretrained=init)
   fingerprint = run_fingerprint(plans, config)
   finished = _finished_results(workdir, fingerprint)
   if finished is not None:
@@ -317,8 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = results_lib.run_results(
       config=config, metrics=metrics, stage_results=stage_results,
       stage_dirs=stage_dirs, selection=selection, dfr=dfr_info,
-      synthetic_per_group=compose_lib.synthetic_needs(
-          mode, spec, data.splits.train, config.data.synthetic_per_group),
+      synthetic_per_group=composition.synthetic_per_group,
       fingerprint=fingerprint, wall_seconds=time.time() - start)
   results_lib.write_json_atomic(
       os.path.join(workdir, results_lib.RESULTS_FILE), results)
