@@ -209,25 +209,6 @@ def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
   return plan_lib.json_digest({"stages": [p.fingerprint for p in plans], **after})
 
 
-class _MonotonicSteps:
-  """A stop check that sees one increasing step count over all stages.
-
-  Stage steps restart at 0; JAX's multi-host preemption sync point expects
-  step ids that only grow.
-  """
-
-  def __init__(self, should_stop):
-    self._should_stop = should_stop
-    self._base = self._last = 0
-
-  def next_stage(self) -> None:
-    self._base = self._last + 1
-
-  def __call__(self, step: int) -> bool:
-    self._last = self._base + int(step)
-    return self._should_stop(self._last)
-
-
 def _finished_results(workdir: str, fingerprint: str) -> dict | None:
   """The results of this very run if it finished earlier, else None.
 
@@ -288,14 +269,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   root = str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
   writer = MetricWriter(workdir)
   stage_results, stage_dirs = {}, {}
-  steps = _MonotonicSteps(should_stop or (lambda step: False))
+  should_stop = should_stop or (lambda step: False)
+  # Stage steps restart at 0; JAX's multi-host preemption sync point expects
+  # step ids that only grow: each stage's ids start after the previous one's.
+  first_id = 0
   try:
     for plan in plans:
       stage_dir = os.path.join(root, plan.folder)
-      steps.next_stage()
       result, variables = stage_lib.run_stage(
           plan, model, evals, shardings, writer, stage_dir, options,
-          init_variables=variables, should_stop=steps)
+          init_variables=variables,
+          should_stop=lambda step, first=first_id: should_stop(first + step))
+      first_id += result.history[-1]["step"] + 1
       stage_results[plan.name] = result
       stage_dirs[plan.name] = os.path.relpath(stage_dir, workdir)
   finally:
