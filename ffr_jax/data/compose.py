@@ -67,7 +67,6 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Composition:
-  mode: str
   stages: tuple[Stage, ...]
   synthetic_per_group: dict[tuple[int, int], int]
 
@@ -215,4 +214,4 @@ def compose(mode: str, spec: DatasetSpec, train: Examples,
   for s in stages:
     if len(s.train) == 0:
       raise ValueError(f"Mode {mode!r}: {s.name} has no training examples.")
-  return Composition(mode=mode, stages=stages, synthetic_per_group=needs)
+  return Composition(stages=stages, synthetic_per_group=needs)

@@ -209,25 +209,6 @@ def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
   return plan_lib.json_digest({"stages": [p.fingerprint for p in plans], **after})
 
 
-class _MonotonicSteps:
-  """A stop check that sees one increasing step count over all stages.
-
-  Stage steps restart at 0; JAX's multi-host preemption sync point expects
-  step ids that only grow.
-  """
-
-  def __init__(self, should_stop):
-    self._should_stop = should_stop
-    self._base = self._last = 0
-
-  def next_stage(self) -> None:
-    self._base = self._last + 1
-
-  def __call__(self, step: int) -> bool:
-    self._last = self._base + int(step)
-    return self._should_stop(self._last)
-
-
 def _finished_results(workdir: str, fingerprint: str) -> dict | None:
   """The results of this very run if it finished earlier, else None.
 
@@ -247,13 +228,11 @@ def _finished_results(workdir: str, fingerprint: str) -> dict | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: RunData | None = None,
                        should_stop=None) -> dict:
   """Trains the stages of one mode x method and writes ``results.json``.
 
   Args:
     config: the run's config (one mode, one method).
-    data: the loaded data, when a sweep already has it; else loaded here.
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
 
   Returns:
@@ -269,15 +248,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   maybe_initialize_distributed()
   config = datasets.resolve_roots(config, workdir)
   mode, method_name = str(config.mode), str(config.method)
-  if data is None:
-    data = load_run_data(config, [mode])
+  data = load_run_data(config, [mode])
   spec = data.splits.spec
   shardings = make_shardings()
   model = models.model_from_config(config.model, spec.num_classes)
-  stages = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
-                               config.data.synthetic_per_group).stages
+  composition = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
+                                    config.data.synthetic_per_group)
   variables, init = pretrained_variables(config, model)
-  plans = plan_lib.plan_run(config, stages, roots=data.roots, pretrained=init)
+  plans = plan_lib.plan_run(config, composition.stages, roots=data.roots,
+                            pretrained=init)
   fingerprint = run_fingerprint(plans, config)
   finished = _finished_results(workdir, fingerprint)
   if finished is not None:
@@ -290,14 +269,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   root = str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
   writer = MetricWriter(workdir)
   stage_results, stage_dirs = {}, {}
-  steps = _MonotonicSteps(should_stop or (lambda step: False))
+  should_stop = should_stop or (lambda step: False)
+  # Stage steps restart at 0; JAX's multi-host preemption sync point expects
+  # step ids that only grow: each stage's ids start after the previous one's.
+  first_id = 0
   try:
     for plan in plans:
       stage_dir = os.path.join(root, plan.folder)
-      steps.next_stage()
       result, variables = stage_lib.run_stage(
           plan, model, evals, shardings, writer, stage_dir, options,
-          init_variables=variables, should_stop=steps)
+          init_variables=variables,
+          should_stop=lambda step, first=first_id: should_stop(first + step))
+      first_id += result.history[-1]["step"] + 1
       stage_results[plan.name] = result
       stage_dirs[plan.name] = os.path.relpath(stage_dir, workdir)
   finally:
@@ -317,8 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = results_lib.run_results(
       config=config, metrics=metrics, stage_results=stage_results,
       stage_dirs=stage_dirs, selection=selection, dfr=dfr_info,
-      synthetic_per_group=compose_lib.synthetic_needs(
-          mode, spec, data.splits.train, config.data.synthetic_per_group),
+      synthetic_per_group=composition.synthetic_per_group,
       fingerprint=fingerprint, wall_seconds=time.time() - start)
   results_lib.write_json_atomic(
       os.path.join(workdir, results_lib.RESULTS_FILE), results)
