@@ -109,6 +109,18 @@ def _demo() -> ml_collections.ConfigDict:
                "mode": ("usb", "asb", "ffr")})
   grid.append({**at99, "benchmark.content_gap": (0.0,),
                "mode": ("usb", "asb", "ffr", "stage1_only")})
+  # Added after the first 366 runs (docs/experiments.md says which numbers
+  # come from which grid): the same learning-rate grid for every method and
+  # every ablation condition, so that no cell is compared with one chosen from
+  # more candidates. New dicts, so earlier runs keep their names.
+  grid.append({**common, "mode": MODES, "method": METHODS[1:],
+               "train.lr": (1e-4, 1e-5)})
+  for condition in ({"benchmark.strength": (0.0, 1.0)},
+                    {"benchmark.content_gap": (0.0,)}):
+    grid.append({**at99, **condition, "mode": ("usb", "asb", "ffr"),
+                 "train.lr": (1e-4, 1e-5)})
+    grid.append({**at99, **condition, "mode": ("ffr",),
+                 "train.freeze_bn": (True,)})
   c.grid = tuple(grid)
   return c
 
