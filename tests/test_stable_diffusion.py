@@ -108,9 +108,10 @@ def test_same_images_on_4_and_1_devices(tiny_sd, demo_real, tmp_path):
     assert (diff > 0).mean() <= MAX_FRACTION, name
   # Different seeds give different images.
   assert np.abs(a["landbird/land/000000.png"] - a["landbird/land/000001.png"]).mean() > 5
+  # --verify checks the counts the same config needs (3 per group here).
   report = _run(["-m", "ffr_jax.generate", "--config=configs/demo.py:smoke",
                  f"--workdir={four}", f"--config.data.root={demo_real}",
-                 "--verify"])
+                 "--config.generate.per_group=3", "--verify"])
   assert "OK" in report
   # A rerun finds everything present and generates nothing.
   stdout = _generate(tiny_sd, demo_real, four, devices=4, batch_size=2)
