@@ -38,6 +38,7 @@ import numpy as np
 
 import benchmark_properties as props
 from ffr_jax import experiments
+from ffr_jax import demo
 from ffr_jax.demo import generator, upstream
 from ffr_jax.reporting import results as results_lib
 
@@ -162,8 +163,7 @@ def upstream_rows() -> list[dict]:
   Training is deterministic with a constant learning rate, so epoch 10 of the
   20-epoch run is the 10-epoch run.
   """
-  record = _load(upstream.metadata_path(
-      os.path.join(os.path.dirname(upstream.__file__), "upstream.safetensors")))
+  record = _load(upstream.metadata_path(demo.UPSTREAM_WEIGHTS))
   return [{"epochs": h["epoch"], "held_out_accuracy": h["held_out_accuracy"]}
           for h in record.get("history", []) if h["epoch"] in (10, 20, 40, 80)]
 

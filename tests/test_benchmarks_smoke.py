@@ -68,3 +68,40 @@ def test_gpu_suite_rejects_an_unknown_section():
                            "--sections", "train,video"], capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2 and "video" in result.stderr
+
+
+def _calibration():
+  sys.path.insert(0, BENCHMARKS)
+  try:
+    import calibration  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BENCHMARKS)
+  return calibration
+
+
+def test_calibration_choice_follows_the_preregistered_rule():
+  cal = _calibration()
+  row = lambda gap, strength, wa: {"content_gap": gap, "strength": strength,  # noqa: E731
+                                   "mean_wa": wa}
+  # Closest to 51.2 among the pairs in the band [43.2, 59.2] ...
+  chosen, passed = cal.choose([row(0.5, 0.5, 71.3), row(0.75, 1.0, 58.0),
+                               row(0.75, 0.5, 52.3), row(1.0, 1.0, 44.0)])
+  assert (chosen["content_gap"], chosen["strength"], passed) == (0.75, 0.5, True)
+  # ... ties within 0.5 points go to the smaller gap, then the smaller strength ...
+  chosen, _ = cal.choose([row(1.0, 0.5, 51.2), row(0.5, 1.0, 51.5), row(0.5, 0.5, 50.8)])
+  assert (chosen["content_gap"], chosen["strength"]) == (0.5, 0.5)
+  # ... and with no pair in the band, the closest is kept and marked failed.
+  chosen, passed = cal.choose([row(0.0, 0.5, 89.0), row(1.0, 0.5, 42.0)])
+  assert (chosen["content_gap"], passed) == (1.0, False)
+
+
+def test_calibration_record_matches_its_runs():
+  """The committed record's means are those of its own runs (no hand edits)."""
+  cal = _calibration()
+  with open(os.path.join(BENCHMARKS, "results", "calibration.json")) as f:
+    record = json.load(f)
+  for row in record["runs"].values():
+    wa = [r["test_wa"] for r in row["runs"]]
+    assert row["n"] == len(wa) == len(cal.RATIOS) * len(cal.SEEDS)
+    assert row["mean_wa"] == pytest.approx(sum(wa) / len(wa))
+  assert cal.in_band(record["runs"]["none,cue=1"]["mean_wa"], cal.NONE_TARGET)
