@@ -361,7 +361,11 @@ def prepare(runs: Sequence[Run], log=print) -> None:
 
 def write_manifest(workdir: str, runs: Sequence[Run],
                    outcomes: Sequence[Outcome] = ()) -> str:
-  """``{workdir}/sweep.json``: every run's name, command and last outcome."""
+  """``{workdir}/sweep.json``: every run's name, command and last outcome.
+
+  Rows of runs not in ``runs`` (another shard's, or outside a ``--filter``)
+  are kept as they were.
+  """
   path = os.path.join(workdir, "sweep.json")
   previous = {}
   if os.path.isfile(path):
@@ -377,6 +381,8 @@ def write_manifest(workdir: str, runs: Sequence[Run],
     elif "outcome" in previous.get(r.name, {}):
       row["outcome"] = previous[r.name]["outcome"]
     rows.append(row)
+  mine = {r.name for r in runs}
+  rows += [row for name, row in previous.items() if name not in mine]
   os.makedirs(workdir, exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"  # shards may write at the same time
   with open(tmp, "w") as f:

@@ -199,6 +199,12 @@ def test_rerun_skips_finished_runs_and_reruns_unfinished_ones(tmp_path,
   assert [r["finished"] for r in rows] == [True, True, False]
   assert rows[2]["outcome"]["status"] == "failed"
   assert "1 failed" in sweep_lib.summarize(outcomes)
+  # Another shard (or a --filter run) writing later keeps these rows.
+  sweep_lib.write_manifest(str(tmp_path), runs[:1])
+  with open(path) as f:
+    later = {r["name"]: r for r in json.load(f)["runs"]}
+  assert set(later) == {r.name for r in runs}
+  assert later[failing.name]["outcome"]["status"] == "failed"
 
 
 # ----------------------------------------------------------------------------
