@@ -150,3 +150,20 @@ def test_demo_rendered_with_another_seed_is_other_data(tmp_path, monkeypatch):
 
   assert train("a", 3) == train("b", 3)
   assert train("a", 3) != train("c", 4)
+
+
+def test_data_digest_does_not_depend_on_verify_images(tmp_path, monkeypatch):
+  # data.verify_images is a speed setting (config.SPEED_ONLY_KEYS): skipping
+  # the decode check must not change which stage a run finds.
+  from ffr_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  from ffr_jax.demo import dataset  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("FFR_JAX_CACHE", str(tmp_path / "cache"))
+  root = str(tmp_path / "real")
+  dataset.prepare_real(root, scale=0.005, image_size=16, seed=3)
+
+  def digest(verify):
+    c = _config(**{"data.root": root, "data.bias_ratio": 0.95,
+                   "data.verify_images": verify})
+    return plan_lib.examples_digest(datasets.load_dataset(c.data).train, [root])
+
+  assert digest(True) == digest(False)

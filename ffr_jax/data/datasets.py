@@ -24,7 +24,7 @@ from absl import logging
 
 from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
 from ffr_jax.data import utk_face, waterbirds
-from ffr_jax.data.images import verified_cache_path, verify_images
+from ffr_jax.data.images import file_identities, verified_cache_path, verify_images
 from ffr_jax.data.types import DatasetSpec, DatasetSplits
 from ffr_jax.registry import Registry
 
@@ -183,6 +183,10 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
     layouts.require_every_group(
         splits.spec,
         {s: splits.split(s) for s in ("train", "val", "test")}, cfg_data.root)
+  else:  # Not decoded, but identified by content all the same (fingerprints).
+    parts = {s: splits.split(s) for s in ("train", "val", "test")}
+    content = file_identities([str(p) for ex in parts.values() for p in ex.path])
+    splits = splits.replace(**{s: ex.with_content(content) for s, ex in parts.items()})
   for reason, n in splits.skipped.items():
     logging.info("%s: skipped %d file(s): %s, e.g. %s", splits.spec.name, n,
                  reason, splits.skipped_files.get(reason, [])[:2])

@@ -177,7 +177,7 @@ def verify_images(paths: Sequence[str], num_threads: int | None = None,
     ``{path: "<size>:<digest>"}`` for the others (every file is read to check
     it, so its identity costs nothing more; stage fingerprints use it).
   """
-  num_threads = num_threads or min(16, (os.cpu_count() or 1) * 2)
+  num_threads = _threads(num_threads)
   known = _read_cache(cache_path)
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     prints = dict(zip(paths, pool.map(_fingerprint, paths, chunksize=64)))
@@ -189,9 +189,28 @@ def verify_images(paths: Sequence[str], num_threads: int | None = None,
   if cache_path is not None and todo:
     known.update({p: prints[p][0] for p in todo if p not in bad})
     _write_cache(cache_path, known)
-  content = {p: f"{fp[0]}:{fp[1]}" for p, (fp, _) in prints.items()
-             if p not in bad}
-  return bad, content
+  return bad, {p: _identity(fp) for p, (fp, _) in prints.items() if p not in bad}
+
+
+def file_identities(paths: Sequence[str], num_threads: int | None = None
+                    ) -> dict[str, str]:
+  """``{path: "<size>:<digest>"}`` of the files' bytes, without decoding.
+
+  The identities :func:`verify_images` returns, for data loaded without that
+  check (``data.verify_images`` off): it changes speed, never a stage's
+  fingerprint. A file that cannot be read gets ``""``.
+  """
+  with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
+    prints = pool.map(_fingerprint, paths, chunksize=64)
+    return {p: _identity(fp) for p, (fp, _) in zip(paths, prints)}
+
+
+def _identity(fingerprint: list | None) -> str:
+  return "" if fingerprint is None else f"{fingerprint[0]}:{fingerprint[1]}"
+
+
+def _threads(num_threads: int | None) -> int:
+  return num_threads or min(16, (os.cpu_count() or 1) * 2)
 
 
 def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
