@@ -50,7 +50,7 @@ SPEC = render.DEMO_SPEC
 _CONTROL_SALT = 2
 
 
-def _balanced(per_group: int, salt: int, size: int, offset: int = 0):
+def balanced_images(per_group: int, salt: int, size: int, offset: int = 0):
   """Labels and seeds of ``per_group`` images per group."""
   ys = np.repeat([y for y, _ in SPEC.groups], per_group)
   bs = np.repeat([b for _, b in SPEC.groups], per_group)
@@ -58,7 +58,7 @@ def _balanced(per_group: int, salt: int, size: int, offset: int = 0):
   return ys, bs, seeds, render.render(ys, bs, seeds, size, salt)
 
 
-def _linear_probe(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+def linear_probe(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
   """Held-out accuracy (75/25 split) of L2 logistic regression on pixels."""
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
@@ -72,19 +72,30 @@ def _linear_probe(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
   return float(clf.score(scaler.transform(x[te]), labels[te]))
 
 
+def real_vs_generated(per_group: int, size: int, strength: float,
+                      content_gap: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
+  """The pixel probe's held-out accuracy, real vs generated, on balanced images.
+
+  Real and generated images share groups and seeds and come from separate
+  streams. Returns ``(accuracy, real, generated)``.
+  """
+  ys, bs, seeds, real = balanced_images(per_group, 0, size, offset=10**7)
+  prompts = [generator.build_prompt(SPEC, y, b) for y, b in zip(ys, bs)]
+  fake = generator.ProceduralGenerator(strength, size, content_gap=content_gap
+                                       ).generate(prompts, seeds)
+  labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+  return linear_probe(np.concatenate([real, fake]), labels), real, fake
+
+
 def fingerprint_detection(per_group: int, size: int) -> list[dict]:
   """(a): real-vs-generated probe accuracy at each strength."""
-  ys, bs, seeds, real = _balanced(per_group, 0, size, offset=10**7)
-  prompts = [generator.build_prompt(SPEC, y, b) for y, b in zip(ys, bs)]
   rows = []
   for strength in STRENGTHS:
-    fake = generator.ProceduralGenerator(strength, size).generate(prompts, seeds)
-    x = np.concatenate([real, fake])
-    labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    accuracy, real, fake = real_vs_generated(per_group, size, strength)
     mean_shift = (fake.reshape(-1, 3).mean(0) - real.reshape(-1, 3).mean(0))
     rows.append({
         "strength": strength,
-        "probe_accuracy": _linear_probe(x, labels),
+        "probe_accuracy": accuracy,
         "mean_rgb_shift": [round(float(v), 2) for v in mean_shift],
         "n_per_source": len(real)})
   return rows
@@ -92,18 +103,15 @@ def fingerprint_detection(per_group: int, size: int) -> list[dict]:
 
 def content_gap_effect(per_group: int, size: int) -> list[dict]:
   """(d): what the content gap changes, with the fingerprint off."""
-  ys, bs, seeds, real = _balanced(per_group, 0, size, offset=10**7)
-  prompts = [generator.build_prompt(SPEC, y, b) for y, b in zip(ys, bs)]
+  ys, bs, seeds, _ = balanced_images(per_group, 0, size, offset=10**7)
   rows = []
   for gap in CONTENT_GAPS:
     cover = render.animal_coverage(ys, bs, seeds, size, generator.GENERATOR_SALT, gap)
     area, offset = render.area_and_offset(cover)
-    fake = generator.ProceduralGenerator(0.0, size, content_gap=gap).generate(prompts, seeds)
-    x = np.concatenate([real, fake])
-    labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    accuracy, real, _ = real_vs_generated(per_group, size, 0.0, gap)
     rows.append({"content_gap": gap, "animal_area": round(area, 4),
                  "centroid_offset": round(offset, 4),
-                 "probe_accuracy": _linear_probe(x, labels),
+                 "probe_accuracy": accuracy,
                  "n_per_source": len(real)})
   return rows
 
@@ -183,7 +191,7 @@ def spurious_proxy(root: str, scale: float, size: int, ratio: float,
   predict = train_cnn(x_tr, train.y, epochs)
   erm = group_accuracies(predict(x_te), test.y, test.b)
   erm_s = time.time() - t0
-  ys, bs, _, x_bal = _balanced(control_per_group, _CONTROL_SALT, size)
+  ys, bs, _, x_bal = balanced_images(control_per_group, _CONTROL_SALT, size)
   predict = train_cnn(x_bal, ys, epochs)
   control = group_accuracies(predict(x_te), test.y, test.b)
   return {"bias_ratio": ratio, "scale": scale, "epochs": epochs,
@@ -202,12 +210,12 @@ def cue_difficulty(per_group: int, size: int) -> dict:
   indoors vs outdoors) against the class (landbird vs waterbird, small vs big
   dog), on the same images.
   """
-  ys, bs, _, x = _balanced(per_group, _CONTROL_SALT, size, offset=10**6)
+  ys, bs, _, x = balanced_images(per_group, _CONTROL_SALT, size, offset=10**6)
   out = {"per_group": per_group}
   for pair, classes in (("birds", (0, 1)), ("dogs", (2, 3))):
     m = np.isin(ys, classes)
-    out[f"{pair}_background"] = _linear_probe(x[m], bs[m])
-    out[f"{pair}_class"] = _linear_probe(x[m], ys[m])
+    out[f"{pair}_background"] = linear_probe(x[m], bs[m])
+    out[f"{pair}_class"] = linear_probe(x[m], ys[m])
   return out
 
 

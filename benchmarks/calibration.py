@@ -7,7 +7,7 @@ data or FFR:
 * ``probe``: (c) the real-vs-synthetic linear probe for every
   ``(content_gap, strength)`` pair of the grid (no training).
 * ``none``: (a) ``mode=none`` with ERM (real data only) at every bias ratio
-  and seed, for each ``--class_cue`` value.
+  and seed.
 * ``stage1_only``: (b) ``mode=stage1_only`` with ERM (synthetic data only)
   for every pair whose probe passed (c), in the protocol's order.
 * ``table``: the table of every setting run so far, each criterion, and the
@@ -16,7 +16,7 @@ data or FFR:
 Usage::
 
     PYTHONPATH=. python benchmarks/calibration.py probe
-    PYTHONPATH=. python benchmarks/calibration.py none --workdir=/tmp/calib [--class_cue=1.0]
+    PYTHONPATH=. python benchmarks/calibration.py none --workdir=/tmp/calib
     PYTHONPATH=. python benchmarks/calibration.py stage1_only --workdir=/tmp/calib
     PYTHONPATH=. python benchmarks/calibration.py table --workdir=/tmp/calib
 
@@ -34,12 +34,12 @@ import platform
 import sys
 
 import ml_collections
-import numpy as np
 
 import benchmark_properties as props
 from ffr_jax import experiments
 from ffr_jax import demo
-from ffr_jax.demo import generator, upstream
+from ffr_jax.demo import upstream
+from ffr_jax.reporting import aggregate
 from ffr_jax.reporting import results as results_lib
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "calibration.json")
@@ -79,12 +79,7 @@ def pair_key(content_gap: float, strength: float) -> str:
 
 def probe_accuracy(content_gap: float, strength: float, size: int = 32) -> float:
   """(c): held-out accuracy of the pixel probe, real vs generated."""
-  ys, bs, seeds, real = props._balanced(PROBE_PER_GROUP, 0, size, offset=10**7)  # pylint: disable=protected-access
-  prompts = [generator.build_prompt(props.SPEC, y, b) for y, b in zip(ys, bs)]
-  fake = generator.ProceduralGenerator(strength, size, content_gap=content_gap
-                                       ).generate(prompts, seeds)
-  labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
-  return props._linear_probe(np.concatenate([real, fake]), labels)  # pylint: disable=protected-access
+  return props.real_vs_generated(PROBE_PER_GROUP, size, strength, content_gap)[0]
 
 
 def _sweep(grid: list[dict]) -> ml_collections.ConfigDict:
@@ -97,11 +92,8 @@ def _common(mode: str) -> dict:
           "seed": SEEDS}
 
 
-def none_grid(class_cues: list[float]) -> list[dict]:
-  grid = {**_common("none")}
-  if class_cues != [1.0]:
-    grid["benchmark.class_cue"] = tuple(class_cues)
-  return [grid]
+def none_grid() -> list[dict]:
+  return [_common("none")]
 
 
 def stage1_grid(pairs: list[tuple[float, float]]) -> list[dict]:
@@ -124,7 +116,9 @@ def collect(runs: list[experiments.Run]) -> dict[str, dict]:
       continue
     res = results_lib.read_results(r.run_dir)
     b = r.config.benchmark
-    cue = float(b.get("class_cue", 1.0))
+    # The protocol's class-cue knob was never built: (a) passed at today's
+    # renderer, its 1.0.
+    cue = 1.0
     mode = str(r.config.mode)
     key = (f"{mode},cue={cue:g}" if mode == "none" else
            f"{mode},cue={cue:g}," + pair_key(float(b.content_gap), float(b.strength)))
@@ -135,11 +129,15 @@ def collect(runs: list[experiments.Run]) -> dict[str, dict]:
                         "seed": int(r.config.seed),
                         "test_wa": 100 * res["test"]["worst_group_acc"],
                         "test_ba": 100 * res["test"]["balanced_acc"]})
-  for row in out.values():
-    wa = [x["test_wa"] for x in row["runs"]]
-    row["n"], row["mean_wa"], row["std_wa"] = len(wa), float(np.mean(wa)), float(np.std(wa))
-    row["mean_ba"] = float(np.mean([x["test_ba"] for x in row["runs"]]))
   return out
+
+
+def summarize(row: dict) -> dict:
+  """``row`` with the mean and sample std (ddof=1, as every report) of its runs."""
+  wa = aggregate.stat([x["test_wa"] for x in row["runs"]])
+  ba = aggregate.stat([x["test_ba"] for x in row["runs"]])
+  return {**row, "n": wa.n, "mean_wa": wa.mean, "std_wa": wa.std or 0.0,
+          "mean_ba": ba.mean}
 
 
 def in_band(value: float, target: float) -> bool:
@@ -209,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("step", choices=("probe", "none", "stage1_only", "table"))
   p.add_argument("--workdir", default="/tmp/ffr_calibration")
-  p.add_argument("--class_cue", type=float, action="append",
-                 help="(a)'s class-cue values (repeat the flag); default 1.0")
   p.add_argument("--out", default=OUT)
   args = p.parse_args(argv)
   record = _load(args.out)
@@ -228,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         probes[pair_key(g, s)] = probe_accuracy(g, s)
         print(f"probe {pair_key(g, s)}: {probes[pair_key(g, s)]:.3f}", flush=True)
   elif args.step == "none":
-    cues = args.class_cue or [1.0]
-    runs.update(collect(run(none_grid(cues), os.path.join(args.workdir, "none"))))
+    runs.update(collect(run(none_grid(), os.path.join(args.workdir, "none"))))
   elif args.step == "stage1_only":
     probes = record.get("probe", {})
     if len(probes) < len(CONTENT_GAPS) * len(STRENGTHS):
@@ -237,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [(g, s) for g in CONTENT_GAPS for s in STRENGTHS
              if probes[pair_key(g, s)] >= PROBE_MIN]
     runs.update(collect(run(stage1_grid(pairs), os.path.join(args.workdir, "stage1_only"))))
-  stage1 = [r for r in runs.values() if r["mode"] == "stage1_only" and r["n"] == len(RATIOS) * len(SEEDS)]
+  # Means and stds are derived from the runs every time, never edited.
+  record["runs"] = runs = {k: summarize(r) for k, r in runs.items()}
+  stage1 = [r for r in runs.values()
+            if r["mode"] == "stage1_only" and r["n"] == len(RATIOS) * len(SEEDS)]
   chosen, passed = choose(stage1)
   record["choice"] = None if chosen is None else {
       k: chosen[k] for k in ("class_cue", "content_gap", "strength", "mean_wa")} | {"passed": passed}

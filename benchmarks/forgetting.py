@@ -19,20 +19,19 @@ and writes benchmarks/results/forgetting.json.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 from collections import defaultdict
 
-import numpy as np
+from ffr_jax.reporting import aggregate
+
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "forgetting.json")
 
 
 def _runs(workdir: str) -> list[dict]:
   out = []
-  for path in sorted(glob.glob(os.path.join(workdir, "runs", "**", "results.json"),
-                              recursive=True)):
+  for path in aggregate.results_paths(workdir):
     with open(path, encoding="utf-8") as f:
       out.append(json.load(f))
   return out
@@ -44,9 +43,8 @@ def _condition(r: dict) -> str:
 
 
 def _stat(values: list[float]) -> str:
-  v = 100 * np.asarray(values)
-  std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-  return f"{v.mean():.1f} +- {std:.1f} (n={len(v)})"
+  """Mean +- sample std (ddof=1, as every report), with the count."""
+  return f"{aggregate.fmt(aggregate.stat(values))} (n={len(values)})"
 
 
 def stage2_rows(runs: list[dict]) -> list[dict]:

@@ -110,15 +110,20 @@ def record_from_results(results: dict, path: str = "") -> Record:
       syn_wa=syn.get("worst_group_acc"), syn_ba=syn.get("balanced_acc"))
 
 
-def load_records(workdir: str) -> list[Record]:
-  """Every ``results.json`` under ``workdir`` (sorted paths)."""
+def results_paths(workdir: str) -> list[str]:
+  """Every ``results.json`` under ``workdir``, sorted."""
   found = []
   for root, dirs, files in os.walk(workdir):
     dirs.sort()
     if RESULTS_FILE in files:
       found.append(os.path.join(root, RESULTS_FILE))
+  return sorted(found)
+
+
+def load_records(workdir: str) -> list[Record]:
+  """A :class:`Record` of every ``results.json`` under ``workdir`` (sorted paths)."""
   records = []
-  for path in sorted(found):
+  for path in results_paths(workdir):
     with open(path) as f:
       records.append(record_from_results(json.load(f), path))
   return records
