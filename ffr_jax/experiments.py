@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -285,11 +286,16 @@ def run_subprocess(run: Run) -> None:
                        f"{os.path.join(run.run_dir, 'sweep.log')}")
 
 
-def run_in_process(run: Run, should_stop=None) -> None:
-  """Trains ``run`` in this process (no interpreter or JAX start-up per run)."""
+def run_in_process(run: Run, should_stop=None, reuse_data: dict | None = None
+                   ) -> None:
+  """Trains ``run`` in this process (no interpreter or JAX start-up per run).
+
+  ``reuse_data`` (one dict for the runs of one sweep) keeps the last run's
+  data for the next run that reads the same.
+  """
   try:
     with run_lib.owned_workdir(run.run_dir):
-      run_lib.train_and_evaluate(run.config, run.run_dir, should_stop=should_stop)
+      run_lib.train_and_evaluate(run.config, run.run_dir, should_stop, reuse_data)
   finally:
     jax.clear_caches()  # compiled steps of finished runs would pile up
 
@@ -308,6 +314,8 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
   :class:`~ffr_jax.lifecycle.Preempted` is raised.
   """
   fn = EXECUTORS[executor]
+  if executor == "inprocess":
+    fn = functools.partial(run_in_process, reuse_data={})
   outcomes = []
   for i, run in enumerate(runs):
     if run.finished():

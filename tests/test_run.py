@@ -1,14 +1,23 @@
-"""A run's set-up: every host must have loaded the same data."""
+"""A run's set-up: every host must have loaded the same data; an in-process
+sweep loads each data setting once."""
 
 from __future__ import annotations
 
+import os
+
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
+from ffr_jax import experiments
+from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+from ffr_jax.reporting import results as results_lib
 from ffr_jax.training import run as run_lib
+
+from conftest import ROOT
 
 SPEC = DatasetSpec("toy", ("a", "b"), ("x", "y"),
                    ((0, 0), (0, 1), (1, 0), (1, 1)), (0, 1))
@@ -50,3 +59,32 @@ def test_hosts_that_listed_other_files_fail_clearly(monkeypatch):
 def test_hosts_with_the_same_files_under_other_mounts_agree(monkeypatch):
   _two_hosts(monkeypatch, ["/mnt/x/a.png", "/mnt/x/b.png"])
   run_lib.check_same_data_on_every_host(_splits(["/d/a.png", "/d/b.png"]))
+
+
+def test_an_in_process_sweep_loads_each_data_setting_once(tmp_path, monkeypatch):
+  """Runs that differ only in method (or seed, lr) reuse the data loaded for
+  the previous run; another mode or bias ratio loads its own."""
+  sweep = ml_collections.ConfigDict({
+      "config": str(ROOT / "configs" / "demo.py") + ":smoke", "fixed": (),
+      "grid": ({"mode": ("none",), "method": ("erm", "groupdro")},
+               {"mode": ("usb",), "method": ("erm", "dfr")},
+               {"mode": ("usb",), "method": ("erm",), "data.bias_ratio": (0.95,)})})
+  runs = experiments.expand(sweep, str(tmp_path))
+  loaded, seen = [], []
+  real_load = datasets.load_dataset
+  monkeypatch.setattr(datasets, "load_dataset",
+                      lambda c: loaded.append(c.bias_ratio) or real_load(c))
+
+  def fake_train(config, workdir, should_stop=None, reuse_data=None):
+    """What train_and_evaluate does before training: load the run's data."""
+    config = datasets.resolve_roots(config, workdir)
+    seen.append(run_lib.load_run_data(config, [str(config.mode)], reuse_data))
+    results_lib.write_json_atomic(
+        os.path.join(workdir, results_lib.RESULTS_FILE), {})
+  monkeypatch.setattr(run_lib, "train_and_evaluate", fake_train)
+  outcomes = experiments.execute(runs, "inprocess", log=lambda s: None)
+  assert [o.status for o in outcomes] == ["done"] * 5
+  assert loaded == [0.99, 0.99, 0.95]
+  assert seen[0] is seen[1] and seen[2] is seen[3] and seen[1] is not seen[2]
+  assert seen[0].synthetic is None and seen[2].synthetic is not None
+

@@ -95,12 +95,22 @@ class RunData:
   roots: tuple[str, ...]
 
 
-def load_run_data(config: ml_collections.ConfigDict,
-                  modes: Sequence[str]) -> RunData:
+def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
+                  reuse: dict | None = None) -> RunData:
   """Loads (and for built-in generators, makes) what ``modes`` train on.
 
-  ``config`` has resolved roots (:func:`ffr_jax.data.datasets.resolve_roots`).
+  Args:
+    config: with resolved roots (:func:`ffr_jax.data.datasets.resolve_roots`).
+    modes: the modes whose synthetic images must exist.
+    reuse: a dict kept between the runs of one in-process sweep: it holds the
+      last data loaded, returned again when every setting the data is loaded
+      from is the same (loading re-reads every file's bytes).
   """
+  key = plan_lib.json_digest({"modes": sorted(modes), **{
+      k: v for k, v in config_lib.flatten(config).items()
+      if k.split(".")[0] in ("data", "generate", "benchmark", "eval")}}, 64)
+  if reuse is not None and key in reuse:
+    return reuse[key]
   datasets.prepare_dataset(config)
   splits = datasets.load_dataset(config.data)
   check_same_data_on_every_host(splits)
@@ -113,10 +123,14 @@ def load_run_data(config: ml_collections.ConfigDict,
     if generation.makes_its_own_data(config):
       generation.generate_synthetic(config, spec, needs, root)
     pool = synthetic_lib.load_synthetic(root, spec)
-  return RunData(splits=splits, synthetic=pool,
+  data = RunData(splits=splits, synthetic=pool,
                  synthetic_test=synthetic_test_set(config, spec),
                  roots=(config.data.root, config.data.synthetic_root,
                         config.eval.synthetic_test_root))
+  if reuse is not None:
+    reuse.clear()
+    reuse[key] = data
+  return data
 
 
 def check_same_data_on_every_host(splits: DatasetSplits) -> None:
@@ -228,12 +242,14 @@ def _finished_results(workdir: str, fingerprint: str) -> dict | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       should_stop=None) -> dict:
+                       should_stop=None, reuse_data: dict | None = None) -> dict:
   """Trains the stages of one mode x method and writes ``results.json``.
 
   Args:
     config: the run's config (one mode, one method).
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
+    reuse_data: the previous run's data, to reuse when it is the same
+      (``reuse`` of :func:`load_run_data`).
 
   Returns:
     The ``results.json`` dict. A finished run returns its results unchanged
@@ -248,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   maybe_initialize_distributed()
   config = datasets.resolve_roots(config, workdir)
   mode, method_name = str(config.mode), str(config.method)
-  data = load_run_data(config, [mode])
+  data = load_run_data(config, [mode], reuse_data)
   spec = data.splits.spec
   shardings = make_shardings()
   model = models.model_from_config(config.model, spec.num_classes)
