@@ -135,6 +135,11 @@ def test_same_relative_paths_with_other_bytes_are_other_data(tmp_path, monkeypat
   assert digest(a, tmp_path / "a") != digest(other_bytes, tmp_path / "b")
   # The same bytes under another root are the same data (portable workdirs).
   assert digest(a, tmp_path / "a") == digest(same_bytes, tmp_path / "c")
+  # Examples built by hand, without the loader's content identities, are
+  # identified by their files' bytes all the same.
+  by_hand = lambda ex: dataclasses.replace(ex, content=None)  # noqa: E731
+  assert digest(by_hand(a), tmp_path / "a") == digest(a, tmp_path / "a")
+  assert digest(by_hand(other_bytes), tmp_path / "b") == digest(other_bytes, tmp_path / "b")
 
 
 def test_demo_rendered_with_another_seed_is_other_data(tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ import numpy as np
 
 from ffr_jax import config as config_lib
 from ffr_jax.data import compose as compose_lib
+from ffr_jax.data import images
 from ffr_jax.data.types import Examples
 from ffr_jax.training import methods as methods_lib
 
@@ -163,9 +164,10 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
   Each path is taken relative to the longest of ``roots`` that holds it, so
   the same data under another root, or a copied workdir, has the same digest.
   The files' content identities (:attr:`Examples.content`, known when the
-  loader checked the files) are hashed too: pools generated with other
-  settings, or a benchmark rendered with others, have the same relative paths
-  and other bytes, and must not share a stage.
+  loader checked the files; read now for examples built without them) are
+  hashed too: pools generated with other settings, or a benchmark rendered
+  with others, have the same relative paths and other bytes, and must not
+  share a stage.
   """
   prefixes = sorted((os.path.abspath(r) + os.sep for r in roots if r),
                     key=len, reverse=True)
@@ -181,8 +183,11 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
   h.update("\n".join(rel(str(p)) for p in examples.path).encode())
   for column in (examples.y, examples.b, examples.source):
     h.update(np.ascontiguousarray(column, np.int64).tobytes())
-  if examples.content is not None:
-    h.update("\n".join(str(c) for c in examples.content).encode())
+  content = examples.content
+  if content is None:
+    identities = images.file_identities([str(p) for p in examples.path])
+    content = [identities[str(p)] for p in examples.path]
+  h.update("\n".join(str(c) for c in content).encode())
   return h.hexdigest()[:FINGERPRINT_CHARS]
 
 
