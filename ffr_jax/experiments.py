@@ -192,11 +192,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
     config_lib.apply_overrides(config, fixed + grid_overrides)
     name = run_name({k: v for k, v in assignment.items()
                      if k not in tuple(sweep.get("unnamed", ()))})
-    for key in ("mode", "method"):
-      if "," in str(config[key]):
-        raise ValueError(
-            f"Run {name!r}: {key}={config[key]!r} is a list; a sweep run "
-            "trains one mode x method. Put the values in the grid instead.")
+    run_lib.check_one_run(config, f"Run {name!r}: ")
     identity = (config_path, plan_lib.json_digest(config_lib.flatten(config), 64))
     if identity in seen:
       continue  # the same settings from another grid dict: run once
@@ -273,8 +269,12 @@ class Outcome:
   error: str = ""
 
 
-def run_subprocess(run: Run) -> None:
-  """Runs ``run.command()`` with output appended to ``{run_dir}/sweep.log``."""
+def run_subprocess(run: Run, should_stop=None) -> None:
+  """Runs ``run.command()`` with output appended to ``{run_dir}/sweep.log``.
+
+  ``should_stop`` is unused: the scheduler's signal reaches the process group.
+  """
+  del should_stop
   os.makedirs(run.run_dir, exist_ok=True)
   with open(os.path.join(run.run_dir, "sweep.log"), "a") as log:
     log.write(f"\n$ {shlex.join(run.command())}\n")
@@ -324,10 +324,7 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
     log(f"[{i + 1}/{len(runs)}] {run.name}")
     start = time.time()
     try:
-      if executor == "inprocess" and guard is not None:
-        fn(run, guard.should_stop)
-      else:
-        fn(run)
+      fn(run, guard.should_stop if guard is not None else None)
       if guard is not None and guard.signal_name is not None:
         raise lifecycle.Preempted(0, run.name, guard.signal_name)
       if not run.finished():

@@ -177,7 +177,7 @@ def test_rerun_skips_finished_runs_and_reruns_unfinished_ones(tmp_path,
   os.makedirs(os.path.join(unfinished.run_dir, "train", "checkpoints"))
   calls = []
 
-  def fake(run):
+  def fake(run, should_stop=None):
     calls.append(run.name)
     if run.name == failing.name:
       raise RuntimeError("loss became NaN")

@@ -62,6 +62,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: the first bad value, with what was expected.
   """
+  check_one_run(config)
   compose_lib.MODES.get(str(config.mode))
   METHODS.get(str(config.method))
   definition = datasets.get_dataset(str(config.data.name))
@@ -83,6 +84,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise FileNotFoundError(
         f"config.model.pretrained={config.model.pretrained!r} is not a file "
         "(a .pth or .safetensors file, or hf-hub:ORG/NAME).")
+
+
+def check_one_run(config: ml_collections.ConfigDict, where: str = "") -> None:
+  """Raises ValueError when ``mode`` or ``method`` is a comma list."""
+  for key in ("mode", "method"):
+    if "," in str(config[key]):
+      raise ValueError(
+          f"{where}config.{key}={config[key]!r} is a list; a run trains one "
+          "mode x method (ffr_jax.main runs lists as a sweep; a sweep config "
+          "lists the values in its grid).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,11 +266,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The ``results.json`` dict. A finished run returns its results unchanged
     (wall times included).
   """
-  for key in ("mode", "method"):
-    if "," in str(config[key]):
-      raise ValueError(
-          f"config.{key}={config[key]!r} is a list; train_and_evaluate runs "
-          "one mode x method (ffr_jax.main runs lists as a sweep).")
   validate_config(config)
   maybe_initialize_distributed()
   config = datasets.resolve_roots(config, workdir)
