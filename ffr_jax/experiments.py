@@ -6,7 +6,8 @@ docs/experiments.md ("Sweep configs") describes the sweep config file
 data, synthetic images and every run's stages, so FFR's stage 1 is trained once
 for all methods), skipping and resuming, failures and shards. Here:
 :func:`expand` (a sweep config to its runs), :func:`shard`, :func:`prepare`,
-:func:`run_sweep`, and :func:`train_command` (what ``ffr_jax.main`` does).
+:func:`run_sweep`, and what the commands do: :func:`sweep_command`
+(``ffr_jax.sweep``) and :func:`train_command` (``ffr_jax.main``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -424,6 +426,39 @@ def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
   write_manifest(workdir, runs, outcomes)
   log(summarize(outcomes) + f"\nWall time {time.time() - start:.0f} s.")
   return outcomes
+
+
+def sweep_command(sweep: ml_collections.ConfigDict, workdir: str, *,
+                  shard_spec: str = "0/1", name_filter: str = "",
+                  list_only: bool = False, prepare_only: bool = False,
+                  executor: str = "subprocess") -> bool:
+  """What ``ffr_jax.sweep`` does; False when a run failed.
+
+  The runs of shard ``shard_spec`` (``i/n``) whose names match the regular
+  expression ``name_filter`` are listed (one ``ffr_jax.main`` command each),
+  prepared (their shared data only) or run.
+  """
+  runs = expand(sweep, workdir)
+  index, count = parse_shard(shard_spec)
+  mine = shard(runs, index, count)
+  if name_filter:
+    try:
+      pattern = re.compile(name_filter)
+    except re.error as e:
+      raise ValueError(f"--filter={name_filter!r} is not a regular "
+                       f"expression: {e}") from None
+    mine = [r for r in mine if pattern.search(r.name)]
+  if list_only:
+    for r in mine:
+      print(shlex.join(r.command()))
+  elif prepare_only:
+    prepare(mine)
+  else:
+    print(f"Shard {index}/{count}: {len(mine)} of {len(runs)} runs.",
+          file=sys.stderr)
+    outcomes = run_sweep(mine, workdir, executor)
+    return not any(o.status == "failed" for o in outcomes)
+  return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,6 @@ The engine and the sweep config format are :mod:`ffr_jax.experiments`.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import sys
 
 from absl import flags
@@ -44,28 +42,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
   del argv
-  workdir = os.path.abspath(_WORKDIR.value)
-  runs = experiments.expand(_CONFIG.value, workdir)
-  index, count = experiments.parse_shard(_SHARD.value)
-  mine = experiments.shard(runs, index, count)
-  if _FILTER.value:
-    try:
-      pattern = re.compile(_FILTER.value)
-    except re.error as e:
-      raise ValueError(f"--filter={_FILTER.value!r} is not a regular "
-                       f"expression: {e}") from None
-    mine = [r for r in mine if pattern.search(r.name)]
-  if _LIST.value:
-    for r in mine:
-      print(shlex.join(r.command()))
-    return
-  if _PREPARE.value:
-    experiments.prepare(mine)
-    return
-  print(f"Shard {index}/{count}: {len(mine)} of {len(runs)} runs.",
-        file=sys.stderr)
-  outcomes = experiments.run_sweep(mine, workdir, _EXECUTOR.value)
-  if any(o.status == "failed" for o in outcomes):
+  finished = experiments.sweep_command(
+      _CONFIG.value, os.path.abspath(_WORKDIR.value), shard_spec=_SHARD.value,
+      name_filter=_FILTER.value, list_only=_LIST.value,
+      prepare_only=_PREPARE.value, executor=_EXECUTOR.value)
+  if not finished:
     sys.exit(1)
 
 
