@@ -142,7 +142,7 @@ class RecordSource:
     record["image"] = self.image(row)
     return record
 
-  def cached(self, num_threads: int | None = None) -> RecordSource:
+  def cached(self) -> RecordSource:
     """A copy serving every image from memory, decoded once in threads.
 
     PIL releases the GIL while decoding and resizing, so threads scale with
@@ -162,12 +162,11 @@ class RecordSource:
     def fill(row: int) -> None:
       cache[row] = self.store.load(str(self.keys[row]), s)
 
-    with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(_threads(None)) as pool:
       list(pool.map(fill, range(n), chunksize=64))
     return dataclasses.replace(self, cache=cache)
 
-  def disk_cached(self, cache_dir: str,
-                  num_threads: int | None = None) -> RecordSource:
+  def disk_cached(self, cache_dir: str) -> RecordSource:
     """A copy serving images memory-mapped from the on-disk cache.
 
     The cache in ``cache_dir`` is built first if needed (every image decoded
@@ -179,7 +178,7 @@ class RecordSource:
     images = image_cache.cached_images(
         [str(k) for k in self.keys], self.image_size, cache_dir,
         lambda row: self.store.load(str(self.keys[row]), self.image_size),
-        _threads(num_threads))
+        _threads(None))
     return dataclasses.replace(self, cache=images)
 
   def gather(self, rows: np.ndarray, flips: np.ndarray) -> Batch:
@@ -225,7 +224,6 @@ def _check_memory_limit(n: int, size: int) -> None:
 
 def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
                     store: ImageStore | None = None, cache: bool = False,
-                    num_threads: int | None = None,
                     cache_dir: str | None = None) -> RecordSource:
   """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
 
@@ -233,7 +231,6 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
     image_size: images are resized to this square size.
     store: where images come from (files by default).
     cache: hold every decoded image in host memory.
-    num_threads: decoding threads (default: 2 per core).
     cache_dir: read images from the on-disk cache there (built if needed);
       None: decode on the fly (or into memory with ``cache``).
   """
@@ -242,15 +239,15 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
       columns=Columns.from_examples(examples, scheme),
       image_size=int(image_size),
       store=store or FileImages())
-  return _with_caches(source, cache, cache_dir, num_threads)
+  return _with_caches(source, cache, cache_dir)
 
 
-def _with_caches(source: RecordSource, in_memory: bool, cache_dir: str | None,
-                 num_threads: int | None = None) -> RecordSource:
+def _with_caches(source: RecordSource, in_memory: bool,
+                 cache_dir: str | None) -> RecordSource:
   """The on-disk cache first (decode once, ever); then, if asked, into RAM."""
   if cache_dir:
-    source = source.disk_cached(cache_dir, num_threads)
-  return source.cached(num_threads) if in_memory else source
+    source = source.disk_cached(cache_dir)
+  return source.cached() if in_memory else source
 
 
 def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
@@ -384,9 +381,8 @@ class HostShard:
   def create(cls, process_index: int | None = None,
              process_count: int | None = None) -> HostShard:
     """Defaults to ``jax.process_index()`` / ``jax.process_count()``."""
-    if process_index is None or process_count is None:
-      process_index = jax.process_index() if process_index is None else process_index
-      process_count = jax.process_count() if process_count is None else process_count
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
     return cls(int(process_index), int(process_count))
 
   def local_batch_size(self, global_batch_size: int) -> int:
@@ -593,10 +589,6 @@ class TrainLoader:
   def steps_per_epoch(self) -> int:
     return len(self.source) // self.batch_size
 
-  @property
-  def local_batch_size(self) -> int:
-    return self.host.local_batch_size(self.batch_size)
-
   def global_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The epoch's rows and flips over all hosts, whole batches only."""
     n = len(self.source)
@@ -620,8 +612,8 @@ class TrainLoader:
     skip = start_step * self.batch_size
     rows = self.host.take(order[skip:], self.batch_size)
     flips = self.host.take(flips[skip:], self.batch_size)
-    return read_batches(self.source, rows, flips, self.local_batch_size,
-                        self.read)
+    return read_batches(self.source, rows, flips,
+                        self.host.local_batch_size(self.batch_size), self.read)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
