@@ -170,6 +170,43 @@ def read_attributes(path: str, wanted: Sequence[str], layout: str
   return labels
 
 
+def read_attribute_images(dataset: str, root: str, image_dir: str,
+                          attribute_file: str, wanted: Sequence[str],
+                          layout: str) -> tuple[dict[str, tuple[int, ...]],
+                                                dict[str, str], list[str]]:
+  """Reads ``root/{attribute_file}`` for the images in ``root/{image_dir}``.
+
+  Returns:
+    ``(labels, paths, missing)``: :func:`read_attributes` of the file; file
+    name -> path of each listed image that exists, in name order; the paths of
+    the listed images that do not.
+
+  Raises:
+    FileNotFoundError: ``root``, the image folder or the attribute file is
+      missing.
+    ValueError: a malformed attribute file (:func:`read_attributes`).
+  """
+  image_dir = os.path.join(root, image_dir)
+  for p, kind in ((root, "root"), (image_dir, "image folder")):
+    if not os.path.isdir(p):
+      raise FileNotFoundError(
+          f"{dataset} {kind} {p} is not a directory. Expected:\n{layout}")
+  anno = os.path.join(root, attribute_file)
+  if not os.path.isfile(anno):
+    raise FileNotFoundError(
+        f"{dataset} attribute file {anno} is missing. Expected:\n{layout}")
+  labels = read_attributes(anno, wanted, layout)
+  on_disk = set(os.listdir(image_dir))  # One listing, not a stat per image.
+  paths, missing = {}, []
+  for name in sorted(labels):
+    path = os.path.join(image_dir, name)
+    if name in on_disk:
+      paths[name] = path
+    else:
+      missing.append(path)
+  return labels, paths, missing
+
+
 # --- Majority bias per class, from the config or the data ---------------------
 
 
