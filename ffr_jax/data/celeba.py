@@ -152,6 +152,5 @@ def load(root: str, split_seed: int = 0, target: str = "Blond_Hair",
   splits, missing = _read(root, target, bias)
   spec = _spec(target, bias, _majority(majority, target, bias, splits["train"]))
   train, val = layouts.prebias(spec, splits["train"], splits["val"], split_seed)
-  counts, files = layouts.skip_summary({"missing_image": missing})
-  return DatasetSplits(spec=spec, train=train, val=val, test=splits["test"],
-                       skipped=counts, skipped_files=files)
+  return layouts.dataset_splits(spec, {"missing_image": missing}, train=train,
+                                val=val, test=splits["test"])

@@ -67,7 +67,6 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
   ys, bs = zip(*(labels[name] for name in paths))
   examples = Examples.from_lists(list(paths.values()), ys, bs)
   train, val, test = layouts.split_and_prebias(SPEC, examples, split_seed, root)
-  counts, files = layouts.skip_summary({"missing_image": missing})
-  return DatasetSplits(spec=SPEC, train=train, val=val, test=test,
-                       skipped=counts, skipped_files=files)
+  return layouts.dataset_splits(SPEC, {"missing_image": missing}, train=train,
+                                val=val, test=test)
 

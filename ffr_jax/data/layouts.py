@@ -15,7 +15,7 @@ import numpy as np
 
 from ffr_jax.data import bias
 from ffr_jax.data.images import is_image_file
-from ffr_jax.data.types import DatasetSpec, Examples
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 SPLITS = ("train", "val", "test")
 # How many example paths per skip reason we keep for messages.
@@ -28,13 +28,14 @@ PRE_BIAS_RATIO = 0.90
 _PRE_BIAS_SEED_OFFSET = 7919
 
 
-def skip_summary(skipped: Mapping[str, list[str]]
-                 ) -> tuple[dict[str, int], dict[str, list[str]]]:
-  """Turns reason -> all skipped paths into (counts, a few examples) per reason."""
+def dataset_splits(spec: DatasetSpec, skipped: Mapping[str, list[str]],
+                   **splits: Examples) -> DatasetSplits:
+  """The splits, with reason -> all skipped paths as counts and a few examples."""
   counts = {k: len(v) for k, v in sorted(skipped.items()) if v}
   examples = {k: list(v[:MAX_SKIPPED_EXAMPLES])
               for k, v in sorted(skipped.items()) if v}
-  return counts, examples
+  return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
+                       **splits)
 
 
 def list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:

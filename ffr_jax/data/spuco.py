@@ -142,9 +142,7 @@ def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
       ys += [y] * len(found)
       bs += [b] * len(found)
     splits[split] = Examples.from_lists(paths, ys, bs).sorted()
-  counts, examples = layouts.skip_summary(skipped)
-  return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
-                       **splits)
+  return layouts.dataset_splits(spec, skipped, **splits)
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
