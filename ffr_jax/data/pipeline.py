@@ -176,8 +176,7 @@ class RecordSource:
     if self.cache is not None or not isinstance(self.store, FileImages):
       return self
     images = image_cache.cached_images(
-        [str(k) for k in self.keys], self.image_size, cache_dir,
-        lambda row: self.store.load(str(self.keys[row]), self.image_size),
+        [str(k) for k in self.keys], self.image_size, cache_dir, self.image,
         _threads(None))
     return dataclasses.replace(self, cache=images)
 
@@ -333,8 +332,6 @@ def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
   Args:
     groups: group id of every row (non-negative ints).
-    seed: the training seed.
-    epoch: the epoch; each epoch draws afresh.
 
   Returns:
     int64 row indices, ``len(groups)`` of them.
@@ -558,14 +555,11 @@ class TrainLoader:
   """Training batches, resumable at any ``(epoch, step)``.
 
   Attributes:
-    source: the examples as records.
     batch_size: the global batch size ``B`` over all hosts.
     seed: seeds orders and flips (with the epoch).
     sampler: ``"shuffle"`` (a permutation per epoch) or ``"balanced"``
       (group-balanced draws with replacement, the Resampling method).
     flip: random horizontal flips.
-    host: this host's share.
-    read: how images are read.
   """
 
   source: RecordSource
@@ -620,11 +614,7 @@ class TrainLoader:
 class EvalLoader:
   """Every example exactly once, in order, in padded batches with a mask.
 
-  Attributes:
-    source: the examples as records.
-    batch_size: the global eval batch size over all hosts.
-    host: this host's share.
-    read: how images are read.
+  ``batch_size`` is the global eval batch size over all hosts.
   """
 
   source: RecordSource
@@ -656,12 +646,11 @@ def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
                cfg_data: Any, store: ImageStore | None) -> RecordSource:
   cache_dir = image_cache.resolve_dir(cfg_data.get("image_cache_dir", ""))
   in_memory = bool(cfg_data.cache_images)
-  if isinstance(data, RecordSource):
-    return _with_caches(data, in_memory, cache_dir)
-  if scheme is None:
-    raise ValueError("A GroupScheme is needed to turn Examples into records.")
-  return examples_source(data, scheme, cfg_data.image_size, store=store,
-                         cache=in_memory, cache_dir=cache_dir)
+  if not isinstance(data, RecordSource):
+    if scheme is None:
+      raise ValueError("A GroupScheme is needed to turn Examples into records.")
+    data = examples_source(data, scheme, cfg_data.image_size, store=store)
+  return _with_caches(data, in_memory, cache_dir)
 
 
 def _read_options(cfg_data: Any) -> ReadOptions:
