@@ -65,10 +65,8 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
 
   Args:
     spec: the dataset's groups and majority biases.
-    examples: one split.
     ratio: target bias ratio in (0.5, 1).
     seed: seeds which minority examples are dropped.
-    min_per_group: floor on the minority count after dropping.
     floor_keep: see :func:`minority_to_remove`.
 
   Returns:

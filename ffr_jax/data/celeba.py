@@ -104,30 +104,16 @@ def _read(root: str, target: str, bias: str
   """The official splits before any bias, and the paths of missing images."""
   _check_attributes(target, bias)
   root = os.path.abspath(root)
-  image_dir = os.path.join(root, IMAGE_DIR)
-  for p, kind in ((root, "root"), (image_dir, "image folder")):
-    if not os.path.isdir(p):
-      raise FileNotFoundError(
-          f"CelebA {kind} {p} is not a directory. Expected:\n{LAYOUT}")
-  anno = os.path.join(root, ATTRIBUTE_FILE)
-  if not os.path.isfile(anno):
-    raise FileNotFoundError(
-        f"CelebA attribute file {anno} is missing. Expected:\n{LAYOUT}")
-  labels = layouts.read_attributes(anno, (target, bias), LAYOUT)
+  labels, paths, missing = layouts.read_attribute_images(
+      "CelebA", root, IMAGE_DIR, ATTRIBUTE_FILE, (target, bias), LAYOUT)
   partition = read_partition(os.path.join(root, PARTITION_FILE))
   unsplit = sorted(set(labels) - set(partition))
   if unsplit:
     raise ValueError(
         f"{len(unsplit)} images of {ATTRIBUTE_FILE} have no row in "
         f"{PARTITION_FILE}, e.g. {unsplit[:3]}.")
-  on_disk = set(os.listdir(image_dir))  # One listing, not 200k stat calls.
   columns = {s: ([], [], []) for s in layouts.SPLITS}
-  missing = []
-  for name in sorted(labels):
-    path = os.path.join(image_dir, name)
-    if name not in on_disk:
-      missing.append(path)
-      continue
+  for name, path in paths.items():
     for column, value in zip(columns[partition[name]], (path, *labels[name])):
       column.append(value)
   splits = {s: Examples.from_lists(*c) for s, c in columns.items()}
@@ -166,6 +152,5 @@ def load(root: str, split_seed: int = 0, target: str = "Blond_Hair",
   splits, missing = _read(root, target, bias)
   spec = _spec(target, bias, _majority(majority, target, bias, splits["train"]))
   train, val = layouts.prebias(spec, splits["train"], splits["val"], split_seed)
-  counts, files = layouts.skip_summary({"missing_image": missing})
-  return DatasetSplits(spec=spec, train=train, val=val, test=splits["test"],
-                       skipped=counts, skipped_files=files)
+  return layouts.dataset_splits(spec, {"missing_image": missing}, train=train,
+                                val=val, test=splits["test"])

@@ -43,16 +43,6 @@ LAYOUT = (f"root/{IMAGE_DIR}/{{0..29999}}.jpg\n"
           "{-1,1})")
 
 
-def read_annotations(path: str) -> dict[str, tuple[int, int]]:
-  """Parses the attribute file into ``file name -> (smiling, male)``.
-
-  Raises:
-    ValueError: with the line number (see :func:`layouts.read_attributes`).
-  """
-  return layouts.read_attributes(path, (TARGET_ATTRIBUTE, BIAS_ATTRIBUTE),
-                                 LAYOUT)
-
-
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
   """Loads CelebA-HQ from ``root``: seeded 80/10/10 split, 90% pre-bias.
 
@@ -66,34 +56,17 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
       split.
   """
   root = os.path.abspath(root)
-  image_dir = os.path.join(root, IMAGE_DIR)
-  anno = os.path.join(root, ANNOTATION_FILE)
-  for p, kind in ((root, "root"), (image_dir, "image folder")):
-    if not os.path.isdir(p):
-      raise FileNotFoundError(
-          f"CelebA-HQ {kind} {p} is not a directory. Expected:\n{LAYOUT}")
-  if not os.path.isfile(anno):
-    raise FileNotFoundError(
-        f"CelebA-HQ attribute file {anno} is missing. Expected:\n{LAYOUT}")
-  labels = read_annotations(anno)
-  # One listing instead of 30000 stat calls.
-  on_disk = set(os.listdir(image_dir))
-  paths, ys, bs, missing = [], [], [], []
-  for name in sorted(labels):
-    path = os.path.join(image_dir, name)
-    if name not in on_disk:
-      missing.append(path)
-      continue
-    paths.append(path)
-    ys.append(labels[name][0])
-    bs.append(labels[name][1])
+  labels, paths, missing = layouts.read_attribute_images(
+      "CelebA-HQ", root, IMAGE_DIR, ANNOTATION_FILE,
+      (TARGET_ATTRIBUTE, BIAS_ATTRIBUTE), LAYOUT)
   if not paths:
     raise ValueError(
-        f"None of the {len(labels)} images listed in {anno} exist in "
-        f"{image_dir}. Expected:\n{LAYOUT}")
-  examples = Examples.from_lists(paths, ys, bs)
+        f"None of the {len(labels)} images listed in "
+        f"{os.path.join(root, ANNOTATION_FILE)} exist in "
+        f"{os.path.join(root, IMAGE_DIR)}. Expected:\n{LAYOUT}")
+  ys, bs = zip(*(labels[name] for name in paths))
+  examples = Examples.from_lists(list(paths.values()), ys, bs)
   train, val, test = layouts.split_and_prebias(SPEC, examples, split_seed, root)
-  counts, files = layouts.skip_summary({"missing_image": missing})
-  return DatasetSplits(spec=SPEC, train=train, val=val, test=test,
-                       skipped=counts, skipped_files=files)
+  return layouts.dataset_splits(SPEC, {"missing_image": missing}, train=train,
+                                val=val, test=test)
 

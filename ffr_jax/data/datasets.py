@@ -126,16 +126,20 @@ def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
                               **definition.config_options(cfg_data))
 
 
-def _exclude_unreadable(splits: DatasetSplits, root: str) -> DatasetSplits:
-  """Decodes every image once and drops the ones that fail, with a warning.
+def _identify_files(splits: DatasetSplits, root: str, verify: bool
+                    ) -> DatasetSplits:
+  """The rows with their files' content identity (:attr:`Examples.content`).
 
-  Files whose bytes are unchanged since they last decoded fine (size and
-  checksum) are remembered in a cache outside ``root`` and not decoded again.
-  The kept rows carry their files' content identity (:attr:`Examples.content`).
+  With ``verify``, every image is also decoded once and the ones that fail
+  are dropped, with a warning; files whose bytes are unchanged since they last
+  decoded fine are remembered in a cache outside ``root``, not decoded again.
   """
-  parts = {s: splits.split(s) for s in ("train", "val", "test")}
+  parts = {s: splits.split(s) for s in layouts.SPLITS}
   paths = [str(p) for ex in parts.values() for p in ex.path]
-  bad, content = verify_images(paths, cache_path=verified_cache_path(root))
+  if verify:
+    bad, content = verify_images(paths, cache_path=verified_cache_path(root))
+  else:
+    bad, content = {}, file_identities(paths)
   parts = {s: ex.with_content(content) for s, ex in parts.items()}
   if not bad:
     return splits.replace(**parts)
@@ -178,15 +182,10 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
   _require_root(cfg_data.name, cfg_data.root, definition.layout)
   splits = definition.load(cfg_data.root, int(cfg_data.split_seed),
                            **definition.config_options(cfg_data))
+  splits = _identify_files(splits, cfg_data.root, cfg_data.verify_images)
   if cfg_data.verify_images:
-    splits = _exclude_unreadable(splits, cfg_data.root)
     layouts.require_every_group(
-        splits.spec,
-        {s: splits.split(s) for s in ("train", "val", "test")}, cfg_data.root)
-  else:  # Not decoded, but identified by content all the same (fingerprints).
-    parts = {s: splits.split(s) for s in ("train", "val", "test")}
-    content = file_identities([str(p) for ex in parts.values() for p in ex.path])
-    splits = splits.replace(**{s: ex.with_content(content) for s, ex in parts.items()})
+        splits.spec, {s: splits.split(s) for s in layouts.SPLITS}, cfg_data.root)
   for reason, n in splits.skipped.items():
     logging.info("%s: skipped %d file(s): %s, e.g. %s", splits.spec.name, n,
                  reason, splits.skipped_files.get(reason, [])[:2])

@@ -158,5 +158,4 @@ def load(root: str, split_seed: int = 0, majority: str = "") -> DatasetSplits:
                               splits, root)
   spec = _spec(classes, biases, groups,
                _majority(majority, classes, biases, splits["train"]))
-  counts, files = layouts.skip_summary(skipped)
-  return DatasetSplits(spec=spec, skipped=counts, skipped_files=files, **splits)
+  return layouts.dataset_splits(spec, skipped, **splits)

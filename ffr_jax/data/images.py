@@ -39,9 +39,8 @@ class UnreadableImageError(ValueError):
 _EXIF_ORIENTATION = 0x0112
 # Modes holding 16 or 32-bit gray levels; PNG stores 16-bit grayscale as these.
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-# Modes with an alpha channel, and what to convert them to first.
-_ALPHA_MODES = {"LA": "RGBA", "La": "RGBA", "PA": "RGBA", "RGBA": "RGBA",
-                "RGBa": "RGBA"}
+# Modes with an alpha channel.
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
@@ -83,7 +82,7 @@ def _rgb_image(im: Image.Image) -> Image.Image:
   if mode == "P" and "transparency" in im.info:
     mode = "PA"
   if mode in _ALPHA_MODES:
-    rgba = np.asarray(im.convert(_ALPHA_MODES[mode]), dtype=np.uint32)
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
     # (c * a + 127) // 255 is c * a / 255 rounded half up, in integers.
     rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
@@ -91,8 +90,7 @@ def _rgb_image(im: Image.Image) -> Image.Image:
 
 
 def _gray_to_rgb(levels: np.ndarray) -> Image.Image:
-  rgb = np.repeat(levels.astype(np.uint8)[..., None], 3, axis=-1)
-  return Image.fromarray(rgb, "RGB")
+  return Image.fromarray(levels.astype(np.uint8)).convert("RGB")
 
 
 def _open_rgb(path: str) -> Image.Image:
@@ -155,15 +153,14 @@ def _fingerprint(path: str) -> tuple[list | None, str | None]:
   return [len(data), file_digest(data)], None
 
 
-def verify_images(paths: Sequence[str], num_threads: int | None = None,
-                  cache_path: str | None = None
+def verify_images(paths: Sequence[str], cache_path: str | None = None
                   ) -> tuple[dict[str, str], dict[str, str]]:
   """Decodes every file once; returns the failures and the files' identities.
 
-  Decoding is done in threads (PIL releases the GIL while decoding).
+  Decoding is done in threads (PIL releases the GIL while decoding), 2 per
+  core, at most 16.
 
   Args:
-    num_threads: decoding threads (default: 2 per core, at most 16).
     cache_path: a JSON file remembering which files decoded fine, keyed by
       path with their size and a checksum of their bytes (:func:`file_digest`).
       A file whose bytes are unchanged is not decoded again (CelebA-HQ's 30k
@@ -177,9 +174,8 @@ def verify_images(paths: Sequence[str], num_threads: int | None = None,
     ``{path: "<size>:<digest>"}`` for the others (every file is read to check
     it, so its identity costs nothing more; stage fingerprints use it).
   """
-  num_threads = _threads(num_threads)
   known = _read_cache(cache_path)
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+  with concurrent.futures.ThreadPoolExecutor(_threads()) as pool:
     prints = dict(zip(paths, pool.map(_fingerprint, paths, chunksize=64)))
     bad = {p: err for p, (_, err) in prints.items() if err is not None}
     todo = [p for p, (fp, _) in prints.items()
@@ -192,15 +188,14 @@ def verify_images(paths: Sequence[str], num_threads: int | None = None,
   return bad, {p: _identity(fp) for p, (fp, _) in prints.items() if p not in bad}
 
 
-def file_identities(paths: Sequence[str], num_threads: int | None = None
-                    ) -> dict[str, str]:
+def file_identities(paths: Sequence[str]) -> dict[str, str]:
   """``{path: "<size>:<digest>"}`` of the files' bytes, without decoding.
 
   The identities :func:`verify_images` returns, for data loaded without that
   check (``data.verify_images`` off): it changes speed, never a stage's
   fingerprint. A file that cannot be read gets ``""``.
   """
-  with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
+  with concurrent.futures.ThreadPoolExecutor(_threads()) as pool:
     prints = pool.map(_fingerprint, paths, chunksize=64)
     return {p: _identity(fp) for p, (fp, _) in zip(paths, prints)}
 
@@ -209,15 +204,15 @@ def _identity(fingerprint: list | None) -> str:
   return "" if fingerprint is None else f"{fingerprint[0]}:{fingerprint[1]}"
 
 
-def _threads(num_threads: int | None) -> int:
-  return num_threads or min(16, (os.cpu_count() or 1) * 2)
+def _threads() -> int:
+  return min(16, (os.cpu_count() or 1) * 2)
 
 
-def find_unreadable(paths: Sequence[str], num_threads: int | None = None,
-                    cache_path: str | None = None) -> dict[str, str]:
+def find_unreadable(paths: Sequence[str], cache_path: str | None = None
+                    ) -> dict[str, str]:
   """``{path: error}`` for the files of ``paths`` that do not decode
   (:func:`verify_images`)."""
-  return verify_images(paths, num_threads, cache_path)[0]
+  return verify_images(paths, cache_path)[0]
 
 
 def verified_cache_path(root: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ffr_jax.data import bias
 from ffr_jax.data.images import is_image_file
-from ffr_jax.data.types import DatasetSpec, Examples
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 SPLITS = ("train", "val", "test")
 # How many example paths per skip reason we keep for messages.
@@ -28,13 +28,14 @@ PRE_BIAS_RATIO = 0.90
 _PRE_BIAS_SEED_OFFSET = 7919
 
 
-def skip_summary(skipped: Mapping[str, list[str]]
-                 ) -> tuple[dict[str, int], dict[str, list[str]]]:
-  """Turns reason -> all skipped paths into (counts, a few examples) per reason."""
+def dataset_splits(spec: DatasetSpec, skipped: Mapping[str, list[str]],
+                   **splits: Examples) -> DatasetSplits:
+  """The splits, with reason -> all skipped paths as counts and a few examples."""
   counts = {k: len(v) for k, v in sorted(skipped.items()) if v}
   examples = {k: list(v[:MAX_SKIPPED_EXAMPLES])
               for k, v in sorted(skipped.items()) if v}
-  return counts, examples
+  return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
+                       **splits)
 
 
 def list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:
@@ -168,6 +169,43 @@ def read_attributes(path: str, wanted: Sequence[str], layout: str
         f"{path}: line 1 says {declared} images but {len(labels)} rows follow; "
         "the file is truncated or edited.")
   return labels
+
+
+def read_attribute_images(dataset: str, root: str, image_dir: str,
+                          attribute_file: str, wanted: Sequence[str],
+                          layout: str) -> tuple[dict[str, tuple[int, ...]],
+                                                dict[str, str], list[str]]:
+  """Reads ``root/{attribute_file}`` for the images in ``root/{image_dir}``.
+
+  Returns:
+    ``(labels, paths, missing)``: :func:`read_attributes` of the file; file
+    name -> path of each listed image that exists, in name order; the paths of
+    the listed images that do not.
+
+  Raises:
+    FileNotFoundError: ``root``, the image folder or the attribute file is
+      missing.
+    ValueError: a malformed attribute file (:func:`read_attributes`).
+  """
+  image_dir = os.path.join(root, image_dir)
+  for p, kind in ((root, "root"), (image_dir, "image folder")):
+    if not os.path.isdir(p):
+      raise FileNotFoundError(
+          f"{dataset} {kind} {p} is not a directory. Expected:\n{layout}")
+  anno = os.path.join(root, attribute_file)
+  if not os.path.isfile(anno):
+    raise FileNotFoundError(
+        f"{dataset} attribute file {anno} is missing. Expected:\n{layout}")
+  labels = read_attributes(anno, wanted, layout)
+  on_disk = set(os.listdir(image_dir))  # One listing, not a stat per image.
+  paths, missing = {}, []
+  for name in sorted(labels):
+    path = os.path.join(image_dir, name)
+    if name in on_disk:
+      paths[name] = path
+    else:
+      missing.append(path)
+  return labels, paths, missing
 
 
 # --- Majority bias per class, from the config or the data ---------------------

@@ -142,7 +142,7 @@ class RecordSource:
     record["image"] = self.image(row)
     return record
 
-  def cached(self, num_threads: int | None = None) -> RecordSource:
+  def cached(self) -> RecordSource:
     """A copy serving every image from memory, decoded once in threads.
 
     PIL releases the GIL while decoding and resizing, so threads scale with
@@ -162,12 +162,11 @@ class RecordSource:
     def fill(row: int) -> None:
       cache[row] = self.store.load(str(self.keys[row]), s)
 
-    with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(_threads(None)) as pool:
       list(pool.map(fill, range(n), chunksize=64))
     return dataclasses.replace(self, cache=cache)
 
-  def disk_cached(self, cache_dir: str,
-                  num_threads: int | None = None) -> RecordSource:
+  def disk_cached(self, cache_dir: str) -> RecordSource:
     """A copy serving images memory-mapped from the on-disk cache.
 
     The cache in ``cache_dir`` is built first if needed (every image decoded
@@ -177,9 +176,8 @@ class RecordSource:
     if self.cache is not None or not isinstance(self.store, FileImages):
       return self
     images = image_cache.cached_images(
-        [str(k) for k in self.keys], self.image_size, cache_dir,
-        lambda row: self.store.load(str(self.keys[row]), self.image_size),
-        _threads(num_threads))
+        [str(k) for k in self.keys], self.image_size, cache_dir, self.image,
+        _threads(None))
     return dataclasses.replace(self, cache=images)
 
   def gather(self, rows: np.ndarray, flips: np.ndarray) -> Batch:
@@ -225,7 +223,6 @@ def _check_memory_limit(n: int, size: int) -> None:
 
 def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
                     store: ImageStore | None = None, cache: bool = False,
-                    num_threads: int | None = None,
                     cache_dir: str | None = None) -> RecordSource:
   """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
 
@@ -233,7 +230,6 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
     image_size: images are resized to this square size.
     store: where images come from (files by default).
     cache: hold every decoded image in host memory.
-    num_threads: decoding threads (default: 2 per core).
     cache_dir: read images from the on-disk cache there (built if needed);
       None: decode on the fly (or into memory with ``cache``).
   """
@@ -242,15 +238,15 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
       columns=Columns.from_examples(examples, scheme),
       image_size=int(image_size),
       store=store or FileImages())
-  return _with_caches(source, cache, cache_dir, num_threads)
+  return _with_caches(source, cache, cache_dir)
 
 
-def _with_caches(source: RecordSource, in_memory: bool, cache_dir: str | None,
-                 num_threads: int | None = None) -> RecordSource:
+def _with_caches(source: RecordSource, in_memory: bool,
+                 cache_dir: str | None) -> RecordSource:
   """The on-disk cache first (decode once, ever); then, if asked, into RAM."""
   if cache_dir:
-    source = source.disk_cached(cache_dir, num_threads)
-  return source.cached(num_threads) if in_memory else source
+    source = source.disk_cached(cache_dir)
+  return source.cached() if in_memory else source
 
 
 def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
@@ -336,8 +332,6 @@ def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
   Args:
     groups: group id of every row (non-negative ints).
-    seed: the training seed.
-    epoch: the epoch; each epoch draws afresh.
 
   Returns:
     int64 row indices, ``len(groups)`` of them.
@@ -384,9 +378,8 @@ class HostShard:
   def create(cls, process_index: int | None = None,
              process_count: int | None = None) -> HostShard:
     """Defaults to ``jax.process_index()`` / ``jax.process_count()``."""
-    if process_index is None or process_count is None:
-      process_index = jax.process_index() if process_index is None else process_index
-      process_count = jax.process_count() if process_count is None else process_count
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
     return cls(int(process_index), int(process_count))
 
   def local_batch_size(self, global_batch_size: int) -> int:
@@ -562,14 +555,11 @@ class TrainLoader:
   """Training batches, resumable at any ``(epoch, step)``.
 
   Attributes:
-    source: the examples as records.
     batch_size: the global batch size ``B`` over all hosts.
     seed: seeds orders and flips (with the epoch).
     sampler: ``"shuffle"`` (a permutation per epoch) or ``"balanced"``
       (group-balanced draws with replacement, the Resampling method).
     flip: random horizontal flips.
-    host: this host's share.
-    read: how images are read.
   """
 
   source: RecordSource
@@ -592,10 +582,6 @@ class TrainLoader:
   @property
   def steps_per_epoch(self) -> int:
     return len(self.source) // self.batch_size
-
-  @property
-  def local_batch_size(self) -> int:
-    return self.host.local_batch_size(self.batch_size)
 
   def global_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The epoch's rows and flips over all hosts, whole batches only."""
@@ -620,19 +606,15 @@ class TrainLoader:
     skip = start_step * self.batch_size
     rows = self.host.take(order[skip:], self.batch_size)
     flips = self.host.take(flips[skip:], self.batch_size)
-    return read_batches(self.source, rows, flips, self.local_batch_size,
-                        self.read)
+    return read_batches(self.source, rows, flips,
+                        self.host.local_batch_size(self.batch_size), self.read)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalLoader:
   """Every example exactly once, in order, in padded batches with a mask.
 
-  Attributes:
-    source: the examples as records.
-    batch_size: the global eval batch size over all hosts.
-    host: this host's share.
-    read: how images are read.
+  ``batch_size`` is the global eval batch size over all hosts.
   """
 
   source: RecordSource
@@ -664,12 +646,11 @@ def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
                cfg_data: Any, store: ImageStore | None) -> RecordSource:
   cache_dir = image_cache.resolve_dir(cfg_data.get("image_cache_dir", ""))
   in_memory = bool(cfg_data.cache_images)
-  if isinstance(data, RecordSource):
-    return _with_caches(data, in_memory, cache_dir)
-  if scheme is None:
-    raise ValueError("A GroupScheme is needed to turn Examples into records.")
-  return examples_source(data, scheme, cfg_data.image_size, store=store,
-                         cache=in_memory, cache_dir=cache_dir)
+  if not isinstance(data, RecordSource):
+    if scheme is None:
+      raise ValueError("A GroupScheme is needed to turn Examples into records.")
+    data = examples_source(data, scheme, cfg_data.image_size, store=store)
+  return _with_caches(data, in_memory, cache_dir)
 
 
 def _read_options(cfg_data: Any) -> ReadOptions:

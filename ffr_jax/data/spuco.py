@@ -56,7 +56,6 @@ def layout_description(root: str = "root", folders: Folders = FOLDERS) -> str:
 
   Args:
     root: how to write the root in the text (a real path or ``"root"``).
-    folders: the ``(y, b) -> (subset, class, bias)`` folder mapping.
 
   Returns:
     e.g. ``"root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/
@@ -106,7 +105,6 @@ def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
     spec: names and groups; ``spec.groups`` must equal the keys of ``folders``.
     split_seed: unused: the official split folders are the split. Kept so the
       signature matches every other loader.
-    folders: ``(y, b) -> (subset, class folder, bias folder)``.
 
   Returns:
     The three official splits, rows sorted by path. Non-image files are
@@ -142,9 +140,7 @@ def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
       ys += [y] * len(found)
       bs += [b] * len(found)
     splits[split] = Examples.from_lists(paths, ys, bs).sorted()
-  counts, examples = layouts.skip_summary(skipped)
-  return DatasetSplits(spec=spec, skipped=counts, skipped_files=examples,
-                       **splits)
+  return layouts.dataset_splits(spec, skipped, **splits)
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:

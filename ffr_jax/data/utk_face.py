@@ -124,6 +124,4 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
     raise _no_images_error(root, entries)
   examples = Examples.from_lists(paths, ys, bs)
   train, val, test = layouts.split_and_prebias(SPEC, examples, split_seed, root)
-  counts, files = layouts.skip_summary(skipped)
-  return DatasetSplits(spec=SPEC, train=train, val=val, test=test,
-                       skipped=counts, skipped_files=files)
+  return layouts.dataset_splits(SPEC, skipped, train=train, val=val, test=test)

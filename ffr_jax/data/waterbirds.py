@@ -130,5 +130,4 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
       column.append(value)
   splits = {s: Examples.from_lists(*c).sorted() for s, c in columns.items()}
   layouts.require_every_group(SPEC, splits, base)
-  counts, files = layouts.skip_summary({"missing_image": missing})
-  return DatasetSplits(spec=SPEC, skipped=counts, skipped_files=files, **splits)
+  return layouts.dataset_splits(SPEC, {"missing_image": missing}, **splits)
