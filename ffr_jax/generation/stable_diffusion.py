@@ -345,7 +345,6 @@ class StableDiffusionGenerator:
     # The training code's one ('data',) mesh: prompts and seeds sharded,
     # parameters replicated.
     shardings = mesh_lib.make_shardings(devices)
-    self.mesh = shardings.mesh
     self.global_batch = batch_size * len(devices)
     self._replicated, self._batch = shardings.replicated, shardings.batch
     self._params = jax.device_put(params, self._replicated)
