@@ -275,7 +275,11 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   if os.path.isfile(manifest):
     root = os.path.dirname(base)
     records = list(read_manifest(root, spec))
-    bad = _listed_unreadable(base, spec, records)
+    # The listed files that exist but no longer decode.
+    paths = sorted({os.path.join(base, r.file) for r in records
+                    if os.path.isfile(os.path.join(base, r.file))})
+    bad = {os.path.normpath(os.path.relpath(p, base)) for p in find_unreadable(
+        paths, cache_path=verified_cache_path(root, spec))}
     for rec in records:
       g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
       rel = os.path.normpath(rec.file)
@@ -322,25 +326,8 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   return done
 
 
-def _listed_unreadable(base: str, spec: DatasetSpec,
-                       records: list[ManifestRecord]) -> dict[str, str]:
-  """``{normalised relative path: error}`` of the listed files that do not decode."""
-  paths = sorted({os.path.join(base, r.file) for r in records
-                  if os.path.isfile(os.path.join(base, r.file))})
-  bad = find_unreadable(
-      paths, cache_path=verified_cache_path(os.path.dirname(base), spec))
-  return {os.path.normpath(os.path.relpath(p, base)): e for p, e in bad.items()}
-
-
 # ----------------------------------------------------------------------------
 # Writing.
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 HxWx3 image (deterministic for a given Pillow)."""
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
@@ -534,7 +521,9 @@ def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
     rel = relative_image_path(spec, y, b, it.index)
     path = os.path.join(base, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    files.append((path, encode_png(image)))
+    png = io.BytesIO()  # the same bytes for the same image and Pillow
+    Image.fromarray(image, "RGB").save(png, format="PNG")
+    files.append((path, png.getvalue()))
     records.append(ManifestRecord(
         file=rel, cls=spec.class_names[y], bias=spec.bias_names[b],
         index=it.index, prompt=prompt, seed=s, generator=generator.name))
@@ -646,16 +635,8 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
     broken = missing | {os.path.normpath(p) for p in report.unreadable}
     usable = collections.Counter(
         group for p, group in listed.items() if p not in broken)
-    report.short = _short_groups(spec, per_group_counts(spec, needs), usable)
+    for g, need in enumerate(per_group_counts(spec, needs)):
+      have = usable.get(spec.group_name(g), 0)
+      if have < need:
+        report.short[spec.group_name(g)] = (have, need)
   return report
-
-
-def _short_groups(spec: DatasetSpec, needed: list[int], usable: collections.Counter
-                  ) -> dict[str, tuple[int, int]]:
-  """``{group name: (usable, needed)}`` of the groups below their need."""
-  out = {}
-  for g, need in enumerate(needed):
-    have = usable.get(spec.group_name(g), 0)
-    if have < need:
-      out[spec.group_name(g)] = (have, need)
-  return out
