@@ -38,9 +38,6 @@ class HubRef:
   repo_id: str
   revision: str = DEFAULT_REVISION
 
-  def __str__(self) -> str:
-    return f"{self.repo_id}@{self.revision}"
-
 
 def is_hub_ref(value: str) -> bool:
   """Whether ``value`` uses the ``hf-hub:`` prefix (``model.pretrained``)."""

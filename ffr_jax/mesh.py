@@ -35,9 +35,8 @@ def maybe_initialize_distributed() -> None:
         coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(env["JAX_NUM_PROCESSES"]),
         process_id=int(env["JAX_PROCESS_ID"]))
-  elif "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]:
-    jax.distributed.initialize()
-  elif int(env.get("SLURM_NTASKS", "1")) > 1:
+  elif ("," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or int(env.get("SLURM_NTASKS", "1")) > 1):
     jax.distributed.initialize()
   else:
     return

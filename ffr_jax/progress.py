@@ -26,26 +26,22 @@ class Progress:
     total: expected number of units (images, steps).
     unit: the unit's name for the rate.
     enabled: False on hosts other than 0.
-    min_interval: seconds between redraws.
-    stream: where to write (stderr by default).
   """
 
   def __init__(self, total: int, desc: str = "", unit: str = "it",
-               enabled: bool = True, min_interval: float = 0.5, stream=None,
-               initial: int = 0):
+               enabled: bool = True, initial: int = 0):
     self.total = max(int(total), 0)
     self.desc = desc
     self.unit = unit
     self.enabled = enabled
-    self.min_interval = min_interval
-    self.stream = stream or sys.stderr
+    self.stream = sys.stderr
     self.n = initial
     self._start = time.perf_counter()
     self._last = 0.0
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    if not self._tty:
-      # In a log file every redraw is a new line: keep them sparse.
-      self.min_interval = max(self.min_interval, 10.0)
+    # Seconds between redraws. In a log file every redraw is a new line: keep
+    # them sparse.
+    self.min_interval = 0.5 if self._tty else 10.0
     self.postfix = ""
     self._first = None  # (time, count) at the first update
 

@@ -214,22 +214,18 @@ def _rich_words(spec: DatasetSpec) -> dict:
   return words
 
 
-def _template_fn(spec: DatasetSpec, template: str) -> PromptFn:
-  """``prompt_fn`` filling a ``{class}``/``{a_class}`` + ``{bias}`` template."""
+def _template_words(spec: DatasetSpec, template: str) -> dict:
+  """A word set with one option per name (the spec's, underscores as spaces)
+  for a ``{class}``/``{a_class}`` + ``{bias}`` template: one prompt per group."""
   fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
   if (fields - set(TEMPLATE_FIELDS) or "bias" not in fields
       or not fields & {"class", "a_class"}):
     raise ValueError(
         f"Prompt template {template!r} must use {{bias}} and {{class}} (or "
         f"{{a_class}}) and no other field; found {sorted(fields)}.")
-
-  def prompt_fn(g: int, index: int) -> str:
-    del index  # One prompt per group.
-    y, b = spec.groups[g]
-    cls = spec.class_names[y].replace("_", " ")
-    return template.format(**{"class": cls, "a_class": _article(cls),
-                              "bias": spec.bias_names[b].replace("_", " ")})
-  return prompt_fn
+  return {"classes": {c: (c.replace("_", " "),) for c in spec.class_names},
+          "biases": {b: (b.replace("_", " "),) for b in spec.bias_names},
+          "template": template}
 
 
 def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
@@ -244,12 +240,13 @@ def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
   if prompt_set == "paper":
     return lambda g, i: paper_prompt(spec, *spec.groups[g])
   if "{" in prompt_set:
-    return _template_fn(spec, prompt_set)
-  if prompt_set != "rich":
+    words = _template_words(spec, prompt_set)
+  elif prompt_set == "rich":
+    words = _rich_words(spec)
+  else:
     raise ValueError(
         f"Unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS} or "
         "a template with {class} and {bias}.")
-  words = _rich_words(spec)
 
   def prompt_fn(g: int, index: int) -> str:
     y, b = spec.groups[g]

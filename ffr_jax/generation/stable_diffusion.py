@@ -295,7 +295,6 @@ class StableDiffusionGenerator:
     scheduler: ``"pndm"`` or ``"ddim"``.
     dtype: ``"float32"`` or ``"bfloat16"`` (use bfloat16 on accelerators).
     batch_size: images per device per sampling call.
-    devices: the devices of the ``('data',)`` mesh (default: all, all hosts).
     name: recorded in the manifest (default ``"sd:<folder or repo name>"``).
     revision: hub revision of a hub id (``flax``, ``bf16``; "" = default).
   """
@@ -303,13 +302,12 @@ class StableDiffusionGenerator:
   def __init__(self, model_dir: str, *, resolution: int = 512, steps: int = 50,
                guidance_scale: float = 7.5, scheduler: str = "pndm",
                dtype: str = "float32", batch_size: int = 8,
-               devices: Sequence[jax.Device] | None = None,
                name: str | None = None, revision: str = ""):
     local_dir = resolve_model_dir(model_dir, revision)
     modules, params = load_components(local_dir, scheduler, dtype)
     self._setup(modules, params, resolution=resolution, steps=steps,
                 guidance_scale=guidance_scale, scheduler=scheduler, dtype=dtype,
-                batch_size=batch_size, devices=devices,
+                batch_size=batch_size,
                 name=name or "sd:" + os.path.basename(os.path.normpath(model_dir)))
     # Recorded in generation.json and checked on resume, so a folder is never
     # continued with another model that happens to share a folder name.
@@ -330,8 +328,7 @@ class StableDiffusionGenerator:
   def _setup(self, modules: dict, params: dict, *, resolution: int = 512,
              steps: int = 50, guidance_scale: float = 7.5,
              scheduler: str = "pndm", dtype: str = "float32",
-             batch_size: int = 8, devices: Sequence[jax.Device] | None = None,
-             name: str = "sd") -> None:
+             batch_size: int = 8, name: str = "sd") -> None:
     if steps < 1 or batch_size < 1:
       raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}.")
     self._tokenizer = modules["tokenizer"]
@@ -341,12 +338,10 @@ class StableDiffusionGenerator:
     self.settings = {"resolution": int(resolution), "steps": int(steps),
                      "guidance_scale": float(guidance_scale),
                      "scheduler": scheduler, "dtype": dtype}
-    devices = list(devices) if devices is not None else jax.devices()
-    # The training code's one ('data',) mesh: prompts and seeds sharded,
-    # parameters replicated.
-    shardings = mesh_lib.make_shardings(devices)
-    self.mesh = shardings.mesh
-    self.global_batch = batch_size * len(devices)
+    # The training code's one ('data',) mesh over all devices: prompts and
+    # seeds sharded, parameters replicated.
+    shardings = mesh_lib.make_shardings()
+    self.global_batch = batch_size * shardings.num_devices
     self._replicated, self._batch = shardings.replicated, shardings.batch
     self._params = jax.device_put(params, self._replicated)
     self._uncond = self._global(self._tokenize([""]), self._replicated)

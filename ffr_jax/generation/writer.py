@@ -275,7 +275,11 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   if os.path.isfile(manifest):
     root = os.path.dirname(base)
     records = list(read_manifest(root, spec))
-    bad = _listed_unreadable(base, spec, records)
+    # The listed files that exist but no longer decode.
+    paths = sorted({os.path.join(base, r.file) for r in records
+                    if os.path.isfile(os.path.join(base, r.file))})
+    bad = {os.path.normpath(os.path.relpath(p, base)) for p in find_unreadable(
+        paths, cache_path=verified_cache_path(root, spec))}
     for rec in records:
       g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
       rel = os.path.normpath(rec.file)
@@ -322,25 +326,8 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   return done
 
 
-def _listed_unreadable(base: str, spec: DatasetSpec,
-                       records: list[ManifestRecord]) -> dict[str, str]:
-  """``{normalised relative path: error}`` of the listed files that do not decode."""
-  paths = sorted({os.path.join(base, r.file) for r in records
-                  if os.path.isfile(os.path.join(base, r.file))})
-  bad = find_unreadable(
-      paths, cache_path=verified_cache_path(os.path.dirname(base), spec))
-  return {os.path.normpath(os.path.relpath(p, base)): e for p, e in bad.items()}
-
-
 # ----------------------------------------------------------------------------
 # Writing.
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 HxWx3 image (deterministic for a given Pillow)."""
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
@@ -363,23 +350,6 @@ def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
   for tmp, (path, _) in zip(tmps, files):
     os.replace(tmp, path)  # ... before any becomes visible under its name
   os.sync()
-
-
-class _ManifestAppender:
-  """Appends the lines of a batch and fsyncs once: a crash loses at most them."""
-
-  def __init__(self, path: str):
-    self._f = open(path, "a")
-
-  def append(self, records: list[ManifestRecord]) -> None:
-    if not records:
-      return
-    self._f.write("".join(r.to_json() + "\n" for r in records))
-    self._f.flush()
-    os.fsync(self._f.fileno())
-
-  def close(self) -> None:
-    self._f.close()
 
 
 # ----------------------------------------------------------------------------
@@ -491,13 +461,13 @@ def generate_dataset(
       _Item(g, int(i)) for g in range(len(targets)) for i in np.flatnonzero(todo[g]))
   bar = Progress(len(pending), f"{spec.name}", unit="img",
                  enabled=writer and show_progress)
-  appender = _ManifestAppender(os.path.join(base, MANIFEST)) if writer else None
+  manifest_file = open(os.path.join(base, MANIFEST), "a") if writer else None
   written = 0
   try:
     while pending and (stop_after is None or written < stop_after):
       batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
       retry = _run_batch(generator, spec, batch, prompt_fn, seed, base,
-                         reject_fn, summary, appender)
+                         reject_fn, summary, manifest_file)
       for item in retry:
         if item.attempt + 1 >= max_attempts:
           raise RuntimeError(
@@ -512,8 +482,8 @@ def generate_dataset(
       written += accepted
       bar.update(accepted, postfix=f"filtered {summary.filtered}")
   finally:
-    if appender:
-      appender.close()
+    if manifest_file is not None:
+      manifest_file.close()
     bar.close()
   if process_count > 1:
     # Host 0 wrote the files; no host may read the folder before that ends.
@@ -526,7 +496,7 @@ def generate_dataset(
 def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
                prompt_fn: PromptFn, seed: int, base: str, reject_fn: RejectFn,
                summary: GenerationSummary,
-               appender: _ManifestAppender | None) -> list[_Item]:
+               manifest_file: io.TextIOBase | None) -> list[_Item]:
   """Generates and writes one batch; returns the items the filter rejected."""
   prompts = [prompt_fn(it.group, it.index) for it in batch]
   seeds = [image_seed(seed, it.group, it.index, it.attempt) for it in batch]
@@ -545,19 +515,24 @@ def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
       retry.append(it)
       continue
     summary.groups[it.group].generated += 1
-    if appender is None:
+    if manifest_file is None:
       continue  # Not host 0: the image is written there.
     y, b = spec.groups[it.group]
     rel = relative_image_path(spec, y, b, it.index)
     path = os.path.join(base, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    files.append((path, encode_png(image)))
+    png = io.BytesIO()  # the same bytes for the same image and Pillow
+    Image.fromarray(image, "RGB").save(png, format="PNG")
+    files.append((path, png.getvalue()))
     records.append(ManifestRecord(
         file=rel, cls=spec.class_names[y], bias=spec.bias_names[b],
         index=it.index, prompt=prompt, seed=s, generator=generator.name))
-  if appender is not None:
+  if manifest_file is not None:
     _write_files_durably(files)
-    appender.append(records)
+    if records:  # appended and fsynced once: a crash loses at most this batch
+      manifest_file.write("".join(r.to_json() + "\n" for r in records))
+      manifest_file.flush()
+      os.fsync(manifest_file.fileno())
   return retry
 
 
@@ -608,20 +583,20 @@ class VerifyReport:
 
 
 def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int]
-           | None = None, decode: bool = True) -> VerifyReport:
+           | None = None) -> VerifyReport:
   """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
 
   Args:
     needs: images each ``(y, b)`` group must hold (what the generate command
       computes with :func:`ffr_jax.generation.counts.needed_per_group`); groups
       with fewer usable images are reported as short. None: counts not checked.
-    decode: also check that every listed PNG decodes (files unchanged since
-      they last decoded fine are only checksummed).
 
   Returns:
     Missing files (listed, not on disk), orphans (on disk, not listed),
-    duplicate manifest entries, unreadable PNGs, stray temporary files,
-    whether the manifest ends with a torn line, and the short groups.
+    duplicate manifest entries, unreadable PNGs (every listed PNG is decoded,
+    or only checksummed if unchanged since it last decoded fine), stray
+    temporary files, whether the manifest ends with a torn line, and the
+    short groups.
   """
   base = dataset_dir(out_root, spec)
   report = VerifyReport()
@@ -633,9 +608,9 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
   with open(path, "rb") as f:
     data = f.read()
   report.torn_last_line = bool(data) and not data.endswith(b"\n")
-  seen, listed = set(), set()
+  seen = set()
   counts = collections.Counter()
-  group_of: dict[str, str] = {}
+  listed: dict[str, str] = {}  # normalised path -> group name
   for rec in read_manifest(out_root, spec):
     report.records += 1
     key = (rec.cls, rec.bias, rec.index)
@@ -643,8 +618,7 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
       report.duplicates.append(rec.file)
       continue
     seen.add(key)
-    listed.add(os.path.normpath(rec.file))
-    group_of[os.path.normpath(rec.file)] = f"{rec.cls}/{rec.bias}"
+    listed[os.path.normpath(rec.file)] = f"{rec.cls}/{rec.bias}"
     counts[f"{rec.cls}/{rec.bias}"] += 1
     if not os.path.isfile(os.path.join(base, rec.file)):
       report.missing.append(os.path.normpath(rec.file))
@@ -652,26 +626,17 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
                       for g in range(len(spec.groups))}
   pngs, report.temp_files = _image_files(base, spec)
   report.orphans = [p for p in pngs if os.path.normpath(p) not in listed]
-  if decode:
-    missing = set(report.missing)
-    present = sorted(p for p in listed if p not in missing)
-    bad = find_unreadable([os.path.join(base, p) for p in present],
-                          cache_path=verified_cache_path(out_root, spec))
-    report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
+  missing = set(report.missing)
+  present = sorted(p for p in listed if p not in missing)
+  bad = find_unreadable([os.path.join(base, p) for p in present],
+                        cache_path=verified_cache_path(out_root, spec))
+  report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
   if needs is not None:
-    broken = set(report.missing) | {os.path.normpath(p) for p in report.unreadable}
+    broken = missing | {os.path.normpath(p) for p in report.unreadable}
     usable = collections.Counter(
-        group_of[p] for p in listed if p not in broken)
-    report.short = _short_groups(spec, per_group_counts(spec, needs), usable)
+        group for p, group in listed.items() if p not in broken)
+    for g, need in enumerate(per_group_counts(spec, needs)):
+      have = usable.get(spec.group_name(g), 0)
+      if have < need:
+        report.short[spec.group_name(g)] = (have, need)
   return report
-
-
-def _short_groups(spec: DatasetSpec, needed: list[int], usable: collections.Counter
-                  ) -> dict[str, tuple[int, int]]:
-  """``{group name: (usable, needed)}`` of the groups below their need."""
-  out = {}
-  for g, need in enumerate(needed):
-    have = usable.get(spec.group_name(g), 0)
-    if have < need:
-      out[spec.group_name(g)] = (have, need)
-  return out

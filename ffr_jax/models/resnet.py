@@ -54,11 +54,7 @@ _fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform
 def _fc_bias_init(fan_in: int) -> Callable[..., jax.Array]:
   """torch.nn.Linear's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+  return functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
 
 
 @flax.struct.dataclass
@@ -91,12 +87,11 @@ class Conv1x1Matmul(nn.Module):
   features: int
   strides: int = 1
   dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel", _conv_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        "kernel", _conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
     if self.strides != 1:
       x = x[:, ::self.strides, ::self.strides, :]
     x = x.astype(self.dtype)
@@ -138,16 +133,14 @@ class ConvSmallAsMatmul(nn.Module):
     kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features),
                         jnp.float32).astype(self.dtype)
     x = x.astype(self.dtype)
-    dims = ("NHWC", "HWIO", "NHWC")
-    padding = ((pad, pad), (pad, pad))
     out_h = (x.shape[1] + 2 * pad - k) // s + 1
     out_w = (x.shape[2] + 2 * pad - k) // s + 1
     if (out_h * out_w > SMALL_OUTPUT_PIXELS
         or x.shape[-1] < SMALL_CONV_MIN_CHANNELS):
-      return jax.lax.conv_general_dilated(x, kernel, (s, s), padding,
-                                          dimension_numbers=dims)
+      return _conv_plain(x, kernel, s)
     patches = jax.lax.conv_general_dilated_patches(
-        x, (k, k), (s, s), padding, dimension_numbers=dims)
+        x, (k, k), (s, s), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     # Patch features are ordered (in, kh, kw); the kernel is (kh, kw, in, out).
     weights = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
     return jax.lax.dot_general(patches, weights,

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -225,17 +226,6 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tupl
   return flat
 
 
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  """{path tuple: leaf} -> nested dict."""
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
                        keep_head: bool | None) -> bool:
   """Whether to load the checkpoint's ``fc`` (auto: only when shapes match)."""
@@ -289,7 +279,7 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str,
                       and not (k.startswith("fc.") and not load_head))
   if missing or unexpected or mismatched:
     raise WeightsError(_mismatch_message(missing, unexpected, mismatched))
-  tree = _unflatten(out)
+  tree = traverse_util.unflatten_dict(out)
   return {col: tree.get(col, variables[col]) for col in variables}
 
 
