@@ -31,7 +31,6 @@ this same command: sampling is sharded over all devices of all hosts, and host
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -39,11 +38,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from ffr_jax import cli
-from ffr_jax.data import datasets
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory
-from ffr_jax.generation import writer as writer_lib
-from ffr_jax.mesh import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file (append :arg for variants).",
@@ -64,30 +60,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
-  maybe_initialize_distributed()
-  workdir = os.path.abspath(_WORKDIR.value)
-  config = datasets.resolve_roots(_CONFIG.value, workdir)
-  root = config.data.synthetic_root
-  datasets.prepare_dataset(config)
-  splits = datasets.load_dataset(config.data)
-  spec = splits.spec
-  needs = counts_lib.needed_per_group(spec, splits.train, _MODES.value,
-                                      counts_lib.configured_per_group(config))
-  if _VERIFY.value:
-    report = writer_lib.verify(root, spec, needs)
-    print(report.text())
-    sys.exit(0 if report.ok else 1)
-  host0 = jax.process_index() == 0
-  if host0:
-    print(counts_lib.describe(spec, splits.train, needs), file=sys.stderr)
-  summary = factory.generate_synthetic(config, spec, needs, root,
-                                       show_progress=host0, log_summary=False)
-  if host0:
-    print(summary.table())
-    out = os.path.join(root, spec.name, "last_run.json")
-    with open(out, "w") as f:
-      json.dump(summary.to_json(), f, indent=2)
+  if not factory.generate_command(_CONFIG.value, os.path.abspath(_WORKDIR.value),
+                                  _MODES.value, verify_only=_VERIFY.value):
+    sys.exit(1)
 
 
 if __name__ == "__main__":

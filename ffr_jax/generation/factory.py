@@ -1,6 +1,7 @@
-"""Generators, prompt functions and ``generate_synthetic``: the library side of
-generation, used by the ``generate`` command and by a training run that makes
-the built-in benchmark's synthetic images itself.
+"""Generators, prompt functions, ``generate_synthetic`` and what the
+``generate`` command does (``generate_command``): the library side of
+generation, also used by a training run that makes the built-in benchmark's
+synthetic images itself.
 
 Generators (``config.generate.generator``): ``stable_diffusion`` (a diffusers
 folder, ``config.generate.model``) and ``procedural`` (the built-in
@@ -11,16 +12,21 @@ benchmark's generator, ``config.benchmark.*``), which lives in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
+from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
+from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import prompts as prompts_lib
 from ffr_jax.generation import writer as writer_lib
 from ffr_jax.generation.base import Generator
+from ffr_jax.mesh import maybe_initialize_distributed
 from ffr_jax.registry import Registry
 
 
@@ -111,3 +117,38 @@ def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
     logging.info("Synthetic images in %s:\n%s", os.path.join(root, spec.name),
                  summary.table())
   return summary
+
+
+def generate_command(config: ml_collections.ConfigDict, workdir: str,
+                     modes: Sequence[str], verify_only: bool = False) -> bool:
+  """What ``ffr_jax.generate`` does; False when ``--verify`` found problems.
+
+  Sizes the groups from the real training split (what ``modes`` need, or
+  ``generate.per_group``), then generates what is missing into the
+  synthetic root (every host samples, host 0 writes) and writes
+  ``last_run.json`` beside the manifest; or, ``verify_only``, checks the
+  folder and prints the report.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  maybe_initialize_distributed()
+  config = datasets.resolve_roots(config, workdir)
+  root = config.data.synthetic_root
+  datasets.prepare_dataset(config)
+  splits = datasets.load_dataset(config.data)
+  spec = splits.spec
+  needs = counts_lib.needed_per_group(spec, splits.train, modes,
+                                      counts_lib.configured_per_group(config))
+  if verify_only:
+    report = writer_lib.verify(root, spec, needs)
+    print(report.text())
+    return report.ok
+  host0 = jax.process_index() == 0
+  if host0:
+    print(counts_lib.describe(spec, splits.train, needs), file=sys.stderr)
+  summary = generate_synthetic(config, spec, needs, root,
+                               show_progress=host0, log_summary=False)
+  if host0:
+    print(summary.table())
+    with open(os.path.join(root, spec.name, "last_run.json"), "w") as f:
+      json.dump(summary.to_json(), f, indent=2)
+  return True
