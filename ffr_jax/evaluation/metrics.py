@@ -39,18 +39,14 @@ class GroupCounts:
   total: jax.Array
 
   def __add__(self, other: GroupCounts) -> GroupCounts:
-    return merge(self, other)
+    return GroupCounts(correct=self.correct + other.correct,
+                       total=self.total + other.total)
 
   @classmethod
   def zeros(cls, num_groups: int) -> GroupCounts:
     """Empty counts, the identity of ``+``."""
     z = jnp.zeros((num_groups,), jnp.float32)
     return cls(correct=z, total=z)
-
-
-def merge(a: GroupCounts, b: GroupCounts) -> GroupCounts:
-  """Sum of two counts (e.g. of two batches); jittable."""
-  return GroupCounts(correct=a.correct + b.correct, total=a.total + b.total)
 
 
 def group_counts(
