@@ -63,7 +63,7 @@ class Record:
   mode: str
   method: str
   seed: int
-  settings: dict[str, Any]  # flattened config
+  settings: dict[str, Any]  # flattened config, lists as tuples
   selection_wa: float
   selection_source: str
   val_wa: float
@@ -71,12 +71,6 @@ class Record:
   test_ba: float
   syn_wa: float | None = None
   syn_ba: float | None = None
-
-
-def _flatten(d: dict) -> dict[str, Any]:
-  """The flat config, with lists as (hashable) tuples."""
-  return {k: tuple(v) if isinstance(v, list) else v
-          for k, v in config_lib.flatten(d).items()}
 
 
 def _selection(results: dict, path: str) -> tuple[float, str]:
@@ -98,11 +92,13 @@ def record_from_results(results: dict, path: str = "") -> Record:
   """
   syn = results.get("synthetic_test") or {}
   selection_wa, selection_source = _selection(results, path)
+  config = config_lib.flatten(results.get("config", {}))
   return Record(
       path=path, dataset=results["dataset"],
       bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
       method=results["method"], seed=int(results["seed"]),
-      settings=_flatten(results.get("config", {})),
+      settings={k: tuple(v) if isinstance(v, list) else v  # hashable lists
+                for k, v in config.items()},
       selection_wa=selection_wa, selection_source=selection_source,
       val_wa=float(results["val"]["worst_group_acc"]),
       test_wa=float(results["test"]["worst_group_acc"]),
@@ -266,11 +262,6 @@ def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
       return None
     per_seed.append(sum(values) / len(values))
   return stat(per_seed)
-
-
-def selection_sources(selection: Selection) -> str:
-  """What the kept runs were selected on, e.g. ``"backbone_val"``."""
-  return ",".join(sorted({r.selection_source for r in selection.runs.values()}))
 
 
 def conditions(selections: dict[Cell, Selection]) -> list[tuple]:
