@@ -138,15 +138,14 @@ def centroid_distances(embeddings: np.ndarray, source: np.ndarray,
     mean d between the real centroids of two different groups}``; groups
     lacking one source are left out.
   """
-  per_group = {}
+  per_group, real_groups = {}, []
   for g, name in enumerate(names):
     real = embeddings[(groups == g) & (source == REAL)]
     syn = embeddings[(groups == g) & (source == SYNTHETIC)]
-    if len(real) >= 2 and len(syn) >= 2:
-      per_group[name] = normalized_distance(real, syn)
-  real_groups = [embeddings[(groups == g) & (source == REAL)]
-                 for g in range(len(names))]
-  real_groups = [r for r in real_groups if len(r) >= 2]
+    if len(real) >= 2:
+      real_groups.append(real)
+      if len(syn) >= 2:
+        per_group[name] = normalized_distance(real, syn)
   ref = [normalized_distance(a, b)
          for a, b in itertools.combinations(real_groups, 2)]
   return {"per_group": per_group,

@@ -132,13 +132,6 @@ def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
   return [names[n] for n in chosen]
 
 
-def _sampled_rows(sample: samples_lib.Sample, chosen: list[tuple[int, int]],
-                  n: int) -> Examples:
-  """``n`` real then ``n`` synthetic images of each chosen group."""
-  return Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
-                         for g in chosen for ex in (sample.real, sample.synthetic))
-
-
 def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]]:
   """Path -> (y, b, source) of every real and synthetic image of a run."""
   data = datasets.load_dataset(samples_lib.without_verification(config.data))
@@ -213,8 +206,10 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                    == samples_lib.data_key(first.config)]
       syn, _, _ = samples_lib.synthetic_sample(same_data, spec, n, synthetic,
                                                out_dir)
-    sample = samples_lib.Sample(real, syn, synthetic, "")
-    rows = _sampled_rows(sample, select_groups(spec, groups), n)
+    # n real then n synthetic images of each chosen group.
+    rows = Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
+                           for g in select_groups(spec, groups)
+                           for ex in (real, syn))
     paths = [str(p) for p in rows.path]
     labels = [(int(y), int(b), int(s))
               for y, b, s in zip(rows.y, rows.b, rows.source)]

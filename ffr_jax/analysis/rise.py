@@ -143,7 +143,7 @@ class ModelExplainer:
     self._variables = variables
     self._cfg = cfg
     self._fn = make_rise_fn(model_score_fn(model), cfg, shardings)
-    self._probs = jax.jit(lambda v, x: model_score_fn(model)(v, x))
+    self._probs = jax.jit(model_score_fn(model))
 
   def __call__(self, image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(maps [K, H, W], class probabilities [K])`` of a uint8 image."""

@@ -82,18 +82,6 @@ def data_key(config: ml_collections.ConfigDict) -> str:
   return plan_lib.json_digest(parts, 10)
 
 
-def _take_per_group(spec: DatasetSpec, examples: Examples, per_group: int,
-                    rng: np.random.Generator | None) -> Examples:
-  """Up to ``per_group`` rows of every group (a random subset with ``rng``)."""
-  parts = []
-  for y, b in spec.groups:
-    idx = np.flatnonzero(examples.mask(y, b))
-    if rng is not None:
-      idx = rng.permutation(idx)
-    parts.append(examples.take(idx[:per_group]))
-  return Examples.concat(parts)
-
-
 def without_verification(data: ml_collections.ConfigDict
                          ) -> ml_collections.ConfigDict:
   """A copy of ``config.data`` that skips decoding every image at load.
@@ -108,10 +96,14 @@ def without_verification(data: ml_collections.ConfigDict
 
 def real_test_sample(config: ml_collections.ConfigDict, per_group: int,
                      seed: int = 0) -> Examples:
-  """``per_group`` real test images per group (all a group has if fewer)."""
+  """``per_group`` real test images per group (all a group has if fewer),
+  a seeded random subset."""
   splits = datasets.load_dataset(without_verification(config.data))
-  return _take_per_group(splits.spec, splits.test, per_group,
-                         np.random.default_rng(seed))
+  test = splits.test
+  rng = np.random.default_rng(seed)
+  return Examples.concat(
+      test.take(rng.permutation(np.flatnonzero(test.mask(*g)))[:per_group])
+      for g in splits.spec.groups)
 
 
 def used_synthetic(runs: list[RunInfo], spec: DatasetSpec

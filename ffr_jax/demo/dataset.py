@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 from PIL import Image
 
 from absl import logging
@@ -82,11 +81,6 @@ def image_seed(seed: int, split: str, group: int, index: int) -> int:
           + group) * _MAX_PER_GROUP + int(index)
 
 
-def _params(scale: float, image_size: int, seed: int) -> dict:
-  return {"version": RENDER_VERSION, "scale": float(scale),
-          "image_size": int(image_size), "seed": int(seed)}
-
-
 def read_marker(root: str) -> dict | None:
   """The render parameters recorded in ``root``, or None if it has no marker."""
   path = os.path.join(root, MARKER)
@@ -103,13 +97,10 @@ def _write_marker(root: str, params: dict, complete: bool) -> None:
   os.replace(tmp, os.path.join(root, MARKER))  # atomic: never a torn marker
 
 
-def _subsets() -> list[str]:
-  return sorted({subset for subset, _, _ in spuco.FOLDERS.values()})
-
-
 def _clear(root: str, marker: dict | None) -> None:
   """Removes a previous render; refuses to touch a folder we did not render."""
-  present = [s for s in _subsets() if os.path.exists(os.path.join(root, s))]
+  subsets = sorted({subset for subset, _, _ in spuco.FOLDERS.values()})
+  present = [s for s in subsets if os.path.exists(os.path.join(root, s))]
   if present and marker is None:
     raise FileExistsError(
         f"{root} already holds {present} but no {MARKER}: it looks like real "
@@ -117,11 +108,6 @@ def _clear(root: str, marker: dict | None) -> None:
         "data.root at an empty folder (or use data.name=spuco_animals).")
   for subset in present:
     shutil.rmtree(os.path.join(root, subset))
-
-
-def _save_png(image: np.ndarray, path: str) -> None:
-  # Low compression: the files are tiny and rendering speed matters more.
-  Image.fromarray(image).save(path, compress_level=1)
 
 
 def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
@@ -143,7 +129,9 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
     FileExistsError: ``root`` holds SpuCo-layout folders that we did not render.
     ValueError: bad scale or image size.
   """
-  params = _params(scale, render.check_size(image_size), seed)
+  image_size = render.check_size(image_size)
+  params = {"version": RENDER_VERSION, "scale": float(scale),
+            "image_size": image_size, "seed": int(seed)}
   sizes = split_sizes(scale)
   marker = read_marker(root)
   if marker is not None and marker.get("complete") and (
@@ -166,7 +154,9 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
       seeds = [image_seed(seed, split, g, i) for i in range(n)]
       images = render.render([y] * n, [b] * n, seeds, image_size)
       for i, image in enumerate(images):
-        _save_png(image, os.path.join(folder, f"{i:06d}.png"))
+        # Low compression: the files are tiny and rendering speed matters more.
+        Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.png"),
+                                    compress_level=1)
   _write_marker(root, params, complete=True)
 
 

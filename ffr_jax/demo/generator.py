@@ -105,10 +105,6 @@ def _alternatives(words: Sequence[str]) -> str:
   return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-def _normalise(prompt: str) -> str:
-  return re.sub(r"\s+", " ", prompt.strip().lower()).rstrip(".!")
-
-
 def accepted_forms(spec: DatasetSpec) -> str:
   """Human-readable list of the prompt forms :func:`parse_prompt` accepts."""
   return (
@@ -127,7 +123,7 @@ def parse_prompt(prompt: str, spec: DatasetSpec = render.DEMO_SPEC
     ValueError: the prompt is in no accepted form, or names a class/bias pair
       that is no group of ``spec``; the message quotes the prompt and the forms.
   """
-  text = _normalise(prompt)
+  text = re.sub(r"\s+", " ", prompt.strip().lower()).rstrip(".!")
   classes = _alternatives(spec.class_names)
   biases = _alternatives(spec.bias_names)
   place_of = {p: b for b, places in LOCATIONS.items() for p in places}

@@ -314,7 +314,6 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1.")
   start = time.time()
-  check_classes(num_classes)
   x_test, y_test = split(num_classes, HELD_OUT_PER_CLASS, image_size, seed, TEST_SALT)
   render_s = time.time() - start
   shardings = mesh_lib.make_shardings()

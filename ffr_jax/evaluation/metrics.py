@@ -39,18 +39,14 @@ class GroupCounts:
   total: jax.Array
 
   def __add__(self, other: GroupCounts) -> GroupCounts:
-    return merge(self, other)
+    return GroupCounts(correct=self.correct + other.correct,
+                       total=self.total + other.total)
 
   @classmethod
   def zeros(cls, num_groups: int) -> GroupCounts:
     """Empty counts, the identity of ``+``."""
     z = jnp.zeros((num_groups,), jnp.float32)
     return cls(correct=z, total=z)
-
-
-def merge(a: GroupCounts, b: GroupCounts) -> GroupCounts:
-  """Sum of two counts (e.g. of two batches); jittable."""
-  return GroupCounts(correct=a.correct + b.correct, total=a.total + b.total)
 
 
 def group_counts(
@@ -95,19 +91,12 @@ def worst_group_accuracy(counts: GroupCounts) -> jax.Array:
   On device NaN stands in for the error :func:`summarize` raises, because a
   jitted function cannot raise on a value.
   """
-  acc = group_accuracy(counts)
-  has = counts.total > 0
-  worst = jnp.min(jnp.where(has, acc, jnp.inf))
-  return jnp.where(jnp.any(has), worst, jnp.nan)
+  return jnp.nanmin(group_accuracy(counts))
 
 
 def balanced_accuracy(counts: GroupCounts) -> jax.Array:
   """Unweighted mean accuracy over groups that have examples; NaN if none."""
-  acc = group_accuracy(counts)
-  has = counts.total > 0
-  n = jnp.sum(has)
-  total = jnp.sum(jnp.where(has, acc, 0.0))
-  return jnp.where(n > 0, total / jnp.maximum(n, 1), jnp.nan)
+  return jnp.nanmean(group_accuracy(counts))
 
 
 def overall_accuracy(counts: GroupCounts) -> jax.Array:

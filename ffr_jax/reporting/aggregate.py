@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ffr_jax import config as config_lib
@@ -63,7 +63,7 @@ class Record:
   mode: str
   method: str
   seed: int
-  settings: dict[str, Any]  # flattened config
+  settings: dict[str, Any]  # flattened config, lists as tuples
   selection_wa: float
   selection_source: str
   val_wa: float
@@ -71,12 +71,6 @@ class Record:
   test_ba: float
   syn_wa: float | None = None
   syn_ba: float | None = None
-
-
-def _flatten(d: dict) -> dict[str, Any]:
-  """The flat config, with lists as (hashable) tuples."""
-  return {k: tuple(v) if isinstance(v, list) else v
-          for k, v in config_lib.flatten(d).items()}
 
 
 def _selection(results: dict, path: str) -> tuple[float, str]:
@@ -98,11 +92,13 @@ def record_from_results(results: dict, path: str = "") -> Record:
   """
   syn = results.get("synthetic_test") or {}
   selection_wa, selection_source = _selection(results, path)
+  config = config_lib.flatten(results.get("config", {}))
   return Record(
       path=path, dataset=results["dataset"],
       bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
       method=results["method"], seed=int(results["seed"]),
-      settings=_flatten(results.get("config", {})),
+      settings={k: tuple(v) if isinstance(v, list) else v  # hashable lists
+                for k, v in config.items()},
       selection_wa=selection_wa, selection_source=selection_source,
       val_wa=float(results["val"]["worst_group_acc"]),
       test_wa=float(results["test"]["worst_group_acc"]),
@@ -112,12 +108,8 @@ def record_from_results(results: dict, path: str = "") -> Record:
 
 def results_paths(workdir: str) -> list[str]:
   """Every ``results.json`` under ``workdir``, sorted."""
-  found = []
-  for root, dirs, files in os.walk(workdir):
-    dirs.sort()
-    if RESULTS_FILE in files:
-      found.append(os.path.join(root, RESULTS_FILE))
-  return sorted(found)
+  return sorted(os.path.join(root, RESULTS_FILE)
+                for root, _, files in os.walk(workdir) if RESULTS_FILE in files)
 
 
 def load_records(workdir: str) -> list[Record]:
@@ -141,10 +133,11 @@ class Stat:
   std: float | None
   n: int
 
-  def format(self, scale: float = 100.0, digits: int = 1) -> str:
+  def format(self) -> str:
+    """In percent: ``"mean ± std"``, or ``"mean (n=1)"`` for one value."""
     if self.std is None:
-      return f"{scale * self.mean:.{digits}f} (n=1)"
-    return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}"
+      return f"{100 * self.mean:.1f} (n=1)"
+    return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
 
 
 def stat(values: Sequence[float]) -> Stat | None:
@@ -159,9 +152,9 @@ def stat(values: Sequence[float]) -> Stat | None:
   return Stat(mean, math.sqrt(var), len(values))
 
 
-def fmt(s: Stat | None, scale: float = 100.0) -> str:
+def fmt(s: Stat | None) -> str:
   """A cell of a markdown table: ``"mean ± std"`` or ``"—"`` when missing."""
-  return "—" if s is None else s.format(scale)
+  return "—" if s is None else s.format()
 
 
 # ----------------------------------------------------------------------------
@@ -200,24 +193,17 @@ class Selection:
     return stat(values)
 
 
-def varying_keys(records: Iterable[Record]) -> list[str]:
-  """Config keys (not ignored) whose value differs between records."""
-  records = list(records)
+def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
+  """(hyperparameter keys, condition keys) among the config keys (not
+  ignored) whose value differs between records."""
   keys = sorted({k for r in records for k in r.settings} - IGNORED_KEYS)
-  return [k for k in keys if len({repr(r.settings.get(k)) for r in records}) > 1]
+  varying = [k for k in keys
+             if len({repr(r.settings.get(k)) for r in records}) > 1]
+  return ([k for k in varying if k in HPARAM_KEYS],
+          [k for k in varying if k not in HPARAM_KEYS])
 
 
-def split_keys(records: Sequence[Record],
-               hparam_keys: Sequence[str] = HPARAM_KEYS
-               ) -> tuple[list[str], list[str]]:
-  """(hyperparameter keys, condition keys) among the varying keys."""
-  varying = varying_keys(records)
-  return ([k for k in varying if k in hparam_keys],
-          [k for k in varying if k not in hparam_keys])
-
-
-def select(records: Sequence[Record], hparam_keys: Sequence[str] = HPARAM_KEYS
-           ) -> dict[Cell, Selection]:
+def select(records: Sequence[Record]) -> dict[Cell, Selection]:
   """Per cell, the hyperparameters with the best mean selection WA over seeds.
 
   Candidates are compared on the seeds they all have (so a setting with one
@@ -226,7 +212,7 @@ def select(records: Sequence[Record], hparam_keys: Sequence[str] = HPARAM_KEYS
   (deterministic). Two runs of the same setting and seed (a duplicate
   folder) are an error.
   """
-  hkeys, ckeys = split_keys(records, hparam_keys)
+  hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
     cell = Cell(tuple((k, r.settings.get(k)) for k in ckeys), r.dataset,
@@ -276,11 +262,6 @@ def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
       return None
     per_seed.append(sum(values) / len(values))
   return stat(per_seed)
-
-
-def selection_sources(selection: Selection) -> str:
-  """What the kept runs were selected on, e.g. ``"backbone_val"``."""
-  return ",".join(sorted({r.selection_source for r in selection.runs.values()}))
 
 
 def conditions(selections: dict[Cell, Selection]) -> list[tuple]:

@@ -247,6 +247,8 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
   for cell in sorted(sel, key=lambda c: (repr(c.condition), c.dataset,
                                          c.bias_ratio, c.mode, c.method)):
     s = sel[cell]
+    # What the kept runs were selected on, e.g. ``"backbone_val"``.
+    sources = ",".join(sorted({r.selection_source for r in s.runs.values()}))
     chosen = ", ".join(f"{k}={v}" for k, v in s.hparams) or "(only one)"
     if len(s.candidates) > 1:
       chosen += " of " + "; ".join(
@@ -255,7 +257,7 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
     rows.append([_condition_label(cell.condition), cell.dataset,
                  _ratio_label(cell.bias_ratio), cell.mode, cell.method, chosen,
                  ",".join(str(k) for k in s.runs),
-                 f"`{agg.selection_sources(s)}`"] +
+                 f"`{sources}`"] +
                 [agg.fmt(s.metric(m)) for m in agg.METRICS])
   return _table(header, rows)
 

@@ -34,7 +34,7 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
   for batch in loader:
     b = to_global({k: batch[k] for k in ("image", "label", "group", "mask",
                                          "index")}, shardings)
-    _, emb, _ = eval_step(variables, b)
+    _, emb = eval_step(variables, b)
     # Place rows by their example index rather than trusting the device
     # order of the gathered batch; padding rows have index -1.
     emb = np.asarray(multihost_utils.process_allgather(emb, tiled=True))
@@ -84,8 +84,7 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   held-out half of val (fitted on the other half); the test metrics are the
   ones to report.
   """
-  by_name = {e.name: e for e in evals}
-  val = by_name["val"]
+  val = {e.name: e for e in evals}["val"]
   scheme = val.scheme
   # The authors' DFR works on L2-normalised pooled features (their ResNet
   # returns F.normalize(features)); standardisation comes after.
@@ -98,12 +97,11 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
       train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
       scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
       group_names=scheme.names())
-  metrics = {"val": _metrics(result, val_emb, val.examples, scheme)}
+  metrics = {}
   for e in evals:
-    if e.name != "val":
-      emb = l2_normalize(embed(model, variables, e.examples, e.scheme, cfg,
-                               shardings))
-      metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
+    emb = val_emb if e is val else l2_normalize(
+        embed(model, variables, e.examples, e.scheme, cfg, shardings))
+    metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
   info = {"best_c": result.best_c,
           "c_scores": {str(c): s for c, s in result.c_scores.items()},
           "heldout_worst_group_acc": result.heldout_worst_group_acc,

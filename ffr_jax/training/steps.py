@@ -105,16 +105,15 @@ def make_eval_step(model, num_groups: int, shardings: Shardings,
 
   def step(variables, batch):
     out = model.apply(variables, normalize(batch["image"]), train=False)
-    logits, emb = out.logits, out.embedding
-    pred = jnp.argmax(logits, -1)
+    pred = jnp.argmax(out.logits, -1)
     counts = metrics_lib.group_counts(pred, batch["label"], batch["group"],
                                       batch["mask"], num_groups)
     if with_embeddings:
-      return counts, emb.astype(jnp.float32), logits.astype(jnp.float32)
+      return counts, out.embedding.astype(jnp.float32)
     return counts
 
   out_shardings = shardings.replicated
   if with_embeddings:
-    out_shardings = (shardings.replicated, shardings.batch, shardings.batch)
+    out_shardings = (shardings.replicated, shardings.batch)
   return jax.jit(step, in_shardings=(shardings.replicated, shardings.batch),
                  out_shardings=out_shardings)
