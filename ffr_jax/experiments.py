@@ -296,8 +296,9 @@ def run_in_process(run: Run, should_stop=None, reuse_data: dict | None = None
   data for the next run that reads the same.
   """
   try:
-    with run_lib.owned_workdir(run.run_dir):
-      run_lib.train_and_evaluate(run.config, run.run_dir, should_stop, reuse_data)
+    with run_lib.owned_workdir(run.run_dir) as lock:
+      run_lib.train_and_evaluate(run.config, run.run_dir,
+                                 lock.checked(should_stop), reuse_data)
   finally:
     jax.clear_caches()  # compiled steps of finished runs would pile up
 

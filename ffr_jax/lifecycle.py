@@ -8,7 +8,9 @@ Two pieces a command wraps around its work:
   killed process is taken over with a warning: on the same machine when its
   pid is dead or now belongs to a process with another start time (pid reuse);
   from another machine when its heartbeat (refreshed by a daemon thread) is
-  older than ``stale_after`` seconds.
+  older than ``stale_after`` seconds. A process whose lock was taken over
+  (it stalled that long) stops at its next step check without saving more
+  (:meth:`WorkdirLock.checked`).
 * :class:`PreemptionGuard`: SIGTERM (what a TPU VM or SLURM sends before
   preemption) and the first Ctrl-C only set a flag; the training loop asks
   ``guard.should_stop(step)`` after each step, saves a checkpoint, waits for
@@ -61,6 +63,10 @@ def exit_code(signum: int) -> int:
 
 class WorkdirBusyError(ValueError):
   """Another live process owns the workdir (one line naming it)."""
+
+
+class WorkdirLostError(WorkdirBusyError):
+  """Another process took the workdir over while this one held it."""
 
 
 class Preempted(Exception):
@@ -274,7 +280,7 @@ class WorkdirLock:
     self._owner: _Owner | None = None
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
-    self.lost = False  # set if another process took the lock from us
+    self.lost: str | None = None  # who took the lock from us, once one did
 
   # -- public ---------------------------------------------------------------
 
@@ -419,11 +425,27 @@ class WorkdirLock:
       return True
     outcome = self._with_mutex(refresh, wait=1.0)
     if outcome is False and not self._is_ours(owner):
-      self.lost = True
+      current = _Owner.parse(_read(self.path))
+      self.lost = current.describe() if current else "no process"
       logging.warning("The lock %s is no longer held by this process (%s).",
-                      self.path, _read(self.path))
+                      self.path, self.lost)
       return False
     return True
+
+  def checked(self, should_stop: Callable[[int], bool] | None = None
+              ) -> Callable[[int], bool]:
+    """``should_stop(step)`` that first raises :class:`WorkdirLostError` once
+    the lock was taken over (this process stalled past ``stale_after``, and
+    another one owns the workdir now): the run stops at once, saving nothing
+    more there."""
+    def check(step: int) -> bool:
+      if self.lost is not None:
+        raise WorkdirLostError(
+            f"workdir {self.workdir} was taken over by {self.lost} while this "
+            "process held it (it stalled past the heartbeat timeout); "
+            "stopped without saving more: the workdir is that process's now.")
+      return bool(should_stop is not None and should_stop(step))
+    return check
 
 
 # --------------------------------------------------------------------------

@@ -169,6 +169,43 @@ def test_two_racing_takers_of_a_stale_lock_one_wins(tmp_path):
   assert outcomes == ["busy"] * 5 + ["won"]
 
 
+def test_a_lock_taken_over_stops_the_holders_next_step(tmp_path):
+  # This process stalled past the heartbeat timeout and another machine took
+  # the workdir over: its next step check must stop it, not let it write on.
+  with lifecycle.WorkdirLock(str(tmp_path)) as lock:
+    should_stop = lock.checked(lambda step: step == 3)
+    assert [should_stop(s) for s in range(4)] == [False, False, False, True]
+    theirs = _write_lock(tmp_path, host="elsewhere", token="theirs")
+    assert not lock._beat()  # pylint: disable=protected-access
+    with pytest.raises(lifecycle.WorkdirLostError, match="host elsewhere"):
+      should_stop(4)
+  assert _lock_text(tmp_path) == theirs  # theirs is left alone
+
+
+def test_a_training_run_checks_its_lock_at_every_step(tmp_path, monkeypatch):
+  from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  from ffr_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  locks, steps = [], []
+  acquire = lifecycle.WorkdirLock.acquire
+  monkeypatch.setattr(lifecycle.WorkdirLock, "acquire",
+                      lambda self: locks.append(self) or acquire(self))
+
+  def fake_train(config, workdir, should_stop=None, reuse_data=None):
+    for step in range(10):
+      if step == 2:  # another machine takes over; the heartbeat notices
+        _write_lock(workdir, host="elsewhere", token="theirs")
+        locks[0]._beat()  # pylint: disable=protected-access
+      should_stop(step)
+      steps.append(step)
+  monkeypatch.setattr(run_lib, "train_and_evaluate", fake_train)
+  config = config_lib.load_config_file(
+      os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:smoke"))
+  config_lib.apply_overrides(config, [("mode", "none")])
+  with pytest.raises(lifecycle.WorkdirLostError, match="taken over"):
+    run_lib.train_command(config, str(tmp_path / "w"))
+  assert steps == [0, 1]
+
+
 def test_disabled_lock_writes_nothing(tmp_path):
   with lifecycle.WorkdirLock(str(tmp_path / "w"), enabled=False):
     assert not (tmp_path / "w").exists()

@@ -342,11 +342,12 @@ def owned_workdir(workdir: str):
   """Holds the workdir's lock (host 0) for the duration of a command.
 
   A second process on the same workdir stops at once with one line naming
-  the owner; a stale lock of a killed process is taken over.
+  the owner; a stale lock of a killed process is taken over. Yields the lock:
+  ``lock.checked(should_stop)`` stops a run whose lock was taken over.
   """
   check_workdir(workdir)
-  with lifecycle.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    yield
+  with lifecycle.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+    yield lock
 
 
 def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -355,9 +356,10 @@ def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   validate_config(config)  # before the lock writes anything
   datasets.resolve_roots(config, workdir)
-  with owned_workdir(workdir), lifecycle.PreemptionGuard() as guard:
+  with owned_workdir(workdir) as lock, lifecycle.PreemptionGuard() as guard:
     try:
-      return train_and_evaluate(config, workdir, should_stop=guard.should_stop)
+      return train_and_evaluate(config, workdir,
+                                should_stop=lock.checked(guard.should_stop))
     except stage_lib.StageInterrupted as e:
       raise lifecycle.Preempted(
           step=e.step, stage=e.stage, signal_name=guard.signal_name) from None
