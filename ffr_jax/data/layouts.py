@@ -1,6 +1,7 @@
 """What the dataset loaders share: skip summaries, image listing, group checks,
 the seeded 80/10/10 split with the authors' 90% pre-bias, the CelebA-style
-attribute file, and naming each class's majority bias in a config.
+attribute file, naming each class's majority bias in a config, and the group
+counts ``python -m ffr_jax.data`` prints.
 
 Loaders import this module, :mod:`~ffr_jax.data.bias` and
 :mod:`~ffr_jax.data.types` only, never each other.
@@ -8,6 +9,7 @@ Loaders import this module, :mod:`~ffr_jax.data.bias` and
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from ffr_jax.data import bias
 from ffr_jax.data.images import is_image_file
-from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples, group_table
 
 SPLITS = ("train", "val", "test")
 # How many example paths per skip reason we keep for messages.
@@ -256,3 +258,52 @@ def infer_majority(train: Examples, num_classes: int, num_biases: int
                        "majority bias.")
     out.append(int(np.argmax(counts)))
   return tuple(out)
+
+
+# --- What python -m ffr_jax.data prints -------------------------------------
+
+
+def _achieved(splits: DatasetSplits) -> dict[str, dict[str, float | None]]:
+  """Majority share per class for train and val (None for an empty class)."""
+  out = {}
+  for split in ("train", "val"):
+    ratios = bias.achieved_ratio(splits.spec, splits.split(split))
+    out[split] = {splits.spec.class_names[y]: (None if math.isnan(r) else r)
+                  for y, r in ratios.items()}
+  return out
+
+
+def splits_summary(splits: DatasetSplits, ratio: float) -> dict:
+  """The JSON-ready summary of loaded splits (``python -m ffr_jax.data --json``)."""
+  return {
+      "dataset": splits.spec.name,
+      "bias_ratio": float(ratio),
+      "splits": {s: group_table(splits.spec, splits.split(s)) for s in SPLITS},
+      "achieved_ratio": _achieved(splits),
+      "skipped": dict(splits.skipped),
+  }
+
+
+def splits_table(splits: DatasetSplits, ratio: float) -> str:
+  """A plain-text table of the group counts per split (``python -m ffr_jax.data``)."""
+  spec = splits.spec
+  names = [spec.group_name(g) + ("  (majority)" if spec.is_majority(y, b) else "")
+           for g, (y, b) in enumerate(spec.groups)]
+  width = max(len(n) for n in names + ["group", "total"])
+  head = f"{'group':<{width}} " + " ".join(f"{s:>8}" for s in SPLITS)
+  lines = [f"{spec.name}, bias ratio {ratio}", head, "-" * len(head)]
+  for name, (y, b) in zip(names, spec.groups):
+    counts = " ".join(f"{splits.split(s).count(y, b):>8d}" for s in SPLITS)
+    lines.append(f"{name:<{width}} {counts}")
+  totals = " ".join(f"{len(splits.split(s)):>8d}" for s in SPLITS)
+  lines += ["-" * len(head), f"{'total':<{width}} {totals}", ""]
+  lines.append("achieved bias ratio (majority share of each class):")
+  for split, per_class in _achieved(splits).items():
+    shown = ", ".join(f"{c}: {'-' if r is None else f'{r:.4f}'}"
+                      for c, r in per_class.items())
+    lines.append(f"  {split}: {shown}")
+  lines.append("skipped: " + (", ".join(
+      f"{k}={v}" for k, v in sorted(splits.skipped.items())) or "none"))
+  for reason, files in sorted(splits.skipped_files.items()):
+    lines.append(f"  {reason}, e.g. {', '.join(files[:3])}")
+  return "\n".join(lines)
