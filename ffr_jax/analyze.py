@@ -68,13 +68,7 @@ def _run(command: str) -> str:
   if command == "embeddings":
     report = reports.embeddings_report(workdirs, out, per_group=_PER_GROUP.value,
                                        **common)
-    lines = ["| run | probe (real vs syn) | mean centroid dist | ref group dist |",
-             "|---|---|---|---|"]
-    for name, r in report["runs"].items():
-      lines.append(f"| {name} | {r['probe_accuracy']:.3f} | "
-                   f"{r['mean_centroid_distance']:.3f} | "
-                   f"{r['reference_group_distance']:.3f} |")
-    print("\n".join(lines))
+    print(reports.embeddings_table(report))
     return os.path.join(out, reports.EMBEDDINGS_PNG)
   cfg = rise_lib.RiseConfig(num_masks=_MASKS.value, grid=_GRID.value,
                             p=_P.value, batch=_BATCH.value, seed=_SEED.value)

@@ -117,6 +117,17 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
   return report
 
 
+def embeddings_table(report: dict) -> str:
+  """The Markdown table of :func:`embeddings_report`'s per-run numbers."""
+  lines = ["| run | probe (real vs syn) | mean centroid dist | ref group dist |",
+           "|---|---|---|---|"]
+  for name, r in report["runs"].items():
+    lines.append(f"| {name} | {r['probe_accuracy']:.3f} | "
+                 f"{r['mean_centroid_distance']:.3f} | "
+                 f"{r['reference_group_distance']:.3f} |")
+  return "\n".join(lines)
+
+
 def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
   """``"minority"``, ``"all"`` or comma-separated names (``"big dog/indoors"``)."""
   if groups == "minority":
