@@ -418,15 +418,23 @@ class WorkdirLock:
     if owner is None:
       return False
     def refresh() -> bool:
+      owner.heartbeat = time.time()
+      if _read(self.path) is None:
+        # Removed by hand or by a clean-up script and taken by nobody since:
+        # still ours, so it is put back.
+        if _create_exclusive(self.path, owner.to_json()):
+          logging.warning("The lock %s was removed while this process held "
+                          "it; re-created.", self.path)
+          return True
       if not self._is_ours(owner):
         return False
-      owner.heartbeat = time.time()
       _replace_atomic(self.path, owner.to_json())
       return True
     outcome = self._with_mutex(refresh, wait=1.0)
     if outcome is False and not self._is_ours(owner):
       current = _Owner.parse(_read(self.path))
-      self.lost = current.describe() if current else "no process"
+      self.lost = (current.describe() if current
+                   else "a process whose lock file is unreadable")
       logging.warning("The lock %s is no longer held by this process (%s).",
                       self.path, self.lost)
       return False
@@ -437,9 +445,15 @@ class WorkdirLock:
     """``should_stop(step)`` that first raises :class:`WorkdirLostError` once
     the lock was taken over (this process stalled past ``stale_after``, and
     another one owns the workdir now): the run stops at once, saving nothing
-    more there."""
+    more there.
+
+    Single-process runs only: on several hosts only process 0 holds the lock,
+    and stopping it alone would leave the others waiting in a collective, so
+    there the heartbeat's warning is all.
+    """
     def check(step: int) -> bool:
-      if self.lost is not None:
+      jax = sys.modules.get("jax")
+      if self.lost is not None and (jax is None or jax.process_count() == 1):
         raise WorkdirLostError(
             f"workdir {self.workdir} was taken over by {self.lost} while this "
             "process held it (it stalled past the heartbeat timeout); "

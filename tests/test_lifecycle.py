@@ -182,6 +182,29 @@ def test_a_lock_taken_over_stops_the_holders_next_step(tmp_path):
   assert _lock_text(tmp_path) == theirs  # theirs is left alone
 
 
+def test_a_removed_lock_file_is_put_back_not_lost(tmp_path):
+  # A clean-up script (or a user) removed the lock of a live run, and nobody
+  # took the workdir since: the heartbeat re-creates it and the run goes on.
+  with lifecycle.WorkdirLock(str(tmp_path)) as lock:
+    mine = json.loads(_lock_text(tmp_path))["token"]
+    os.unlink(os.path.join(tmp_path, lifecycle.LOCK_FILE))
+    assert lock._beat()  # pylint: disable=protected-access
+    assert json.loads(_lock_text(tmp_path))["token"] == mine
+    assert lock.checked()(0) is False
+  assert not (tmp_path / lifecycle.LOCK_FILE).exists()
+
+
+def test_a_lost_lock_does_not_stop_host_0_alone(tmp_path, monkeypatch):
+  # On several hosts only process 0 holds the lock; raising there alone would
+  # leave the other hosts waiting in a collective.
+  import jax  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with lifecycle.WorkdirLock(str(tmp_path), enabled=True) as lock:
+    _write_lock(tmp_path, host="elsewhere", token="theirs")
+    assert not lock._beat()  # pylint: disable=protected-access
+    assert lock.lost is not None and lock.checked()(0) is False
+
+
 def test_a_training_run_checks_its_lock_at_every_step(tmp_path, monkeypatch):
   from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
   from ffr_jax import config as config_lib  # pylint: disable=import-outside-toplevel
