@@ -140,6 +140,12 @@ def test_same_relative_paths_with_other_bytes_are_other_data(tmp_path, monkeypat
   by_hand = lambda ex: dataclasses.replace(ex, content=None)  # noqa: E731
   assert digest(by_hand(a), tmp_path / "a") == digest(a, tmp_path / "a")
   assert digest(by_hand(other_bytes), tmp_path / "b") == digest(other_bytes, tmp_path / "b")
+  # ... also when they are concatenated with rows that carry them.
+  two_roots = lambda ex, r1, r2: plan_lib.examples_digest(ex, [str(r1), str(r2)])  # noqa: E731
+  assert (two_roots(Examples.concat([a, by_hand(other_bytes)]), tmp_path / "a", tmp_path / "b")
+          != two_roots(Examples.concat([a, by_hand(same_bytes)]), tmp_path / "a", tmp_path / "c"))
+  assert digest(Examples.concat([a, by_hand(a)]), tmp_path / "a") == digest(
+      Examples.concat([a, a]), tmp_path / "a")
 
 
 def test_demo_rendered_with_another_seed_is_other_data(tmp_path, monkeypatch):

@@ -183,10 +183,13 @@ def examples_digest(examples: Examples, roots: Sequence[str]) -> str:
   h.update("\n".join(rel(str(p)) for p in examples.path).encode())
   for column in (examples.y, examples.b, examples.source):
     h.update(np.ascontiguousarray(column, np.int64).tobytes())
-  content = examples.content
-  if content is None:
-    identities = images.file_identities([str(p) for p in examples.path])
-    content = [identities[str(p)] for p in examples.path]
+  content = (list(examples.content) if examples.content is not None
+             else [""] * len(examples))
+  # Rows built without identities (by hand, or concatenated with such rows).
+  unknown = [str(p) for p, c in zip(examples.path, content) if not c]
+  if unknown:
+    identities = images.file_identities(unknown)
+    content = [c or identities[str(p)] for p, c in zip(examples.path, content)]
   h.update("\n".join(str(c) for c in content).encode())
   return h.hexdigest()[:FINGERPRINT_CHARS]
 
