@@ -318,7 +318,7 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
   """
   fn = EXECUTORS[executor]
   if executor == "inprocess":
-    fn = functools.partial(run_in_process, reuse_data={})
+    fn = functools.partial(fn, reuse_data={})
   outcomes = []
   for i, run in enumerate(runs):
     if run.finished():
