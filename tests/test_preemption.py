@@ -98,10 +98,12 @@ def test_sigterm_at_random_times_then_rerun_gives_the_uninterrupted_result(
   expected = _comparable(straight)
 
   # Two stops in stage 1 (24 steps), one in stage 2 (25 steps), each after
-  # 1-4 new checkpoints (one every 2 steps) and up to a second more: random
-  # points inside a step or a save, never past the end of the run.
+  # 1-2 new checkpoints (one every 2 steps) and up to 0.25 s more: random
+  # points inside a step or a save, never past the end of the run. (Up to 4
+  # checkpoints and 1 s ran past the end of stage 1 on a quiet machine at
+  # 9 steps/s; these bounds leave 4 steps to spare at 20 steps/s.)
   rng = random.Random(0)
-  stops = [(stage, rng.randint(1, 4), rng.uniform(0.0, 1.0))
+  stops = [(stage, rng.randint(1, 2), rng.uniform(0.0, 0.25))
            for stage in ("stage1", "stage1", "stage2")]
   workdir = tmp_path / "stopped"
   for i, (stage, count, delay) in enumerate(stops):
