@@ -440,26 +440,41 @@ class WorkdirLock:
       return False
     return True
 
-  def checked(self, should_stop: Callable[[int], bool] | None = None
-              ) -> Callable[[int], bool]:
+  def checked(self, should_stop: Callable[[int], bool] | None = None, *,
+              sync_every: int = 50) -> Callable[[int], bool]:
     """``should_stop(step)`` that first raises :class:`WorkdirLostError` once
     the lock was taken over (this process stalled past ``stale_after``, and
     another one owns the workdir now): the run stops at once, saving nothing
     more there.
 
-    Single-process runs only: on several hosts only process 0 holds the lock,
-    and stopping it alone would leave the others waiting in a collective, so
-    there the heartbeat's warning is all.
+    On several processes only process 0 holds the lock, and it must not stop
+    alone (the others would wait in a collective): every ``sync_every`` steps
+    the processes exchange whether it was lost, and all stop at that step.
+    That exchange is collective, like :meth:`PreemptionGuard.should_stop`:
+    every process calls ``check`` with the same steps.
     """
+    jax = sys.modules.get("jax")
+    several = jax is not None and jax.process_count() > 1
+
     def check(step: int) -> bool:
-      jax = sys.modules.get("jax")
-      if self.lost is not None and (jax is None or jax.process_count() == 1):
+      lost = self.lost is not None
+      if several:
+        lost = step % sync_every == 0 and _on_any_process(lost)
+      if lost:
         raise WorkdirLostError(
-            f"workdir {self.workdir} was taken over by {self.lost} while this "
-            "process held it (it stalled past the heartbeat timeout); "
-            "stopped without saving more: the workdir is that process's now.")
+            f"workdir {self.workdir} was taken over by "
+            f"{self.lost or 'another process (seen by process 0)'} while this "
+            "run held it (it stalled past the heartbeat timeout); stopped "
+            "without saving more: the workdir is that process's now.")
       return bool(should_stop is not None and should_stop(step))
     return check
+
+
+def _on_any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (collective)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 # --------------------------------------------------------------------------

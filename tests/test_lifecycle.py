@@ -194,15 +194,33 @@ def test_a_removed_lock_file_is_put_back_not_lost(tmp_path):
   assert not (tmp_path / lifecycle.LOCK_FILE).exists()
 
 
-def test_a_lost_lock_does_not_stop_host_0_alone(tmp_path, monkeypatch):
-  # On several hosts only process 0 holds the lock; raising there alone would
-  # leave the other hosts waiting in a collective.
+def test_hosts_stop_together_when_host_0s_lock_is_lost(tmp_path, monkeypatch):
+  # On several hosts only process 0 holds the lock; it must not stop alone
+  # (the others would wait in a collective): they agree at an exchange step.
   import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  host0_lost = {"flag": 0}
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  with lifecycle.WorkdirLock(str(tmp_path), enabled=True) as lock:
-    _write_lock(tmp_path, host="elsewhere", token="theirs")
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: [host0_lost["flag"], int(x)])
+  # This is host 1: its lock is disabled; host 0's is lost at step 3.
+  with lifecycle.WorkdirLock(str(tmp_path), enabled=False) as lock:
+    check = lock.checked(lambda step: False, sync_every=4)
+    assert [check(s) for s in (1, 2, 3)] == [False] * 3
+    host0_lost["flag"] = 1
+    assert check(3) is False  # no exchange between steps 0 and 4
+    with pytest.raises(lifecycle.WorkdirLostError, match="seen by process 0"):
+      check(4)
+  # Host 0, whose lock another machine took over: it waits for the exchange.
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: [int(x), 0])
+  with lifecycle.WorkdirLock(str(tmp_path / "w0"), enabled=True) as lock:
+    check = lock.checked(sync_every=4)
+    _write_lock(tmp_path / "w0", host="elsewhere", token="theirs")
     assert not lock._beat()  # pylint: disable=protected-access
-    assert lock.lost is not None and lock.checked()(0) is False
+    assert check(3) is False
+    with pytest.raises(lifecycle.WorkdirLostError, match="host elsewhere"):
+      check(4)
 
 
 def test_a_training_run_checks_its_lock_at_every_step(tmp_path, monkeypatch):
