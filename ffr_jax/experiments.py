@@ -32,6 +32,7 @@ import ml_collections
 
 from ffr_jax import config as config_lib
 from ffr_jax import lifecycle
+from ffr_jax.mesh import maybe_initialize_distributed
 from ffr_jax.data import compose
 from ffr_jax.data import datasets
 from ffr_jax.demo import generator as demo_generator
@@ -420,7 +421,13 @@ def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   log(f"Sweep: {len(runs)} runs, {sum(r.finished() for r in runs)} finished "
       "earlier.")
-  with lifecycle.PreemptionGuard() as guard:
+  if executor == "inprocess":
+    maybe_initialize_distributed()  # before anything starts jax's backend
+  # A subprocess sweep never starts a backend here: it would hold the
+  # accelerators (a TPU opens in one process only; a GPU client preallocates
+  # most of the memory) that its runs need.
+  with lifecycle.PreemptionGuard(
+      process_count=None if executor == "inprocess" else 1) as guard:
     write_manifest(workdir, runs)
     start = time.time()
     outcomes = execute(runs, executor, log, guard)

@@ -65,6 +65,52 @@ def test_demo_smoke_runs_every_mode_and_writes_results(tmp_path):
   assert "WA = worst-group accuracy" in proc.stdout
 
 
+def _free_port() -> int:
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("modes", [
+    "none", pytest.param("none,usb", marks=pytest.mark.slow)])
+def test_a_jax_distributed_job_initializes_before_anything_asks_jax(tmp_path,
+                                                                      modes):
+  # What a pod launcher sets (here a one-process job): jax.distributed must be
+  # initialized before the workdir lock or the stop guard ask which process
+  # this is, or it refuses ("must be called before any JAX calls").
+  env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
+             JAX_NUM_PROCESSES="1", JAX_PROCESS_ID="0")
+  proc = subprocess.run(_main(tmp_path, f"--config.mode={modes}"), cwd=ROOT,
+                        capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "jax.distributed: process 0 of 1" in proc.stderr
+
+
+def test_a_subprocess_sweep_never_starts_a_backend_in_its_parent(tmp_path):
+  # The parent of subprocess runs must leave the accelerators to them (a TPU
+  # opens in one process only; a GPU client preallocates most memory).
+  code = f"""
+import json, os, sys
+import ml_collections
+from ffr_jax import experiments
+sweep = ml_collections.ConfigDict({{"config": {DEMO + ":smoke"!r}, "fixed": (),
+                                   "grid": ({{"mode": ("none", "usb")}},)}})
+runs = experiments.expand(sweep, {str(tmp_path)!r})
+def fake(run, should_stop=None):
+  os.makedirs(run.run_dir, exist_ok=True)
+  open(os.path.join(run.run_dir, "results.json"), "w").write("{{}}")
+experiments.EXECUTORS["subprocess"] = fake
+outcomes = experiments.run_sweep(runs, {str(tmp_path)!r}, "subprocess", log=lambda s: None)
+from jax._src import xla_bridge
+print([o.status for o in outcomes], xla_bridge.backends_are_initialized())
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "['done', 'done'] False", proc.stdout
+
+
 def _fails_with_one_line(cmd, expect: str):
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                         timeout=300)

@@ -356,6 +356,9 @@ def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   validate_config(config)  # before the lock writes anything
   datasets.resolve_roots(config, workdir)
+  # Before the lock and the guard ask jax which process this is: that starts
+  # the backend, after which jax.distributed can no longer be initialized.
+  maybe_initialize_distributed()
   with owned_workdir(workdir) as lock, lifecycle.PreemptionGuard() as guard:
     try:
       return train_and_evaluate(config, workdir,
