@@ -87,6 +87,27 @@ def test_a_jax_distributed_job_initializes_before_anything_asks_jax(tmp_path,
   assert "jax.distributed: process 0 of 1" in proc.stderr
 
 
+@pytest.mark.slow
+def test_two_processes_train_as_one(tmp_path):
+  """A two-process jax.distributed ffr_jax.main (CPU, gloo) on one shared
+  workdir gives the one-process run's numbers."""
+  _run(_main(tmp_path / "one", "--config.mode=ffr"))
+  address = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen(
+      _main(tmp_path / "two", "--config.mode=ffr"), cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i))) for i in range(2)]
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  one, two = (json.load(open(tmp_path / w / "results.json")) for w in ("one", "two"))
+  for split in ("val", "test"):
+    assert two[split] == one[split]
+  for stage in ("stage1", "stage2"):
+    assert two["stages"][stage]["history"] == one["stages"][stage]["history"]
+
+
 def test_a_subprocess_sweep_never_starts_a_backend_in_its_parent(tmp_path):
   # The parent of subprocess runs must leave the accelerators to them (a TPU
   # opens in one process only; a GPU client preallocates most memory).
