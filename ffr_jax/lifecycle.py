@@ -440,41 +440,31 @@ class WorkdirLock:
       return False
     return True
 
-  def checked(self, should_stop: Callable[[int], bool] | None = None, *,
-              sync_every: int = 50) -> Callable[[int], bool]:
-    """``should_stop(step)`` that first raises :class:`WorkdirLostError` once
-    the lock was taken over (this process stalled past ``stale_after``, and
-    another one owns the workdir now): the run stops at once, saving nothing
-    more there.
-
-    On several processes only process 0 holds the lock, and it must not stop
-    alone (the others would wait in a collective): every ``sync_every`` steps
-    the processes exchange whether it was lost, and all stop at that step.
-    That exchange is collective, like :meth:`PreemptionGuard.should_stop`:
-    every process calls ``check`` with the same steps.
-    """
-    jax = sys.modules.get("jax")
-    several = jax is not None and jax.process_count() > 1
-
-    def check(step: int) -> bool:
-      lost = self.lost is not None
-      if several:
-        lost = step % sync_every == 0 and _on_any_process(lost)
-      if lost:
-        raise WorkdirLostError(
-            f"workdir {self.workdir} was taken over by "
-            f"{self.lost or 'another process (seen by process 0)'} while this "
+  def lost_reason(self) -> str | None:
+    """Why this process must stop at once without saving more, once its lock
+    was taken over (it stalled past ``stale_after``, and another process owns
+    the workdir now); else None."""
+    if self.lost is None:
+      return None
+    return (f"workdir {self.workdir} was taken over by {self.lost} while this "
             "run held it (it stalled past the heartbeat timeout); stopped "
             "without saving more: the workdir is that process's now.")
-      return bool(should_stop is not None and should_stop(step))
+
+  def checked(self, should_stop: Callable[..., bool] | None = None
+              ) -> Callable[[int], bool]:
+    """``should_stop(step)`` that also stops the run once the lock was taken
+    over: :meth:`PreemptionGuard.should_stop` gets :meth:`lost_reason` and
+    raises :class:`WorkdirLostError` (on several hosts, on every host at its
+    next flag exchange: only process 0 holds the lock). Without a guard the
+    check raises here."""
+    def check(step: int) -> bool:
+      reason = self.lost_reason()
+      if should_stop is not None:
+        return bool(should_stop(step, lost=reason))
+      if reason is not None:
+        raise WorkdirLostError(reason)
+      return False
     return check
-
-
-def _on_any_process(flag: bool) -> bool:
-  """Whether ``flag`` is set on any process (collective)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 # --------------------------------------------------------------------------
@@ -583,17 +573,27 @@ class PreemptionGuard:
                     "(Ctrl-C again to abort at once).",
                     signal.Signals(signum).name)
 
-  def should_stop(self, step: int) -> bool:
-    """Whether to save and stop after ``step`` (the same on every host)."""
+  def should_stop(self, step: int, lost: str | None = None) -> bool:
+    """Whether to save and stop after ``step`` (the same on every host).
+
+    Args:
+      lost: why this process must stop at once, saving nothing more (its
+        workdir lock was taken over: :meth:`WorkdirLock.lost_reason`), else
+        None. Then :class:`WorkdirLostError` is raised: at once on one host;
+        on several, on every host at the next flag exchange (it travels with
+        the stop flags), so none is left waiting in a collective.
+    """
     if self._process_count is None or self._process_count <= 1:
+      if lost is not None:
+        raise WorkdirLostError(lost)
       return self._signum is not None
     if self._checked is not None and self._checked[0] == step:
       return self._checked[1]  # a second call for one step costs nothing
-    stop = self._collective_stop(step)
+    stop = self._collective_stop(step, lost)
     self._checked = (step, stop)
     return stop
 
-  def _collective_stop(self, step: int) -> bool:
+  def _collective_stop(self, step: int, lost: str | None) -> bool:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     if self._jax_owns_sigterm and (
@@ -602,7 +602,13 @@ class PreemptionGuard:
       return True
     if step % self.sync_every:
       return False
-    flags = multihost_utils.process_allgather(np.int32(self._signum or 0))
+    # -1: a lost workdir lock, which outranks any signal.
+    flags = multihost_utils.process_allgather(
+        np.int32(-1 if lost is not None else self._signum or 0))
+    if int(np.min(flags)) < 0:
+      raise WorkdirLostError(lost or "the workdir lock of process 0 was taken "
+                             "over while this run held it; stopped without "
+                             "saving more.")
     if int(np.max(flags)) == 0:
       return False
     self._agreed = int(np.max(flags))

@@ -172,13 +172,18 @@ def test_two_racing_takers_of_a_stale_lock_one_wins(tmp_path):
 def test_a_lock_taken_over_stops_the_holders_next_step(tmp_path):
   # This process stalled past the heartbeat timeout and another machine took
   # the workdir over: its next step check must stop it, not let it write on.
-  with lifecycle.WorkdirLock(str(tmp_path)) as lock:
-    should_stop = lock.checked(lambda step: step == 3)
-    assert [should_stop(s) for s in range(4)] == [False, False, False, True]
+  with (lifecycle.WorkdirLock(str(tmp_path)) as lock,
+        lifecycle.PreemptionGuard(process_count=1) as guard):
+    should_stop = lock.checked(guard.should_stop)
+    assert [should_stop(s) for s in range(3)] == [False, False, False]
+    os.kill(os.getpid(), signal.SIGTERM)  # the guard's answer passes through
+    assert should_stop(3)
     theirs = _write_lock(tmp_path, host="elsewhere", token="theirs")
     assert not lock._beat()  # pylint: disable=protected-access
     with pytest.raises(lifecycle.WorkdirLostError, match="host elsewhere"):
       should_stop(4)
+    with pytest.raises(lifecycle.WorkdirLostError, match="host elsewhere"):
+      lock.checked()(4)  # without a guard too
   assert _lock_text(tmp_path) == theirs  # theirs is left alone
 
 
@@ -204,18 +209,20 @@ def test_hosts_stop_together_when_host_0s_lock_is_lost(tmp_path, monkeypatch):
   monkeypatch.setattr(multihost_utils, "process_allgather",
                       lambda x: [host0_lost["flag"], int(x)])
   # This is host 1: its lock is disabled; host 0's is lost at step 3.
-  with lifecycle.WorkdirLock(str(tmp_path), enabled=False) as lock:
-    check = lock.checked(lambda step: False, sync_every=4)
+  with (lifecycle.WorkdirLock(str(tmp_path), enabled=False) as lock,
+        lifecycle.PreemptionGuard(process_count=2, sync_every=4) as guard):
+    check = lock.checked(guard.should_stop)
     assert [check(s) for s in (1, 2, 3)] == [False] * 3
-    host0_lost["flag"] = 1
+    host0_lost["flag"] = -1
     assert check(3) is False  # no exchange between steps 0 and 4
-    with pytest.raises(lifecycle.WorkdirLostError, match="seen by process 0"):
+    with pytest.raises(lifecycle.WorkdirLostError, match="process 0"):
       check(4)
   # Host 0, whose lock another machine took over: it waits for the exchange.
   monkeypatch.setattr(multihost_utils, "process_allgather",
                       lambda x: [int(x), 0])
-  with lifecycle.WorkdirLock(str(tmp_path / "w0"), enabled=True) as lock:
-    check = lock.checked(sync_every=4)
+  with (lifecycle.WorkdirLock(str(tmp_path / "w0"), enabled=True) as lock,
+        lifecycle.PreemptionGuard(process_count=2, sync_every=4) as guard):
+    check = lock.checked(guard.should_stop)
     _write_lock(tmp_path / "w0", host="elsewhere", token="theirs")
     assert not lock._beat()  # pylint: disable=protected-access
     assert check(3) is False
