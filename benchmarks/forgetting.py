@@ -19,22 +19,19 @@ and writes benchmarks/results/forgetting.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 
 from ffr_jax.reporting import aggregate
+from ffr_jax.reporting import results as results_lib
 
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "forgetting.json")
 
 
 def _runs(workdir: str) -> list[dict]:
-  out = []
-  for path in aggregate.results_paths(workdir):
-    with open(path, encoding="utf-8") as f:
-      out.append(json.load(f))
-  return out
+  return [results_lib.read_results(os.path.dirname(path))
+          for path in aggregate.results_paths(workdir)]
 
 
 def _condition(r: dict) -> str:
@@ -43,8 +40,10 @@ def _condition(r: dict) -> str:
 
 
 def _stat(values: list[float]) -> str:
-  """Mean +- sample std (ddof=1, as every report), with the count."""
-  return f"{aggregate.fmt(aggregate.stat(values))} (n={len(values)})"
+  """Mean +- sample std (ddof=1, as every report), with the count (one value
+  already says ``(n=1)``)."""
+  s = aggregate.stat(values)
+  return aggregate.fmt(s) + (f" (n={s.n})" if s is not None and s.n > 1 else "")
 
 
 def stage2_rows(runs: list[dict]) -> list[dict]:
@@ -101,10 +100,9 @@ def main() -> None:
   print("|---|---|---|")
   for r in fixed:
     print(f"| {r['mode']} | {r['condition']} | {_stat(r['test_wa'])} |")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
-    json.dump({"workdir": os.path.abspath(args.workdir), "runs": len(runs),
-               "ffr_stage2": stage2, "fixed_setting_99": fixed}, f, indent=2)
+  results_lib.write_json_atomic(args.out, {
+      "workdir": os.path.abspath(args.workdir), "runs": len(runs),
+      "ffr_stage2": stage2, "fixed_setting_99": fixed})
   print(f"\nwrote {args.out}")
 
 
