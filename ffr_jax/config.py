@@ -118,6 +118,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.dfr.c_grid = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
   c.dfr.num_refits = 20
 
+  # JTT (method jtt): ERM for epochs_id epochs finds the error set, which the
+  # final training set repeats upsample more times (paper: Waterbirds 60 and
+  # 100, CelebA 1 and 50).
+  c.jtt = ml_collections.ConfigDict()
+  c.jtt.epochs_id = 1          # epochs of the identification model (T)
+  c.jtt.upsample = 50          # extra copies of each error-set example (lambda_up)
+
+  # AFR (method afr): ERM on a share of train, then the last layer refit on
+  # the held-out rest with weights exp(-gamma p_true); gamma and lambda (pull
+  # toward the ERM head) chosen on val (the authors' Waterbirds grid, step 2).
+  c.afr = ml_collections.ConfigDict()
+  c.afr.heldout = 0.2          # share of train held out for the refit
+  c.afr.split_seed = 21        # seeds that split (the authors' fixed 21)
+  c.afr.gamma_grid = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
+  c.afr.lambda_grid = (0.0, 0.1, 0.2, 0.3)
+  c.afr.lr = 0.01              # full-batch gradient descent, clipped to norm 1
+  c.afr.steps = 500
+
   c.generate = ml_collections.ConfigDict()
   c.generate.model = ""        # diffusers folder or hub id (Stable Diffusion v1.4)
   c.generate.revision = ""     # hub revision of generate.model ("flax", "bf16"); "": default

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -24,7 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,12 +32,11 @@ import ml_collections
 from ffr_jax import config as config_lib
 from ffr_jax import lifecycle
 from ffr_jax.mesh import maybe_initialize_distributed
-from ffr_jax.data import compose
 from ffr_jax.data import datasets
-from ffr_jax.demo import generator as demo_generator
+from ffr_jax.registry import Registry
 from ffr_jax.reporting import results as results_lib
-from ffr_jax.training import plan as plan_lib
 from ffr_jax.training import run as run_lib
+from ffr_jax.training import spec as spec_lib
 from ffr_jax.training import stage as stage_lib
 
 RUNS_DIR = "runs"
@@ -74,9 +72,8 @@ class Run:
       (fixed settings, grid values, then the shared folders).
     config: the run's full config (overrides applied).
     run_dir: its workdir.
-    unit: runs with the same unit may share a stage: the fingerprint of
-      their first stage's plan, planned from the settings alone (a digest of
-      the data settings stands in for the data); a shard takes whole units.
+    unit: the RunSpec's unit (its first stage, planned from the settings):
+      runs that share a stage have one unit, and a shard takes whole units.
   """
 
   name: str
@@ -138,28 +135,19 @@ def _shared_data_dirs(config: ml_collections.ConfigDict, shared: str
                       ) -> list[tuple[str, str]]:
   """``data.root`` / ``data.synthetic_root`` overrides for shared folders.
 
-  Only folders the run would otherwise make in its own workdir are shared:
-  the built-in benchmark's rendered real data (keyed on its render settings)
-  and the synthetic images (keyed on the generator settings; images are a
-  function of the seed, group and index, so one folder serves every bias
-  ratio and mode). User-given roots are left alone.
+  Only folders a run would otherwise make in its own workdir are shared, named
+  by the RunSpec's data identity: a self-contained dataset's rendered data and
+  the synthetic pool (one pool serves every bias ratio and mode). User-given
+  roots are left alone.
   """
-  out = []
-  name = config.data.name
-  has_benchmark = "benchmark" in config
-  if not config.data.root and has_benchmark:
-    render = {k: v for k, v in config_lib.flatten(config.benchmark).items()
-              if k not in demo_generator.SYNTHETIC_ONLY_KEYS}
+  out, name = [], str(config.data.name)
+  identity = spec_lib.data_identity(config)
+  if not config.data.root and datasets.get_dataset(name).self_contained:
     out.append(("data.root", os.path.join(
-        shared, "real", f"{name}-{plan_lib.json_digest({'name': name, **render}, 12)}")))
+        shared, "real", f"{name}-{identity.prepared[:12]}")))
   if not config.data.synthetic_root:
-    gen = {f"generate.{k}": v for k, v in config_lib.flatten(config.generate).items()
-           if k != "batch_size"}
-    if has_benchmark:
-      gen.update({f"benchmark.{k}": v for k, v in config_lib.flatten(config.benchmark).items()
-                  if k in demo_generator.GENERATOR_KEYS})
     out.append(("data.synthetic_root", os.path.join(
-        shared, "synthetic", f"{name}-{plan_lib.json_digest({'name': name, **gen}, 12)}")))
+        shared, "synthetic", f"{name}-{identity.pool[:12]}")))
   return out
 
 
@@ -196,7 +184,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
     name = run_name({k: v for k, v in assignment.items()
                      if k not in tuple(sweep.get("unnamed", ()))})
     run_lib.check_one_run(config, f"Run {name!r}: ")
-    identity = (config_path, plan_lib.json_digest(config_lib.flatten(config), 64))
+    identity = (config_path, spec_lib.json_digest(config_lib.flatten(config), 64))
     if identity in seen:
       continue  # the same settings from another grid dict: run once
     if name in seen.values():
@@ -212,7 +200,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
         name=name, config_path=config_path,
         overrides=tuple(fixed + grid_overrides + derived), config=config,
         run_dir=os.path.join(workdir, RUNS_DIR, *name.split("/")),
-        unit=plan_lib.plan_run(config, compose.describe(str(config.mode)))[0].fingerprint))
+        unit=spec_lib.plan_run(config).unit))
   dirs = sorted((r.run_dir + os.sep, r.name) for r in runs)
   for (a, na), (b, nb) in zip(dirs, dirs[1:]):
     if b.startswith(a):
@@ -272,12 +260,12 @@ class Outcome:
   error: str = ""
 
 
-def run_subprocess(run: Run, should_stop=None) -> None:
+def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> None:
   """Runs ``run.command()`` with output appended to ``{run_dir}/sweep.log``.
 
   ``should_stop`` is unused: the scheduler's signal reaches the process group.
   """
-  del should_stop
+  del should_stop, state
   os.makedirs(run.run_dir, exist_ok=True)
   with open(os.path.join(run.run_dir, "sweep.log"), "a") as log:
     log.write(f"\n$ {shlex.join(run.command())}\n")
@@ -289,22 +277,37 @@ def run_subprocess(run: Run, should_stop=None) -> None:
                        f"{os.path.join(run.run_dir, 'sweep.log')}")
 
 
-def run_in_process(run: Run, should_stop=None, reuse_data: dict | None = None
+def run_in_process(run: Run, should_stop=None, state: dict | None = None
                    ) -> None:
   """Trains ``run`` in this process (no interpreter or JAX start-up per run).
 
-  ``reuse_data`` (one dict for the runs of one sweep) keeps the last run's
-  data for the next run that reads the same.
+  ``state`` (one dict for the runs of one sweep) keeps the last run's data for
+  the next run that reads the same.
   """
   try:
     with run_lib.owned_workdir(run.run_dir) as lock:
       run_lib.train_and_evaluate(run.config, run.run_dir,
-                                 lock.checked(should_stop), reuse_data)
+                                 lock.checked(should_stop), state)
   finally:
     jax.clear_caches()  # compiled steps of finished runs would pile up
 
 
-EXECUTORS = {"subprocess": run_subprocess, "inprocess": run_in_process}
+@dataclasses.dataclass(frozen=True)
+class Executor:
+  """How a sweep runs each run: ``run(run, should_stop, state)``.
+
+  ``in_process``: runs train here, so this process starts jax's backend and
+  its guard's stop is collective; a subprocess sweep's parent never starts it
+  (it would hold the accelerators its runs need).
+  """
+
+  run: Callable[..., None]
+  in_process: bool
+
+
+EXECUTORS: Registry[Executor] = Registry("executor")
+EXECUTORS.register("subprocess", Executor(run_subprocess, in_process=False))
+EXECUTORS.register("inprocess", Executor(run_in_process, in_process=True))
 
 
 def execute(runs: Sequence[Run], executor: str = "subprocess",
@@ -315,11 +318,11 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
   With a ``guard``, a stop signal ends the sweep after the current run's
   checkpoint (in-process runs stop after their current step; a subprocess
   run gets the signal too when the scheduler signals the process group):
-  :class:`~ffr_jax.lifecycle.Preempted` is raised.
+  :class:`~ffr_jax.lifecycle.Preempted` is raised, and the stopped run is
+  no failure.
   """
-  fn = EXECUTORS[executor]
-  if executor == "inprocess":
-    fn = functools.partial(fn, reuse_data={})
+  how = EXECUTORS.get(executor)
+  state: dict = {}  # shared by the runs of this call (in-process data reuse)
   outcomes = []
   for i, run in enumerate(runs):
     if run.finished():
@@ -328,9 +331,8 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
     log(f"[{i + 1}/{len(runs)}] {run.name}")
     start = time.time()
     try:
-      fn(run, guard.should_stop if guard is not None else None)
-      if guard is not None and guard.signal_name is not None:
-        raise lifecycle.Preempted(0, run.name, guard.signal_name)
+      how.run(run, guard.should_stop if guard is not None else None, state)
+      _raise_if_stopped(guard, run)
       if not run.finished():
         raise RuntimeError(f"ended without {results_lib.RESULTS_FILE}")
       outcomes.append(Outcome(run.name, "done", time.time() - start))
@@ -340,26 +342,35 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
     except lifecycle.Preempted:
       raise
     except Exception as e:  # pylint: disable=broad-except
+      # A child that exited because the sweep was signalled stopped; it did
+      # not fail.
+      _raise_if_stopped(guard, run)
       # One bad run (a NaN loss, a missing file) must not stop the sweep.
       outcomes.append(Outcome(run.name, "failed", time.time() - start,
                               f"{type(e).__name__}: {e}"))
       log(f"  FAILED: {outcomes[-1].error}")
-      if executor == "inprocess":
+      if how.in_process:
         log(traceback.format_exc())
   return outcomes
+
+
+def _raise_if_stopped(guard: lifecycle.PreemptionGuard | None, run: Run) -> None:
+  if guard is not None and guard.signal_name is not None:
+    raise lifecycle.Preempted(None, run.name, guard.signal_name)
 
 
 def prepare(runs: Sequence[Run], log=print) -> None:
   """Renders and generates the shared data of ``runs`` (no training).
 
-  One pass per distinct data setting: the real data is rendered (built-in
+  One pass per data identity and folders: the real data is rendered (built-in
   benchmark) and the synthetic images every run's mode needs are generated
   (built-in generator), including the held-out synthetic test set.
   """
   groups: dict[str, list[Run]] = {}
   for r in runs:
-    groups.setdefault(plan_lib.data_settings_digest(r.config) + str(
-        r.config.data.root) + str(r.config.data.synthetic_root), []).append(r)
+    key = spec_lib.json_digest([dataclasses.asdict(spec_lib.data_identity(
+        r.config)), str(r.config.data.root), str(r.config.data.synthetic_root)])
+    groups.setdefault(key, []).append(r)
   for members in groups.values():
     first = members[0]
     modes = sorted({str(r.config.mode) for r in members})
@@ -421,13 +432,11 @@ def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   log(f"Sweep: {len(runs)} runs, {sum(r.finished() for r in runs)} finished "
       "earlier.")
-  if executor == "inprocess":
+  in_process = EXECUTORS.get(executor).in_process
+  if in_process:
     maybe_initialize_distributed()  # before anything starts jax's backend
-  # A subprocess sweep never starts a backend here: it would hold the
-  # accelerators (a TPU opens in one process only; a GPU client preallocates
-  # most of the memory) that its runs need.
   with lifecycle.PreemptionGuard(
-      process_count=None if executor == "inprocess" else 1) as guard:
+      process_count=None if in_process else 1) as guard:
     write_manifest(workdir, runs)
     start = time.time()
     outcomes = execute(runs, executor, log, guard)
@@ -483,27 +492,59 @@ def train_command(config: ml_collections.ConfigDict, workdir: str, *,
   """What ``ffr_jax.main`` does.
 
   One mode x method trains into ``workdir``; comma lists in ``mode`` or
-  ``method`` become a sweep run in this process (the sweep layout). Every
-  run's config is validated before anything is written.
+  ``method`` become a sweep run in this process (the sweep layout). Either
+  way this process owns the whole workdir, and every run's config is
+  validated before anything is written.
   """
-  if not any("," in str(config[k]) for k in ("mode", "method")):
-    results = run_lib.train_command(config, workdir)
+  run_lib.check_workdir(workdir)
+  workdir = os.path.abspath(workdir)
+  lists = {k: _comma_list(config, k) for k in ("mode", "method")}
+  if all(len(v) == 1 for v in lists.values()):
+    config = run_lib.check_run(config, workdir)  # before the lock writes anything
+    results = _owned(workdir, lambda should_stop: run_lib.train_checked(
+        config, workdir, should_stop))
     rows = results_lib.summary_rows({f"{config.mode}-{config.method}": results})
     return CommandResult(
         results_lib.markdown_table(rows) + "\n" + results_lib.LEGEND +
         f"\nResults in {workdir}/{results_lib.RESULTS_FILE}.")
-  run_lib.check_workdir(workdir)
-  grid = {k: tuple(v.strip() for v in str(config[k]).split(",") if v.strip())
-          for k in ("mode", "method")}
-  fixed = tuple((k, v) for k, v in overrides.items() if k not in grid)
+  fixed = tuple((k, v) for k, v in overrides.items() if k not in lists)
   runs = expand(ml_collections.ConfigDict(
-      {"config": config_path, "fixed": fixed, "grid": (grid,)}), workdir, base=config)
+      {"config": config_path, "fixed": fixed, "grid": (lists,)}), workdir, base=config)
   for r in runs:
     run_lib.validate_config(r.config)
-  outcomes = run_sweep(runs, workdir, executor="inprocess")
+  outcomes = _owned(workdir, lambda _: run_sweep(runs, workdir, "inprocess"),
+                    guard=False)
   table = results_lib.write_summary(workdir, {
       r.name: results_lib.read_results(r.run_dir) for r in runs if r.finished()})
   return CommandResult(
       table + "\n" + results_lib.LEGEND +
       f"\nResults in {workdir} (summary.md, summary.png, runs/).",
       failed=tuple(o.name for o in outcomes if o.status == "failed"))
+
+
+def _comma_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
+  values = tuple(v.strip() for v in str(config[key]).split(",") if v.strip())
+  if not values:
+    raise ValueError(f"config.{key}={config[key]!r} names no {key}; give one "
+                     "or a comma-separated list.")
+  return values
+
+
+def _owned(workdir: str, work: Callable, guard: bool = True):
+  """``work(should_stop)`` while this process owns ``workdir``.
+
+  With ``guard``, SIGTERM/SIGINT stop after the current step with a
+  checkpoint (:class:`~ffr_jax.lifecycle.Preempted`); a sweep has its own.
+  """
+  # Before the lock and the guard ask jax which process this is: that starts
+  # the backend, after which jax.distributed can no longer be initialized.
+  maybe_initialize_distributed()
+  with run_lib.owned_workdir(workdir) as lock:
+    if not guard:
+      return work(lock.checked())
+    with lifecycle.PreemptionGuard() as g:
+      try:
+        return work(lock.checked(g.should_stop))
+      except stage_lib.StageInterrupted as e:
+        raise lifecycle.Preempted(step=e.step, stage=e.stage,
+                                  signal_name=g.signal_name) from None

@@ -26,6 +26,7 @@ when that is needed, so the lock and the single-host guard cost nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -82,13 +83,13 @@ class Preempted(Exception):
     exit_code: ``128 + signal``.
   """
 
-  def __init__(self, step: int, stage: str, signal_name: str | None):
-    self.step, self.stage = int(step), stage
+  def __init__(self, step: int | None, stage: str, signal_name: str | None):
+    self.step, self.stage = step, stage
     self.signal_name = signal_name or "SIGTERM"
     self.exit_code = exit_code(signal.Signals[self.signal_name])
-    super().__init__(
-        f"stopped at step {self.step} of {stage} ({self.signal_name}); "
-        "rerun the same command to resume")
+    where = f"at step {step} of {stage}" if step is not None else f"in {stage}"
+    super().__init__(f"stopped {where} ({self.signal_name}); rerun the same "
+                     "command to resume")
 
 
 # --------------------------------------------------------------------------
@@ -465,6 +466,37 @@ class WorkdirLock:
         raise WorkdirLostError(reason)
       return False
     return check
+
+
+# A process waiting for another's folder says so this often.
+WAIT_LOG_EVERY = 30.0
+
+
+@contextlib.contextmanager
+def owned_folder(path: str, what: str, poll: float = 0.2):
+  """Holds ``path`` (host 0) while this process writes ``what`` there.
+
+  Shared folders (a stage, prepared data, a synthetic set) have one writer at
+  a time: another live owner is waited for, with a line naming it every
+  :data:`WAIT_LOG_EVERY` seconds, so its finished result is then reused; a
+  dead owner's lock is taken over as the workdir's is.
+  """
+  lock, said = WorkdirLock(path), None
+  while True:
+    try:
+      lock.acquire()
+      break
+    except WorkdirBusyError:
+      if said is None or time.monotonic() - said >= WAIT_LOG_EVERY:
+        owner = _Owner.parse(_read(lock.path))
+        logging.info("Waiting for %s to finish %s in %s.",
+                     owner.describe() if owner else "another process", what, path)
+        said = time.monotonic()
+      time.sleep(poll)
+  try:
+    yield lock
+  finally:
+    lock.release()
 
 
 # --------------------------------------------------------------------------

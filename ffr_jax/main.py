@@ -13,7 +13,6 @@ SIGTERM or Ctrl-C stops after the current step with a checkpoint.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
@@ -34,7 +33,7 @@ def main(argv: list[str]) -> None:
   del argv
   config_flag = flags.FLAGS["config"]
   result = experiments.train_command(
-      _CONFIG.value, os.path.abspath(_WORKDIR.value),
+      _CONFIG.value, _WORKDIR.value,
       config_path=config_flags.get_config_filename(config_flag),
       overrides=config_flags.get_override_values(config_flag))
   print(result.table)

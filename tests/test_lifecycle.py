@@ -231,6 +231,7 @@ def test_hosts_stop_together_when_host_0s_lock_is_lost(tmp_path, monkeypatch):
 
 
 def test_a_training_run_checks_its_lock_at_every_step(tmp_path, monkeypatch):
+  from ffr_jax import experiments  # pylint: disable=import-outside-toplevel
   from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
   from ffr_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   locks, steps = [], []
@@ -245,12 +246,13 @@ def test_a_training_run_checks_its_lock_at_every_step(tmp_path, monkeypatch):
         locks[0]._beat()  # pylint: disable=protected-access
       should_stop(step)
       steps.append(step)
-  monkeypatch.setattr(run_lib, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(run_lib, "train_checked", fake_train)
   config = config_lib.load_config_file(
       os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:smoke"))
   config_lib.apply_overrides(config, [("mode", "none")])
   with pytest.raises(lifecycle.WorkdirLostError, match="taken over"):
-    run_lib.train_command(config, str(tmp_path / "w"))
+    experiments.train_command(config, str(tmp_path / "w"), config_path="",
+                              overrides={})
   assert steps == [0, 1]
 
 

@@ -118,10 +118,10 @@ from ffr_jax import experiments
 sweep = ml_collections.ConfigDict({{"config": {DEMO + ":smoke"!r}, "fixed": (),
                                    "grid": ({{"mode": ("none", "usb")}},)}})
 runs = experiments.expand(sweep, {str(tmp_path)!r})
-def fake(run, should_stop=None):
+def fake(run, should_stop=None, state=None):
   os.makedirs(run.run_dir, exist_ok=True)
   open(os.path.join(run.run_dir, "results.json"), "w").write("{{}}")
-experiments.EXECUTORS["subprocess"] = fake
+experiments.EXECUTORS.register("subprocess", experiments.Executor(fake, in_process=False))
 outcomes = experiments.run_sweep(runs, {str(tmp_path)!r}, "subprocess", log=lambda s: None)
 from jax._src import xla_bridge
 print([o.status for o in outcomes], xla_bridge.backends_are_initialized())

@@ -9,7 +9,7 @@ import pytest
 from ffr_jax import config as config_lib
 from ffr_jax.data import compose
 from ffr_jax.data.types import Examples
-from ffr_jax.training import plan as plan_lib
+from ffr_jax.training import spec as plan_lib
 
 
 def _config(**overrides):
@@ -21,7 +21,7 @@ def _config(**overrides):
 
 def _plans(config, mode=None):
   config.mode = mode or config.mode
-  return plan_lib.plan_run(config, compose.describe(str(config.mode)))
+  return list(plan_lib.plan_run(config).stages)
 
 
 def test_two_plans_differing_only_in_the_lr_schedule_differ():

@@ -22,7 +22,7 @@ from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.methods import Method
-from ffr_jax.training.plan import LoopOptions, StagePlan
+from ffr_jax.training.spec import LoopOptions, StagePlan
 from tests.fake_trees import write_image
 
 SPEC = DatasetSpec("toy", ("a", "b"), ("x", "y"),
@@ -41,8 +41,7 @@ def _examples(root, n_per_group, tag):
   return Examples.from_lists(paths, ys, bs)
 
 
-OPTIONS = LoopOptions(log_every=2, eval_batch_size=16,
-                      data=None)
+OPTIONS = LoopOptions(log_every=2, eval_batch_size=16)
 
 
 def _plan(tmp_path, method="erm", epochs=2, name="train", lr=1e-3,
@@ -52,7 +51,9 @@ def _plan(tmp_path, method="erm", epochs=2, name="train", lr=1e-3,
       by_source=False, method=method, method_settings=(), epochs=epochs,
       lr=lr, lr_schedule=kw.pop("lr_schedule", "constant"), batch_size=8, weight_decay=1e-5,
       freeze_bn=freeze_bn, image_size=16, flip=False, model="tiny/float32",
-      seed=0, init=init, epoch0_candidate=kw.pop("epoch0_candidate", False))
+      seed=0, init=init, epoch0_candidate=kw.pop("epoch0_candidate", False),
+      evals=(("val", "toy-val"), ("test", "toy-test")),
+      selection=kw.pop("selection", "best_val"))
 
 
 def _evals(tmp_path):
@@ -73,7 +74,7 @@ def _evaluate(tmp_path, variables, split="val"):
   shardings = make_shardings()
   model = models.create_model("tiny", 2)
   ev = {e.name: e for e in _evals(tmp_path)}[split]
-  data = stage_lib._input_config(_plan(tmp_path), OPTIONS)  # pylint: disable=protected-access
+  data = OPTIONS.input_config(16)
   loader = pipeline.make_eval_loader(ev.examples, ev.scheme, data, 16)
   step = steps_lib.make_eval_step(model, ev.scheme.num_groups, shardings)
   from ffr_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top

@@ -177,14 +177,14 @@ def test_rerun_skips_finished_runs_and_reruns_unfinished_ones(tmp_path,
   os.makedirs(os.path.join(unfinished.run_dir, "train", "checkpoints"))
   calls = []
 
-  def fake(run, should_stop=None):
+  def fake(run, should_stop=None, state=None):
     calls.append(run.name)
     if run.name == failing.name:
       raise RuntimeError("loss became NaN")
     with open(os.path.join(run.run_dir, "results.json"), "w") as f:
       json.dump({}, f)
 
-  monkeypatch.setitem(sweep_lib.EXECUTORS, "fake", fake)
+  sweep_lib.EXECUTORS.register("fake", sweep_lib.Executor(fake, in_process=False))
   outcomes = sweep_lib.execute(runs, "fake", log=lambda s: None)
   assert calls == [unfinished.name, failing.name]
   assert [o.status for o in outcomes] == ["skipped", "done", "failed"]

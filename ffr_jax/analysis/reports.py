@@ -24,6 +24,7 @@ from ffr_jax.data import images as images_lib
 from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
 from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.training import last_layer
+from ffr_jax.training import spec as spec_lib
 
 EMBEDDINGS_PNG = "embeddings.png"
 EMBEDDINGS_JSON = "embeddings.json"
@@ -96,8 +97,9 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
     sample = sample_of[samples_lib.data_key(r.config)]
     examples = sample.examples
     emb = last_layer.embed(r.model, r.variables, examples,
-                           GroupScheme(r.spec, by_source=False), r.config,
-                           shardings)
+                           GroupScheme(r.spec, by_source=False),
+                           spec_lib.loop_options(r.config),
+                           int(r.config.data.image_size), shardings)
     m = embeddings_lib.measure(r.name, emb, examples, r.spec, seed)
     measured.append(m)
     out[r.name] = {"run_dir": r.info.run_dir, "mode": r.info.mode,

@@ -40,7 +40,7 @@ from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
 from ffr_jax.data.types import DatasetSpec, Examples
 from ffr_jax.generation import factory as generate_lib
-from ffr_jax.training import plan as plan_lib
+from ffr_jax.training import spec as spec_lib
 
 HELDOUT_SEED_OFFSET = 7919
 SYNTHETIC_CHOICES = ("auto", "heldout", "generate", "train")
@@ -77,9 +77,8 @@ class Sample:
 
 def data_key(config: ml_collections.ConfigDict) -> str:
   """Runs with equal keys see the same data and the same generator."""
-  parts = {k: config[k].to_dict() for k in ("data", "generate", "benchmark")
-           if k in config}
-  return plan_lib.json_digest(parts, 10)
+  return spec_lib.json_digest([dataclasses.asdict(spec_lib.data_identity(config)),
+                               config.data.root, config.data.synthetic_root], 10)
 
 
 def without_verification(data: ml_collections.ConfigDict

@@ -63,6 +63,7 @@ class Stage:
   train: Examples | None
   by_source: bool
   kind: str = TRAIN_KIND
+  source: str = "real"  # REAL_DATA, SYNTHETIC_DATA or BOTH_DATA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +100,24 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
       ``stage1_only`` and ``stage2_then_1`` use FFR's set; ``ffr_biased`` the
       same total, in the real train split's group proportions.
   """
-  MODES.get(mode)  # an unknown mode is an error naming the known ones
-  if mode == "none":
+  kind = synthetic_set(mode)
+  if kind == "none":
     return {g: 0 for g in spec.groups}
-  if mode == "usb":
+  if kind == "usb":
     needs = usb_needs(spec, train)
     if per_group >= 0:
       needs = {g: min(n, per_group) for g, n in needs.items()}
     return needs
   n = balanced_per_group(spec, train) if per_group < 0 else per_group
-  if mode == "ffr_biased":
+  if kind == "biased":
     return biased_counts(spec, train, n * len(spec.groups))
   return {g: n for g in spec.groups}
+
+
+def synthetic_set(mode: str) -> str:
+  """Which synthetic set ``mode`` draws: none, usb, balanced or biased."""
+  MODES.get(mode)  # an unknown mode is an error naming the known ones
+  return {"none": "none", "usb": "usb", "ffr_biased": "biased"}.get(mode, "balanced")
 
 
 def biased_counts(spec: DatasetSpec, train: Examples, total: int
@@ -161,27 +168,28 @@ def take_synthetic(spec: DatasetSpec, pool: Examples,
 
 # What a stage trains on: the real train split, the mode's synthetic set, or
 # both in one set (whose robust methods then act on (y, b, source) groups).
-_REAL, _SYNTHETIC, _BOTH = "real", "synthetic", "both"
+REAL_DATA, SYNTHETIC_DATA, BOTH_DATA = "real", "synthetic", "both"
 
 # Each mode's stages in training order: (name, data, kind).
 MODES: Registry[tuple[tuple[str, str, str], ...]] = Registry("mode")
 for _name, _layout in (
-    ("none", ((TRAIN, _REAL, TRAIN_KIND),)),
-    ("usb", ((TRAIN, _BOTH, TRAIN_KIND),)),
-    ("asb", ((TRAIN, _BOTH, TRAIN_KIND),)),
-    ("ffr", ((STAGE1, _SYNTHETIC, PRETRAIN), (STAGE2, _REAL, FINETUNE))),
-    ("stage1_only", ((STAGE1, _SYNTHETIC, PRETRAIN),)),
-    ("stage2_then_1", ((STAGE2, _REAL, TRAIN_KIND), (STAGE1, _SYNTHETIC, PRETRAIN))),
-    ("ffr_biased", ((STAGE1_BIASED, _SYNTHETIC, PRETRAIN), (STAGE2, _REAL, FINETUNE)))):
+    ("none", ((TRAIN, REAL_DATA, TRAIN_KIND),)),
+    ("usb", ((TRAIN, BOTH_DATA, TRAIN_KIND),)),
+    ("asb", ((TRAIN, BOTH_DATA, TRAIN_KIND),)),
+    ("ffr", ((STAGE1, SYNTHETIC_DATA, PRETRAIN), (STAGE2, REAL_DATA, FINETUNE))),
+    ("stage1_only", ((STAGE1, SYNTHETIC_DATA, PRETRAIN),)),
+    ("stage2_then_1", ((STAGE2, REAL_DATA, TRAIN_KIND), (STAGE1, SYNTHETIC_DATA, PRETRAIN))),
+    ("ffr_biased", ((STAGE1_BIASED, SYNTHETIC_DATA, PRETRAIN), (STAGE2, REAL_DATA, FINETUNE)))):
   MODES.register(_name, _layout)
 
 
 def _stages(mode: str, train: Examples | None, synthetic: Examples | None
             ) -> tuple[Stage, ...]:
   """The stages of ``mode`` on ``train`` and its synthetic set (None: no data)."""
-  data = {_REAL: train, _SYNTHETIC: synthetic,
-          _BOTH: None if train is None else Examples.concat([train, synthetic])}
-  return tuple(Stage(name, data[source], by_source=source == _BOTH, kind=kind)
+  data = {REAL_DATA: train, SYNTHETIC_DATA: synthetic,
+          BOTH_DATA: None if train is None else Examples.concat([train, synthetic])}
+  return tuple(Stage(name, data[source], by_source=source == BOTH_DATA,
+                     kind=kind, source=source)
                for name, source, kind in MODES.get(mode))
 
 

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ffr_jax import lifecycle
 from ffr_jax.data import bias, celeba, celeba_hq, folder, layouts, spuco
 from ffr_jax.data import utk_face, waterbirds
 from ffr_jax.data.images import file_identities, verified_cache_path, verify_images
@@ -52,6 +53,10 @@ class DatasetDef:
       dataset's own config keys (e.g. CelebA's attribute names).
     make_spec: ``make_spec(root, **options) -> DatasetSpec`` when ``spec`` is
       None.
+    keys: config keys the prepared data depends on besides ``data.name``
+      (a self-contained dataset's render settings): part of a run's data
+      identity (:func:`ffr_jax.training.spec.data_identity`), with the bias
+      ratio, split seed and ``options``.
   """
 
   spec: DatasetSpec | None
@@ -61,6 +66,7 @@ class DatasetDef:
   prepare: Callable[[ml_collections.ConfigDict], None] | None = None
   options: tuple[tuple[str, str], ...] = ()
   make_spec: Callable[..., DatasetSpec] | None = None
+  keys: tuple[str, ...] = ()
 
   def __post_init__(self):
     if (self.spec is None) == (self.make_spec is None):
@@ -83,15 +89,17 @@ class DatasetDef:
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
   """Makes a self-contained dataset's data on host 0; other hosts wait.
 
-  Real datasets have nothing to prepare. On several hosts sharing a file
-  system only host 0 writes, then every host meets at a barrier.
+  Real datasets have nothing to prepare. One process writes a folder at a
+  time (others wait for it, then find it complete); on several hosts only
+  host 0 writes, then every host meets at a barrier.
   """
   definition = get_dataset(config.data.name)
   if definition.prepare is None:
     return
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    definition.prepare(config)
+    with lifecycle.owned_folder(config.data.root, "preparing the data"):
+      definition.prepare(config)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"ffr_jax:prepared:{config.data.name}")

@@ -194,4 +194,6 @@ def prepare_from_config(config) -> None:
 
 # Listed lazily in ffr_jax.data.datasets.DATASETS as "demo".
 DEMO = DatasetDef(spec=render.DEMO_SPEC, load=load, layout=LAYOUT,
-                  self_contained=True, prepare=prepare_from_config)
+                  self_contained=True, prepare=prepare_from_config,
+                  keys=("benchmark.scale", "benchmark.image_size",
+                        "benchmark.seed"))

@@ -257,4 +257,7 @@ def _prompts(config: ml_collections.ConfigDict, spec: DatasetSpec
 
 
 # Listed lazily in ffr_jax.generation.factory.GENERATORS as "procedural".
-PROCEDURAL = GeneratorDef(_make, _prompts, makes_own_data=True)
+PROCEDURAL = GeneratorDef(
+    _make, _prompts, makes_own_data=True,
+    keys=("generate.prompts", "generate.seed",
+          *(f"benchmark.{k}" for k in GENERATOR_KEYS)))

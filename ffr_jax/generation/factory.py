@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 from absl import logging
 
+from ffr_jax import lifecycle
 from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.generation import counts as counts_lib
@@ -62,16 +63,22 @@ class GeneratorDef:
     prompts: ``prompts(config, spec) -> prompt_fn(g, index)``.
     makes_own_data: cheap and offline (the built-in benchmark's): a training
       run makes the images it lacks itself, so the demo is one command.
+    keys: the config keys its images depend on (an image is a function of
+      these, the group and its index): the pool's identity.
   """
 
   make: Callable[[ml_collections.ConfigDict, DatasetSpec], Generator]
   prompts: Callable[[ml_collections.ConfigDict, DatasetSpec], prompts_lib.PromptFn]
   makes_own_data: bool = False
+  keys: tuple[str, ...] = ()
 
 
 GENERATORS: Registry[GeneratorDef] = Registry("generator")
-GENERATORS.register("stable_diffusion",
-                    GeneratorDef(_stable_diffusion, _text_prompts))
+GENERATORS.register("stable_diffusion", GeneratorDef(
+    _stable_diffusion, _text_prompts,
+    keys=tuple(f"generate.{k}" for k in (
+        "model", "revision", "prompts", "guidance_scale", "steps", "resolution",
+        "scheduler", "dtype", "seed"))))
 # The built-in benchmark's generator lives in ffr_jax.demo: imported on first
 # lookup, never as a side effect.
 GENERATORS.register_lazy("procedural", "ffr_jax.demo.generator:PROCEDURAL")
@@ -104,6 +111,13 @@ def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
     The writer's per-group summary (also logged).
   """
   definition = GENERATORS.get(config.generate.generator)
+  with lifecycle.owned_folder(root, "generating synthetic images"):
+    return _generate(definition, config, spec, needs, root, show_progress,
+                     log_summary)
+
+
+def _generate(definition, config, spec, needs, root, show_progress,
+              log_summary) -> writer_lib.GenerationSummary:
   generator = definition.make(config, spec)
   metadata = {"prompts": config.generate.prompts,
               **getattr(generator, "settings", {})}

@@ -60,6 +60,33 @@ class WeightsError(ValueError):
   """A checkpoint that cannot be read or does not fit the model."""
 
 
+NO_WEIGHTS = "none"  # model.pretrained: train from scratch, said explicitly
+
+
+def is_pretrained(source: str) -> bool:
+  """Whether ``model.pretrained`` names weights ('' and 'none' do not)."""
+  return source not in ("", NO_WEIGHTS)
+
+
+def check_weights_source(source: str) -> None:
+  """Fails before any work on a weights file that cannot be read as weights."""
+  if not is_pretrained(source) or hub.is_hub_ref(source):
+    return
+  where = f"config.model.pretrained={source!r}"
+  if not os.path.isfile(source):
+    raise FileNotFoundError(f"{where} is not a file (a .pth or .safetensors "
+                            f"file, {HUB_PREFIX}ORG/NAME, or '{NO_WEIGHTS}').")
+  if os.path.splitext(source)[1].lower() == ".safetensors":
+    from safetensors import safe_open
+    try:
+      with safe_open(source, "numpy") as f:
+        if not list(f.keys()):
+          raise ValueError("it holds no tensors")
+    except Exception as e:  # pylint: disable=broad-except  # any unreadable file
+      raise WeightsError(f"{where} is not readable as weights ({e}); give "
+                         "a torchvision ResNet .safetensors file.") from None
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
   """Reads a torchvision state dict from ``.safetensors`` (no torch) or ``.pth``.
 

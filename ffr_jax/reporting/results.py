@@ -25,7 +25,7 @@ def _jsonable(obj: Any) -> Any:
 
 def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
                 stage_results: dict, stage_dirs: dict[str, str],
-                selection: dict, dfr: dict | None, synthetic_per_group: dict,
+                selection: dict, details: dict | None, synthetic_per_group: dict,
                 fingerprint: str, wall_seconds: float) -> dict:
   """The ``results.json`` object of one mode x method.
 
@@ -59,7 +59,8 @@ def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
                  "fingerprint": r.fingerprint,
                  "wall_seconds": r.wall_seconds, "history": r.history}
           for name, r in stage_results.items()},
-      "dfr": dfr,
+      # What the method did (DFR's C, JTT's error set, ...), under its name.
+      **({str(config.method): details} if details else {}),
       "synthetic_per_group": {f"y={y},b={b}": n
                               for (y, b), n in synthetic_per_group.items()},
       "wall_seconds": wall_seconds,

@@ -1,12 +1,10 @@
-"""DFR in a run: embed with the trained backbone, refit the head, evaluate.
+"""Embeddings of a trained backbone, and the DFR method: refit the head on val.
 
-The backbone is the best epoch of the run's last stage (trained with ERM);
-:mod:`ffr_jax.training.dfr` does the refit on the validation embeddings.
-
-Model selection must not use the refit head's val metrics (DFR was fitted on
-all of val); the run's selection score is the backbone's val WA before the
-refit, and DFR's own out-of-sample number, the chosen C's worst-group accuracy
-on the held-out half of val, is kept as ``heldout_worst_group_acc``.
+The backbone is the selected model of the run's last stage (trained with
+ERM); :mod:`ffr_jax.training.dfr` refits on the validation embeddings. The
+refit head's val metrics are in-sample, so the run selects on the backbone's
+val score; DFR's own held-out number (the chosen C on the other half of val)
+is kept as ``heldout_worst_group_acc``.
 """
 
 from __future__ import annotations
@@ -15,21 +13,27 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from ffr_jax import config as config_lib
 from ffr_jax.data import pipeline
 from ffr_jax.data.types import REAL, Examples, GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.mesh import Shardings, to_global
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
+from ffr_jax.training.methods import AfterResult, Context, Method
 
 
-def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
-          shardings: Shardings) -> np.ndarray:
-  """Pooled embeddings of every example, in row order, on every host."""
+def embed(model, variables, examples: Examples, scheme: GroupScheme,
+          options, image_size: int, shardings: Shardings) -> np.ndarray:
+  """Pooled embeddings of every example, in row order, on every host.
+
+  ``options``: the run's :class:`~ffr_jax.training.spec.LoopOptions`.
+  """
   eval_step = steps_lib.make_eval_step(model, scheme.num_groups, shardings,
                                        with_embeddings=True)
-  loader = pipeline.make_eval_loader(examples, scheme, cfg.data,
-                                     cfg.train.eval_batch_size)
+  loader = pipeline.make_eval_loader(examples, scheme,
+                                     options.input_config(image_size),
+                                     options.eval_batch_size)
   out = None
   for batch in loader:
     b = to_global({k: batch[k] for k in ("image", "label", "group", "mask",
@@ -66,33 +70,48 @@ def real_rows(train: Examples) -> Examples:
   return real
 
 
-def _metrics(result: dfr_lib.DFRResult, emb: np.ndarray, examples: Examples,
-             scheme: GroupScheme) -> dict:
-  pred = dfr_lib.predict(result, emb)
+def metrics_of(pred: np.ndarray, examples: Examples, scheme: GroupScheme) -> dict:
+  """Group metrics of predicted classes ``pred`` (one per example)."""
   counts = metrics_lib.group_counts(pred, examples.y, scheme.ids(examples),
                                     None, scheme.num_groups)
   return metrics_lib.summarize(jax.device_get(counts), scheme.names())
 
 
-def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
-                       shardings: Shardings) -> tuple[dict, dict]:
-  """Fits DFR on val embeddings; returns (metrics per split, DFR details).
+def context_embed(ctx: Context, variables, examples: Examples) -> np.ndarray:
+  """:func:`embed` with a run's model, options and shardings."""
+  scheme = GroupScheme(ctx.spec.evals[0].scheme.spec, by_source=True)
+  return embed(ctx.model, variables, examples, scheme, ctx.options,
+               int(ctx.config.data.image_size), ctx.shardings)
 
-  Val metrics are on the data DFR was fitted on (all of val), so they are
-  optimistic: never select on them. The details hold
+
+def head(variables) -> tuple[np.ndarray, np.ndarray]:
+  """The linear head's kernel ``[dim, classes]`` and bias, on the host."""
+  fc = jax.device_get(variables["params"]["fc"])
+  return np.asarray(fc["kernel"], np.float32), np.asarray(fc["bias"], np.float32)
+
+
+def last_variables(ctx: Context):
+  """The selected model of the run's last stage."""
+  return ctx.variables[f"stage:{ctx.spec.stages[-1].fingerprint}"]
+
+
+def refit_and_evaluate(ctx: Context) -> AfterResult:
+  """Fits DFR on val embeddings and evaluates every split with the new head.
+
+  Val metrics are on the data DFR was fitted on (all of val): never select on
+  them (``selection_source`` says so). The details hold
   ``heldout_worst_group_acc``, the tuned C's worst-group accuracy on the
-  held-out half of val (fitted on the other half); the test metrics are the
-  ones to report.
+  held-out half of val (fitted on the other half).
   """
-  val = {e.name: e for e in evals}["val"]
+  variables, cfg = last_variables(ctx), ctx.config
+  evals = ctx.spec.evals
+  val = evals[0]
   scheme = val.scheme
   # The authors' DFR works on L2-normalised pooled features (their ResNet
   # returns F.normalize(features)); standardisation comes after.
-  train_emb = l2_normalize(embed(model, variables, real_rows(train),
-                                 GroupScheme(scheme.spec, True), cfg,
-                                 shardings))
-  val_emb = l2_normalize(embed(model, variables, val.examples, scheme, cfg,
-                               shardings))
+  train_emb = l2_normalize(context_embed(
+      ctx, variables, real_rows(ctx.spec.stages[-1].examples)))
+  val_emb = l2_normalize(context_embed(ctx, variables, val.examples))
   result = dfr_lib.fit_dfr(
       train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
       scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
@@ -100,10 +119,25 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   metrics = {}
   for e in evals:
     emb = val_emb if e is val else l2_normalize(
-        embed(model, variables, e.examples, e.scheme, cfg, shardings))
-    metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
+        context_embed(ctx, variables, e.examples))
+    metrics[e.name] = metrics_of(dfr_lib.predict(result, emb), e.examples,
+                                 e.scheme)
   info = {"best_c": result.best_c,
           "c_scores": {str(c): s for c, s in result.c_scores.items()},
           "heldout_worst_group_acc": result.heldout_worst_group_acc,
           "num_refits": int(cfg.dfr.num_refits)}
-  return metrics, info
+  return AfterResult(metrics, info, selection_source="backbone_val")
+
+
+def _check(config) -> None:
+  grid = tuple(config.dfr.c_grid)
+  if not grid or not all(isinstance(c, (int, float)) and c > 0 for c in grid):
+    raise ValueError(f"config.dfr.c_grid={grid!r}: give one or more positive "
+                     "inverse regularisation strengths C.")
+  if int(config.dfr.num_refits) < 1:
+    raise ValueError(f"config.dfr.num_refits={config.dfr.num_refits} must be >= 1.")
+
+
+# DFR trains the backbone with ERM, then refits the last layer on val.
+DFR = Method("dfr", after=refit_and_evaluate, check=_check,
+             after_settings=lambda config: config_lib.flatten(config.dfr))

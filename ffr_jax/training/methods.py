@@ -1,8 +1,11 @@
 """The robustness methods, looked up by name in :data:`METHODS`.
 
-A method decides (1) the order training examples are drawn in, (2) how
-per-example losses become the batch loss, and (3) whether the last layer is
-refit afterwards (DFR). Everything else is shared.
+A method decides the order training examples are drawn in, how per-example
+losses become the batch loss, and its programme: it may rewrite the mode's
+stage plans (JTT trains twice, AFR holds part of the data back), build a
+stage's examples from an earlier stage (JTT's error set), and act after the
+last stage (DFR's and AFR's last-layer refits). A method with its own
+programme lives in its own module, listed lazily below.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from ffr_jax.training import groupdro
 
 SHUFFLE = "shuffle"
 BALANCED = "balanced"
-
-
 ERM = "erm"
 
 
@@ -29,28 +30,16 @@ def _no_settings(config) -> dict[str, Any]:
   return {}
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """What a method changes.
-
-  Attributes:
-    name: the config value.
-    sampler: ``"shuffle"`` or ``"balanced"`` (group-balanced resampling).
-    make_loss: builds ``(per_example_loss, group, q) -> (loss, new_q)`` from
-      the method's settings and the training-set group sizes.
-    settings: ``settings(config) -> dict``: what the method reads from the
-      config. It is part of a stage's plan (and so of its fingerprint).
-    refit_last_layer: DFR: after training, refit the head on val embeddings.
-  """
-
-  name: str
-  sampler: str
-  make_loss: Callable[[dict, np.ndarray], Callable]
-  settings: Callable[[Any], dict[str, Any]] = _no_settings
-  refit_last_layer: bool = False
+def _no_check(config) -> None:
+  del config
 
 
-def _mean_loss(settings, group_sizes):
+def _same_plans(plans, config):
+  del config
+  return plans
+
+
+def mean_loss(settings, group_sizes):
   del settings, group_sizes
 
   def loss_fn(per_example, group, q):
@@ -58,6 +47,64 @@ def _mean_loss(settings, group_sizes):
     return jnp.mean(per_example), q
 
   return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class AfterResult:
+  """What an after-stage step gives the run.
+
+  ``selection_source`` is ``"val"`` when ``metrics["val"]`` is held out from
+  what the step fitted, else ``"backbone_val"``: the run then selects on the
+  last stage's val score (DFR fits on val).
+  """
+
+  metrics: dict[str, dict]
+  details: dict[str, Any]
+  selection_source: str = "val"
+
+
+@dataclasses.dataclass
+class Context:
+  """What a method's steps see of a run (built by training.run)."""
+
+  config: Any
+  spec: Any                       # the RunSpec
+  model: Any
+  shardings: Any
+  options: Any                    # LoopOptions
+  should_stop: Callable[[int], bool]
+  variables: dict[str, Any]       # a plan's ``init`` -> those variables
+  results: dict[str, Any]         # stage name -> StageResult
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> results.json
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What a method changes; everything else is shared.
+
+  Attributes:
+    sampler: ``"shuffle"`` or ``"balanced"`` (group-balanced resampling).
+    make_loss: ``make_loss(settings, group_sizes)`` ->
+      ``(per_example_loss, group, q) -> (loss, new_q)``.
+    settings: what the stages it trains read from the config (hashed into
+      their plans).
+    plan: ``plan(plans, config) -> plans``: the mode's plans, rewritten.
+    derive: ``derive(plan, ctx) -> Examples`` for a plan whose examples come
+      from an earlier stage (its ``data`` names that stage).
+    after: ``after(ctx) -> AfterResult``, run after the last stage.
+    after_settings: what ``after`` reads (hashed into the run's fingerprint).
+    check: raises ValueError for a bad setting, before any work.
+  """
+
+  name: str
+  sampler: str = SHUFFLE
+  make_loss: Callable[[dict, np.ndarray], Callable] = mean_loss
+  settings: Callable[[Any], dict[str, Any]] = _no_settings
+  plan: Callable[[tuple, Any], tuple] = _same_plans
+  derive: Callable[[Any, Context], Any] | None = None
+  after: Callable[[Context], AfterResult] | None = None
+  after_settings: Callable[[Any], dict[str, Any]] = _no_settings
+  check: Callable[[Any], None] = _no_check
 
 
 def _groupdro_settings(config) -> dict[str, Any]:
@@ -78,14 +125,13 @@ def _groupdro_loss(settings, group_sizes):
 
 
 METHODS: Registry[Method] = Registry("method")
-METHODS.register(ERM, Method(ERM, SHUFFLE, _mean_loss))
-METHODS.register("groupdro", Method("groupdro", SHUFFLE, _groupdro_loss,
+METHODS.register(ERM, Method(ERM))
+METHODS.register("groupdro", Method("groupdro", make_loss=_groupdro_loss,
                                     settings=_groupdro_settings))
-METHODS.register("resampling", Method("resampling", BALANCED, _mean_loss))
-# DFR trains the backbone with ERM, then refits the last layer (its settings,
-# dfr.*, act after training and are recorded in results.json).
-METHODS.register("dfr", Method("dfr", SHUFFLE, _mean_loss,
-                               refit_last_layer=True))
+METHODS.register("resampling", Method("resampling", sampler=BALANCED))
+METHODS.register_lazy("dfr", "ffr_jax.training.last_layer:DFR")
+METHODS.register_lazy("jtt", "ffr_jax.training.jtt:JTT")
+METHODS.register_lazy("afr", "ffr_jax.training.afr:AFR")
 
 
 def get_method(name: str) -> Method:

@@ -1,17 +1,14 @@
 """One run: one mode x method, from config to ``results.json``.
 
-    config -> validate -> data -> compose (the mode's stages)
-           -> plan_run (one StagePlan per stage) -> run_stage per plan
-           -> DFR refit (method dfr) -> {workdir}/results.json
+    config -> check_run -> load_run_data -> spec.plan_run (the RunSpec)
+           -> each stage plan (run_stage; the method may derive its examples)
+           -> the method's after-stage step -> {workdir}/results.json
 
-Stages live in ``train.stages_dir`` (default ``{workdir}/stages``), one folder
-per plan (``{name}-{fingerprint}``), so a stage with the same plan is trained
-once: a sweep points all its runs at one folder and FFR's stage 1 is shared by
-every method. ``results.json`` names each stage's folder relative to the
-workdir, so a finished workdir can be moved.
-
-Several modes or methods at once (``--config.mode=none,usb``) are a sweep:
-``ffr_jax.main`` hands them to :mod:`ffr_jax.experiments`.
+Stages live in ``{stages_dir}/{name}-{fingerprint}``: a stage with the same
+plan is trained once, by one process at a time (a lock in its folder; others
+wait, then reuse it). ``results.json`` names each stage's folder relative to
+the workdir, so a finished workdir can be moved. Several modes or methods at
+once are a sweep (:mod:`ffr_jax.experiments`).
 """
 
 from __future__ import annotations
@@ -28,28 +25,23 @@ import jax
 import ml_collections
 import numpy as np
 
-from ffr_jax import config as config_lib
 from ffr_jax import lifecycle
 from ffr_jax import models
 from ffr_jax.data import bias
 from ffr_jax.data import compose as compose_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import synthetic as synthetic_lib
-from ffr_jax.data.types import DatasetSplits, Examples, GroupScheme
+from ffr_jax.data.types import DatasetSplits, Examples
 from ffr_jax.generation import counts as counts_lib
 from ffr_jax.generation import factory as generation
 from ffr_jax.mesh import make_shardings, maybe_initialize_distributed
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.writer import MetricWriter
-from ffr_jax.training import last_layer
-from ffr_jax.training import plan as plan_lib
+from ffr_jax.training import spec as spec_lib
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
-from ffr_jax.training.methods import METHODS, get_method
-
-STAGES_DIR = "stages"   # {workdir}/stages unless train.stages_dir is set
-SYNTHETIC_TEST = "synthetic_test"
+from ffr_jax.training.methods import Context, get_method
 
 
 class RunMismatchError(ValueError):
@@ -64,26 +56,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   check_one_run(config)
   compose_lib.MODES.get(str(config.mode))
-  METHODS.get(str(config.method))
   definition = datasets.get_dataset(str(config.data.name))
   models.MODELS.get(str(config.model.name))
-  generation.GENERATORS.get(str(config.generate.generator))
   bias.check_ratio(config.data.bias_ratio)
-  # Every stage setting is checked by planning the run without data.
-  plan_lib.plan_run(config, compose_lib.describe(str(config.mode)))
-  plan_lib.loop_options(config)
+  # Every stage and method setting is checked by planning without data.
+  spec_lib.plan_run(config)
+  spec_lib.loop_options(config)
   root = str(config.data.root)
   if root and not definition.self_contained and not os.path.isdir(root):
     raise FileNotFoundError(
         f"config.data.root={root!r} is not a folder; point it at the "
         f"{config.data.name} data (python -m ffr_jax.data --help shows the "
         "layouts).")
-  pretrained = str(config.model.pretrained)
-  if (pretrained and not pretrained.startswith(weights_lib.HUB_PREFIX)
-      and not os.path.isfile(pretrained)):
-    raise FileNotFoundError(
-        f"config.model.pretrained={config.model.pretrained!r} is not a file "
-        "(a .pth or .safetensors file, or hf-hub:ORG/NAME).")
+  weights_lib.check_weights_source(str(config.model.pretrained))
 
 
 def check_one_run(config: ml_collections.ConfigDict, where: str = "") -> None:
@@ -94,6 +79,13 @@ def check_one_run(config: ml_collections.ConfigDict, where: str = "") -> None:
           f"{where}config.{key}={config[key]!r} is a list; a run trains one "
           "mode x method (ffr_jax.main runs lists as a sweep; a sweep config "
           "lists the values in its grid).")
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: str
+              ) -> ml_collections.ConfigDict:
+  """The validated config with its data folders resolved (under ``workdir``)."""
+  validate_config(config)
+  return datasets.resolve_roots(config, workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +103,15 @@ def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
   """Loads (and for built-in generators, makes) what ``modes`` train on.
 
   Args:
-    config: with resolved roots (:func:`ffr_jax.data.datasets.resolve_roots`).
-    modes: the modes whose synthetic images must exist.
-    reuse: a dict kept between the runs of one in-process sweep: it holds the
-      last data loaded, returned again when every setting the data is loaded
-      from is the same (loading re-reads every file's bytes).
+    config: with resolved roots (:func:`check_run`).
+    reuse: kept between the runs of one in-process sweep: the last data
+      loaded, returned again for the same data identity and folders (loading
+      re-reads every file's bytes).
   """
-  key = plan_lib.json_digest({"modes": sorted(modes), **{
-      k: v for k, v in config_lib.flatten(config).items()
-      if k.split(".")[0] in ("data", "generate", "benchmark", "eval")}}, 64)
+  key = spec_lib.json_digest({
+      "modes": sorted(modes), "data": dataclasses.asdict(spec_lib.data_identity(config)),
+      "roots": [config.data.root, config.data.synthetic_root,
+                config.eval.synthetic_test_root]}, 64)
   if reuse is not None and key in reuse:
     return reuse[key]
   datasets.prepare_dataset(config)
@@ -145,12 +137,8 @@ def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
 
 
 def check_same_data_on_every_host(splits: DatasetSplits) -> None:
-  """Fails clearly when the hosts of a multi-host run loaded other splits.
-
-  A flaky network file system could list different files on different hosts;
-  training would then mix data silently. Each host digests its splits and the
-  digests are compared across processes.
-  """
+  """Fails clearly when the hosts of a multi-host run loaded other splits
+  (a flaky network file system listing other files on some host)."""
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -175,11 +163,11 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
   """The held-out synthetic test images, or None when not configured.
 
   They come from ``eval.synthetic_test_root`` and the generation seed
-  ``eval.synthetic_test_seed`` (which must differ from ``generate.seed``, so
-  no test image is a training image). The built-in generator makes missing
-  ones now; for Stable Diffusion generate them first with
-  ``python -m ffr_jax.generate --config.generate.seed=SEED
-  --config.generate.per_group=N --config.data.synthetic_root=ROOT``.
+  ``eval.synthetic_test_seed`` (never ``generate.seed``: no test image is a
+  training image). The built-in generator makes missing ones now; for Stable
+  Diffusion generate them first with ``python -m ffr_jax.generate
+  --config.generate.seed=SEED --config.generate.per_group=N
+  --config.data.synthetic_root=ROOT``.
   """
   n = int(config.eval.synthetic_test_per_group)
   if n <= 0:
@@ -199,39 +187,18 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
       spec, synthetic_lib.load_synthetic(root, spec), needs)
 
 
-def eval_sets(data: RunData) -> list[stage_lib.EvalSet]:
-  """Every split a run evaluates after each epoch; val first (selection)."""
-  scheme = GroupScheme(data.splits.spec, by_source=False)
-  evals = [stage_lib.EvalSet("val", data.splits.val, scheme),
-           stage_lib.EvalSet("test", data.splits.test, scheme)]
-  if data.synthetic_test is not None:
-    evals.append(stage_lib.EvalSet(SYNTHETIC_TEST, data.synthetic_test, scheme))
-  return evals
-
-
 def pretrained_variables(config: ml_collections.ConfigDict, model):
   """ImageNet weights if configured (else None) and their plan ``init``."""
   source = str(config.model.pretrained)
-  if not source:
-    return None, plan_lib.FRESH
+  if not weights_lib.is_pretrained(source):
+    return None, spec_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
   template = jax.device_get(jax.jit(
       lambda: state_lib.init_variables(model, config.data.image_size,
                                        config.seed))())
   variables = weights_lib.load_torchvision_weights(source, template)
-  return variables, f"pretrained:{plan_lib.variables_digest(variables)}"
-
-
-def run_fingerprint(plans: Sequence[plan_lib.StagePlan],
-                    config: ml_collections.ConfigDict) -> str:
-  """The stages plus what acts after them (DFR's settings, the eval sets)."""
-  after = {"method": str(config.method),
-           "eval": {k: v for k, v in config_lib.flatten(config.eval).items()
-                    if not k.endswith("_root")}}
-  if get_method(str(config.method)).refit_last_layer:
-    after["dfr"] = config_lib.flatten(config.dfr)
-  return plan_lib.json_digest({"stages": [p.fingerprint for p in plans], **after})
+  return variables, f"pretrained:{spec_lib.variables_digest(variables)}"
 
 
 def _finished_results(workdir: str, fingerprint: str) -> dict | None:
@@ -252,87 +219,110 @@ def _finished_results(workdir: str, fingerprint: str) -> dict | None:
   return previous
 
 
+def _train_stages(ctx: Context, writer: MetricWriter) -> None:
+  """Trains (or reuses) every stage of ``ctx.spec`` in order.
+
+  Each stage folder has one owner at a time: a process that finds another
+  one training it waits, then reuses the result.
+  """
+  method = get_method(ctx.spec.method)
+  # Stage steps restart at 0; JAX's multi-host preemption sync point expects
+  # step ids that only grow: each stage's ids start after the previous one's.
+  first_id = 0
+  for plan in ctx.spec.stages:
+    if plan.examples is None:  # built from an earlier stage (JTT's error set)
+      plan = dataclasses.replace(plan, examples=method.derive(plan, ctx))
+    stage_dir = ctx.spec.stage_dir(plan)
+    with lifecycle.owned_folder(stage_dir, f"stage {plan.name}"):
+      result, variables = stage_lib.run_stage(
+          plan, ctx.model, list(ctx.spec.evals), ctx.shardings, writer,
+          stage_dir, ctx.options, init_variables=ctx.variables[plan.init],
+          should_stop=lambda step, first=first_id: ctx.should_stop(first + step))
+    first_id += result.history[-1]["step"] + 1
+    ctx.variables[f"stage:{plan.fingerprint}"] = variables
+    ctx.results[plan.name] = result
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        should_stop=None, reuse_data: dict | None = None) -> dict:
+  """Checks ``config``, then :func:`train_checked`."""
+  return train_checked(check_run(config, workdir), workdir, should_stop,
+                       reuse_data)
+
+
+def train_checked(config: ml_collections.ConfigDict, workdir: str,
+                  should_stop=None, reuse_data: dict | None = None) -> dict:
   """Trains the stages of one mode x method and writes ``results.json``.
 
   Args:
-    config: the run's config (one mode, one method).
+    config: from :func:`check_run` (one mode, one method).
     should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
     reuse_data: the previous run's data, to reuse when it is the same
       (``reuse`` of :func:`load_run_data`).
 
   Returns:
-    The ``results.json`` dict. A finished run returns its results unchanged
-    (wall times included).
+    The ``results.json`` dict; a finished run's, unchanged.
   """
-  validate_config(config)
   maybe_initialize_distributed()
-  config = datasets.resolve_roots(config, workdir)
   mode, method_name = str(config.mode), str(config.method)
   data = load_run_data(config, [mode], reuse_data)
-  spec = data.splits.spec
   shardings = make_shardings()
-  model = models.model_from_config(config.model, spec.num_classes)
-  composition = compose_lib.compose(mode, spec, data.splits.train, data.synthetic,
-                                    config.data.synthetic_per_group)
+  model = models.model_from_config(config.model, data.splits.spec.num_classes)
   variables, init = pretrained_variables(config, model)
-  plans = plan_lib.plan_run(config, composition.stages, roots=data.roots,
-                            pretrained=init)
-  fingerprint = run_fingerprint(plans, config)
-  finished = _finished_results(workdir, fingerprint)
+  spec = spec_lib.plan_run(config, data, pretrained=init, workdir=workdir)
+  finished = _finished_results(workdir, spec.fingerprint)
   if finished is not None:
     logging.info("%s-%s: finished earlier; results in %s.", mode, method_name,
                  workdir)
     return finished
   start = time.time()
-  evals = eval_sets(data)
-  options = plan_lib.loop_options(config)
-  root = str(config.train.stages_dir) or os.path.join(workdir, STAGES_DIR)
+  ctx = Context(config=config, spec=spec, model=model, shardings=shardings,
+                options=spec_lib.loop_options(config),
+                should_stop=should_stop or (lambda step: False),
+                variables={spec.stages[0].init: variables}, results={})
   writer = MetricWriter(workdir)
-  stage_results, stage_dirs = {}, {}
-  should_stop = should_stop or (lambda step: False)
-  # Stage steps restart at 0; JAX's multi-host preemption sync point expects
-  # step ids that only grow: each stage's ids start after the previous one's.
-  first_id = 0
   try:
-    for plan in plans:
-      stage_dir = os.path.join(root, plan.folder)
-      result, variables = stage_lib.run_stage(
-          plan, model, evals, shardings, writer, stage_dir, options,
-          init_variables=variables,
-          should_stop=lambda step, first=first_id: should_stop(first + step))
-      first_id += result.history[-1]["step"] + 1
-      stage_results[plan.name] = result
-      stage_dirs[plan.name] = os.path.relpath(stage_dir, workdir)
+    _train_stages(ctx, writer)
   finally:
     writer.close()
-  metrics = dict(stage_results[plans[-1].name].metrics)
-  selection = {"worst_group_acc": metrics[stage_lib.SELECTION_SPLIT][
-      stage_lib.SELECTION_METRIC], "source": stage_lib.SELECTION_SPLIT}
-  dfr_info = None
-  if get_method(method_name).refit_last_layer:
-    # The refit head is scored on the val data it was fit on: selection uses
-    # the backbone's val score before the refit (the authors' choice).
-    backbone_val = metrics[stage_lib.SELECTION_SPLIT]
-    metrics, dfr_info = last_layer.refit_and_evaluate(
-        model, variables, plans[-1].examples, evals, config, shardings)
-    metrics["val_backbone"] = backbone_val
-    selection["source"] = "backbone_val"
-  results = results_lib.run_results(
-      config=config, metrics=metrics, stage_results=stage_results,
-      stage_dirs=stage_dirs, selection=selection, dfr=dfr_info,
-      synthetic_per_group=composition.synthetic_per_group,
-      fingerprint=fingerprint, wall_seconds=time.time() - start)
+  results = _results(ctx, workdir, time.time() - start)
   results_lib.write_json_atomic(
       os.path.join(workdir, results_lib.RESULTS_FILE), results)
   logging.info("%s-%s: test WA %.4f BA %.4f", mode, method_name,
-               metrics["test"]["worst_group_acc"],
-               metrics["test"]["balanced_acc"])
+               results["test"]["worst_group_acc"], results["test"]["balanced_acc"])
   return results
 
 
+def _results(ctx: Context, workdir: str, wall_seconds: float) -> dict:
+  """The run's results: the last stage's, or its method's after-stage step's."""
+  spec = ctx.spec
+  last = ctx.results[spec.stages[-1].name].metrics
+  metrics, source = dict(last), spec_lib.SELECTION_SPLIT
+  after = get_method(spec.method).after
+  if after is not None:
+    outcome = after(ctx)
+    metrics = dict(outcome.metrics)
+    ctx.details.update(outcome.details)
+    source = outcome.selection_source
+    if source != spec_lib.SELECTION_SPLIT:
+      # The step fitted on val: select on the last stage's val score.
+      metrics["val_backbone"] = last[spec_lib.SELECTION_SPLIT]
+  selected = last if source != spec_lib.SELECTION_SPLIT else metrics
+  selection = {"worst_group_acc": selected[spec_lib.SELECTION_SPLIT][
+      spec_lib.SELECTION_METRIC], "source": source}
+  return results_lib.run_results(
+      config=ctx.config, metrics=metrics, stage_results=ctx.results,
+      stage_dirs={p.name: os.path.relpath(spec.stage_dir(p), workdir)
+                  for p in spec.stages},
+      selection=selection, details=ctx.details or None,
+      synthetic_per_group=spec.synthetic_per_group,
+      fingerprint=spec.fingerprint, wall_seconds=wall_seconds)
+
+
 def check_workdir(workdir: str) -> None:
+  if not workdir:
+    raise ValueError("--workdir is empty; name the folder for this run's "
+                     "checkpoints and results.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
 
@@ -348,21 +338,3 @@ def owned_workdir(workdir: str):
   check_workdir(workdir)
   with lifecycle.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
     yield lock
-
-
-def train_command(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """One mode x method as ``ffr_jax.main`` runs it: validated, locked, and
-  stopped cleanly by SIGTERM/SIGINT (a checkpoint, then :class:`Preempted`).
-  """
-  validate_config(config)  # before the lock writes anything
-  datasets.resolve_roots(config, workdir)
-  # Before the lock and the guard ask jax which process this is: that starts
-  # the backend, after which jax.distributed can no longer be initialized.
-  maybe_initialize_distributed()
-  with owned_workdir(workdir) as lock, lifecycle.PreemptionGuard() as guard:
-    try:
-      return train_and_evaluate(config, workdir,
-                                should_stop=lock.checked(guard.should_stop))
-    except stage_lib.StageInterrupted as e:
-      raise lifecycle.Preempted(
-          step=e.step, stage=e.stage, signal_name=guard.signal_name) from None

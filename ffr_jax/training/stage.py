@@ -1,7 +1,7 @@
 """One training stage: epochs of jitted steps, evaluation, Orbax checkpoints.
 
-:func:`run_stage` takes a :class:`~ffr_jax.training.plan.StagePlan` (what to
-train), :class:`~ffr_jax.training.plan.LoopOptions` (how often to log and
+:func:`run_stage` takes a :class:`~ffr_jax.training.spec.StagePlan` (what to
+train), :class:`~ffr_jax.training.spec.LoopOptions` (how often to log and
 save) and the evaluation sets; it reads no config. A stage owns a directory::
 
     {stage_dir}/checkpoints/<step>/   Orbax: state, best variables, meta (JSON)
@@ -31,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-import ml_collections
 import optax
 
 from ffr_jax.data import pipeline
-from ffr_jax.data.types import Examples, GroupScheme
+from ffr_jax.data.types import GroupScheme
 from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.mesh import Shardings, check_batch_size, to_global
 from ffr_jax.progress import Progress
@@ -44,21 +43,11 @@ from ffr_jax.reporting.writer import MetricWriter
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.methods import get_method
-from ffr_jax.training.plan import LoopOptions, StagePlan
+from ffr_jax.training.spec import (SELECT_LAST, SELECTION_METRIC,
+                                   SELECTION_SPLIT, EvalSet, LoopOptions,
+                                   StagePlan)
 
 RESULT_FILE = "result.json"
-SELECTION_SPLIT = "val"
-SELECTION_METRIC = "worst_group_acc"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSet:
-  """A split evaluated after every epoch, grouped by ``(y, b)``; the first
-  of a stage's evaluation sets must be :data:`SELECTION_SPLIT`."""
-
-  name: str
-  examples: Examples
-  scheme: GroupScheme
 
 
 @dataclasses.dataclass
@@ -172,15 +161,6 @@ def _check_fingerprint(stored: str, plan: StagePlan, stored_plan: dict,
       "retrain it).")
 
 
-def _input_config(plan: StagePlan, options: LoopOptions
-                  ) -> ml_collections.ConfigDict:
-  """The pipeline's options, with the plan's image size and flips."""
-  return ml_collections.ConfigDict({
-      "cache_images": False, "num_workers": 0,
-      **(options.data.to_dict() if options.data is not None else {}),
-      "image_size": plan.image_size, "flip": plan.flip})
-
-
 def run_stage(plan: StagePlan, model, evals: list[EvalSet],
               shardings: Shardings, writer: MetricWriter, stage_dir: str,
               options: LoopOptions = LoopOptions(),
@@ -224,7 +204,7 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
   if (group_sizes == 0).all():
     raise ValueError(f"{plan.name}: no training examples.")
 
-  data_cfg = _input_config(plan, options)
+  data_cfg = options.input_config(plan.image_size, plan.flip)
   loader = pipeline.make_train_loader(
       plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
       sampler=method.sampler)
@@ -332,7 +312,7 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
         # End of an epoch: evaluate, keep the best, checkpoint.
         record = evaluate_epoch(epoch + 1, step)
         value = record[SELECTION_SPLIT][SELECTION_METRIC]
-        if value > book.best_value:
+        if value > book.best_value or plan.selection == SELECT_LAST:
           book.best_value, book.best_epoch = value, epoch + 1
           best = jax.tree.map(jnp.copy, state.variables())
         book.history.append(record)
