@@ -87,10 +87,8 @@ def _open_rgb(path: str) -> Image.Image:
 
 
 def decode(path: str, size: int) -> np.ndarray:
-  """``path`` as uint8 ``(size, size, 3)`` RGB, or UnreadableImageError.
-
-  Resized straight to a square, bilinear, no crop, as the authors do.
-  """
+  """``path`` as uint8 ``(size, size, 3)`` RGB, resized bilinear without crop
+  as the authors do; UnreadableImageError otherwise."""
   try:
     rgb = _open_rgb(path)
   except Exception as e:  # pylint: disable=broad-except

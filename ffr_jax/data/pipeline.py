@@ -89,11 +89,8 @@ class Columns:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecordSource:
-  """A grain ``RandomAccessDataSource`` over a table of examples.
-
-  ``cache``: uint8 ``[N, S, S, 3]`` of every decoded image; when set, the
-  store is not touched.
-  """
+  """A grain ``RandomAccessDataSource`` over a table of examples; with a
+  ``cache`` (uint8 ``[N, S, S, 3]``) the store is not touched."""
 
   keys: np.ndarray
   columns: Columns
@@ -271,11 +268,8 @@ def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
 
 def flip_mask(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  """Per position of the epoch's order: flip horizontally (p = 1/2)?
-
-  Decided per position, not per example, so a row drawn twice by resampling
-  may be flipped once and not the other time, as with online augmentation.
-  """
+  """Per position of the epoch's order (not per example, as online
+  augmentation), flip horizontally with p = 1/2."""
   return _rng(seed, epoch, _STREAM_FLIP).random(num_rows) < 0.5
 
 
@@ -358,10 +352,7 @@ def _stack(records: Sequence[dict[str, Any]]) -> Batch:
 def read_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
                  batch_size: int, options: ReadOptions = ReadOptions()
                  ) -> Iterator[Batch]:
-  """Yields ``rows`` (a multiple of ``batch_size``) as batches, in order.
-
-  Workers batch before shipping (one array per batch, not per image).
-  """
+  """Yields ``rows`` (a multiple of ``batch_size``) as batches, in order."""
   if len(rows) % batch_size:
     raise ValueError(f"{len(rows)} rows are not whole batches of {batch_size}.")
   rows = np.asarray(rows, np.int64)
