@@ -1,20 +1,9 @@
-"""Hugging Face Hub references: parse them, resolve them in the standard cache.
+"""Hugging Face Hub references (``model.pretrained = "hf-hub:ORG/NAME[@REV]"``,
+``generate.model = "ORG/NAME"``), resolved in huggingface_hub's cache.
 
-Two config values may name a hub repository instead of a local path:
-
-* ``model.pretrained = "hf-hub:ORG/NAME[@REVISION]"`` (timm's form, e.g.
-  ``hf-hub:timm/resnet50.tv_in1k``), read by :mod:`ffr_jax.models.weights`;
-* ``generate.model = "ORG/NAME"`` with ``generate.revision`` (diffusers' form,
-  e.g. ``CompVis/stable-diffusion-v1-4`` at revision ``flax``), read by
-  :mod:`ffr_jax.generation.stable_diffusion`.
-
-Files go to huggingface_hub's standard cache (``HF_HUB_CACHE``, else
-``HF_HOME/hub``, else ``~/.cache/huggingface/hub``) and are downloaded once; with
-``HF_HUB_OFFLINE=1`` only the cache is read. Both variables are read at call
-time (huggingface_hub reads them once, at import), so a process that sets them
-later, e.g. a notebook cell, is obeyed. Whatever cannot be resolved is one
-``FileNotFoundError`` line naming the repository, the revision, the cache
-folder and what to do.
+``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` are read at call time
+(huggingface_hub reads them at import), so a notebook cell that sets them
+later is obeyed. What cannot be resolved is one ``FileNotFoundError`` line.
 """
 
 from __future__ import annotations
@@ -26,30 +15,23 @@ from collections.abc import Sequence
 
 HUB_PREFIX = "hf-hub:"
 DEFAULT_REVISION = "main"
-# ORG/NAME as the hub spells repository ids (letters, digits, '-', '_', '.').
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TRUE = ("1", "true", "yes", "on")
 
 
 @dataclasses.dataclass(frozen=True)
 class HubRef:
-  """A repository on the hub at a revision (branch, tag or commit)."""
 
   repo_id: str
   revision: str = DEFAULT_REVISION
 
 
 def is_hub_ref(value: str) -> bool:
-  """Whether ``value`` uses the ``hf-hub:`` prefix (``model.pretrained``)."""
   return str(value).startswith(HUB_PREFIX)
 
 
 def parse_hub_ref(value: str) -> HubRef:
-  """``hf-hub:ORG/NAME[@REVISION]`` -> :class:`HubRef`.
-
-  Raises:
-    ValueError: no prefix, or not of the form ORG/NAME.
-  """
+  """``hf-hub:ORG/NAME[@REVISION]`` -> :class:`HubRef`."""
   if not is_hub_ref(value):
     raise ValueError(f"{value!r} is not a hub reference; expected {HUB_PREFIX}ORG/NAME[@REVISION].")
   repo_id, _, revision = value[len(HUB_PREFIX):].partition("@")
@@ -57,11 +39,7 @@ def parse_hub_ref(value: str) -> HubRef:
 
 
 def hub_ref(repo_id: str, revision: str = "", what: str | None = None) -> HubRef:
-  """A checked :class:`HubRef`; an empty revision means the default branch.
-
-  Raises:
-    ValueError: ``repo_id`` is not ORG/NAME.
-  """
+  """A checked :class:`HubRef`; an empty revision means the default branch."""
   if not _REPO_ID.match(repo_id):
     raise ValueError(
         f"{what or repo_id!r} does not name a hub repository: expected ORG/NAME "
@@ -85,7 +63,6 @@ def cache_dir() -> str:
 
 
 def offline() -> bool:
-  """Whether ``HF_HUB_OFFLINE`` forbids network access now."""
   return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
@@ -105,11 +82,7 @@ def not_found(ref: HubRef, what: str, reason: BaseException | str) -> FileNotFou
 
 
 def download_file(ref: HubRef, filename: str) -> str:
-  """One file of ``ref``, from the cache or downloaded into it; its local path.
-
-  Raises:
-    FileNotFoundError: one line (see :func:`not_found`).
-  """
+  """The local path of one file of ``ref``, from the cache or downloaded into it."""
   from huggingface_hub import hf_hub_download  # pylint: disable=import-outside-toplevel
   try:
     return hf_hub_download(ref.repo_id, filename, revision=ref.revision,
@@ -120,14 +93,8 @@ def download_file(ref: HubRef, filename: str) -> str:
 
 def download_snapshot(ref: HubRef, allow_patterns: Sequence[str] | None = None,
                       ignore_patterns: Sequence[str] | None = None) -> str:
-  """The snapshot folder of ``ref`` (the files matching the patterns).
-
-  Offline, the cached snapshot of the revision is returned as it is; callers
-  check that it holds what they need.
-
-  Raises:
-    FileNotFoundError: one line (see :func:`not_found`).
-  """
+  """The snapshot folder of ``ref``; offline, the cached one as it is (callers
+  check that it holds what they need)."""
   from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
   try:
     return snapshot_download(

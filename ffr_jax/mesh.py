@@ -1,9 +1,5 @@
-"""One device mesh for everything, and the shardings derived from it.
-
-All devices of all hosts form a 1-D ``('data',)`` mesh: batches are sharded on
-their leading axis, parameters and optimizer state are replicated. The same
-code then runs on 1 CPU, N GPUs or a TPU pod.
-"""
+"""One 1-D ``('data',)`` mesh over all devices of all hosts: batches sharded
+on their leading axis, parameters and optimizer state replicated."""
 
 from __future__ import annotations
 
@@ -20,13 +16,9 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed() -> None:
-  """Calls ``jax.distributed.initialize()`` when this is a multi-process run.
-
-  A multi-process run is recognised by the variables our launchers set
-  (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` and
-  ``JAX_PROCESS_ID``) or by a TPU pod / SLURM environment, where jax detects
-  everything itself. A plain single-process run does nothing.
-  """
+  """``jax.distributed.initialize()`` in a multi-process run: our launchers'
+  ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``, a TPU
+  pod or SLURM."""
   if getattr(maybe_initialize_distributed, "_done", False):
     return
   env = os.environ
@@ -51,7 +43,6 @@ def maybe_initialize_distributed() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Shardings:
-  """The mesh and the two shardings the training code needs."""
 
   mesh: Mesh
 
@@ -78,7 +69,6 @@ def make_shardings(devices=None) -> Shardings:
 
 
 def check_batch_size(global_batch: int, shardings: Shardings) -> None:
-  """The global batch must split evenly over devices and hosts."""
   n = shardings.num_devices
   if global_batch % n:
     raise ValueError(
@@ -87,7 +77,7 @@ def check_batch_size(global_batch: int, shardings: Shardings) -> None:
 
 
 def to_global(local_batch: dict, shardings: Shardings) -> dict:
-  """Turns this host's part of a batch into global arrays sharded on 'data'."""
+  """This host's part of a batch as global arrays sharded on 'data'."""
   return {
       k: jax.make_array_from_process_local_data(shardings.batch, np.asarray(v))
       for k, v in local_batch.items()

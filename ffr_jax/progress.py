@@ -1,10 +1,6 @@
-"""A small progress bar with rate and ETA, written to stderr.
-
-We keep our own (a few lines) rather than depend on tqdm: it must behave the
-same in a terminal, in a log file of a pod worker and in a notebook, print only
-on host 0, and never slow the loop it measures (it redraws at most every
-``min_interval`` seconds).
-"""
+"""A progress bar with rate and ETA on stderr, not tqdm: one line per redraw
+in a pod worker's log file (every 10 s), in place on a terminal, nothing off
+host 0."""
 
 from __future__ import annotations
 
@@ -20,13 +16,7 @@ def format_seconds(s: float) -> str:
 
 
 class Progress:
-  """``Progress(total, desc)``; call ``update(n)``, then ``close()``.
-
-  Args:
-    total: expected number of units (images, steps).
-    unit: the unit's name for the rate.
-    enabled: False on hosts other than 0.
-  """
+  """``Progress(total, desc)``; call ``update(n)``, then ``close()``."""
 
   def __init__(self, total: int, desc: str = "", unit: str = "it",
                enabled: bool = True, initial: int = 0):
@@ -39,8 +29,7 @@ class Progress:
     self._start = time.perf_counter()
     self._last = 0.0
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    # Seconds between redraws. In a log file every redraw is a new line: keep
-    # them sparse.
+    # In a log file every redraw is a new line: keep them sparse.
     self.min_interval = 0.5 if self._tty else 10.0
     self.postfix = ""
     self._first = None  # (time, count) at the first update

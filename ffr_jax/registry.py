@@ -1,11 +1,7 @@
 """One registry shape for datasets, models, methods, modes and generators.
 
-A :class:`Registry` maps a config value (``"spuco_animals"``, ``"groupdro"``)
-to what it names. Entries are registered eagerly (an object) or lazily (a
-``"module:attribute"`` string imported on first lookup), so a low layer can
-list a plug-in that lives in a higher one without importing it. An unknown
-name is a ``ValueError`` that lists the known ones, the same sentence for
-every kind.
+Lazy entries (``"module:attribute"``, imported on first lookup) let a low
+layer list a plug-in that lives in a higher one without importing it.
 """
 
 from __future__ import annotations
@@ -38,12 +34,7 @@ class Registry(Generic[T]):
     self._lazy[name] = target
 
   def get(self, name: str) -> T:
-    """The value of ``name``.
-
-    Raises:
-      ValueError: an unknown name (the message lists the known names), or a
-        lazy entry whose module fails to import.
-    """
+    """The value of ``name``; ValueError listing the known names if unknown."""
     if name in self._lazy:
       module, _, attr = self._lazy[name].partition(":")
       try:

@@ -1,19 +1,9 @@
-"""CelebA-HQ (from CelebAMask-HQ) in its official layout -> :class:`DatasetSplits`.
+"""CelebA-HQ (CelebAMask-HQ layout, docs/reference.md): ``y = Smiling``,
+``b = Male``.
 
-The layout (docs/reference.md, "CelebA-HQ")::
-
-    root/CelebA-HQ-img/{0..29999}.jpg
-    root/CelebAMask-HQ-attribute-anno.txt
-
-The attribute file: line 1 = the number of images, line 2 = the 40 attribute
-names, then one row per image: file name and 40 values in {-1, 1}. We read
-``y = Smiling`` and ``b = Male``.
-
-There is no official split. The authors split 80/10/10 by ``os.listdir`` order,
-which is not reproducible; we split the path-sorted rows by a seeded
-permutation (:func:`ffr_jax.data.layouts.split_and_prebias`). As the authors
-did, train and val are then brought to a 90% bias ("pre-bias") before the
-configured bias ratio is applied; test is never changed.
+No official split: the authors split by ``os.listdir`` order (not
+reproducible); we split the path-sorted rows by a seeded permutation, then
+pre-bias train and val to 90% as they did.
 """
 
 from __future__ import annotations
@@ -44,17 +34,7 @@ LAYOUT = (f"root/{IMAGE_DIR}/{{0..29999}}.jpg\n"
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
-  """Loads CelebA-HQ from ``root``: seeded 80/10/10 split, 90% pre-bias.
-
-  Rows whose image file is missing are skipped and counted under
-  ``"missing_image"``.
-
-  Raises:
-    FileNotFoundError: ``root``, the image folder or the attribute file is
-      missing.
-    ValueError: a malformed attribute file, or a group with no images in a
-      split.
-  """
+  """CelebA-HQ from ``root``; rows with a missing image are skipped and counted."""
   root = os.path.abspath(root)
   labels, paths, missing = layouts.read_attribute_images(
       "CelebA-HQ", root, IMAGE_DIR, ANNOTATION_FILE,

@@ -1,32 +1,16 @@
-"""An on-disk cache of decoded, resized uint8 images, one per split and size.
+"""An on-disk cache of decoded, resized, unflipped uint8 images, one per split
+and size: ``{cache_dir}/{size}px-{N}-{digest}/images.npy`` ``[N, S, S, 3]``,
+read memory-mapped, with an ``index.json``.
 
-A training run decodes every JPEG once, before the first step, into
-``{cache_dir}/{size}px-{N}-{digest}/images.npy`` (uint8 ``[N, S, S, 3]``, read
-back memory-mapped) with an ``index.json`` beside it; every epoch of this run
-and of later runs then gathers rows from the page cache instead of decoding.
-Images are stored unflipped: flips are applied per batch, so one cache serves
-runs with and without ``data.flip``.
+Key: relative paths in row order with each file's size and ``st_mtime_ns``,
+not a content hash (stat of 30k files is under a second; hashing CelebA-HQ
+reads 9 GB), so a file rewritten with its size and mtime restored goes
+unnoticed. A changed file gives a new folder and the superseded one is deleted.
 
-**Key.** The folder's digest is a fingerprint of the source files: their paths
-relative to their common folder, in row order, with each file's size and
-``st_mtime_ns``, plus the image size and :data:`FORMAT_VERSION`. File metadata,
-not a content digest: ``stat`` of 30k files takes well under a second, while
-hashing their bytes would read the whole dataset (CelebA-HQ: about 9 GB) at
-every start, almost the cost of decoding it. The price is that a file rewritten
-with the same size *and* a restored modification time is not noticed. Relative
-paths let a dataset copied with its times (``rsync -a``, ``cp -p``) keep its
-cache. A changed file gives a new digest, so a new cache; the superseded one
-(same folder, same file list, same size) is deleted then.
-
-**Atomic.** A cache is written into ``{folder}.partial-{host}-{pid}``, flushed
-and fsynced, and then renamed to ``{folder}``; only a folder with a complete
-``index.json`` that matches is ever read. A run killed while writing leaves a
-``.partial`` folder that is never read and is removed by the next build.
-
-**Hosts.** The cache holds the whole split, not one host's rows, because every
-host takes a slice of every global batch of a global order. Each host builds
-its own copy in its own ``cache_dir`` (local disk). On a shared filesystem the
-hosts race harmlessly: the first rename wins and the others discard their copy.
+Written into ``{folder}.partial-{host}-{pid}``, fsynced, then renamed; only a
+folder whose ``index.json`` matches is read. Each host caches the whole split
+(hosts take slices of every global batch); on a shared disk the first rename
+wins.
 """
 
 from __future__ import annotations
@@ -44,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import logging
 
+from ffr_jax.data import images as images_lib
 from ffr_jax.lifecycle import pid_alive
 
 # Bump when the decoded pixels change (resize filter, colour conversion), so
@@ -63,24 +48,14 @@ def resolve_dir(setting: str | None) -> str | None:
   if not setting:
     return None
   if setting == AUTO:
-    base = os.environ.get(
-        "FFR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                      "ffr_jax"))
-    return os.path.join(base, "images")
+    return os.path.join(images_lib.cache_base(), "images")
   return os.path.abspath(os.path.expanduser(setting))
 
 
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
-  """What a cache was built from.
-
-  Attributes:
-    root: the files' common folder when fingerprinted (informational).
-    files: digest of the relative paths and the image size (which split).
-    contents: digest of ``files`` plus every file's size and mtime: the key.
-    image_size: the side of the cached images.
-    count: number of rows.
-  """
+  """What a cache was built from: ``files`` digests the relative paths and
+  size (which split), ``contents`` adds every file's size and mtime (the key)."""
 
   root: str
   files: str
@@ -94,11 +69,7 @@ class Fingerprint:
 
 
 def fingerprint(paths: Sequence[str], image_size: int) -> Fingerprint:
-  """The fingerprint of image files ``paths`` (row order) at ``image_size``.
-
-  Raises:
-    FileNotFoundError: a path is not a readable file.
-  """
+  """The fingerprint of ``paths`` (row order); FileNotFoundError if one is missing."""
   absolute = [os.path.abspath(str(p)) for p in paths]
   if not absolute:
     raise ValueError("Cannot cache an empty list of images.")
@@ -122,11 +93,7 @@ def fingerprint(paths: Sequence[str], image_size: int) -> Fingerprint:
 
 
 def open_cache(folder: str, fp: Fingerprint) -> np.ndarray | None:
-  """The cached images of ``folder`` memory-mapped, or None if not usable.
-
-  A folder is usable only when its index names ``fp`` and its array has the
-  expected shape: a missing, partial or foreign folder is never read.
-  """
+  """``folder``'s images memory-mapped, or None unless index and shape match ``fp``."""
   try:
     with open(os.path.join(folder, INDEX_FILE)) as f:
       index = json.load(f)
@@ -181,7 +148,6 @@ def _remove_superseded(cache_dir: str, fp: Fingerprint) -> None:
 
 def _fill(images: np.ndarray, load: Callable[[int], np.ndarray],
           num_threads: int, label: str) -> None:
-  """Decodes every row into ``images`` in threads, logging progress."""
   n = len(images)
   start = last = time.perf_counter()
 
@@ -199,12 +165,8 @@ def _fill(images: np.ndarray, load: Callable[[int], np.ndarray],
 
 def build(folder: str, fp: Fingerprint, load: Callable[[int], np.ndarray],
           num_threads: int) -> np.ndarray:
-  """Decodes all rows into ``folder`` atomically; returns them memory-mapped.
-
-  Args:
-    folder: the final cache folder (must not hold a usable cache).
-    load: ``load(row)`` -> uint8 ``(S, S, 3)`` image of row ``row``.
-  """
+  """Decodes ``load(row)`` of every row into ``folder`` atomically; returns
+  them memory-mapped."""
   parent = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)
   _remove_dead_partials(folder)
@@ -265,18 +227,8 @@ def _publish(partial: str, folder: str, fp: Fingerprint) -> None:
 def cached_images(paths: Sequence[str], image_size: int, cache_dir: str,
                   load: Callable[[int], np.ndarray],
                   num_threads: int) -> np.ndarray:
-  """The images of ``paths`` from the cache in ``cache_dir``, built if needed.
-
-  Args:
-    paths: image files, one per row.
-    image_size: side of the decoded square images.
-    cache_dir: the folder holding all caches.
-    load: ``load(row)`` -> that row's uint8 image (used only when building).
-    num_threads: decoding threads for a build.
-
-  Returns:
-    A read-only memory-mapped uint8 ``[N, S, S, 3]`` array.
-  """
+  """Read-only memory-mapped uint8 ``[N, S, S, 3]`` images of ``paths``,
+  built with ``load(row)`` if the cache lacks them."""
   fp = fingerprint(paths, image_size)
   folder = os.path.join(cache_dir, fp.folder_name)
   images = open_cache(folder, fp)

@@ -46,28 +46,15 @@ _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 def to_rgb(im: Image.Image) -> np.ndarray:
   """The 8-bit RGB pixels of a loaded PIL image, whatever its mode.
 
-  Where PIL's ``convert("RGB")`` (what torchvision, and so the authors, use) is
-  right we use it: modes 1, L, P, RGB, CMYK, YCbCr. Where it is wrong we differ:
-
-  * 16-bit gray (I;16*, I): ``convert`` clips every level above 255 to white;
-    we keep the high byte (``v >> 8``), as PIL itself does for 16-bit RGB(A)
-    PNGs, which it opens as 8-bit RGB(A).
-  * F (float gray): rounded and clipped to 0-255 (gray levels as in L).
-  * alpha (LA, PA, RGBA, P with a transparent colour): ``convert`` drops the
-    alpha and shows whatever colour hides under transparent pixels; we
-    composite over black (``rgb * alpha / 255``, rounded), which equals
-    ``convert`` for opaque pixels and for transparent pixels stored as black.
-  * EXIF orientation: applied (``ImageOps.exif_transpose``), so a photo
-    taken sideways is upright; torchvision ignores it.
-
-  Raises:
-    ValueError: a mode PIL cannot convert to RGB.
+  As PIL's ``convert("RGB")`` (torchvision's, so the authors') except where
+  that is wrong: 16-bit gray keeps the high byte instead of clipping to white;
+  F is rounded and clipped; alpha is composited over black instead of
+  dropped; EXIF orientation is applied. ValueError for a mode with no RGB.
   """
   return np.asarray(_rgb_image(im), dtype=np.uint8)
 
 
 def _rgb_image(im: Image.Image) -> Image.Image:
-  """:func:`to_rgb` as a PIL image (the resize then needs no copy)."""
   orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
   if orientation not in (None, 1):
     im = ImageOps.exif_transpose(im)
@@ -94,25 +81,14 @@ def _gray_to_rgb(levels: np.ndarray) -> Image.Image:
 
 
 def _open_rgb(path: str) -> Image.Image:
-  """``path`` decoded at full size as an 8-bit RGB image (PIL errors propagate)."""
   with Image.open(path) as im:
     im.load()  # decodes the pixel data; verify() misses truncated JPEGs
     return _rgb_image(im)
 
 
 def decode(path: str, size: int) -> np.ndarray:
-  """Reads ``path`` as 8-bit RGB (:func:`to_rgb`) and resizes it to ``size x size``.
-
-  The authors resize straight to 224x224 (aspect ratio not kept, no crop); we do
-  the same, bilinear as torchvision's default.
-
-  Returns:
-    uint8 array of shape ``(size, size, 3)``.
-
-  Raises:
-    UnreadableImageError: the file is missing, truncated, not an image or in
-      a mode that has no RGB conversion.
-  """
+  """``path`` as uint8 ``(size, size, 3)`` RGB, resized bilinear without crop
+  as the authors do; UnreadableImageError otherwise."""
   try:
     rgb = _open_rgb(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -125,7 +101,6 @@ def decode(path: str, size: int) -> np.ndarray:
 
 
 def _unreadable(path: str) -> str | None:
-  """Why ``path`` cannot be decoded to RGB, or None when it can."""
   try:
     _open_rgb(path)
     return None
@@ -134,17 +109,12 @@ def _unreadable(path: str) -> str | None:
 
 
 def file_digest(data: bytes) -> str:
-  """A fast fingerprint of a file's bytes: ``"crc32:<hex>"``.
-
-  CRC-32 catches accidental damage (zeroed or flipped bytes, a truncation is
-  caught by the size already) and hashes about 5x faster than BLAKE2b here
-  (docs/reliability.md); nobody forges a corrupted JPEG to pass it.
-  """
+  """``"crc32:<hex>"``: catches accidental damage, 5x faster than BLAKE2b
+  (docs/reliability.md); nobody forges a corrupted JPEG."""
   return f"crc32:{zlib.crc32(data):08x}"
 
 
 def _fingerprint(path: str) -> tuple[list | None, str | None]:
-  """``([size, digest], None)`` of ``path``, or ``(None, error)`` if unreadable."""
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -155,24 +125,11 @@ def _fingerprint(path: str) -> tuple[list | None, str | None]:
 
 def verify_images(paths: Sequence[str], cache_path: str | None = None
                   ) -> tuple[dict[str, str], dict[str, str]]:
-  """Decodes every file once; returns the failures and the files' identities.
+  """``({path: error}, {path: "<size>:<digest>"})``: every file decoded once.
 
-  Decoding is done in threads (PIL releases the GIL while decoding), 2 per
-  core, at most 16.
-
-  Args:
-    cache_path: a JSON file remembering which files decoded fine, keyed by
-      path with their size and a checksum of their bytes (:func:`file_digest`).
-      A file whose bytes are unchanged is not decoded again (CelebA-HQ's 30k
-      1024 px JPEGs take minutes to decode; reading and hashing them is
-      several times cheaper, see docs/reliability.md). A file changed in any
-      way, even in place with its size and time kept, is decoded again;
-      failures are never cached.
-
-  Returns:
-    ``(unreadable, content)``: ``{path: error}`` for the files that fail, and
-    ``{path: "<size>:<digest>"}`` for the others (every file is read to check
-    it, so its identity costs nothing more; stage fingerprints use it).
+  ``cache_path`` (JSON) remembers the size and digest of files that decoded
+  fine, so unchanged bytes are not decoded again (hashing is several times
+  cheaper than decoding, docs/reliability.md); failures are never cached.
   """
   known = _read_cache(cache_path)
   with concurrent.futures.ThreadPoolExecutor(_threads()) as pool:
@@ -189,12 +146,7 @@ def verify_images(paths: Sequence[str], cache_path: str | None = None
 
 
 def file_identities(paths: Sequence[str]) -> dict[str, str]:
-  """``{path: "<size>:<digest>"}`` of the files' bytes, without decoding.
-
-  The identities :func:`verify_images` returns, for data loaded without that
-  check (``data.verify_images`` off): it changes speed, never a stage's
-  fingerprint. A file that cannot be read gets ``""``.
-  """
+  """:func:`verify_images`'s identities without decoding (``""``: unreadable)."""
   with concurrent.futures.ThreadPoolExecutor(_threads()) as pool:
     prints = pool.map(_fingerprint, paths, chunksize=64)
     return {p: _identity(fp) for p, (fp, _) in zip(paths, prints)}
@@ -210,21 +162,21 @@ def _threads() -> int:
 
 def find_unreadable(paths: Sequence[str], cache_path: str | None = None
                     ) -> dict[str, str]:
-  """``{path: error}`` for the files of ``paths`` that do not decode
-  (:func:`verify_images`)."""
+  """``{path: error}`` for the files that do not decode."""
   return verify_images(paths, cache_path)[0]
 
 
 def verified_cache_path(root: str) -> str:
-  """Where :func:`find_unreadable` remembers the good files under ``root``.
-
-  ``$FFR_JAX_CACHE`` (default ``~/.cache/ffr_jax``)/verified/<hash of root>.json,
-  outside the dataset folder, which may be read-only.
-  """
-  base = os.environ.get("FFR_JAX_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax"))
+  """Where :func:`find_unreadable` remembers the good files under ``root``
+  (outside the dataset folder, which may be read-only)."""
   digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16]
-  return os.path.join(base, "verified", f"{digest}.json")
+  return os.path.join(cache_base(), "verified", f"{digest}.json")
+
+
+def cache_base() -> str:
+  """``$FFR_JAX_CACHE``, by default ``~/.cache/ffr_jax``."""
+  return os.environ.get(
+      "FFR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax"))
 
 
 def _read_cache(path: str | None) -> dict[str, list]:

@@ -1,11 +1,6 @@
-"""What the dataset loaders share: skip summaries, image listing, group checks,
-the seeded 80/10/10 split with the authors' 90% pre-bias, the CelebA-style
-attribute file, naming each class's majority bias in a config, and the group
-counts ``python -m ffr_jax.data`` prints.
-
-Loaders import this module, :mod:`~ffr_jax.data.bias` and
-:mod:`~ffr_jax.data.types` only, never each other.
-"""
+"""What the dataset loaders share (they import this, bias and types, never
+each other): listing, group checks, the 80/10/10 split with the 90% pre-bias,
+CelebA-style attribute files, majority biases and the data summary."""
 
 from __future__ import annotations
 
@@ -20,7 +15,6 @@ from ffr_jax.data.images import is_image_file
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples, group_table
 
 SPLITS = ("train", "val", "test")
-# How many example paths per skip reason we keep for messages.
 MAX_SKIPPED_EXAMPLES = 5
 # The authors' bias before the configured ratio is applied to train and val of
 # CelebA-HQ and UTKFace (docs/reference.md, "Bias ratios").
@@ -43,7 +37,6 @@ def dataset_splits(spec: DatasetSpec, skipped: Mapping[str, list[str]],
 def list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:
   """Image paths in ``folder``, sorted; anything else is recorded as skipped."""
   paths = []
-  # Sorted so the result never depends on the file system's listing order.
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
     if is_image_file(name) and os.path.isfile(path):
@@ -55,11 +48,8 @@ def list_images(folder: str, skipped: dict[str, list[str]]) -> list[str]:
 
 def require_every_group(spec: DatasetSpec, splits: dict[str, Examples],
                         where: str) -> None:
-  """Raises ValueError naming the first (split, group) pair with no examples.
-
-  A group missing from a split would make worst-group accuracy undefined and
-  the bias rule meaningless, so it is an error at load time.
-  """
+  """ValueError naming the first (split, group) with no examples: worst-group
+  accuracy would be undefined."""
   for split, examples in splits.items():
     for g, (y, b) in enumerate(spec.groups):
       if examples.count(y, b) == 0:
@@ -85,13 +75,8 @@ def prebias(spec: DatasetSpec, train: Examples, val: Examples, split_seed: int
 
 def split_and_prebias(spec: DatasetSpec, examples: Examples, split_seed: int,
                       where: str) -> tuple[Examples, Examples, Examples]:
-  """Seeded 80/10/10 split, then train and val pre-biased to 90%.
-
-  Shared by the datasets without official splits (CelebA-HQ, UTKFace).
-
-  Raises:
-    ValueError: some group has no example in some split.
-  """
+  """Seeded 80/10/10 split, then train and val pre-biased to 90% (datasets
+  without official splits)."""
   train, val, test = bias.seeded_split(examples, split_seed)
   require_every_group(spec, {"train": train, "val": val, "test": test}, where)
   train, val = prebias(spec, train, val, split_seed)
@@ -103,7 +88,6 @@ def split_and_prebias(spec: DatasetSpec, examples: Examples, split_seed: int,
 
 def _parse_header(lines: list[str], path: str, wanted: Sequence[str],
                   layout: str) -> tuple[int, list[str]]:
-  """Returns (declared row count, attribute names) from the first two lines."""
   if len(lines) < 2:
     raise ValueError(
         f"{path}: expected at least 2 header lines (image count, attribute "
@@ -127,7 +111,6 @@ def _parse_header(lines: list[str], path: str, wanted: Sequence[str],
 
 def _parse_row(line: str, lineno: int, num_attrs: int, columns: list[int],
                path: str) -> tuple[str, tuple[int, ...]]:
-  """Returns (file name, the ``columns``' values as 0/1) of one row."""
   fields = line.split()
   if len(fields) != num_attrs + 1:
     raise ValueError(
@@ -143,16 +126,10 @@ def _parse_row(line: str, lineno: int, num_attrs: int, columns: list[int],
 
 def read_attributes(path: str, wanted: Sequence[str], layout: str
                     ) -> dict[str, tuple[int, ...]]:
-  """Parses a CelebA-style attribute file into ``file -> wanted values (0/1)``.
+  """A CelebA-style attribute file as ``file -> wanted values (0/1)``.
 
-  Line 1: the image count; line 2: the attribute names; then one row per image:
-  its file name and one value in {-1, 1} per attribute, whitespace-separated
-  (any amount). Only the ``wanted`` columns are returned, in that order.
-
-  Raises:
-    ValueError: with the line number, for a bad header, a wanted attribute
-      missing from line 2, a malformed row, a file listed twice, or a row count
-      that differs from line 1.
+  Line 1: the image count; line 2: attribute names; then per image its file
+  name and one -1/1 per attribute. ValueError with the line number otherwise.
   """
   with open(path) as f:
     lines = f.read().splitlines()
@@ -177,18 +154,7 @@ def read_attribute_images(dataset: str, root: str, image_dir: str,
                           attribute_file: str, wanted: Sequence[str],
                           layout: str) -> tuple[dict[str, tuple[int, ...]],
                                                 dict[str, str], list[str]]:
-  """Reads ``root/{attribute_file}`` for the images in ``root/{image_dir}``.
-
-  Returns:
-    ``(labels, paths, missing)``: :func:`read_attributes` of the file; file
-    name -> path of each listed image that exists, in name order; the paths of
-    the listed images that do not.
-
-  Raises:
-    FileNotFoundError: ``root``, the image folder or the attribute file is
-      missing.
-    ValueError: a malformed attribute file (:func:`read_attributes`).
-  """
+  """``(labels, {name: path} of listed images on disk, missing paths)``."""
   image_dir = os.path.join(root, image_dir)
   for p, kind in ((root, "root"), (image_dir, "image folder")):
     if not os.path.isdir(p):
@@ -215,12 +181,7 @@ def read_attribute_images(dataset: str, root: str, image_dir: str,
 
 def parse_majority(text: str, class_names: Sequence[str],
                    bias_names: Sequence[str]) -> tuple[int, ...]:
-  """``"class_a:bias_x,class_b:bias_y"`` -> the majority bias index per class.
-
-  Raises:
-    ValueError: a malformed entry, an unknown class or bias name, a class named
-      twice, or a class left out.
-  """
+  """``"class_a:bias_x,class_b:bias_y"`` -> the majority bias index per class."""
   out: dict[int, int] = {}
   for entry in (e.strip() for e in text.split(",") if e.strip()):
     cls, sep, bias_name = (p.strip() for p in entry.partition(":"))
@@ -245,11 +206,7 @@ def parse_majority(text: str, class_names: Sequence[str],
 
 def infer_majority(train: Examples, num_classes: int, num_biases: int
                    ) -> tuple[int, ...]:
-  """The bias value with the most train images of each class (ties: lowest).
-
-  Raises:
-    ValueError: a class has no train images.
-  """
+  """The bias value with the most train images of each class (ties: lowest)."""
   out = []
   for y in range(num_classes):
     counts = np.bincount(train.b[train.y == y], minlength=num_biases)
@@ -264,7 +221,6 @@ def infer_majority(train: Examples, num_classes: int, num_biases: int
 
 
 def _achieved(splits: DatasetSplits) -> dict[str, dict[str, float | None]]:
-  """Majority share per class for train and val (None for an empty class)."""
   out = {}
   for split in ("train", "val"):
     ratios = bias.achieved_ratio(splits.spec, splits.split(split))

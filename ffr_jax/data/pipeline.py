@@ -1,30 +1,13 @@
 """The grain input pipeline: from :class:`Examples` to batches of numpy arrays.
 
-What happens on the host, in order:
-
-1. **Records.** :class:`RecordSource` is a grain ``RandomAccessDataSource``:
-   row ``i`` becomes ``{"image": uint8 HxWx3, "label", "bias", "source",
-   "group", "index"}``. Images come from an :class:`ImageStore` keyed by
-   ``Examples.path`` (files on disk by default; a TFDS store lives in
-   ``tfds_builders.py``), or from a cache decoded once: on disk, memory-mapped
-   (``data.image_cache_dir``, :mod:`image_cache`, kept across runs), and/or in
-   host memory (``data.cache_images``; read from the disk cache when there is
-   one).
-2. **Order.** Each epoch has a global index order that is a pure function of
-   ``(seed, epoch)``: a permutation (``shuffle``) or group-balanced draws with
-   replacement (``balanced``, the Resampling method). The order is cut into
-   global batches of ``B`` rows; the partial last batch is dropped. The
-   balanced order is drawn by a jitted JAX function (:func:`balanced_indices`)
-   and fetched to the host once per epoch.
-3. **Hosts.** Host ``p`` of ``P`` takes rows ``p*B/P:(p+1)*B/P`` of every global
-   batch, so the hosts together see exactly the global batch and resuming at
-   ``(epoch, step)`` reproduces the batches of an uninterrupted run.
-4. **Decode.** In threads (``num_workers=0``) or grain worker processes.
-
-Images stay uint8 on the host (4x less host-to-device traffic than float32);
-:func:`normalize` turns them into ImageNet-normalised float32 inside the jitted
-step. Evaluation visits every example once, in order, padding the last batch
-with zero images and ``mask=False`` so metrics are exact.
+Each epoch's global order is a pure function of ``(seed, epoch)`` (a
+permutation, or group-balanced draws for Resampling), cut into global batches
+of ``B`` (the partial last one dropped); host ``p`` of ``P`` takes rows
+``p*B/P:(p+1)*B/P`` of each, so resuming at ``(epoch, step)`` reproduces an
+uninterrupted run. Images come from an :class:`ImageStore`, the on-disk cache
+(:mod:`image_cache`) and/or host memory, and stay uint8 until
+:func:`normalize` inside the jitted step (4x less transfer than float32).
+Evaluation pads the last batch with ``mask=False`` so metrics are exact.
 """
 
 from __future__ import annotations
@@ -58,15 +41,11 @@ _STREAM_BALANCED = 1
 _STREAM_FLIP = 2
 
 
-# ----------------------------------------------------------------------------
-# Images and records.
-
-
 class ImageStore(Protocol):
   """Turns an example's key (``Examples.path``) into a uint8 image."""
 
   def load(self, key: str, size: int) -> np.ndarray:
-    """Returns the image for ``key`` as uint8 ``(size, size, 3)``."""
+    """The image for ``key`` as uint8 ``(size, size, 3)``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +89,8 @@ class Columns:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecordSource:
-  """A grain ``RandomAccessDataSource`` over a table of examples.
-
-  Attributes:
-    keys: per row, the key its image is loaded by (``Examples.path``).
-    columns: per row, label / bias / source / group.
-    image_size: images are resized to ``image_size x image_size``.
-    store: loads a key's image; files on disk by default.
-    cache: optional uint8 ``[N, S, S, 3]`` holding every decoded image; when
-      present images are served from it and the store is not touched.
-  """
+  """A grain ``RandomAccessDataSource`` over a table of examples; with a
+  ``cache`` (uint8 ``[N, S, S, 3]``) the store is not touched."""
 
   keys: np.ndarray
   columns: Columns
@@ -143,14 +114,9 @@ class RecordSource:
     return record
 
   def cached(self) -> RecordSource:
-    """A copy serving every image from memory, decoded once in threads.
-
-    PIL releases the GIL while decoding and resizing, so threads scale with
-    cores. Memory is ``N * S * S * 3`` bytes (40k images at 64 px: 0.5 GB; at
-    224 px: 6 GB).
-    """
+    """A copy serving every image from memory (``N * S * S * 3`` bytes:
+    40k images at 224 px are 6 GB), decoded once in threads."""
     if isinstance(self.cache, np.memmap):
-      # Already decoded on disk: read the file into memory, no decoding.
       _check_memory_limit(len(self), self.image_size)
       return dataclasses.replace(self, cache=np.array(self.cache))
     if self.cache is not None:
@@ -167,12 +133,7 @@ class RecordSource:
     return dataclasses.replace(self, cache=cache)
 
   def disk_cached(self, cache_dir: str) -> RecordSource:
-    """A copy serving images memory-mapped from the on-disk cache.
-
-    The cache in ``cache_dir`` is built first if needed (every image decoded
-    once, in threads, with progress lines); see :mod:`image_cache`. Only file
-    stores are cached on disk; other sources are returned unchanged.
-    """
+    """A copy reading images from :mod:`image_cache` (file stores only)."""
     if self.cache is not None or not isinstance(self.store, FileImages):
       return self
     images = image_cache.cached_images(
@@ -183,10 +144,8 @@ class RecordSource:
   def gather(self, rows: np.ndarray, flips: np.ndarray) -> Batch:
     """A whole batch from the cache by fancy indexing (no per-row Python).
 
-    Each image is copied once: unflipped rows by one fancy-index gather,
-    flipped rows by a reversed copy of 3-byte pixels (a ``uint8`` reversal
-    would move single bytes and run about 2x slower). numpy releases the GIL
-    for both, so batches can be gathered in threads.
+    Flipped rows are reversed as 3-byte pixels (a ``uint8`` reversal moves
+    single bytes, about 2x slower); numpy releases the GIL for both.
     """
     assert self.cache is not None
     real = rows >= 0
@@ -224,15 +183,8 @@ def _check_memory_limit(n: int, size: int) -> None:
 def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
                     store: ImageStore | None = None, cache: bool = False,
                     cache_dir: str | None = None) -> RecordSource:
-  """The :class:`RecordSource` of ``examples`` with groups from ``scheme``.
-
-  Args:
-    image_size: images are resized to this square size.
-    store: where images come from (files by default).
-    cache: hold every decoded image in host memory.
-    cache_dir: read images from the on-disk cache there (built if needed);
-      None: decode on the fly (or into memory with ``cache``).
-  """
+  """The :class:`RecordSource` of ``examples``; ``cache``: in host memory,
+  ``cache_dir``: from the on-disk cache there."""
   source = RecordSource(
       keys=np.asarray(examples.path, dtype=object),
       columns=Columns.from_examples(examples, scheme),
@@ -243,19 +195,13 @@ def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
 
 def _with_caches(source: RecordSource, in_memory: bool,
                  cache_dir: str | None) -> RecordSource:
-  """The on-disk cache first (decode once, ever); then, if asked, into RAM."""
   if cache_dir:
     source = source.disk_cached(cache_dir)
   return source.cached() if in_memory else source
 
 
 def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
-  """A :class:`RecordSource` over images already in memory.
-
-  Args:
-    images: uint8 ``[N, S, S, 3]``, already at the training size.
-    columns: the labels of the ``N`` rows.
-  """
+  """A :class:`RecordSource` over uint8 ``[N, S, S, 3]`` images at training size."""
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or (
       images.shape[1] != images.shape[2]):
@@ -274,10 +220,6 @@ def _threads(num_threads: int | None) -> int:
   return num_threads or max(2, 2 * (os.cpu_count() or 1))
 
 
-# ----------------------------------------------------------------------------
-# Orders: pure functions of (seed, epoch).
-
-
 def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), int(epoch), stream])
 
@@ -290,31 +232,17 @@ def shuffled_indices(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("num_groups", "num_samples"))
 def balanced_indices(key: jax.Array, group_ids: jax.Array, num_groups: int,
                      num_samples: int) -> jax.Array:
-  """Group-balanced resampling as a pure function: ``num_samples`` row indices.
+  """``num_samples`` int32 row indices, group-balanced, with replacement.
 
-  Each draw picks a non-empty group uniformly, then a row of that group
-  uniformly, with replacement: row ``i`` has probability proportional to
-  ``1 / n_{g(i)}``, the inverse size of its group, the authors' rule
-  (docs/reference.md, "Resampling"). Empty groups never occur.
-
-  Only integer operations are used (no float categorical), so the draw is
-  bit-identical on every backend, host and device count.
-
-  Args:
-    key: a typed PRNG key (``jax.random.key``), already folded with the epoch.
-    group_ids: int32 ``[N]`` group of every row, each in ``[0, num_groups)``.
-    num_groups: number of group ids (static).
-    num_samples: draws to make (static); the epoch length.
-
-  Returns:
-    int32 ``[num_samples]`` row indices into ``group_ids``.
+  A non-empty group uniformly, then a row of it uniformly: row ``i`` has
+  probability proportional to ``1 / n_{g(i)}`` (docs/reference.md,
+  "Resampling"). Integer ops only, so bit-identical on every backend.
   """
   group_ids = jnp.asarray(group_ids, jnp.int32)
   # Rows sorted by group: group g owns sorted[offsets[g]:offsets[g]+sizes[g]].
   sorted_rows = jnp.argsort(group_ids, stable=True).astype(jnp.int32)
   sizes = jnp.bincount(group_ids, length=num_groups).astype(jnp.int32)
   offsets = jnp.cumsum(sizes) - sizes
-  # The ids of the non-empty groups first, in id order.
   present = jnp.argsort(sizes == 0, stable=True).astype(jnp.int32)
   num_present = jnp.sum(sizes > 0).astype(jnp.int32)
   group_key, row_key = jax.random.split(key)
@@ -324,18 +252,7 @@ def balanced_indices(key: jax.Array, group_ids: jax.Array, num_groups: int,
 
 
 def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-  """The Resampling epoch's rows on the host: ``len(groups)`` balanced draws.
-
-  Runs :func:`balanced_indices` on ``jax.random.fold_in(key(seed, stream),
-  epoch)``; the result depends only on the seed, the epoch and the group ids,
-  so every host computes the same order.
-
-  Args:
-    groups: group id of every row (non-negative ints).
-
-  Returns:
-    int64 row indices, ``len(groups)`` of them.
-  """
+  """The Resampling epoch's ``len(groups)`` int64 rows; every host draws the same."""
   groups = np.asarray(groups, np.int32)
   n = len(groups)
   if n == 0:
@@ -351,16 +268,9 @@ def balanced_order(groups: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
 
 def flip_mask(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  """Per position of the epoch's order: flip horizontally (p = 1/2)?
-
-  Decided per position, not per example, so a row drawn twice by resampling
-  may be flipped once and not the other time, as with online augmentation.
-  """
+  """Per position of the epoch's order (not per example, as online
+  augmentation), flip horizontally with p = 1/2."""
   return _rng(seed, epoch, _STREAM_FLIP).random(num_rows) < 0.5
-
-
-# ----------------------------------------------------------------------------
-# Hosts.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +287,6 @@ class HostShard:
   @classmethod
   def create(cls, process_index: int | None = None,
              process_count: int | None = None) -> HostShard:
-    """Defaults to ``jax.process_index()`` / ``jax.process_count()``."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     return cls(int(process_index), int(process_count))
@@ -390,38 +299,20 @@ class HostShard:
     return global_batch_size // self.count
 
   def take(self, global_order: np.ndarray, global_batch_size: int) -> np.ndarray:
-    """This host's rows of each global batch, batch after batch.
-
-    Args:
-      global_order: a multiple of ``global_batch_size`` entries.
-      global_batch_size: ``B``.
-
-    Returns:
-      For each batch, rows ``index*B/P:(index+1)*B/P``, concatenated.
-    """
+    """Rows ``index*B/P:(index+1)*B/P`` of each global batch, concatenated."""
     local = self.local_batch_size(global_batch_size)
     per_batch = np.reshape(global_order, (-1, self.count, local))
     return per_batch[:, self.index].reshape(-1)
-
-
-# ----------------------------------------------------------------------------
-# Reading planned rows into batches.
 
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
   """How batches are produced.
 
-  Attributes:
-    num_workers: grain worker processes (0: threads in this process). Workers
-      start afresh for every epoch iterator (5-7 s here) and receive the
-      source pickled, so they are skipped when images are cached. On this
-      2-core machine threads are faster (benchmarks/input_pipeline.py); workers
-      pay off on hosts with many cores, where Python-side work would otherwise
-      contend for the GIL.
-    num_threads: decode threads when ``num_workers == 0`` (0: 2 per core);
-      for cached images, gather threads (0: one per core).
-    prefetch_batches: batches read ahead.
+  ``num_workers``: grain worker processes (0: threads); they start afresh per
+  epoch (5-7 s) and are skipped for cached images; they pay off only on hosts
+  with many cores (benchmarks/input_pipeline.py). ``num_threads``: decode
+  threads (0: 2 per core), or gather threads for cached images (0: 1 per core).
   """
 
   num_workers: int = 0
@@ -461,14 +352,7 @@ def _stack(records: Sequence[dict[str, Any]]) -> Batch:
 def read_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
                  batch_size: int, options: ReadOptions = ReadOptions()
                  ) -> Iterator[Batch]:
-  """Yields ``rows`` (a multiple of ``batch_size``) as batches, in order.
-
-  With a cache, batches are gathered by fancy indexing. Otherwise images are
-  decoded by grain: per image in a thread pool, or per batch in worker
-  processes (a worker then ships one array per batch, not per image; those
-  arrive as grain ``SharedMemoryArray``, an ``np.ndarray`` subclass freed when
-  the batch is dropped).
-  """
+  """Yields ``rows`` (a multiple of ``batch_size``) as batches, in order."""
   if len(rows) % batch_size:
     raise ValueError(f"{len(rows)} rows are not whole batches of {batch_size}.")
   rows = np.asarray(rows, np.int64)
@@ -504,13 +388,8 @@ def read_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
 
 def _gather_batches(source: RecordSource, rows: np.ndarray, flips: np.ndarray,
                     batch_size: int, options: ReadOptions) -> Iterator[Batch]:
-  """Cached batches, gathered ahead in threads, in order.
-
-  ``num_threads`` threads (default one per core; gathering is memory-bound)
-  each gather whole batches, ``num_threads + prefetch_batches`` of them in
-  flight, while the caller trains on the current one: the copy overlaps the
-  device step and scales with cores.
-  """
+  """Cached batches in order, ``threads + prefetch_batches`` gathered ahead so
+  the copy overlaps the device step."""
   starts = range(0, len(rows), batch_size)
 
   def gather(start: int) -> Batch:
@@ -546,21 +425,10 @@ def _ensure_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-# ----------------------------------------------------------------------------
-# Loaders.
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainLoader:
-  """Training batches, resumable at any ``(epoch, step)``.
-
-  Attributes:
-    batch_size: the global batch size ``B`` over all hosts.
-    seed: seeds orders and flips (with the epoch).
-    sampler: ``"shuffle"`` (a permutation per epoch) or ``"balanced"``
-      (group-balanced draws with replacement, the Resampling method).
-    flip: random horizontal flips.
-  """
+  """Training batches of global size ``batch_size``, resumable at any
+  ``(epoch, step)``; ``sampler="balanced"`` is the Resampling method."""
 
   source: RecordSource
   batch_size: int
@@ -595,10 +463,8 @@ class TrainLoader:
     return order[:used], flips[:used]
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-    """This host's batches of ``epoch`` from ``start_step`` on.
-
-    Yields exactly the batches an uninterrupted epoch yields at those steps.
-    """
+    """This host's batches of ``epoch`` from ``start_step`` on, as an
+    uninterrupted epoch yields them."""
     if not 0 <= start_step <= self.steps_per_epoch:
       raise ValueError(
           f"start_step {start_step} is outside [0, {self.steps_per_epoch}].")
@@ -612,10 +478,7 @@ class TrainLoader:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalLoader:
-  """Every example exactly once, in order, in padded batches with a mask.
-
-  ``batch_size`` is the global eval batch size over all hosts.
-  """
+  """Every example once, in order, in padded global batches with a mask."""
 
   source: RecordSource
   batch_size: int
@@ -662,21 +525,9 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
                       sampler: str = "shuffle", store: ImageStore | None = None,
                       process_index: int | None = None,
                       process_count: int | None = None) -> TrainLoader:
-  """The training loader the config asks for.
-
-  Args:
-    data: the training examples (or a ready :class:`RecordSource`).
-    scheme: group ids for the records (ignored for a ``RecordSource``).
-    cfg_data: the config's ``data`` block: ``image_size``, ``flip``,
-      ``cache_images``, ``num_workers`` and optionally ``image_cache_dir``
-      (missing or ``""``: no on-disk cache).
-    batch_size: global batch size over all hosts.
-    sampler: ``"shuffle"``, or ``"balanced"`` for the Resampling method.
-    store: where images come from (files by default; TFDS, see
-      ``tfds_builders.TfdsImages``).
-    process_index: this host (default ``jax.process_index()``).
-    process_count: number of hosts (default ``jax.process_count()``).
-  """
+  """The training loader the config's ``data`` block asks for (``image_size``,
+  ``flip``, ``cache_images``, ``num_workers``, optional ``image_cache_dir``);
+  ``scheme`` is ignored for a ``RecordSource``, ``batch_size`` is global."""
   return TrainLoader(
       source=_as_source(data, scheme, cfg_data, store),
       batch_size=int(batch_size), seed=int(seed), sampler=sampler,
@@ -698,20 +549,8 @@ def make_eval_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
       read=_read_options(cfg_data))
 
 
-# ----------------------------------------------------------------------------
-# On device.
-
-
 def normalize(images: Any, dtype: Any = None) -> Any:
-  """ImageNet normalisation of uint8 ``[..., 3]`` images, for inside jit.
-
-  Args:
-    images: uint8 (or any numeric) array, channels last.
-    dtype: result dtype (default float32; bfloat16 on accelerators).
-
-  Returns:
-    ``(images / 255 - mean) / std`` as ``dtype``.
-  """
+  """``(images / 255 - mean) / std`` (ImageNet) as ``dtype`` (default float32)."""
   mean = jnp.asarray(images_lib.IMAGENET_MEAN, jnp.float32) * 255.0
   inv_std = 1.0 / (jnp.asarray(images_lib.IMAGENET_STD, jnp.float32) * 255.0)
   out = (jnp.asarray(images, jnp.float32) - mean) * inv_std

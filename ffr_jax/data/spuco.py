@@ -1,18 +1,8 @@
-"""SpuCo Animals in its official on-disk layout -> :class:`DatasetSplits`.
+"""SpuCo Animals in its official layout (docs/reference.md, "SpuCo Animals").
 
-The layout (docs/reference.md, "SpuCo Animals")::
-
-    root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.{jpg,png}
-    root/spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*.{jpg,png}
-
-The official split folders are the splits, so no seed is involved in splitting.
-Class and bias names in :data:`SPEC` are words a text prompt can carry
-("small dog", "indoors"); :data:`FOLDERS` maps each ``(y, b)`` group to the
-folder names on disk, which differ ("small_dogs", "indoor").
-
-:func:`load_spuco_layout` reads any root in this layout for any spec with the
-same groups, so the built-in benchmark can render its images into the same
-folders and reuse this loader.
+The split folders are the splits. :data:`SPEC`'s names are prompt words
+("small dog"); :data:`FOLDERS` maps each group to the differing folder names
+("small_dogs"). The built-in benchmark renders into the same layout.
 """
 
 from __future__ import annotations
@@ -47,20 +37,13 @@ FOLDERS: Folders = {
 
 
 def _unique(items) -> list[str]:
-  """Items in first-seen order without repeats."""
   return list(dict.fromkeys(items))
 
 
 def layout_description(root: str = "root", folders: Folders = FOLDERS) -> str:
-  """The expected folder layout as text, one line per subset folder.
-
-  Args:
-    root: how to write the root in the text (a real path or ``"root"``).
-
-  Returns:
-    e.g. ``"root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/
-    {land,water}/*.{jpg,png}"`` and the same for dogs, newline-separated.
-  """
+  """The expected layout, e.g.
+  ``root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.{jpg,png}``,
+  one line per subset folder."""
   lines = []
   for subset in _unique(s for s, _, _ in folders.values()):
     classes = _unique(c for s, c, _ in folders.values() if s == subset)
@@ -75,7 +58,6 @@ LAYOUT = layout_description()
 
 
 def _check_folders(root: str, folders: Folders) -> None:
-  """Raises FileNotFoundError naming the layout if any expected folder is absent."""
   layout = layout_description(root, folders)
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -97,24 +79,8 @@ def _check_folders(root: str, folders: Folders) -> None:
 
 def load_spuco_layout(root: str, spec: DatasetSpec = SPEC, split_seed: int = 0,
                       folders: Folders = FOLDERS) -> DatasetSplits:
-  """Reads a root in the SpuCo Animals layout.
-
-  Args:
-    root: the folder holding ``spuco_birds/`` and ``spuco_dogs/`` (or whatever
-      subset folders ``folders`` names).
-    spec: names and groups; ``spec.groups`` must equal the keys of ``folders``.
-    split_seed: unused: the official split folders are the split. Kept so the
-      signature matches every other loader.
-
-  Returns:
-    The three official splits, rows sorted by path. Non-image files are
-    skipped and counted under ``"not_an_image_file"``.
-
-  Raises:
-    FileNotFoundError: ``root`` or one of the expected folders is missing.
-    ValueError: a group folder of some split holds no images, or ``spec`` and
-      ``folders`` disagree on the groups.
-  """
+  """The official splits of a root in the SpuCo layout, rows sorted by path;
+  ``split_seed`` is unused (the loader signature)."""
   del split_seed  # The official folders define the splits.
   if set(spec.groups) != set(folders):
     raise ValueError(

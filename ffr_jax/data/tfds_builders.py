@@ -1,33 +1,19 @@
-"""Optional TFDS builders for the three datasets, and a reader for the pipeline.
+"""Optional TFDS builders (array_record) for the datasets, and a reader.
 
-Nothing in the core pipeline imports this module; it is for users who prefer a
-prepared, shardable copy of the data (array_record files) over the official
-folders. Each builder reads the official layout from ``manual_dir`` with the
-project's own loader (so splits, seeds and skipped files are the same as when
-training from folders) and writes the ``train`` / ``val`` / ``test`` splits
-before any bias ratio: the ratio is applied after reading, by
-``bias.bias_splits``, exactly as for folders.
+Each builder reads the official layout from ``manual_dir`` with the project's
+own loader (same splits and skips as from folders) and writes the splits before
+any bias ratio. Configs: ``image`` (re-encoded; preparing needs TensorFlow) and
+``tensor<S>`` (decoded uint8 ``S x S``; no TensorFlow, no decoding on read).
 
-Two kinds of configs:
-
-* ``image``: ``tfds.features.Image`` (the original JPEG/PNG re-encoded).
-  **Preparing it needs TensorFlow** (TFDS encodes images with TF); reading it
-  does not.
-* ``tensor<S>`` (e.g. ``tensor64``, ``tensor224``): the image already decoded
-  and resized to ``S x S`` as a uint8 ``tfds.features.Tensor``. Prepares and
-  reads without TensorFlow, and reading skips JPEG decoding entirely.
-
-Reading (never needs TensorFlow)::
+Reading::
 
     splits = tfds_splits("ffr_spuco_animals/tensor64", data_dir, spec)
     splits = bias.bias_splits(splits, 0.95, seed=0)
     loader = pipeline.make_train_loader(
         splits.train, scheme, cfg.data, 128, seed, store=TfdsImages(data_dir))
 
-The examples' ``path`` column then holds keys
-``tfds://{name}/{config}/{split}/{relative path}#{record}``, so sorting by path
-(as ``bias`` does) follows the original file names, and :class:`TfdsImages`
-finds the record without any other state (it pickles into grain workers).
+Paths are keys ``tfds://{name}/{config}/{split}/{relative path}#{record}``, so
+sorting by path follows the file names and :class:`TfdsImages` needs no state.
 """
 
 from __future__ import annotations
@@ -51,7 +37,6 @@ SPLITS = ("train", "val", "test")
 # Images decoded per thread-pool round while writing tensor features; bounds
 # the memory held by decoded-but-not-yet-written images.
 _DECODE_CHUNK = 256
-# Records read per call while collecting labels.
 _READ_CHUNK = 1024
 
 LoadSplits = Callable[[str, int], DatasetSplits]
@@ -59,13 +44,7 @@ LoadSplits = Callable[[str, int], DatasetSplits]
 
 @dataclasses.dataclass(eq=False)
 class FfrConfig(tfds.core.BuilderConfig):
-  """A builder config.
-
-  Attributes:
-    image_size: 0 stores the encoded image (``tfds.features.Image``, preparing
-      needs TensorFlow); ``S > 0`` stores a uint8 ``S x S x 3`` tensor.
-    split_seed: seeds the 80/10/10 split of datasets without official splits.
-  """
+  """``image_size`` 0: the encoded image; ``S > 0``: a uint8 ``S x S x 3`` tensor."""
 
   image_size: int = 0
   split_seed: int = 0
@@ -87,13 +66,8 @@ _CONFIGS = [
 
 
 class _FfrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared builder: official layout in ``manual_dir`` -> array_record splits.
-
-  Args (beyond TFDS's own, e.g. ``data_dir``, ``config``):
-    load_splits: ``load(root, split_seed) -> DatasetSplits``; default the
-      registered loader ``datasets.get_dataset(DATASET).load``.
-    spec: class and bias names; default the registered dataset's spec.
-  """
+  """Official layout in ``manual_dir`` -> array_record splits; ``load_splits``
+  and ``spec`` default to the registered dataset's."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
@@ -217,10 +191,6 @@ def prepare(dataset: str, manual_dir: str, data_dir: str,
   return builder
 
 
-# ----------------------------------------------------------------------------
-# Reading.
-
-
 def _split_key(key: str) -> tuple[str, str, int]:
   """``tfds://name/config/split/rel#record`` -> (``name/config``, split, record)."""
   body, record = key[len(TFDS_PREFIX):].rsplit("#", 1)
@@ -230,11 +200,9 @@ def _split_key(key: str) -> tuple[str, str, int]:
 
 @dataclasses.dataclass(eq=False)
 class TfdsImages:
-  """An ``ImageStore`` for keys written by :func:`tfds_examples`.
+  """An ``ImageStore`` for :func:`tfds_examples` keys; other keys are files.
 
-  Opens the prepared data lazily, once per process, so it pickles cheaply
-  into grain workers. Keys without the ``tfds://`` prefix are files on disk,
-  so real TFDS examples and synthetic PNGs can share one loader.
+  Opens the data lazily, once per process, so it pickles cheaply into workers.
   """
 
   data_dir: str
@@ -263,16 +231,8 @@ class TfdsImages:
 
 
 def tfds_examples(name: str, data_dir: str, split: str) -> Examples:
-  """The examples of a prepared split, keyed for :class:`TfdsImages`.
-
-  Reads every record once for its labels (image features are not decoded
-  where TFDS can skip it). Rows come sorted by the original relative path.
-
-  Args:
-    name: ``"<builder>/<config>"``, e.g. ``"ffr_spuco_animals/tensor64"``.
-    data_dir: the TFDS data dir it was prepared into.
-    split: ``"train"``, ``"val"`` or ``"test"``.
-  """
+  """A prepared split (``name`` = ``"<builder>/<config>"``) keyed for
+  :class:`TfdsImages`, sorted by original path; images are not decoded."""
   if name.count("/") != 1:
     raise ValueError(f"name={name!r}: expected '<builder>/<config>'.")
   source = tfds.data_source(

@@ -1,15 +1,9 @@
-"""The one data model every part of ffr_jax uses.
+"""The data model: an example is an image path plus labels ``y`` (class),
+``b`` (bias) and ``source`` (real or synthetic), kept per split as a column
+table of numpy arrays so group counting and bias ratios are vectorised.
 
-An example is an image on disk plus three integer labels: ``y`` (the class),
-``b`` (the bias group) and ``source`` (real or synthetic). We keep a whole split
-as a column table (:class:`Examples`) of numpy arrays so that counting groups,
-applying a bias ratio or composing modes are vectorised numpy operations, and so
-that a 40k-image split costs a few hundred kilobytes of host memory.
-
-Groups are the unit of every robustness method and metric. For modes ``none``
-and ``ffr`` a group is ``(y, b)``; for ``usb`` and ``asb`` it is
-``(y, b, source)`` (docs/reference.md, "Training"). :class:`GroupScheme` turns the
-labels into dense group ids for either case.
+A group is ``(y, b)`` for modes ``none``/``ffr`` and ``(y, b, source)`` for
+``usb``/``asb`` (docs/reference.md, "Training").
 """
 
 from __future__ import annotations
@@ -28,15 +22,9 @@ SOURCE_NAMES = ("real", "synthetic")
 class DatasetSpec:
   """The names and group structure of a dataset.
 
-  Attributes:
-    name: registry name, e.g. ``"spuco_animals"``; also the folder name of the
-      dataset inside a synthetic-images root.
-    class_names: one name per class ``y``; words a text prompt can carry.
-    bias_names: one name per bias value ``b``.
-    groups: the ``(y, b)`` pairs that exist, in the canonical order used for
-      group ids and reports.
-    majority_bias: ``majority_bias[y]`` is the bias value that dominates class
-      ``y`` in the biased real data.
+  ``name`` is also the dataset's folder inside a synthetic-images root;
+  ``groups`` is the canonical order of group ids and reports;
+  ``majority_bias[y]`` dominates class ``y`` in the biased real data.
   """
 
   name: str
@@ -94,18 +82,11 @@ class DatasetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-  """A column table of examples; row ``i`` is one image.
+  """A column table of examples (int32 labels); row ``i`` is one image.
 
-  Attributes:
-    path: image file paths (numpy array of ``str``).
-    y: class labels, int32.
-    b: bias labels, int32.
-    source: ``REAL`` or ``SYNTHETIC``, int32.
-    content: the identity of each file's bytes (``"<size>:crc32:<hex>"``, see
-      :func:`ffr_jax.data.images.verify_images`), ``""`` where unknown; None
-      when no row has one (data loaded without checking its files). It tells
-      apart files with the same relative path and other bytes: two generated
-      pools, or a benchmark rendered with other settings.
+  ``content`` is each file's byte identity (``"<size>:crc32:<hex>"``,
+  :func:`ffr_jax.data.images.verify_images`), ``""`` where unknown, None when
+  no row has one; it tells apart files with one path and other bytes.
   """
 
   path: np.ndarray
@@ -196,12 +177,7 @@ def _strings(values: Iterable[str]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class GroupScheme:
-  """Maps examples to dense group ids.
-
-  With ``by_source=False`` the groups are ``spec.groups`` (``(y, b)``); with
-  ``by_source=True`` each ``(y, b)`` is split into real and synthetic, group id
-  ``2 * g + source``.
-  """
+  """Dense group ids: ``spec.groups`` order, or ``2 * g + source`` by source."""
 
   spec: DatasetSpec
   by_source: bool = False
@@ -211,7 +187,6 @@ class GroupScheme:
     return len(self.spec.groups) * (2 if self.by_source else 1)
 
   def ids(self, examples: Examples) -> np.ndarray:
-    """Group id of every row, int32."""
     lookup = np.full(
         (self.spec.num_classes, len(self.spec.bias_names)), -1, np.int32)
     for g, (y, b) in enumerate(self.spec.groups):
@@ -239,16 +214,8 @@ class GroupScheme:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSplits:
-  """Train, val and test examples of one dataset, plus what loading skipped.
-
-  Attributes:
-    spec: the dataset's names and groups.
-    train, val, test: the three splits.
-    skipped: reason -> count of files that were left out while loading (for
-      example malformed UTKFace names or unreadable images); reported by the
-      data summary, never silently dropped.
-    skipped_files: reason -> a few example paths per reason, for messages.
-  """
+  """Train, val and test of one dataset, plus reason -> count (and a few
+  example paths) of the files loading left out."""
 
   spec: DatasetSpec
   train: Examples
@@ -267,11 +234,7 @@ class DatasetSplits:
 
 
 def group_table(spec: DatasetSpec, examples: Examples) -> list[dict]:
-  """Counts per ``(y, b, source)`` as JSON-ready rows, in canonical order.
-
-  Rows with a count of zero for the synthetic source are omitted; real rows are
-  always present so an emptied group shows up as a zero.
-  """
+  """Counts per ``(y, b, source)`` as JSON rows; empty synthetic rows omitted."""
   rows = []
   for y, b in spec.groups:
     for s, sname in enumerate(SOURCE_NAMES):

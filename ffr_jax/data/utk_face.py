@@ -1,12 +1,6 @@
-"""UTKFace in its official layout -> :class:`DatasetSplits`.
-
-The layout (docs/reference.md, "UTKFace") is one flat folder of files named
-``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` (gender 0 male, 1 female).
-
-Target ``y`` = gender; bias ``b`` = age: 0 "old" (20 <= age <= 50), 1 "young"
-(age <= 5); other ages are dropped. A few real files have malformed names (a
-missing field); they are skipped and counted, never fatal. Splits are 80/10/10
-seeded, then train and val are pre-biased to 90% as for CelebA-HQ.
+"""UTKFace (docs/reference.md): ``y`` = gender, ``b`` = age, 0 old (20-50),
+1 young (<= 5), other ages dropped. Malformed names (real files have some) are
+skipped and counted. Seeded 80/10/10 split, train and val pre-biased to 90%.
 """
 
 from __future__ import annotations
@@ -36,18 +30,13 @@ LAYOUT = ("root/[age]_[gender]_[race]_[date&time].jpg.chip.jpg  (one flat "
 
 @dataclasses.dataclass(frozen=True)
 class FaceName:
-  """The labels encoded in a UTKFace file name."""
   age: int
   gender: int
   race: int
 
 
 def parse_name(name: str) -> FaceName | None:
-  """Parses ``[age]_[gender]_[race]_[date&time]...``; None if malformed.
-
-  Malformed: fewer than four ``_``-separated fields, a non-integer age, gender
-  or race, or a gender other than 0/1.
-  """
+  """Parses ``[age]_[gender]_[race]_[date&time]...``; None if malformed."""
   fields = name.split("_")
   if len(fields) < 4 or not fields[3]:
     return None
@@ -61,7 +50,6 @@ def parse_name(name: str) -> FaceName | None:
 
 
 def age_bias(age: int) -> int | None:
-  """The bias value of an age: 0 old, 1 young, None if the age is dropped."""
   if OLD_AGES[0] <= age <= OLD_AGES[1]:
     return 0
   if age <= YOUNG_MAX_AGE:
@@ -70,16 +58,13 @@ def age_bias(age: int) -> int | None:
 
 
 def _check_root(root: str) -> list[str]:
-  """The root's entries, sorted; FileNotFoundError naming the layout if absent."""
   if not os.path.isdir(root):
     raise FileNotFoundError(
         f"UTKFace root {root} is not a directory. Expected:\n{LAYOUT}")
-  # Sorted so the result never depends on the file system's listing order.
   return sorted(os.listdir(root))
 
 
 def _no_images_error(root: str, entries: list[str]) -> ValueError:
-  """The error for a root with no usable image, with a hint at subfolders."""
   subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
   hint = (f" It has subfolders {subdirs[:5]}: pass the folder that holds the "
           "images itself." if subdirs else "")
@@ -89,16 +74,8 @@ def _no_images_error(root: str, entries: list[str]) -> ValueError:
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
-  """Loads UTKFace from ``root``: seeded 80/10/10 split, 90% pre-bias.
-
-  Skip reasons: ``"malformed_name"``, ``"age_out_of_range"`` (ages the paper
-  does not use) and ``"not_an_image_file"``.
-
-  Raises:
-    FileNotFoundError: ``root`` is missing.
-    ValueError: no well-formed image names, or a group without images in a
-      split.
-  """
+  """UTKFace from ``root``; skip reasons ``malformed_name``, ``age_out_of_range``,
+  ``not_an_image_file``."""
   root = os.path.abspath(root)
   entries = _check_root(root)
   skipped: dict[str, list[str]] = {}

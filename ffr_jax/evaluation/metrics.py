@@ -1,18 +1,8 @@
-"""On-device group metrics: worst-group, balanced and per-group accuracy.
-
-Evaluation runs over padded batches with a boolean mask (the pipeline pads the
-last batch), possibly sharded over several devices. Each batch is reduced on
-device to two float32 vectors of per-group counts, :class:`GroupCounts`, that
-are summed across batches with ``+``; only the final counts cross to the host,
-where :func:`summarize` turns them into the numbers we report (docs/reference.md,
-"Metrics"):
-
-* worst-group accuracy: the minimum over groups of the group's accuracy;
-* balanced accuracy: the unweighted mean of the group accuracies.
-
-A group with no examples has no accuracy. It is reported as ``None`` and left
-out of the minimum and the mean, never counted as 0 or 1: a silent 0 would make
-worst-group accuracy 0, a silent 1 would hide a group that vanished.
+"""Group metrics (docs/reference.md, "Metrics"): each padded, masked batch is
+reduced on device to per-group counts, summed across batches; only the total
+crosses to the host. Worst-group accuracy is the minimum over groups, balanced
+accuracy their unweighted mean. A group with no examples has accuracy ``None``
+and is left out of both, never counted as 0 or 1.
 """
 
 from __future__ import annotations
@@ -28,12 +18,7 @@ import numpy as np
 
 @flax.struct.dataclass
 class GroupCounts:
-  """Correct and total example counts per group; a pytree, summable.
-
-  Attributes:
-    correct: float32[G], correctly classified examples per group.
-    total: float32[G], examples per group.
-  """
+  """float32[G] ``correct`` and ``total`` examples per group; a summable pytree."""
 
   correct: jax.Array
   total: jax.Array
@@ -44,7 +29,6 @@ class GroupCounts:
 
   @classmethod
   def zeros(cls, num_groups: int) -> GroupCounts:
-    """Empty counts, the identity of ``+``."""
     z = jnp.zeros((num_groups,), jnp.float32)
     return cls(correct=z, total=z)
 
@@ -56,19 +40,8 @@ def group_counts(
     mask: jax.Array | None,
     num_groups: int,
 ) -> GroupCounts:
-  """Per-group counts of one batch; jittable, works on sharded batches.
-
-  Args:
-    pred: int[B], predicted classes (take ``argmax`` of logits first).
-    label: int[B], true classes.
-    group: int[B], group ids in ``[0, num_groups)``. Ids outside that range
-      (e.g. ``-1`` on padding rows) count nowhere.
-    mask: bool[B] or None; rows where it is False (padding) are ignored.
-    num_groups: G, a static Python int.
-
-  Returns:
-    The batch's :class:`GroupCounts`.
-  """
+  """Per-group counts of one batch (jittable, shardable); group ids outside
+  ``[0, num_groups)`` and rows with ``mask`` False count nowhere."""
   # A one-hot matmul rather than a scatter: it is exact for float32 counts
   # below 2**24, deterministic, and drops out-of-range ids (all-zero rows).
   onehot = jax.nn.one_hot(group, num_groups, dtype=jnp.float32)
@@ -86,11 +59,7 @@ def group_accuracy(counts: GroupCounts) -> jax.Array:
 
 
 def worst_group_accuracy(counts: GroupCounts) -> jax.Array:
-  """Minimum accuracy over groups that have examples; NaN if none has any.
-
-  On device NaN stands in for the error :func:`summarize` raises, because a
-  jitted function cannot raise on a value.
-  """
+  """Minimum accuracy over groups that have examples; NaN (jit cannot raise) if none."""
   return jnp.nanmin(group_accuracy(counts))
 
 
@@ -107,22 +76,9 @@ def overall_accuracy(counts: GroupCounts) -> jax.Array:
 
 
 def summarize(counts: GroupCounts, group_names: Sequence[str]) -> dict:
-  """Host-side report of accumulated counts.
-
-  Args:
-    counts: the sum of :func:`group_counts` over the whole split.
-    group_names: one name per group, from ``GroupScheme.names()``.
-
-  Returns:
-    ``{"worst_group_acc": float, "balanced_acc": float, "acc": float,
-    "group_acc": {name: float | None}, "group_count": {name: int}}``.
-    Accuracies are in ``[0, 1]``; a group with no examples has accuracy
-    ``None`` and is left out of the worst-group minimum and balanced mean.
-
-  Raises:
-    ValueError: if the names do not match the number of groups, or no group
-      has any example (there is nothing to report).
-  """
+  """``worst_group_acc``, ``balanced_acc``, ``acc``, ``group_acc`` and
+  ``group_count`` of a split's summed counts; ``group_names`` from
+  ``GroupScheme.names()``."""
   correct = np.asarray(jax.device_get(counts.correct), np.float64)
   total = np.asarray(jax.device_get(counts.total), np.float64)
   names = list(group_names)

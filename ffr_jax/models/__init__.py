@@ -1,9 +1,7 @@
 """Flax ResNets (torchvision architecture) and torchvision weight loading.
 
-Use :func:`create_model` with a name from :data:`MODELS`; load ImageNet
-weights with :func:`ffr_jax.models.weights.load_torchvision_weights`. A model
-never gets an option it does not declare (:class:`ModelSpec`), so a new
-architecture adds its own options (and config keys) without touching the others.
+A model never gets an option it does not declare (:class:`ModelSpec`), so a
+new architecture adds its own options without touching the others.
 """
 
 from __future__ import annotations
@@ -21,16 +19,8 @@ from ffr_jax.registry import Registry
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A registered model: a module class and what it is built with.
-
-  Attributes:
-    module: the flax module class; called with ``num_classes``, ``dtype``,
-      the architecture and the options.
-    architecture: the fixed fields of this model (ResNet50's stage sizes).
-    options: the names of the ``config.model`` keys this model reads (fields
-      of ``module`` that change speed or behaviour, never the parameters'
-      shapes).
-  """
+  """A registered model: a module class, its fixed ``architecture`` fields and
+  the ``config.model`` keys it reads (``options``: never the parameters' shapes)."""
 
   module: type[nn.Module]
   architecture: Mapping[str, Any]
@@ -49,23 +39,8 @@ for _name, _architecture in (
 
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32,
                  **options: Any) -> nn.Module:
-  """Builds a registered model.
-
-  Args:
-    name: a name in :data:`MODELS`.
-    num_classes: outputs of the linear head.
-    dtype: compute dtype, a jnp dtype or its name (``"bfloat16"``); parameters
-      stay float32.
-    **options: options the model declares (:attr:`ModelSpec.options`), e.g.
-      ``conv1x1_as_matmul=True`` for the ResNets.
-
-  Returns:
-    An unbound module; ``model.init(key, x, train=False)`` gives
-    ``{"params", "batch_stats"}``.
-
-  Raises:
-    ValueError: an unknown name, or an option the model does not declare.
-  """
+  """An unbound registered model; ``dtype`` (or its name) is the compute dtype,
+  parameters stay float32; ValueError for an option it does not declare."""
   spec = MODELS.get(name)
   unknown = sorted(set(options) - set(spec.options))
   if unknown:
@@ -76,15 +51,7 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32,
 
 
 def model_from_config(config_model: Any, num_classes: int) -> nn.Module:
-  """The model a run's ``config.model`` block describes (training and analysis).
-
-  Passes exactly the options the named model declares, read from
-  ``config_model`` (a ConfigDict or a mapping).
-
-  Raises:
-    ValueError: an unknown model name.
-    KeyError: ``config_model`` lacks an option the model reads.
-  """
+  """The model ``config.model`` describes, with exactly the options it declares."""
   name = str(config_model["name"])
   options = MODELS.get(name).options
   missing = [o for o in options if o not in config_model]

@@ -1,34 +1,11 @@
-"""Flax linen ResNets with torchvision's architecture and parameter layout.
+"""Flax ResNets with torchvision's architecture and parameter names, so its
+ImageNet checkpoints load one-to-one (:mod:`ffr_jax.models.weights`).
 
-The networks follow ``torchvision.models.resnet`` exactly, so torchvision's
-ImageNet checkpoints load one-to-one (see :mod:`ffr_jax.models.weights`):
-
-* stem: 7x7/2 convolution (padding 3, no bias), BatchNorm, ReLU, 3x3/2 max pool
-  (padding 1);
-* four stages of :class:`Bottleneck` (ResNet50, "v1.5": the stride sits on the
-  3x3 convolution) or :class:`BasicBlock` (ResNet18) blocks; the first block of
-  a stage gets a 1x1 convolution + BatchNorm shortcut when the shape changes;
-* global average pool -> ``embedding`` -> linear head -> ``logits``.
-
-BatchNorm uses torch's semantics (momentum 0.1 in torch is ``momentum=0.9``
-here, epsilon 1e-5) with the running statistics in the mutable collection
-``"batch_stats"``. In train mode the statistics are means over the batch axis;
-under ``jax.jit`` with the batch sharded over a mesh (``NamedSharding``) those
-means are global reductions, so statistics are over the global batch without
-any ``axis_name`` (checked in ``tests/test_models.py``). One known difference
-to torch: flax updates the running variance with the biased batch variance,
-torch with the unbiased one (a factor n/(n-1), n = batch x height x width,
-i.e. below 0.02% for batch 128 at 224 px).
-
-Parameter tree (names mirror torchvision's so the mapping stays obvious)::
-
-  conv1/kernel  bn1/{scale,bias}
-  layer{1..4}_{i}/conv{1,2,3}/kernel  layer{s}_{i}/bn{1,2,3}/{scale,bias}
-  layer{s}_0/downsample_conv/kernel   layer{s}_0/downsample_bn/{scale,bias}
-  fc/{kernel,bias}
-  batch_stats: the same BatchNorm paths with {mean,var}
-
-Convolution kernels are HWIO (flax's layout), the head kernel is (in, out).
+Under ``jax.jit`` with the batch sharded over a mesh, BatchNorm's means are
+global reductions: statistics over the global batch with no ``axis_name``.
+Unlike torch, flax updates the running variance with the biased batch
+variance (below 0.02% apart for batch 128 at 224 px). Kernels are HWIO, the
+head kernel is (in, out).
 """
 
 from __future__ import annotations
@@ -52,36 +29,26 @@ _fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform
 
 
 def _fc_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """torch.nn.Linear's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  """torch.nn.Linear's bias init."""
   bound = 1.0 / np.sqrt(fan_in)
   return functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
 
 
 @flax.struct.dataclass
 class ResNetOutput:
-  """What a ResNet returns; a pytree, so it passes through ``jax.jit``.
-
-  Attributes:
-    logits: ``[batch, num_classes]`` float32 head outputs.
-    embedding: ``[batch, embedding_dim]`` float32 globally pooled features
-      before the head (2048-d for ResNet50, 512-d for ResNet18).
-  """
+  """Float32 ``logits`` and the pooled ``embedding`` before the head (2048-d
+  for ResNet50); a pytree."""
 
   logits: jax.Array
   embedding: jax.Array
 
 
 class Conv1x1Matmul(nn.Module):
-  """A bias-free 1x1 convolution computed as reshape + matmul.
+  """A bias-free 1x1 convolution as reshape + matmul, with nn.Conv's kernel.
 
-  The kernel has nn.Conv's shape ``(1, 1, in, out)`` and the same name, so the
-  two forms share checkpoints. Why it exists: XLA:CPU's convolution backward
-  pass is about 5x slower than a matmul of the same size (docs/reference.md, "Library notes"), while
-  the 1x1 convolutions hold most of ResNet50's FLOPs.
-
-  Attributes:
-    strides: spatial stride; a strided 1x1 convolution without padding reads
-      pixels ``0, s, 2s, ...``, which is a strided slice.
+  XLA:CPU's convolution backward pass is about 5x slower than the same matmul
+  (docs/reference.md, "Library notes"); 1x1 convolutions hold most of
+  ResNet50's FLOPs.
   """
 
   features: int
@@ -99,28 +66,17 @@ class Conv1x1Matmul(nn.Module):
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-# Output sizes (pixels per image) at or below which XLA:CPU's convolution
-# falls off a cliff: a 3x3 convolution with a 2x2 output ran 40x slower
-# forward+backward than the same product as a patches matmul (32x2x2x512:
-# 1028 ms vs 42 ms; 4x4 stride 2: 474 vs 48 ms), while from 4x4 outputs on the
-# native convolution is faster (docs/performance.md). The cliff needs wide
-# inputs too: at 64-128 channels the two forms are within a few percent (and
-# the tiny model's 128-channel 1x1 outputs are faster native), from 256 on
-# the matmul wins 5-25x. ResNet50's and ResNet18's last stages at 64 px
-# input have such outputs.
+# At or below this many output pixels, and from 256 input channels, XLA:CPU's
+# convolution ran up to 40x slower than a patches matmul; from 4x4 outputs or
+# at 64-128 channels the native one is as fast (docs/performance.md).
 SMALL_OUTPUT_PIXELS = 4
 SMALL_CONV_MIN_CHANNELS = 256
 
 
 class ConvSmallAsMatmul(nn.Module):
-  """A bias-free k x k convolution that is a patches matmul on tiny outputs.
-
-  Parameters are nn.Conv's (``kernel``: ``(k, k, in, out)``), so checkpoints
-  are shared with the plain form. The choice is static (shapes are known at
-  trace time): outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels from
-  inputs of at least :data:`SMALL_CONV_MIN_CHANNELS` channels use
-  ``conv_general_dilated_patches`` + a matmul, others the convolution.
-  """
+  """A bias-free k x k convolution (nn.Conv's kernel) that is a patches matmul
+  on outputs of at most :data:`SMALL_OUTPUT_PIXELS` pixels from at least
+  :data:`SMALL_CONV_MIN_CHANNELS` channels."""
 
   features: int
   kernel_size: int
@@ -148,12 +104,8 @@ class ConvSmallAsMatmul(nn.Module):
 
 
 def _im2col(x: jax.Array, k: int, s: int) -> jax.Array:
-  """``[n, h', w', k*k*c]`` patches of a ``k x k``/``s`` convolution (padding k//2).
-
-  Features are ordered ``(kh, kw, c)``, so the HWIO kernel reshaped to
-  ``(k*k*c, out)`` multiplies them. Built from ``k*k`` strided slices: plain
-  copies, no convolution.
-  """
+  """``[n, h', w', k*k*c]`` patches ordered ``(kh, kw, c)``, as the HWIO kernel
+  reshaped to ``(k*k*c, out)``; strided slices, no convolution."""
   pad = k // 2
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   out_h = (x.shape[1] + 2 * pad - k) // s + 1
@@ -165,13 +117,9 @@ def _im2col(x: jax.Array, k: int, s: int) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_im2col_grad(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
-  """A ``k x k`` convolution whose filter gradient is an im2col matmul.
-
-  Forward: XLA's convolution (same outputs). Backward: the filter gradient
-  is ``patches^T @ dy``, one matmul; XLA:CPU's own filter gradient of the
-  3-channel stem runs 5-10x slower (docs/performance.md). The input gradient
-  uses XLA's transpose; the stem's input needs none and XLA drops it.
-  """
+  """XLA's convolution with the filter gradient as one ``patches^T @ dy``
+  matmul: XLA:CPU's own for the 3-channel stem is 5-10x slower
+  (docs/performance.md)."""
   return _conv_plain(x, kernel, strides)
 
 
@@ -198,11 +146,8 @@ _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
 class StemConv(nn.Module):
-  """The bias-free stem convolution with an im2col filter gradient.
-
-  Parameters are nn.Conv's (``kernel``: ``(k, k, in, out)``), so checkpoints
-  are shared; outputs are XLA's convolution's.
-  """
+  """The bias-free stem convolution (nn.Conv's kernel) with an im2col filter
+  gradient."""
 
   features: int
   kernel_size: int
@@ -220,7 +165,6 @@ class StemConv(nn.Module):
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
           conv1x1_as_matmul: bool, small_convs_as_matmul: bool = False
           ) -> nn.Module:
-  """A torch-style bias-free convolution with symmetric padding ``kernel // 2``."""
   if kernel == 1 and conv1x1_as_matmul:
     return Conv1x1Matmul(features, strides=strides, dtype=dtype, name=name)
   if kernel > 1 and small_convs_as_matmul:
@@ -284,11 +228,7 @@ class Bottleneck(nn.Module):
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.Array:
-  """Identity, or torchvision's ``downsample`` (1x1 conv + BN) on a shape change.
-
-  Called inside the block's compact ``__call__`` so the submodules are named
-  under the block (``downsample_conv``, ``downsample_bn``).
-  """
+  """Identity, or torchvision's ``downsample`` (1x1 conv + BN) on a shape change."""
   out_features = block.planes * block.expansion
   if block.strides == 1 and x.shape[-1] == out_features:
     return x
@@ -305,12 +245,7 @@ RESNET_OPTIONS = ("conv1x1_as_matmul", "small_convs_as_matmul")
 
 
 def stage_widths(width: float) -> tuple[int, tuple[int, int, int, int]]:
-  """Stem channels and per-stage ``planes`` for a width multiplier.
-
-  torchvision's ResNet uses 64 stem channels and planes 64, 128, 256, 512;
-  ``width`` scales all of them (rounded, at least 1), which is how the reduced
-  parity fixtures and the tiny model are built.
-  """
+  """Stem channels and per-stage planes (torchvision's 64; 64..512) times ``width``."""
   def scale(c: int) -> int:
     return max(1, int(round(c * width)))
 
@@ -320,22 +255,10 @@ def stage_widths(width: float) -> tuple[int, tuple[int, int, int, int]]:
 class ResNet(nn.Module):
   """A torchvision-architecture ResNet.
 
-  Attributes:
-    stage_sizes: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet50.
-    block: ``"bottleneck"`` or ``"basic"``.
-    num_classes: outputs of the linear head.
-    width: channel multiplier (1.0 is torchvision's network).
-    dtype: compute dtype (e.g. ``jnp.bfloat16`` on accelerators); parameters
-      and BatchNorm statistics stay float32, outputs are float32.
-    conv1x1_as_matmul: compute 1x1 convolutions as matmuls (same parameters);
-      faster training on CPU, see :class:`Conv1x1Matmul`.
-    small_convs_as_matmul: compute 3x3 convolutions with outputs of at most
-      2x2 pixels and >= 256 input channels as patches matmuls (same
-      parameters); on CPU these are 5-25x faster than XLA's convolution, see
-      :class:`ConvSmallAsMatmul`.
-    stem_im2col_grad: the stem's filter gradient as an im2col matmul (same
-      parameters and outputs), see :class:`StemConv`. Experimental: not yet
-      a ``config.model`` option.
+  ``dtype`` is the compute dtype; parameters, BatchNorm statistics and outputs
+  stay float32. The ``*_matmul`` and ``stem_im2col_grad`` flags change how
+  convolutions are computed on CPU, never parameters or outputs;
+  ``stem_im2col_grad`` is experimental, not a ``config.model`` option.
   """
 
   stage_sizes: Sequence[int]
@@ -349,22 +272,11 @@ class ResNet(nn.Module):
 
   @property
   def embedding_dim(self) -> int:
-    """Size of the pooled embedding (2048 for ResNet50)."""
     return stage_widths(self.width)[1][3] * BLOCKS[self.block].expansion
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ResNetOutput:
-    """Runs the network.
-
-    Args:
-      x: ``[batch, height, width, 3]`` normalised images (NHWC).
-      train: batch statistics and their running-average update (the caller
-        passes ``mutable=["batch_stats"]``) when True; running averages when
-        False.
-
-    Returns:
-      A :class:`ResNetOutput` with float32 ``logits`` and ``embedding``.
-    """
+    """``x``: normalised NHWC images; ``train`` needs ``mutable=["batch_stats"]``."""
     if self.block not in BLOCKS:
       raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
     block_cls = BLOCKS[self.block]

@@ -1,29 +1,11 @@
 """Load torchvision ResNet checkpoints into our Flax variables.
 
-Where the ImageNet weights come from (``model.pretrained``):
-
-* ``.safetensors``: read with ``safetensors.numpy``, no torch needed;
-* ``.pth`` / ``.pt``: read with torch when it is installed; otherwise the error
-  says how to convert the file once on a machine with torch
-  (``python -m ffr_jax.models.weights model.pth model.safetensors``);
-* ``hf-hub:ORG/NAME[@REVISION]``: the repository's ``model.safetensors``, from
-  huggingface_hub's cache or downloaded into it once (:mod:`ffr_jax.hub`), no
-  torch needed. ``hf-hub:timm/resnet50.tv_in1k`` is torchvision's original
-  ImageNet-1k ResNet-50 (the paper's) as timm publishes it; timm's names are
-  checked and mapped by :func:`timm_to_torchvision`.
-
-Name mapping (torchvision -> ours, see :mod:`ffr_jax.models.resnet`):
-``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/kernel`` (OIHW -> HWIO),
-``*.bn1.weight|bias`` -> ``params/.../bn1/scale|bias``,
-``*.bn1.running_mean|running_var`` -> ``batch_stats/.../bn1/mean|var``,
-``downsample.0|1`` -> ``downsample_conv|downsample_bn``,
-``fc.weight|bias`` -> ``params/fc/kernel|bias`` (``(out, in)`` -> ``(in, out)``).
-``num_batches_tracked`` buffers are ignored.
-
-The head: the authors replace torchvision's 1000-way ``fc`` with a new linear
-layer. By default (``keep_head=None``) the checkpoint's ``fc`` is loaded only
-when its shape equals the model's head (``num_classes == 1000`` for ImageNet
-checkpoints); otherwise the model's freshly initialised head is kept.
+``model.pretrained`` is a ``.safetensors`` file (no torch), a ``.pth`` (needs
+torch; ``python -m ffr_jax.models.weights IN.pth OUT.safetensors`` converts
+it) or ``hf-hub:ORG/NAME[@REVISION]``, a timm repository's
+``model.safetensors`` (``hf-hub:timm/resnet50.tv_in1k`` is the paper's
+torchvision ResNet-50). The authors replace the 1000-way ``fc``: by default it
+is loaded only when its shape equals the model's head.
 """
 
 from __future__ import annotations
@@ -88,15 +70,7 @@ def check_weights_source(source: str) -> None:
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """Reads a torchvision state dict from ``.safetensors`` (no torch) or ``.pth``.
-
-  Returns:
-    Parameter name -> numpy array.
-
-  Raises:
-    FileNotFoundError: the file does not exist.
-    WeightsError: unknown extension, or a ``.pth`` file without torch installed.
-  """
+  """A torchvision state dict from ``.safetensors`` (no torch) or ``.pth``."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No checkpoint file at {path!r}.")
@@ -112,7 +86,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
-  """Reads a torch checkpoint; torch is optional, so its absence is a clear error."""
   try:
     import torch
   except ImportError as e:
@@ -137,18 +110,10 @@ def convert_pth_to_safetensors(pth_path: str | os.PathLike[str],
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.fspath(out_path))
 
 
-# timm's ResNet (timm/models/resnet.py) in its default variant (7x7 stem,
-# strided-conv shortcut; the ``.tv_in1k``, ``.a1_in1k``, ... checkpoints) names
-# every module as torchvision does. The mapping, module by module (timm ->
-# torchvision), with the leaves weight/bias/running_mean/running_var/
-# num_batches_tracked kept as they are:
-#   conv1 -> conv1, bn1 -> bn1                          (stem: ResNet.conv1/bn1)
-#   layer{s}.{j}.conv{k} / .bn{k} -> the same, k in 1-3 (Bottleneck/BasicBlock)
-#   layer{s}.{j}.downsample.0 / .1 -> the same          (downsample_conv: conv, bn)
-#   fc -> fc                                            (create_classifier's Linear)
-# Other variants name other modules (deep stem ``conv1.0``, average-pool
-# shortcut ``downsample.1`` = conv / ``.2`` = bn, ``se``/``attn`` blocks): those
-# are other architectures and are refused, not silently mis-mapped.
+# timm's default ResNet variant (7x7 stem, strided-conv shortcut: ``.tv_in1k``,
+# ``.a1_in1k``, ...) names every module as torchvision does. Other variants
+# (deep stem ``conv1.0``, average-pool shortcut, ``se``/``attn`` blocks) are
+# other architectures: refused, not silently mis-mapped.
 _TIMM_MODULES = (
     (re.compile(r"^(conv1|bn1|fc)$"), r"\1"),
     (re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3])$"), r"layer\1.\2.\3"),
@@ -170,18 +135,8 @@ def timm_to_torchvision_name(name: str) -> str | None:
 
 def timm_to_torchvision(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
                         ) -> dict[str, np.ndarray]:
-  """Renames a timm ResNet state dict to torchvision's names.
-
-  Args:
-    state: timm parameter name -> array.
-    source: named in the error.
-
-  Returns:
-    torchvision name -> the same array.
-
-  Raises:
-    WeightsError: a name of another timm variant (listed, with the fix).
-  """
+  """A timm ResNet state dict under torchvision's names; WeightsError names
+  parameters of another timm variant."""
   out, unknown = {}, []
   for name, value in state.items():
     tv_name = timm_to_torchvision_name(name)
@@ -198,25 +153,15 @@ def timm_to_torchvision(state: Mapping[str, np.ndarray], source: str = "the chec
 
 
 def read_hub_state_dict(reference: str) -> dict[str, np.ndarray]:
-  """The torchvision-named state dict of ``hf-hub:ORG/NAME[@REVISION]`` (no torch).
-
-  Raises:
-    ValueError: a malformed reference.
-    FileNotFoundError: not cached and not downloadable (one line).
-    WeightsError: not a torchvision-style ResNet.
-  """
+  """The torchvision-named state dict of ``hf-hub:ORG/NAME[@REVISION]`` (no torch)."""
   ref = hub.parse_hub_ref(reference)
   path = hub.download_file(ref, TIMM_WEIGHTS_FILE)
   return timm_to_torchvision(read_state_dict(path), source=reference)
 
 
 def flax_to_torch_name(collection: str, path: tuple[str, ...]) -> str:
-  """torchvision's name for one of our leaves, e.g. ``layer1.0.downsample.0.weight``.
-
-  Args:
-    collection: ``"params"`` or ``"batch_stats"``.
-    path: module names then the leaf name, e.g. ``("layer1_0", "conv1", "kernel")``.
-  """
+  """torchvision's name for a leaf, e.g. ``params``, ``("layer1_0", "conv1",
+  "kernel")`` -> ``layer1.0.conv1.weight``."""
   *modules, leaf = path
   parts = []
   for m in modules:
@@ -242,20 +187,8 @@ def _to_flax_layout(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  """Nested dict -> {path tuple: leaf}."""
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      flat.update(_flatten(v, prefix + (k,)))
-    else:
-      flat[prefix + (k,)] = v
-  return flat
-
-
 def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
                        keep_head: bool | None) -> bool:
-  """Whether to load the checkpoint's ``fc`` (auto: only when shapes match)."""
   if keep_head is not None:
     return keep_head
   kernel = template.get(("params", "fc", "kernel"))
@@ -266,25 +199,15 @@ def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[
 
 def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str, Any],
                         keep_head: bool | None = None) -> Variables:
-  """Maps a torchvision state dict onto initialised model variables.
+  """``variables`` (from ``model.init``) with every backbone leaf from ``state``.
 
-  Args:
-    state: torchvision parameter name -> array (see :func:`read_state_dict`).
-    variables: ``{"params", "batch_stats"}`` from ``model.init``; they fix the
-      expected names, shapes and dtypes, and provide the fresh head.
-    keep_head: load the checkpoint's ``fc`` (True), keep the model's head
-      (False), or load it only if its shape equals the model's (None).
-
-  Returns:
-    New variables with the same tree structure, every backbone leaf taken
-    from ``state``.
-
-  Raises:
-    WeightsError: listing every missing key, unexpected key and shape
-      mismatch at once.
+  ``keep_head``: load the checkpoint's ``fc`` (True), keep the model's (False),
+  or load it when the shapes match (None). WeightsError lists every missing
+  key, unexpected key and shape mismatch at once.
   """
   template = {(col,) + p: v for col in ("params", "batch_stats")
-              for p, v in _flatten(variables.get(col, {})).items()}
+              for p, v in traverse_util.flatten_dict(
+                  variables.get(col, {})).items()}
   load_head = _resolve_keep_head(state, template, keep_head)
   out, missing, mismatched, used = {}, [], [], set()
   for path, ref in template.items():
@@ -311,7 +234,6 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str,
 
 
 def _mismatch_message(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
-  """One readable error for everything that does not fit."""
   lines = ["The checkpoint does not fit the model (is it a torchvision ResNet of the same "
            "depth and width?)."]
   for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -324,14 +246,8 @@ def _mismatch_message(missing: list[str], unexpected: list[str], mismatched: lis
 
 def load_torchvision_weights(path: str | os.PathLike[str], variables: Mapping[str, Any],
                              keep_head: bool | None = None) -> Variables:
-  """Reads a checkpoint and maps it onto ``variables`` (see :func:`torchvision_to_flax`).
-
-  Args:
-    path: ``.safetensors`` (no torch needed), ``.pth`` (needs torch) or
-      ``hf-hub:ORG/NAME[@REVISION]`` (a timm repository; no torch needed).
-    variables: initialised ``{"params", "batch_stats"}`` of the model.
-    keep_head: see :func:`torchvision_to_flax`.
-  """
+  """Reads a checkpoint file or hub reference onto ``variables``
+  (:func:`torchvision_to_flax`)."""
   if hub.is_hub_ref(os.fspath(path)):
     state = read_hub_state_dict(os.fspath(path))
   else:
