@@ -53,8 +53,6 @@ TRAIN_SALT, TEST_SALT = 11, 12
 BATCH_SIZE = 128
 LR = 1e-3
 WEIGHT_DECAY = 1e-5
-# Per-pixel noise (0..255 units), as the benchmark's real images have.
-NOISE_STD = 6.0
 _NUM_PARAMS = 24
 _GRID = 5          # side of the coarse random field of the scene's blotches
 _CLUTTER = 3       # clutter blobs per scene
@@ -207,7 +205,7 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
     paint = (paint * inside[..., None]).reshape(len(sel), size, m, size, m, 3).sum(axis=(2, 4))
     paint = paint / np.maximum(cover * m * m, 1e-6)
     img[sel] = img[sel] * (1 - cover) + paint * cover
-  return render.quantize(img + NOISE_STD * noise)
+  return render.quantize(img + render.NOISE_STD * noise)
 
 
 def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
