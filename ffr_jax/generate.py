@@ -4,29 +4,12 @@
         --config.data.root=DATA --config.generate.model=SD_DIR --workdir=OUT
     python -m ffr_jax.generate --config=... --workdir=OUT --verify
 
-Loads the real dataset (``config.data``) to size the groups: by default what
-ASB and FFR stage 1 use at the configured bias ratio (``--modes`` adds USB);
-``--config.generate.per_group=N`` asks for ``N`` per group instead. Images go to
-``config.data.synthetic_root``, or ``{workdir}/synthetic`` when it is empty (the
-same default the training run reads). Rerunning the command resumes: only
-missing images are generated. ``--verify`` checks the folder against its
-manifest (missing, orphan, duplicate and unreadable files, and groups with
-fewer usable images than the config needs) without generating, and exits 1 on
-any problem; a rerun without it repairs what it finds (unreadable images are
-regenerated).
-
-Generators (``config.generate.generator``, see
-:mod:`ffr_jax.generation.factory`): ``stable_diffusion`` (a diffusers folder,
-``config.generate.model``) and ``procedural`` (the built-in benchmark's
-generator, ``config.benchmark.*``).
-
-Multi-host: ``jax.distributed.initialize()`` is called only when the
-environment says this is a multi-process job (``JAX_COORDINATOR_ADDRESS`` +
-``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` as our launchers set, a multi-host
-TPU slice, or a SLURM job with several tasks; see
-``ffr_jax.mesh.maybe_initialize_distributed``). Every host then runs
-this same command: sampling is sharded over all devices of all hosts, and host
-0 alone writes the images and the manifest (``ffr_jax.generation.writer``).
+Sizes the groups from the real data as ASB and FFR stage 1 use them
+(``--modes`` adds USB; ``--config.generate.per_group=N`` asks for N per group).
+Images go to ``config.data.synthetic_root``, or ``{workdir}/synthetic``.
+Rerunning resumes and repairs; ``--verify`` only checks the folder against its
+manifest and the needed counts, and exits 1 on any problem. On a multi-host job
+every host runs this same command; host 0 writes the files.
 """
 
 from __future__ import annotations

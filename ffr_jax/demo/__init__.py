@@ -1,21 +1,9 @@
-"""The built-in, download-free spurious-correlation benchmark (see docs/benchmark.md).
-
-* :mod:`~ffr_jax.demo.render`: the real-image renderer (SpuCo Animals'
-  classes, backgrounds and groups; background easy, animal subtle).
-* :mod:`~ffr_jax.demo.generator`: :class:`ProceduralGenerator`, a
-  prompt-driven generator whose fingerprint strength is a knob;
-  ``PROCEDURAL`` is the ``"procedural"`` generator, which the generator
-  registry lists lazily.
-* :mod:`~ffr_jax.demo.dataset`: :func:`prepare_real` renders the real
-  splits into SpuCo's on-disk layout; ``DEMO`` is the ``"demo"`` dataset,
-  which the dataset registry lists lazily.
-* :mod:`~ffr_jax.demo.upstream`: the upstream pretraining (the benchmark's
-  ImageNet); its weights ship as ``UPSTREAM_WEIGHTS``, which every mode of
-  ``configs/demo.py`` starts from.
-"""
+"""The built-in, download-free spurious-correlation benchmark (docs/benchmark.md):
+the real-image renderer, the procedural generator, the ``"demo"`` dataset and
+the upstream pretraining whose weights (``UPSTREAM_WEIGHTS``) every mode of
+``configs/demo.py`` starts from."""
 
 import os
-
 
 from ffr_jax.demo.dataset import DEFAULT_SCALE, DEMO, prepare_real, split_sizes
 from ffr_jax.demo.generator import (
@@ -24,8 +12,7 @@ from ffr_jax.demo.generator import (
 # ``render`` stays the module (ffr_jax.demo.render.render draws images).
 from ffr_jax.demo.render import DEMO_SPEC
 
-# ``python -m ffr_jax.demo pretrain --out=...`` at its defaults (the settings
-# and held-out accuracy are in upstream.json beside it).
+# ``python -m ffr_jax.demo pretrain`` at its defaults (settings in upstream.json).
 UPSTREAM_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "upstream.safetensors")
 

@@ -5,19 +5,10 @@
     root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.png
     root/spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*.png
 
-so that the ``"demo"`` dataset is read by exactly the loader that reads real
-SpuCo Animals (:func:`ffr_jax.data.spuco.load_spuco_layout`), and every later
-step (bias ratio, composition, pipeline) is the one real data goes through.
-
-Split sizes are SpuCo's (per group: majority 10000 / 500 / 500, minority
-500 / 25 / 500 for train / val / test) times ``scale``, rounded, with floors so
-that every group exists in every split and validation has the 10 images per
-group the bias-ratio rule keeps for model selection.
-
-A marker file ``root/.ffr_benchmark.json`` records the render parameters; a
-root rendered with the same parameters is left alone, one rendered with other
-parameters (or left half-written) is re-rendered, and a SpuCo-layout folder
-without our marker (real data) is never touched.
+so the ``"demo"`` dataset goes through exactly the loader and pipeline real
+SpuCo Animals does. A marker ``root/.ffr_benchmark.json`` records the render
+parameters: a root rendered with other parameters (or half-written) is
+re-rendered, and a SpuCo-layout folder without it (real data) is never touched.
 """
 
 from __future__ import annotations
@@ -53,11 +44,8 @@ _MAX_PER_GROUP = 1_000_000
 
 
 def split_sizes(scale: float) -> dict[str, dict[tuple[int, int], int]]:
-  """Images per split and group at ``scale`` times SpuCo's official sizes.
-
-  Example: ``scale=0.05`` gives train 500 (majority) / 25 (minority), val
-  25 / 10, test 25 / 25.
-  """
+  """Images per split and group at ``scale`` times SpuCo's official sizes, at
+  least ``MIN_PER_GROUP``."""
   scale = float(scale)
   if not 0 < scale <= 1:
     raise ValueError(
@@ -75,7 +63,7 @@ def split_sizes(scale: float) -> dict[str, dict[tuple[int, int], int]]:
 
 
 def image_seed(seed: int, split: str, group: int, index: int) -> int:
-  """The renderer seed of one image: distinct for every (seed, split, group, index)."""
+  """The renderer seed of one image, distinct for every (seed, split, group, index)."""
   split_id = spuco.SPLITS.index(split)
   return ((int(seed) * len(spuco.SPLITS) + split_id) * len(render.GROUPS)
           + group) * _MAX_PER_GROUP + int(index)
@@ -115,19 +103,7 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
                  seed: int = DEFAULT_SEED) -> None:
   """Renders the benchmark's real images into ``root`` in the SpuCo layout.
 
-  Does nothing if ``root`` was already rendered completely with the same
-  parameters; re-renders if the parameters differ or a render was cut short.
-
-  Args:
-    root: folder to render into (created if missing).
-    scale: multiplies SpuCo Animals' official split sizes (see
-      :func:`split_sizes`).
-    image_size: side of the square PNGs.
-    seed: seeds every image; the same seed gives the same bytes.
-
-  Raises:
-    FileExistsError: ``root`` holds SpuCo-layout folders that we did not render.
-    ValueError: bad scale or image size.
+  A no-op if ``root`` was rendered completely with the same parameters.
   """
   image_size = render.check_size(image_size)
   params = {"version": RENDER_VERSION, "scale": float(scale),
@@ -163,12 +139,8 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
   """The registry's loader: reads a root that :func:`prepare_real` rendered.
 
-  It never renders: which scale, size and seed to render at is the config's
-  (``benchmark.*``, applied by ``datasets.prepare_dataset``), and rendering
-  defaults here once gave a smoke run full-scale data.
-
-  Raises:
-    FileNotFoundError: ``root`` holds no complete render.
+  It never renders: rendering defaults here once gave a smoke run full-scale
+  data; the config's ``benchmark.*`` decide (``datasets.prepare_dataset``).
   """
   marker = read_marker(root)
   if marker is None or not marker.get("complete"):
@@ -182,7 +154,6 @@ def load(root: str, split_seed: int = 0) -> DatasetSplits:
 
 LAYOUT = (spuco.layout_description() +
           f"\n(rendered by ffr_jax.demo.prepare_real; {MARKER} records how)")
-# self_contained: an empty data.root means {workdir}/data/real, rendered here.
 
 
 def prepare_from_config(config) -> None:

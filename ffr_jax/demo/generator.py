@@ -1,28 +1,14 @@
 """A prompt-driven stand-in for Stable Diffusion with a tunable fingerprint.
 
-:class:`ProceduralGenerator` implements :class:`ffr_jax.generation.base.Generator`:
-it reads the group out of a text prompt in the forms the paper and the authors'
-scripts use, renders an image of that group with the benchmark's renderer, and
-then applies a *generator fingerprint* of configurable strength. The
-fingerprint models what the paper (after Corvi et al.) assumes of real text-to-
-image models: their images carry statistical traces that a classifier can pick
-up. Ours has three parts, each scaled linearly by ``strength``:
-
-* texture smoothing: a blend towards a 3x3 box blur (generated images lack
-  sensor noise and fine texture);
-* a colour-statistics shift: a per-channel tint and a contrast stretch;
-* a periodic upsampling artifact: a period-2 checkerboard, as left by the
-  transposed convolutions / upsampling of decoders.
-
-At ``strength = 0`` every part is the identity, so generated images follow
-exactly the real images' distribution (they are drawn from a separate random
-stream, so they never duplicate a real image).
-
-Separately from the fingerprint (a low-level trace), ``content_gap`` shifts
-what the images show, as Stable Diffusion's images differ from photos in
-content and style (:mod:`ffr_jax.demo.render`; docs/benchmark.md, "The
-content gap"). Both at 0: the real renderer's images, byte for byte, of the
-generator's own random stream.
+:class:`ProceduralGenerator` reads the group out of a prompt (the paper's form
+or the authors' richer one), renders it with the benchmark's renderer on its
+own random stream, and adds a *generator fingerprint*, the statistical trace
+the paper (after Corvi et al.) assumes generated images carry. Its three parts
+scale linearly with ``strength`` and are the identity at 0: a blend towards a
+3x3 box blur (no sensor noise, less fine texture), a colour tint and contrast
+stretch, and a period-2 checkerboard (a decoder's upsampling artifact).
+``content_gap`` shifts what the images show (:mod:`ffr_jax.demo.render`). With
+both at 0 the images are the real renderer's, byte for byte.
 """
 
 from __future__ import annotations
@@ -70,21 +56,8 @@ _CHECKER = np.array([1.5, -1.5, 1.5], np.float32)
 
 def build_prompt(spec: DatasetSpec, y: int, b: int, template: str = "paper",
                  variant: int = 0) -> str:
-  """The prompt that asks for group ``(y, b)`` of ``spec``.
-
-  Args:
-    spec: the dataset whose class and bias names the prompt carries.
-    y: class index.
-    b: bias index; ``(y, b)`` must be a group of ``spec``.
-    template: ``"paper"`` ("A photo of {bias} {class}") or ``"rich"``
-      ("a photo of a {class} in {location}").
-    variant: with ``"rich"``, picks one of the bias value's locations
-      (cyclically), so that prompts can vary within a group.
-
-  Returns:
-    e.g. ``"A photo of indoors small dog"`` or
-    ``"a photo of a small dog in a kitchen"``.
-  """
+  """The prompt that asks for group ``(y, b)``, e.g. ``"A photo of indoors small
+  dog"``; with ``"rich"``, ``variant`` picks the location (cyclically)."""
   spec.group_index(y, b)
   cls, bias = spec.class_names[y], spec.bias_names[b]
   if template == "paper":
@@ -117,12 +90,7 @@ def accepted_forms(spec: DatasetSpec) -> str:
 
 def parse_prompt(prompt: str, spec: DatasetSpec = render.DEMO_SPEC
                  ) -> tuple[int, int]:
-  """Reads the group ``(y, b)`` a prompt asks for.
-
-  Raises:
-    ValueError: the prompt is in no accepted form, or names a class/bias pair
-      that is no group of ``spec``; the message quotes the prompt and the forms.
-  """
+  """Reads the group ``(y, b)`` a prompt asks for; raises quoting the prompt."""
   text = re.sub(r"\s+", " ", prompt.strip().lower()).rstrip(".!")
   classes = _alternatives(spec.class_names)
   biases = _alternatives(spec.bias_names)
@@ -163,10 +131,7 @@ def _box_blur(images: np.ndarray) -> np.ndarray:
 
 
 def fingerprint(images: np.ndarray, strength: float) -> np.ndarray:
-  """Applies the generator fingerprint to float images (0..255, ``[N,H,W,3]``).
-
-  Every part is linear in ``strength`` and the identity at 0.
-  """
+  """Applies the generator fingerprint to float images (0..255, ``[N,H,W,3]``)."""
   if strength < 0:
     raise ValueError(f"fingerprint strength must be >= 0, got {strength}.")
   if strength == 0:
@@ -182,19 +147,8 @@ def fingerprint(images: np.ndarray, strength: float) -> np.ndarray:
 
 
 class ProceduralGenerator:
-  """Renders the group a prompt names, with a generator fingerprint.
-
-  Implements :class:`ffr_jax.generation.base.Generator`. Image ``i`` depends
-  only on ``(prompts[i], seeds[i])`` (and the constructor's arguments).
-
-  Attributes:
-    name: ``"procedural-fp{strength}"`` (plus ``"-cg{content_gap}"`` when the
-      content gap is not 0), recorded in each manifest line.
-    image_size: side of the square images.
-    strength: fingerprint strength; 0 reproduces the real distribution.
-    content_gap: content/style shift in [0, 1]; 0 draws what real images show.
-    spec: the dataset whose names the prompts carry.
-  """
+  """Renders the group a prompt names, with a generator fingerprint; a
+  :class:`ffr_jax.generation.base.Generator`."""
 
   def __init__(self, strength: float = DEFAULT_STRENGTH,
                image_size: int = render.DEFAULT_SIZE,
@@ -222,7 +176,6 @@ class ProceduralGenerator:
     return ys, bs
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-    """Returns ``uint8 [len(prompts), image_size, image_size, 3]``."""
     if len(prompts) != len(seeds):
       raise ValueError(
           f"generate: {len(prompts)} prompts but {len(seeds)} seeds.")

@@ -17,21 +17,8 @@ def grid_image(strength: float = generator.DEFAULT_STRENGTH,
                seed: int = 0, zoom: int = 2, template: str = "paper",
                content_gap: float = generator.DEFAULT_CONTENT_GAP
                ) -> Image.Image:
-  """Renders ``per_group`` real and ``per_group`` generated images per group.
-
-  Args:
-    strength: fingerprint strength of the generated images.
-    image_size: side of each image before zooming.
-    per_group: images of each kind per row.
-    seed: the first image seed; image ``j`` of a row uses ``seed + j``.
-    zoom: nearest-neighbour magnification, so pixels stay visible.
-    template: the prompt template used to ask the generator for each group.
-    content_gap: content/style shift of the generated images.
-
-  Returns:
-    An RGB image: rows are the groups in the spec's order, the left block real,
-    the right block generated, with the group name and prompt at the left.
-  """
+  """One row per group: ``per_group`` real images (seeds ``seed + j``), then as
+  many generated ones, magnified ``zoom`` times (nearest neighbour)."""
   spec = render.DEMO_SPEC
   gen = generator.ProceduralGenerator(strength, image_size, spec,
                                       content_gap=content_gap)

@@ -1,31 +1,17 @@
 """The built-in benchmark's real-image renderer, after SpuCo Animals.
 
 Four classes (landbird, waterbird, small dog, big dog) on four backgrounds
-(land, water, indoors, outdoors); eight groups as in SpuCo Animals. The design
-puts the two cues the paper's argument needs at two levels of difficulty:
+(land, water, indoors, outdoors), SpuCo Animals' eight groups. The background
+is a big, easy cue (a full-image colour and texture field); the class a subtle
+one (a small animal silhouette in a random colour, position, scale and facing).
 
-* The background ``b`` is a big, easy cue: a full-image colour and texture field
-  (olive ground with mottling, blue water with waves, a beige wall over a wooden
-  floor, a sky over grass).
-* The class ``y`` is a subtler cue: the silhouette of a small object drawn in a
-  random colour at a random position and scale. Birds have a head and a beak
-  and no legs, dogs have four legs and ears; a waterbird has a long neck where
-  a landbird's head sits on its body; a big dog is larger and has floppy ears
-  where a small dog has pointed ones. Colour, position, scale, facing, contrast
-  and pixel noise all vary, so no single pixel or colour gives the class away.
+Image ``i`` depends only on ``(y, b, seed, size, salt)``: its random numbers
+come from its own generator, the drawing is vectorised over the batch.
 
-Every image is a function of ``(y, b, seed)`` (and ``size`` and a ``salt`` that
-separates independent streams, e.g. real vs generated) only: the random
-parameters of image ``i`` come from its own ``numpy`` generator seeded by
-``(seed, y, b, salt)``; the drawing itself is vectorised over the batch.
-
-A ``content_gap`` in [0, 1] (used only by the procedural generator, see
-docs/benchmark.md, "The content gap") shifts *what* is drawn, the way Stable
-Diffusion's images differ from photos in content and style: larger, more
-centred animals in a canonical pose (facing right), more saturated colours and
-cleaner, more uniform backgrounds. Every change is written ``x + gap * (...)``
-or ``x * (1 + gap * k)``, so ``content_gap = 0`` gives the real images' exact
-bytes.
+``content_gap`` in [0, 1] (the procedural generator's, docs/benchmark.md)
+shifts what is drawn: larger, centred animals facing right, more saturated
+colours, cleaner backgrounds. Each change is ``x + gap * (...)`` or
+``x * (1 + gap * k)``, so gap 0 gives the real images' exact bytes.
 """
 
 from __future__ import annotations
@@ -78,7 +64,7 @@ GAP_SATURATION = 0.6     # colours pushed 60% further from grey
 
 
 def check_content_gap(gap: float) -> float:
-  """Returns ``gap`` as a float, or raises if it lies outside [0, 1]."""
+  """``gap`` as a float; raises outside [0, 1]."""
   gap = float(gap)
   if not 0.0 <= gap <= 1.0:
     raise ValueError(
@@ -87,7 +73,7 @@ def check_content_gap(gap: float) -> float:
 
 
 def check_size(size: int) -> int:
-  """Returns ``size`` as an int, or raises if the renderer does not support it."""
+  """``size`` as an int; raises if the renderer does not support it."""
   size = int(size)
   if not MIN_SIZE <= size <= MAX_SIZE:
     raise ValueError(
@@ -109,12 +95,8 @@ def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
 
 def _draw(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray, size: int,
           salt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-image random numbers, each from the image's own generator.
-
-  Returns:
-    ``params [N, _NUM_PARAMS]`` uniforms, ``noise [N, size, size, 3]`` standard
-    normals and ``texture [N, TEXTURE_GRID, TEXTURE_GRID]`` standard normals.
-  """
+  """Per-image uniforms ``[N, _NUM_PARAMS]``, normal noise ``[N, size, size, 3]``
+  and normal texture ``[N, TEXTURE_GRID, TEXTURE_GRID]``."""
   n = len(seeds)
   params = np.empty((n, _NUM_PARAMS), np.float64)
   noise = np.empty((n, size, size, 3), np.float32)
@@ -236,12 +218,8 @@ def _objects(ys: np.ndarray, p: np.ndarray, u: np.ndarray, v: np.ndarray,
 
 
 def _markings(ys, body, u, v, cx, cy, ax, ay) -> np.ndarray:
-  """Brightness multipliers ``[N, S, S]`` for class-specific body markings.
-
-  Landbirds have dark wing bars, waterbirds a light belly, big dogs a dark
-  saddle; small dogs are plain. Small texture details on a small object: a
-  cue a CNN can learn, but a weaker one than the background.
-  """
+  """Brightness multipliers ``[N, S, S]``: landbirds' wing bars, waterbirds'
+  light belly, big dogs' dark saddle (a cue weaker than the background)."""
   rel_u = (u[None] - cx[:, None, None]) / ax[:, None, None]
   rel_v = (v[None] - cy[:, None, None]) / ay[:, None, None]
   bars = (np.sin(2 * np.pi * 2.2 * rel_u) > 0.2) & (rel_v < 0.3)
@@ -266,20 +244,10 @@ def _object_colour(p: np.ndarray, gap: float = 0.0) -> np.ndarray:
 def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
                  size: int = DEFAULT_SIZE, salt: int = 0,
                  content_gap: float = 0.0) -> np.ndarray:
-  """Renders images as float32 ``[N, size, size, 3]`` in 0..255, unclipped.
+  """:func:`render` before quantisation: float32 ``[N, size, size, 3]`` in
+  0..255, unclipped (the generator adds its fingerprint here).
 
-  This is :func:`render` before quantisation; the procedural generator adds its
-  fingerprint here so that strength 0 gives exactly the real images' bytes.
-
-  Args:
-    ys: class of each image (0 landbird, 1 waterbird, 2 small dog, 3 big dog).
-    bs: background of each image (0 land, 1 water, 2 indoors, 3 outdoors);
-      ``(y, b)`` must be one of the eight groups.
-    seeds: non-negative integer seed of each image.
-    size: side of the square images.
-    salt: separates independent streams of images (0: the real data).
-    content_gap: in [0, 1]; how far the content departs from the real
-      images' (module docstring); 0 for the real data.
+  ``salt`` separates independent streams of images (0: the real data).
   """
   size, gap, ys, bs, seeds = _checked_inputs(ys, bs, seeds, size, content_gap)
   out = np.empty((len(seeds), size, size, 3), np.float32)
@@ -303,9 +271,8 @@ def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
 def animal_coverage(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
                     size: int = DEFAULT_SIZE, salt: int = 0,
                     content_gap: float = 0.0) -> np.ndarray:
-  """The animal's coverage ``[N, size, size]`` in [0, 1] in the images
-  :func:`render_float` draws with the same arguments (for measurements: the
-  content gap's size and centring, docs/benchmark.md)."""
+  """The animal's coverage ``[N, size, size]`` in [0, 1] in :func:`render_float`'s
+  images with the same arguments (to measure the content gap)."""
   size, gap, ys, bs, seeds = _checked_inputs(ys, bs, seeds, size, content_gap)
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
   u, v = np.meshgrid(coords, coords)
@@ -314,8 +281,8 @@ def animal_coverage(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
 
 
 def area_and_offset(cover: np.ndarray) -> tuple[float, float]:
-  """Mean animal area (fraction of the image) and mean distance of the
-  animal's centroid from the image centre, over ``cover [N, size, size]``."""
+  """Mean animal area (fraction of the image) and mean centroid distance from
+  the image centre, over ``cover [N, size, size]``."""
   size = cover.shape[-1]
   coords = (np.arange(size) + 0.5) / size
   mass = cover.sum(axis=(1, 2))
@@ -325,7 +292,7 @@ def area_and_offset(cover: np.ndarray) -> tuple[float, float]:
 
 
 def _checked_inputs(ys, bs, seeds, size, content_gap):
-  """The renderer's arguments, checked, as int64 vectors."""
+  """The renderer's arguments, checked; labels and seeds as int64 vectors."""
   size = check_size(size)
   gap = check_content_gap(content_gap)
   ys = np.asarray(ys, np.int64).reshape(-1)
@@ -343,9 +310,7 @@ def quantize(images: np.ndarray) -> np.ndarray:
 def render(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
            size: int = DEFAULT_SIZE, salt: int = 0,
            content_gap: float = 0.0) -> np.ndarray:
-  """Renders benchmark images, uint8 ``[N, size, size, 3]`` (real at gap 0).
-
-  Image ``i`` depends only on ``(ys[i], bs[i], seeds[i], size, salt,
-  content_gap)``. See :func:`render_float` for the arguments.
-  """
+  """Renders benchmark images, uint8 ``[N, size, size, 3]``: ``ys`` the classes
+  (landbird, waterbird, small dog, big dog), ``bs`` the backgrounds (land,
+  water, indoors, outdoors), one of the eight groups each."""
   return quantize(render_float(ys, bs, seeds, size, salt, content_gap))

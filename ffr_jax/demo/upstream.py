@@ -1,28 +1,17 @@
 """The built-in benchmark's upstream pretraining: its stand-in for ImageNet.
 
-The paper's models start from ImageNet weights; the benchmark's backbone can
-start from weights pretrained here, on a procedural, download-free dataset
-that shares nothing with the benchmark's content: no animals and none of its
-four backgrounds. A class is a *shape* with a *texture* (``"ring/checker"``,
-``"star/stripes-x"``, ...): 12 shapes x 10 textures = 120 classes, of which the
-first ``num_classes`` are used (100 by default, as many as ImageNet's
-coarse categories in spirit). Each image draws its object at a random
-position, scale and rotation, with two random colours for the texture, on a
-random scene (a two-colour gradient in a random direction, low-frequency
-blotches and a few clutter blobs of random colours) plus pixel noise.
+A procedural, download-free dataset sharing nothing with the benchmark's
+content (no animals, none of its backgrounds): a class is a *shape* with a
+*texture* (``"ring/checker"``), 12 x 10 = 120 classes, the first
+``num_classes`` used. Each image draws its object at a random position, scale
+and rotation in two random colours on a random scene, plus pixel noise. Image
+``i`` of class ``k`` depends only on ``(seed, k, i, salt, size)``; the train
+and held-out splits use different salts.
 
-Image ``i`` of class ``k`` depends only on ``(seed, k, i, salt, size)``: its
-parameters come from its own ``numpy`` generator, as in
-:mod:`ffr_jax.demo.render`. The train split uses ``TRAIN_SALT``, the held-out
-split ``TEST_SALT``, so no held-out image is a training image.
-
-:func:`pretrain` trains the demo's backbone (model ``"tiny"``) on it with the
-project's train and eval steps (:mod:`ffr_jax.training.steps`,
-:mod:`ffr_jax.training.state`) and :func:`save_torchvision` writes the weights
-in torchvision's names, so that ``model.pretrained=FILE.safetensors`` loads
-them through :func:`ffr_jax.models.weights.load_torchvision_weights`, the
-path ImageNet ResNet-50 weights take. The 100-way head is in the file and is
-replaced by the downstream head on loading (its shape differs).
+:func:`pretrain` trains the demo's backbone on it with the project's train and
+eval steps; :func:`save_torchvision` writes torchvision names, so
+``model.pretrained=FILE.safetensors`` loads it the way ImageNet ResNet-50
+weights load (the head, of another shape, is replaced).
 """
 
 from __future__ import annotations
@@ -64,8 +53,6 @@ TRAIN_SALT, TEST_SALT = 11, 12
 BATCH_SIZE = 128
 LR = 1e-3
 WEIGHT_DECAY = 1e-5
-# Per-pixel noise (0..255 units), as the benchmark's real images have.
-NOISE_STD = 6.0
 _NUM_PARAMS = 24
 _GRID = 5          # side of the coarse random field of the scene's blotches
 _CLUTTER = 3       # clutter blobs per scene
@@ -73,7 +60,7 @@ _SUPERSAMPLE = 2   # shape masks are drawn at 2x and averaged (anti-aliasing)
 
 
 def check_classes(num_classes: int) -> int:
-  """Returns ``num_classes`` as an int, or raises if outside [2, MAX_CLASSES]."""
+  """``num_classes`` as an int; raises outside [2, MAX_CLASSES]."""
   num_classes = int(num_classes)
   if not 2 <= num_classes <= MAX_CLASSES:
     raise ValueError(
@@ -177,13 +164,8 @@ def _scenes(p: np.ndarray, field: np.ndarray, u: np.ndarray, v: np.ndarray
 
 def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.DEFAULT_SIZE,
                     seed: int = 0, salt: int = TRAIN_SALT) -> np.ndarray:
-  """Renders upstream images, uint8 ``[N, size, size, 3]``.
-
-  Args:
-    labels: class of each image, in ``[0, MAX_CLASSES)``.
-    indices: the image's index within its class (its identity).
-    salt: the split's stream (``TRAIN_SALT`` or ``TEST_SALT``).
-  """
+  """Renders upstream images, uint8 ``[N, size, size, 3]``; ``indices`` are the
+  images' identities within their class, ``salt`` the split's stream."""
   size = render.check_size(size)
   labels = np.asarray(labels, np.int64).reshape(-1)
   indices = np.asarray(indices, np.int64).reshape(-1)
@@ -223,7 +205,7 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
     paint = (paint * inside[..., None]).reshape(len(sel), size, m, size, m, 3).sum(axis=(2, 4))
     paint = paint / np.maximum(cover * m * m, 1e-6)
     img[sel] = img[sel] * (1 - cover) + paint * cover
-  return render.quantize(img + NOISE_STD * noise)
+  return render.quantize(img + render.NOISE_STD * noise)
 
 
 def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
@@ -239,13 +221,8 @@ def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
 
 
 def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Our Flax variables as a torchvision state dict (names and layouts).
-
-  The inverse of :func:`ffr_jax.models.weights.torchvision_to_flax`: each leaf
-  gets its torchvision name from :func:`~ffr_jax.models.weights.flax_to_torch_name`
-  (which raises for a leaf torchvision has no name for), convolution kernels go
-  HWIO -> OIHW and linear kernels ``(in, out)`` -> ``(out, in)``.
-  """
+  """Our Flax variables as a torchvision state dict: the inverse of
+  :func:`ffr_jax.models.weights.torchvision_to_flax`."""
   state = {}
   for col in ("params", "batch_stats"):
     for path, leaf in weights_lib._flatten(variables.get(col, {})).items():  # pylint: disable=protected-access
@@ -302,14 +279,8 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
              log=print) -> tuple[dict, dict]:
   """Trains ``model_name`` on the upstream dataset with ERM (Adam).
 
-  Every epoch draws ``per_class`` new images per class (no image is seen
-  twice); the held-out split is ``HELD_OUT_PER_CLASS`` images per class of
-  the ``TEST_SALT`` stream.
-
-  Returns:
-    ``(variables, record)``: the trained ``{"params", "batch_stats"}`` (host
-    arrays) and a JSON-able record of the settings, the held-out accuracy
-    per epoch and the wall time.
+  Returns ``(variables, record)``: host arrays and a JSON-able record of the
+  settings, held-out accuracy per epoch and wall time.
   """
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1.")
@@ -328,10 +299,8 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
   rng = np.random.default_rng([seed, TRAIN_SALT])
   history = []
   for epoch in range(1, epochs + 1):
-    # Fresh images every epoch (indices (epoch - 1) * per_class + i): the
-    # dataset is procedural, so the model never sees an image twice and cannot
-    # memorise (with 100 fixed images per class it does, and held-out accuracy
-    # stalls).
+    # Fresh images every epoch: with 100 fixed images per class the model
+    # memorises them and held-out accuracy stalls.
     t = time.time()
     x_train, y_train = split(num_classes, per_class, image_size, seed,
                              TRAIN_SALT, (epoch - 1) * per_class)
@@ -365,11 +334,7 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
 
 
 def pretrain_to_file(out: str, **kwargs) -> dict:
-  """:func:`pretrain`, then the weights to ``out`` and the record next to them.
-
-  Returns:
-    The record, with the weights file's size in bytes.
-  """
+  """:func:`pretrain`, then the weights to ``out`` and the record next to them."""
   if not out.endswith(".safetensors"):
     raise ValueError(f"--out={out!r} must end in .safetensors.")
   variables, record = pretrain(**kwargs)

@@ -1,12 +1,8 @@
 """How many synthetic images to generate per ``(y, b)`` group.
 
-By default we generate what ASB and FFR stage 1 use at the configured bias
-ratio: the total USB would add (every group filled up to the largest real
-group), split equally over the groups (docs/reference.md, "Synthetic data"; e.g.
-SpuCo Animals at 95%: 38000 in total, 4750 per group). The rule itself lives in
-:mod:`ffr_jax.data.compose`, which also takes the images back out, so both ends
-agree by construction. A folder meant to serve USB too needs, per group, the
-larger of the USB and ASB needs: pass ``modes=("usb", "asb", "ffr")``.
+The rule is :mod:`ffr_jax.data.compose`'s, which also takes the images back
+out, so both ends agree by construction (docs/reference.md, "Synthetic data").
+A folder meant to serve USB too needs ``modes=("usb", "asb", "ffr")``.
 """
 
 from __future__ import annotations
@@ -24,20 +20,11 @@ DEFAULT_MODES = ("asb", "ffr")
 def needed_per_group(spec: DatasetSpec, train: Examples,
                      modes: Sequence[str] = DEFAULT_MODES, per_group: int = -1
                      ) -> dict[tuple[int, int], int]:
-  """Images per group that cover every mode in ``modes``.
+  """``{(y, b): count}`` covering every mode: the maximum over modes of
+  :func:`ffr_jax.data.compose.synthetic_needs` on the biased ``train`` split.
 
-  The same rule as the training run's synthetic pool
-  (:func:`ffr_jax.data.compose.synthetic_needs`, maximum over modes), so a
-  folder generated with the same config is exactly what training takes.
-
-  Args:
-    train: the real train split after the bias ratio (its group counts decide).
-    modes: compositions the folder must serve (``usb``, ``asb``, ``ffr``).
-    per_group: if >= 0, the explicit count per group for asb/ffr (and the cap
-      on what usb adds), instead of counts derived from ``train``.
-
-  Returns:
-    ``{(y, b): count}`` for every group of ``spec``, in ``spec.groups`` order.
+  ``per_group >= 0`` is an explicit count for asb/ffr (and the cap on what usb
+  adds) instead of counts derived from ``train``.
   """
   if not modes:
     raise ValueError("needed_per_group: name at least one mode.")
@@ -49,11 +36,7 @@ def needed_per_group(spec: DatasetSpec, train: Examples,
 
 
 def configured_per_group(config: ml_collections.ConfigDict) -> int:
-  """The explicit per-group count a config asks for, or -1 (derive from data).
-
-  ``config.generate.per_group`` when set (>= 0), else
-  ``config.data.synthetic_per_group``: what the training run reads.
-  """
+  """The explicit per-group count a config asks for, or -1 (derive from data)."""
   if config.generate.per_group >= 0:
     return int(config.generate.per_group)
   return int(config.data.synthetic_per_group)

@@ -1,29 +1,12 @@
 """Text prompts for the synthetic images, per dataset, selectable by name.
 
-Two sets (docs/reference.md, "Synthetic data"):
-
-* ``"paper"``: the paper's template ``"A photo of {bias} {class}"`` with the
-  spec's own class and bias names; works for every dataset.
-* ``"rich"``: the authors' richer prompts. CelebA-HQ: "a headshot of {gender}
-  celebrity {smiling | with serious face | with straight face}"; UTKFace: "a
-  headshot of a human {gender} {baby | aged three/four/five years old | in
-  their twenties..fifties}"; SpuCo Animals: "a photo of {breed} in {location}"
-  with breed lists per class and location lists per bias.
-
-Waterbirds' rich set names CUB species on the Places categories its images were
-pasted onto (bamboo / broadleaf forest, ocean / natural lake); CelebA's (with
-Blond_Hair and Male) follows CelebA-HQ's headshot form.
-
-A prompt set may also be a template string with ``{class}`` (or ``{a_class}``,
-with its article) and ``{bias}`` (the folder dataset's ``generate.template``):
-it is filled with the spec's names, underscores read as spaces.
-
-Rich word lists are keyed by ``spec.name`` and, inside, by the spec's class and
-bias *names*; :func:`make_prompt_fn` looks them up through
-``spec.class_names[y]`` / ``spec.bias_names[b]`` and fails early if the spec
-has a class or bias the set does not cover. Where a prompt has a choice (which
-breed, which location, which age phrase), image ``i`` of group ``g`` picks it
-with a generator seeded by ``(seed, g, i)``, so prompts are reproducible and
+``"paper"``: ``"A photo of {bias} {class}"`` with the spec's names, for every
+dataset. ``"rich"``: the authors' richer word lists per dataset
+(docs/reference.md, "Synthetic data"), keyed by the spec's class and bias
+names. A template string with ``{class}`` (or ``{a_class}``, with its article)
+and ``{bias}`` is filled with the spec's names, underscores read as spaces.
+Where a prompt has a choice (breed, location, age), image ``i`` of group ``g``
+draws it from a generator seeded by ``(seed, g, i)``: reproducible and
 independent of generation order.
 """
 
@@ -230,13 +213,8 @@ def _template_words(spec: DatasetSpec, template: str) -> dict:
 
 def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
                    ) -> PromptFn:
-  """Returns ``prompt_fn(g, index) -> str`` for group ``spec.groups[g]``.
-
-  Args:
-    prompt_set: ``"paper"``, ``"rich"``, or a template string such as
-      ``"a photo of a {class} in {bias}"``.
-    seed: seeds the choices of the rich set, per ``(seed, g, index)``.
-  """
+  """``prompt_fn(g, index) -> str`` for group ``spec.groups[g]``; ``prompt_set``
+  is ``"paper"``, ``"rich"`` or a template such as ``"a photo of a {class} in {bias}"``."""
   if prompt_set == "paper":
     return lambda g, i: paper_prompt(spec, *spec.groups[g])
   if "{" in prompt_set:
@@ -250,7 +228,6 @@ def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
 
   def prompt_fn(g: int, index: int) -> str:
     y, b = spec.groups[g]
-    # A per-image generator, so the choice depends on (seed, g, i) only.
     rng = np.random.default_rng([int(seed), int(g), int(index)])
     cls = _choose(words["classes"][spec.class_names[y]], rng)
     bias = _choose(words["biases"][spec.bias_names[b]], rng)

@@ -1,42 +1,20 @@
 """Stable Diffusion as a :class:`~ffr_jax.generation.base.Generator`, sampled by us.
 
-The weights and modules come from a local diffusers-format folder (Stable
-Diffusion v1.4 in the paper): ``FlaxCLIPTextModel`` + ``CLIPTokenizer``,
-``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL`` and a Flax scheduler
-(``pndm`` or ``ddim``). The sampling loop is ours: text encoding,
-classifier-free guidance, the scheduler steps in a ``lax.fori_loop`` and the
-VAE decode are one function, jitted once with ``NamedSharding`` over a
-``('data',)`` mesh of all devices: parameters replicated, prompts, seeds and
-latents sharded on the batch axis. Every call has the same global batch
-(``batch_size * num_devices``; the last call is padded), so there is exactly one
-compilation, and no ``pmap``.
+The modules come from a diffusers-format folder (SD v1.4 in the paper), or a
+hub id resolved to a snapshot in huggingface_hub's cache (:mod:`ffr_jax.hub`)
+with only the five components we use. A folder without Flax weights is
+converted on load (``from_pt=True``, needs torch). The sampling loop is ours:
+text encoding, classifier-free guidance, the scheduler in a ``lax.fori_loop``
+and the VAE decode, jitted once over a ``('data',)`` mesh of all devices with
+one global batch shape (the last call is padded).
 
-Reproducibility: the initial noise of image ``i`` is
-``normal(jax.random.key(seeds[i]))`` and every later operation is per-sample,
-so an image depends only on its prompt and seed, not on which batch or device
-it was in. Bitwise identity across batch shapes is not promised by XLA (it may
-pick other kernels or reduction orders per shape): in float32 on CPU we observe
-uint8 images equal up to rare off-by-one pixels (tests/test_stable_diffusion.py
-bounds it).
+The initial noise of image ``i`` is ``normal(jax.random.key(seeds[i]))`` and
+every later operation is per-sample, so an image depends only on its prompt
+and seed. XLA does not promise bitwise identity across batch shapes: on CPU,
+float32 images agree up to rare off-by-one pixels (tests/test_stable_diffusion.py).
 
-Safety checker: not used. It needs the CLIP vision model and feature extractor
-of the full release and is not part of the offline setup; the writer's
-grayscale/blank filter (``ffr_jax.generation.writer.reject_reason``) drops the
-black images the checker would produce, as the authors' filter did.
-
-Where the model comes from (``generate.model``, ``generate.revision``): a local
-diffusers folder, or a hub id such as ``CompVis/stable-diffusion-v1-4`` at a
-revision (``flax`` holds its Flax weights, ``bf16`` the same in bfloat16; ""
-the default branch). A hub id resolves to a snapshot folder in
-huggingface_hub's standard cache (:mod:`ffr_jax.hub`), downloaded once with only
-the five components we use (no safety checker, no PyTorch weights when Flax
-ones are there); ``HF_HUB_OFFLINE=1`` then reads the cache only. Everything
-after that is the local-folder path, so both load the same arrays.
-
-Weights: the folder needs Flax weights (``diffusion_flax_model.msgpack`` /
-``flax_model.msgpack``, e.g. the ``flax`` revision of CompVis/stable-diffusion-v1-4).
-A folder with only PyTorch weights is converted on load (``from_pt=True``),
-which needs ``torch`` installed.
+No safety checker (it needs the CLIP vision model): the writer's blank and
+grayscale filter drops the black images it would produce.
 """
 
 from __future__ import annotations
@@ -71,12 +49,9 @@ _PT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors",
 def prepare_imports() -> None:
   """Makes ``diffusers`` importable here; call before importing it.
 
-  Each Flax class logs a deprecation warning per instance: silenced. And where
-  the CPU wheel of torchvision is installed, its C++ ops (a CUDA build) fail to
-  register, which breaks transformers' image utilities and with them the import
-  of diffusers' UNet (docs/reference.md, "Library notes"). The workaround:
-  stub the failing submodule before torchvision is first imported; nothing
-  here uses torchvision's ops.
+  Silences the Flax classes' per-instance deprecation warnings, and stubs
+  torchvision's op registrations, which fail with its CPU wheel and break
+  diffusers' UNet import (docs/reference.md, "Library notes").
   """
   os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
   name = "torchvision._meta_registrations"
@@ -91,17 +66,8 @@ def _has_flax_weights(model_dir: str, subfolder: str) -> bool:
 
 
 def resolve_model_dir(model: str, revision: str = "") -> str:
-  """The local diffusers folder of ``model``: itself, or its hub snapshot.
-
-  Args:
-    model: a local diffusers folder or a hub id ``ORG/NAME``.
-    revision: hub branch, tag or commit of a hub id ("" = the default branch).
-
-  Raises:
-    ValueError: a revision for a local folder.
-    FileNotFoundError: neither a folder nor a hub id, or a hub id that is not
-      cached and cannot be downloaded (one line, naming the cache).
-  """
+  """The local diffusers folder of ``model``: itself, or its hub snapshot at
+  ``revision`` ("" = the default branch)."""
   if os.path.isdir(model):
     if revision:
       raise ValueError(
@@ -137,7 +103,7 @@ def _scheduler_class(name: str):
 
 
 def _cast_floats(tree, dtype):
-  """Casts floating-point leaves (weights) to ``dtype``; leaves ints alone."""
+  """Casts floating-point leaves to ``dtype``."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       tree)
@@ -145,20 +111,9 @@ def _cast_floats(tree, dtype):
 
 def load_components(model_dir: str, scheduler: str = "pndm",
                     dtype: str = "float32", revision: str = "") -> tuple[dict, dict]:
-  """Loads the SD modules and their parameters from a diffusers folder.
-
-  Args:
-    model_dir: diffusers layout with ``tokenizer/``, ``text_encoder/``,
-      ``unet/``, ``vae/`` and ``scheduler/`` subfolders, or a hub id of one
-      (see :func:`resolve_model_dir`).
-    scheduler: ``"pndm"`` or ``"ddim"`` (built from ``scheduler/``'s config).
-    dtype: compute and weight dtype of the networks (``float32``/``bfloat16``).
-    revision: hub revision of a hub id ("" = default branch).
-
-  Returns:
-    ``(modules, params)``: modules ``tokenizer, text_encoder, unet, vae,
-    scheduler``; params ``text_encoder, unet, vae, scheduler`` (the state).
-  """
+  """``(modules, params)`` of a diffusers folder or hub id: modules
+  ``tokenizer, text_encoder, unet, vae, scheduler``; params ``text_encoder,
+  unet, vae, scheduler`` (its state)."""
   prepare_imports()
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
   from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
@@ -194,16 +149,10 @@ def load_components(model_dir: str, scheduler: str = "pndm",
 
 def make_sample_fn(modules: dict, resolution: int, steps: int,
                    guidance_scale: float):
-  """The pure sampling function ``(params, prompt_ids, uncond_ids, seeds) -> uint8``.
+  """``sample(params, prompt_ids [B, L] int32, uncond_ids [1, L] int32,
+  seeds [B] uint32) -> uint8 [B, resolution, resolution, 3]``.
 
-  Args:
-    modules: from :func:`load_components`.
-    guidance_scale: classifier-free guidance weight; 1.0 disables guidance
-      (one UNet pass per step instead of two).
-
-  Returns:
-    ``sample(params, prompt_ids [B, L] int32, uncond_ids [1, L] int32,
-    seeds [B] uint32) -> uint8 [B, resolution, resolution, 3]``.
+  ``guidance_scale`` 1.0 disables guidance (one UNet pass per step, not two).
   """
   text_encoder, unet, vae = modules["text_encoder"], modules["unet"], modules["vae"]
   scheduler = modules["scheduler"]
@@ -287,16 +236,8 @@ def model_fingerprint(model_dir: str) -> str:
 class StableDiffusionGenerator:
   """Flax Stable Diffusion over all devices; implements ``Generator``.
 
-  Args:
-    model_dir: local diffusers folder or hub id (``CompVis/stable-diffusion-v1-4``).
-    resolution: image side in pixels (512 for SD v1.4).
-    steps: sampling steps (paper: 50 for animals, 25 for faces).
-    guidance_scale: classifier-free guidance (paper: 7.5).
-    scheduler: ``"pndm"`` or ``"ddim"``.
-    dtype: ``"float32"`` or ``"bfloat16"`` (use bfloat16 on accelerators).
-    batch_size: images per device per sampling call.
-    name: recorded in the manifest (default ``"sd:<folder or repo name>"``).
-    revision: hub revision of a hub id (``flax``, ``bf16``; "" = default).
+  The paper samples 50 steps (animals) or 25 (faces) at guidance 7.5;
+  ``batch_size`` is images per device per sampling call.
   """
 
   def __init__(self, model_dir: str, *, resolution: int = 512, steps: int = 50,
@@ -316,11 +257,7 @@ class StableDiffusionGenerator:
   @classmethod
   def from_components(cls, modules: dict, params: dict, *, name: str = "sd",
                       **kwargs) -> StableDiffusionGenerator:
-    """A generator from modules and params already in memory.
-
-    For benchmarks with random weights (no folder); ``kwargs`` as for the
-    constructor, ``modules``/``params`` as :func:`load_components` returns.
-    """
+    """A generator from modules and params in memory (benchmarks with random weights)."""
     self = cls.__new__(cls)
     self._setup(modules, params, name=name, **kwargs)
     return self
@@ -338,8 +275,6 @@ class StableDiffusionGenerator:
     self.settings = {"resolution": int(resolution), "steps": int(steps),
                      "guidance_scale": float(guidance_scale),
                      "scheduler": scheduler, "dtype": dtype}
-    # The training code's one ('data',) mesh over all devices: prompts and
-    # seeds sharded, parameters replicated.
     shardings = mesh_lib.make_shardings()
     self.global_batch = batch_size * shardings.num_devices
     self._replicated, self._batch = shardings.replicated, shardings.batch
@@ -362,11 +297,8 @@ class StableDiffusionGenerator:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-    """Images for ``prompts`` with per-image ``seeds``: uint8 ``[N, S, S, 3]``.
-
-    On several hosts every host must call it with the same arguments; each
-    gets all ``N`` images.
-    """
+    """uint8 ``[N, S, S, 3]``; on several hosts every host calls it with the
+    same arguments and gets all N images."""
     if len(prompts) != len(seeds):
       raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
     out = []

@@ -6,35 +6,19 @@ Layout (read by :mod:`ffr_jax.data.synthetic`)::
     {out_root}/{spec.name}/manifest.jsonl     one line per image
     {out_root}/{spec.name}/generation.json    seed, generator, prompts (checked on resume)
 
-Reproducibility: image ``i`` of group ``g`` is generated from the prompt
-``prompt_fn(g, i)`` and the per-image seed :func:`image_seed` ``(seed, g, i,
-attempt)``, so its bytes depend on neither the batch size, the device count nor
-where an earlier run stopped (given a generator that honours the
-:class:`~ffr_jax.generation.base.Generator` contract).
+Image ``i`` of group ``g`` comes from ``prompt_fn(g, i)`` and
+:func:`image_seed`, so its bytes depend on neither batch size, device count nor
+where an earlier run stopped.
 
-Crash safety: each PNG is written under a temporary name, fsynced and renamed
-into place with ``os.replace``; only then is its manifest line appended and
-fsynced. The manifest is therefore the source of truth. On restart we cut a torn
-last manifest line, delete stray temporary files and PNGs the manifest does not
-list (a crash between rename and append), drop manifest lines whose file has
-vanished or no longer decodes (deleting such a file: its bytes are damaged, and
-its seed regenerates it), and generate exactly the missing indices. Nothing is
-duplicated or lost. Whether a file decodes is checked by content: decoded once,
-then remembered by size and checksum (:func:`ffr_jax.data.images.find_unreadable`),
-so a resume re-reads every image but decodes only new or changed ones.
+Crash safety: PNGs are written under a temporary name, synced and renamed; only
+then is their manifest line appended, so the manifest is the source of truth.
+On restart a torn last line, stray temporary files and unlisted PNGs are
+removed, lines whose file vanished or no longer decodes are dropped, and
+exactly the missing indices are generated.
 
-Filter: images the safety checker blacks out, and near-grayscale images, are
-dropped (docs/reference.md, "Synthetic data") and regenerated with the next attempt's
-seed; see :func:`reject_reason`.
-
-Multi-host: generation is one collective computation over all devices of all
-hosts (the Stable Diffusion sampler is jitted over a global mesh), so every host
-must call :func:`generate_dataset` with the same arguments. Host 0 alone reads
-and writes the folder: it plans the missing indices and broadcasts the plan, all
-hosts run the generator on the same batches (which returns the full batch on
-every host), and host 0 writes every image and the single ``manifest.jsonl``.
-Other hosts need no access to ``out_root``. Resumption therefore works with any
-number of hosts, also a different one than the interrupted run.
+Multi-host: every host calls :func:`generate_dataset` with the same arguments
+(sampling is one collective computation); host 0 alone plans, broadcasts the
+plan and writes every file, so resuming works with any number of hosts.
 """
 
 from __future__ import annotations
@@ -77,11 +61,8 @@ RejectFn = Callable[[np.ndarray], "str | None"]
 
 
 def image_seed(seed: int, group: int, index: int, attempt: int = 0) -> int:
-  """The seed of image ``index`` of group ``group`` (31-bit, non-negative).
-
-  Derived with ``numpy.random.SeedSequence`` so neighbouring ``(g, i)`` give
-  unrelated seeds; ``attempt`` counts regenerations after the filter.
-  """
+  """A 31-bit seed, unrelated for neighbouring ``(group, index)``; ``attempt``
+  counts regenerations after the filter."""
   ss = np.random.SeedSequence([int(seed), int(group), int(index), int(attempt)])
   return int(ss.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
 
@@ -96,10 +77,8 @@ def reject_reason(image: np.ndarray, gray_threshold: float = GRAY_THRESHOLD,
                   blank_threshold: float = BLANK_THRESHOLD) -> str | None:
   """Why an image is dropped: ``"blank"``, ``"grayscale"`` or None (kept).
 
-  ``blank``: the luminance standard deviation is below ``blank_threshold``
-  (constant images, e.g. the safety checker's black output). ``grayscale``: the
-  mean per-pixel channel spread (:func:`channel_spread`) is below
-  ``gray_threshold``. A threshold of 0 disables that test.
+  Dropped images are regenerated with the next attempt's seed (docs/reference.md,
+  "Synthetic data"). A threshold of 0 disables that test.
   """
   img = np.asarray(image, np.float32)
   if blank_threshold > 0 and float(img.mean(axis=-1).std()) < blank_threshold:
@@ -110,7 +89,7 @@ def reject_reason(image: np.ndarray, gray_threshold: float = GRAY_THRESHOLD,
 
 
 def keep_all(image: np.ndarray) -> str | None:  # pylint: disable=unused-argument
-  """A reject function that keeps every image (disables the filter)."""
+  """Disables the filter."""
   return None
 
 
@@ -176,11 +155,8 @@ class GenerationSummary:
 
 def per_group_counts(spec: DatasetSpec,
                      per_group: int | Mapping[tuple[int, int], int]) -> list[int]:
-  """Target count of every group in ``spec.groups`` order.
-
-  Args:
-    per_group: one count for all groups, or ``{(y, b): count}`` naming every group.
-  """
+  """Target count of every group in ``spec.groups`` order, from one count or
+  ``{(y, b): count}`` naming every group."""
   if isinstance(per_group, Mapping):
     unknown = [k for k in per_group if tuple(k) not in spec.groups]
     missing = [k for k in spec.groups if k not in per_group]
@@ -194,10 +170,6 @@ def per_group_counts(spec: DatasetSpec,
   if any(c < 0 for c in counts):
     raise ValueError(f"{spec.name}: negative per-group count in {counts}.")
   return counts
-
-
-# ----------------------------------------------------------------------------
-# Resumption: reading and repairing an existing folder (host 0 only).
 
 
 def _truncate_torn_line(path: str) -> bool:
@@ -216,11 +188,8 @@ def _truncate_torn_line(path: str) -> bool:
 
 
 def _image_files(base: str, spec: DatasetSpec) -> tuple[list[str], list[str]]:
-  """Relative paths of our PNGs and of our temporary files under ``base``.
-
-  Only the ``{class}/{bias}/`` folders of ``spec`` are scanned and only names
-  this writer produces are returned, so unrelated files are never touched.
-  """
+  """Relative paths of our PNGs and temporary files under ``base`` (only names
+  this writer produces, so unrelated files are never touched)."""
   pngs, tmps = [], []
   for y, b in spec.groups:
     rel_dir = os.path.dirname(relative_image_path(spec, y, b, 0))
@@ -326,18 +295,11 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
   return done
 
 
-# ----------------------------------------------------------------------------
-# Writing.
-
-
 def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
-  """Writes a batch of files, each via a temporary name, all on disk on return.
+  """Writes a batch of files via temporary names, all on disk on return.
 
-  One ``os.sync`` per batch instead of an fsync per file: with 32 px images
-  the per-file fsyncs, not the rendering, bounded generation (about 120
-  images/s). The manifest lines are appended only after this returns, so a
-  crash leaves at worst renamed files the manifest does not list, which the
-  next run deletes as orphans.
+  One ``os.sync`` per batch: per-file fsyncs bounded generation at 32 px
+  (about 120 images/s).
   """
   tmps = []
   for path, data in files:
@@ -352,20 +314,12 @@ def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
   os.sync()
 
 
-# ----------------------------------------------------------------------------
-# Multi-host plumbing.
-
-
 def _broadcast_plan(todo: np.ndarray, count: int) -> np.ndarray:
   """Host 0's boolean array (the plan, or its failure flag) on every host."""
   if count == 1:
     return todo
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.broadcast_one_to_all(todo)).astype(bool)
-
-
-# ----------------------------------------------------------------------------
-# The driver.
 
 
 @dataclasses.dataclass
@@ -390,36 +344,12 @@ def generate_dataset(
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> GenerationSummary:
-  """Generates the missing images of ``{out_root}/{spec.name}``.
+  """Generates the images of ``{out_root}/{spec.name}`` its manifest lacks.
 
-  Indices ``0 .. per_group - 1`` of every group are generated if not already
-  listed in the manifest; existing images are kept, so the call resumes an
-  interrupted run and is a no-op on a complete folder. Every host of a
-  multi-host job must call it with the same arguments (see the module doc).
-
-  Args:
-    generator: turns ``(prompts, seeds)`` into ``uint8 [N, S, S, 3]``.
-    spec: the dataset; its class and bias names name the folders.
-    per_group: images per group: one int, or ``{(y, b): count}``.
-    out_root: the synthetic root; the dataset goes to ``out_root/spec.name``.
-    prompt_fn: ``prompt_fn(g, index) -> prompt`` for group ``spec.groups[g]``
-      (see :func:`ffr_jax.generation.prompts.make_prompt_fn`).
-    seed: the run's seed; per-image seeds come from :func:`image_seed`.
-    batch_size: images per ``generator.generate`` call.
-    reject_fn: returns a reason to drop an image, or None to keep it
-      (:func:`reject_reason`; :func:`keep_all` disables the filter).
-    max_attempts: regenerations per image before giving up with an error.
-    metadata: extra settings recorded in ``generation.json`` and checked on
-      resume (e.g. the prompt set).
-    show_progress: draw a progress bar on stderr (host 0 only).
-    stop_after: stop after writing this many images (for tests and dry runs).
-
-  Returns:
-    Per-group counts: target, present at the start, generated, filtered.
-
-  Raises:
-    ValueError: bad counts, or the folder was made with other settings.
-    RuntimeError: an image was rejected ``max_attempts`` times in a row.
+  Resumes an interrupted run; a no-op on a complete folder. ``metadata`` goes
+  into ``generation.json`` and is checked on resume; ``stop_after`` stops after
+  that many images (tests). Raises RuntimeError when an image is rejected
+  ``max_attempts`` times in a row.
   """
   targets = per_group_counts(spec, per_group)
   if batch_size < 1:
@@ -536,10 +466,6 @@ def _run_batch(generator: Generator, spec: DatasetSpec, batch: list[_Item],
   return retry
 
 
-# ----------------------------------------------------------------------------
-# Verification.
-
-
 @dataclasses.dataclass
 class VerifyReport:
   """What :func:`verify` found; ``ok`` when nothing is wrong."""
@@ -586,17 +512,8 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
            | None = None) -> VerifyReport:
   """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
 
-  Args:
-    needs: images each ``(y, b)`` group must hold (what the generate command
-      computes with :func:`ffr_jax.generation.counts.needed_per_group`); groups
-      with fewer usable images are reported as short. None: counts not checked.
-
-  Returns:
-    Missing files (listed, not on disk), orphans (on disk, not listed),
-    duplicate manifest entries, unreadable PNGs (every listed PNG is decoded,
-    or only checksummed if unchanged since it last decoded fine), stray
-    temporary files, whether the manifest ends with a torn line, and the
-    short groups.
+  ``needs``: images each ``(y, b)`` group must hold; groups with fewer usable
+  ones are reported as short (None: not checked).
   """
   base = dataset_dir(out_root, spec)
   report = VerifyReport()

@@ -29,16 +29,11 @@ def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
                 fingerprint: str, wall_seconds: float) -> dict:
   """The ``results.json`` object of one mode x method.
 
-  ``val`` and ``test`` hold ``{"worst_group_acc", "balanced_acc",
-  "group_acc": {"y=0,b=1": acc, ...}, "acc"}`` (accuracies in [0, 1]) of the
-  epoch selected by validation worst-group accuracy (after DFR's refit when
-  the method is DFR; ``val_backbone`` then holds the backbone's val numbers
-  before the refit). ``selection`` is the held-out number that hyperparameter
-  selection over runs must use: the val WA of the selected epoch, or for DFR
-  the backbone's (the refit head's val score is in-sample). A held-out
-  synthetic test set (``eval.synthetic_test_per_group``) adds
-  ``synthetic_test``. ``stages`` holds each stage's selected epoch, metrics,
-  history, epoch-0 metrics and folder (relative to the run's workdir).
+  ``val`` and ``test`` hold ``{"worst_group_acc", "balanced_acc", "group_acc":
+  {"y=0,b=1": acc, ...}, "acc"}`` (in [0, 1]) of the epoch val worst-group
+  accuracy selects, after DFR's refit for DFR (``val_backbone``: before it).
+  ``selection`` is the held-out number to select hyperparameters on; for DFR
+  the backbone's, since the refit head's val score is in-sample.
   """
   last = list(stage_results)[-1]
   return _jsonable({
@@ -69,11 +64,8 @@ def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON via a synced temporary file and a rename (host 0 only).
-
-  Never a torn or empty file, even after a power loss: readers (the sweep
-  skips runs whose results exist) see the old file or the whole new one.
-  """
+  """Writes JSON via a synced temporary file and a rename (host 0 only): never
+  a torn file, even after a power loss."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

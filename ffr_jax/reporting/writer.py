@@ -45,12 +45,8 @@ class MetricWriter:
         self._tb.add_scalar(f"{stage}/{k}", float(v), int(step))
 
   def drop_after(self, stage: str, step: int) -> None:
-    """Forgets JSON lines of ``stage`` past ``step`` (a resume redoes them).
-
-    A killed run may have logged steps after its last checkpoint; the resumed
-    run logs them again, so without this ``metrics.jsonl`` would hold those
-    steps twice. (TensorBoard shows the later value of a repeated step.)
-    """
+    """Forgets JSON lines of ``stage`` past ``step``: a run resumed from its
+    last checkpoint logs them again."""
     if not self.enabled:
       return
     path = os.path.join(self.logdir, METRICS_FILE)

@@ -1,33 +1,20 @@
 """Deep Feature Reweighting (Kirichenko et al., 2023) on frozen embeddings.
 
-DFR keeps the trained backbone and refits only the last layer: an
-L1-regularised logistic regression on group-balanced subsets of the
-*validation* set (docs/reference.md, "Methods"). As the canonical release
-(``dfr_on_validation_tune`` / ``dfr_on_validation_eval`` in
-``dfr_evaluate_spurious.py``, and the authors' FFR copies of them):
+The last layer is refitted as an L1 logistic regression on group-balanced
+subsets of the *validation* set (docs/reference.md, "Methods"), as the
+canonical ``dfr_on_validation_tune`` / ``dfr_on_validation_eval``:
 
-1. tuning: split val in two halves; cut every group of the first half to that
-   half's smallest group (a group-balanced fit set), fit a ``StandardScaler``
-   on that balanced fit set and standardise both halves with it; for each C in
-   the grid fit on the balanced fit set and score worst-group accuracy on the
-   second half; keep the best C (the first in grid order among ties, as the
-   canonical ``argmax``);
-2. final fit: standardise with a ``StandardScaler`` fitted on the *training*
-   embeddings; fit ``num_refits`` times at the best C, each on a fresh
-   group-balanced subset of the whole val set (every group cut to the smallest
-   val group), and average ``coef_`` and ``intercept_``.
+1. tuning: split val in two halves; balance the first half's groups,
+   standardise both halves with a scaler fitted on that balanced set, and keep
+   the C with the best worst-group accuracy on the second half (the first in
+   grid order among ties);
+2. final fit: standardise with the *training* embeddings' scaler and average
+   ``num_refits`` fits at the best C, each on a fresh balanced subset of val.
 
-The two steps standardise differently on purpose: that is what the canonical
-code does, and tuning C against other statistics than the ones it is fitted
-with would change which C wins (L1 strength depends on feature scale).
-
-One deliberate change: the halves are split *within each group* instead of by
-a plain random permutation, so every group is present in both halves (with ten
-minority examples a random split can leave a group out of one half, and the
-canonical code then fits on an empty group or scores a NaN).
-
-This runs on the host with scikit-learn (liblinear, one-vs-rest for more than
-two classes); embeddings are small numpy arrays by then.
+The two scalers differ on purpose, as in the canonical code (L1 strength
+depends on feature scale). One deliberate change: the halves are split within
+each group, so a ten-example minority group is never missing from a half.
+Runs on the host with scikit-learn (liblinear).
 """
 
 from __future__ import annotations
@@ -42,45 +29,27 @@ from sklearn.preprocessing import StandardScaler
 
 @dataclasses.dataclass(frozen=True)
 class DFRResult:
-  """The refitted last layer and how it was chosen.
-
-  Attributes:
-    best_c: the chosen inverse regularisation strength.
-    coef: float64[K, D]; K = 1 for two classes (sklearn's binary layout),
-      else one row per class (one-vs-rest).
-    intercept: float64[K].
-    classes: int64[num_classes], the label of each class column (sorted).
-    mean: float64[D], training-embedding mean used to standardise.
-    std: float64[D], training-embedding std (1 where it was 0).
-    c_scores: C -> worst-group accuracy on the held-out half of val (the
-      classifier fitted on the other, balanced half).
-  """
+  """The refitted last layer and how it was chosen."""
 
   best_c: float
-  coef: np.ndarray
-  intercept: np.ndarray
-  classes: np.ndarray
-  mean: np.ndarray
-  std: np.ndarray
-  c_scores: dict[float, float]
+  coef: np.ndarray  # float64[K, D]; K = 1 for two classes, else one-vs-rest
+  intercept: np.ndarray  # float64[K]
+  classes: np.ndarray  # int64, the sorted label of each class column
+  mean: np.ndarray  # float64[D], of the training embeddings
+  std: np.ndarray  # float64[D], 1 where it was 0
+  c_scores: dict[float, float]  # C -> worst-group accuracy on val's held-out half
 
   @property
   def heldout_worst_group_acc(self) -> float:
-    """The best C's worst-group accuracy on the held-out half of val.
-
-    Unlike the refit head's accuracy on val (which it was fitted on), this is
-    an out-of-sample number.
-    """
+    """The best C's worst-group accuracy on val's held-out half (out of sample,
+    unlike the refit head's val accuracy)."""
     return self.c_scores[self.best_c]
 
 
 def standardizer(embeddings: np.ndarray, what: str = "training embeddings"
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """``(mean, scale)`` of sklearn's ``StandardScaler`` fitted on ``embeddings``.
-
-  The scale is the population std, 1 for (numerically) constant features,
-  which are then only centred.
-  """
+  """``(mean, scale)`` of sklearn's ``StandardScaler`` on ``embeddings`` (scale 1
+  for constant features)."""
   x = np.asarray(embeddings, np.float64)
   if x.ndim != 2 or x.shape[0] == 0:
     raise ValueError(f"DFR: expected {what} of shape [N>0, D], got {x.shape}.")
@@ -128,11 +97,8 @@ MAX_ITER = 10_000
 
 
 def _l1_logreg(c: float, rng: np.random.Generator) -> LogisticRegression:
-  """L1 logistic regression with liblinear, across sklearn versions.
-
-  sklearn 1.8 deprecated ``penalty`` in favour of ``l1_ratio=1``; older
-  versions only read ``l1_ratio`` for elastic net.
-  """
+  """L1 logistic regression with liblinear; sklearn 1.8 replaced ``penalty``
+  with ``l1_ratio=1``, which older versions read only for elastic net."""
   # max_iter as the authors' DFR scripts (sklearn's default is 100).
   kwargs = dict(C=float(c), solver="liblinear", max_iter=MAX_ITER,
                 random_state=int(rng.integers(2**31 - 1)))
@@ -145,10 +111,8 @@ def _fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float,
          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """``(coef [K, D], intercept [K])`` of an L1 logistic regression.
 
-  Two classes give one binary fit (K = 1, positive = ``classes[1]``), as
-  sklearn lays it out. More classes give liblinear's one-vs-rest, one binary
-  fit per class, done here because sklearn >= 1.8 refuses multiclass
-  liblinear.
+  Two classes: one binary fit (positive ``classes[1]``). More: one-vs-rest,
+  done here because sklearn >= 1.8 refuses multiclass liblinear.
   """
   positives = classes[1:] if len(classes) == 2 else classes
   coefs, intercepts = [], []
@@ -178,11 +142,7 @@ def _validated(
     val_groups: np.ndarray, num_groups: int,
     group_names: Sequence[str] | None, dims: int,
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
-  """Val arrays as float64/int64, rows per group and the sorted classes.
-
-  Raises a ValueError naming what is wrong: shapes, an empty group, a group
-  with a single example (it cannot be in both halves), or a single class.
-  """
+  """Val arrays as float64/int64, rows per group and the sorted classes."""
   x = np.asarray(val_embeddings, np.float64)
   y = np.asarray(val_labels).astype(np.int64)
   g = np.asarray(val_groups).astype(np.int64)
@@ -217,26 +177,8 @@ def fit_dfr(
 ) -> DFRResult:
   """Tunes C on val halves, then averages ``num_refits`` balanced fits.
 
-  Args:
-    train_embeddings: float[N_train, D]; only their mean/std are used, to
-      standardise the final refits (tuning standardises with its own fit
-      half).
-    val_embeddings: float[N_val, D].
-    val_labels: int[N_val] classes.
-    val_groups: int[N_val] group ids in ``[0, num_groups)``.
-    num_groups: G; every group must have at least two val examples (one per
-      half for tuning).
-    c_grid: inverse L1 strengths to try (``c.dfr.c_grid``).
-    num_refits: balanced fits averaged at the best C (``c.dfr.num_refits``).
-    seed: seeds every subsample and the solver.
-    group_names: optional names (``GroupScheme.names()``) for error messages.
-
-  Returns:
-    A :class:`DFRResult`; use :func:`predict` / :func:`logits` on embeddings.
-
-  Raises:
-    ValueError: on an empty or single-example group, an empty grid, or
-      mismatched shapes.
+  Only the mean and std of ``train_embeddings`` are used. Every group needs
+  two val examples (one per half); ``group_names`` name them in errors.
   """
   mean, std = standardizer(train_embeddings)
   x, y, per_group, classes = _validated(
@@ -271,11 +213,7 @@ def fit_dfr(
 def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
             per_group: list[np.ndarray], c_grid: Sequence[float],
             rng: np.random.Generator) -> dict[float, float]:
-  """Worst-group accuracy on the score half for each C (fit half balanced).
-
-  ``x`` is the raw val embeddings: as the canonical ``dfr_on_validation_tune``,
-  the scaler is fitted on the balanced fit rows and applied to both halves.
-  """
+  """Worst-group accuracy on the score half for each C, from raw val embeddings."""
   fit_groups, score_groups = _split_halves(per_group, rng)
   rows = _balanced_subset(fit_groups, rng)
   mean, std = standardizer(x[rows], "the balanced fit half of val")
@@ -290,11 +228,7 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
 
 
 def logits(result: DFRResult, embeddings: np.ndarray) -> np.ndarray:
-  """Decision scores ``[N, K]`` of the averaged classifier on raw embeddings.
-
-  K = 1 for two classes (positive means ``classes[1]``), else one
-  one-vs-rest score per class.
-  """
+  """Decision scores ``[N, K]`` of the averaged classifier on raw embeddings."""
   x = (np.asarray(embeddings, np.float64) - result.mean) / result.std
   return _scores(result.coef, result.intercept, x)
 

@@ -9,12 +9,8 @@ github.com/kohpangwei/group_DRO), step by step (docs/reference.md, "Methods"):
 3. ``q <- q * exp(eta * A_g)``, then ``q <- q / sum(q)``;
 4. ``loss = sum_g q_g L_g`` with the *updated* q, which is not differentiated.
 
-The weights ``q`` are training state: the caller stores the returned
-``weights`` in its train state (and so in checkpoints) and passes them back in.
-
-Everything is plain ``jnp`` over the batch axis, so under ``jit`` with a batch
-sharded across devices the group sums are global sums and every device sees the
-same q.
+``q`` is train state (checkpointed). Under ``jit`` with a sharded batch the
+group sums are global, so every device sees the same q.
 """
 
 from __future__ import annotations
@@ -26,19 +22,12 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class GroupDROOutput:
-  """What one GroupDRO step returns.
+  """What one GroupDRO step returns."""
 
-  Attributes:
-    loss: scalar, ``sum_g q_g L_g`` with the updated q (stop-gradient).
-    weights: float32[G], the updated group weights q; store as train state.
-    group_losses: float32[G], ``L_g`` (0 for groups absent from the batch).
-    group_counts: float32[G], examples of each group in the batch.
-  """
-
-  loss: jax.Array
-  weights: jax.Array
-  group_losses: jax.Array
-  group_counts: jax.Array
+  loss: jax.Array  # sum_g q_g L_g with the updated q
+  weights: jax.Array  # float32[G], the updated q
+  group_losses: jax.Array  # float32[G], L_g (0 for groups absent from the batch)
+  group_counts: jax.Array  # float32[G], examples of each group in the batch
 
 
 def init_weights(num_groups: int) -> jax.Array:
@@ -54,17 +43,9 @@ def group_mean_losses(
     mask: jax.Array | None,
     num_groups: int,
 ) -> tuple[jax.Array, jax.Array]:
-  """Per-group mean loss of a batch and the per-group counts.
+  """``(L, count)``, float32[G] each, ``L_g = sum / max(count_g, 1)``.
 
-  Args:
-    per_example_loss: float[B].
-    group: int[B] group ids; ids outside ``[0, num_groups)`` count nowhere.
-    mask: bool[B] or None; False rows (padding) are ignored.
-    num_groups: G, static.
-
-  Returns:
-    ``(L, count)``: float32[G] each; ``L_g = sum / max(count_g, 1)``, so an
-    absent group has ``L_g = 0`` exactly as in the canonical code.
+  Group ids outside ``[0, num_groups)`` and False ``mask`` rows count nowhere.
   """
   onehot = jax.nn.one_hot(group, num_groups, dtype=jnp.float32)
   if mask is not None:
@@ -80,12 +61,8 @@ def group_mean_losses(
 def size_adjustments(group_sizes: jax.Array | None,
                      size_adjustment: float | jax.Array,
                      num_groups: int) -> jax.Array:
-  """``C / sqrt(n_g)`` per group; 0 where ``n_g = 0`` (no inf, no NaN).
-
-  The canonical code would divide by zero for an empty training group; such a
-  group never appears in a batch, so giving it no adjustment changes nothing
-  but keeps q finite.
-  """
+  """``C / sqrt(n_g)`` per group; 0 where ``n_g = 0`` (the canonical code
+  divides by zero there; such a group is never in a batch)."""
   if group_sizes is None:
     return jnp.zeros((num_groups,), jnp.float32)
   n = jnp.asarray(group_sizes, jnp.float32)
@@ -94,12 +71,8 @@ def size_adjustments(group_sizes: jax.Array | None,
 
 def update_weights(q: jax.Array, adjusted_losses: jax.Array,
                    eta: float | jax.Array) -> jax.Array:
-  """``q * exp(eta * A) / sum(...)``, the exponentiated-gradient step.
-
-  The exponent is shifted by its maximum before ``exp``. The shift cancels in
-  the normalisation, so the result equals the canonical formula, but a large
-  loss cannot overflow to inf and turn q into NaN.
-  """
+  """``q * exp(eta * A) / sum(...)``; the exponent is shifted by its maximum
+  (cancelled by the normalisation) so a large loss cannot overflow."""
   step = eta * adjusted_losses
   q = q * jnp.exp(step - jnp.max(step))
   return q / jnp.sum(q)
@@ -116,27 +89,10 @@ def groupdro_loss(
 ) -> GroupDROOutput:
   """One canonical GroupDRO step: update q, return the robust loss.
 
-  The q update uses the size-adjusted losses ``L_g + C / sqrt(n_g)``; the
-  returned loss is ``group_losses @ q_new`` with the *unadjusted* ``L_g``, as
-  docs/reference.md states. (In Sagawa's code ``adjusted_loss += ...`` aliases
-  ``group_loss`` in place, so their logged loss also carries the constant
-  ``sum_g q_g C / sqrt(n_g)``; its gradient is the same, since that term does
-  not depend on the parameters and q is detached.)
-
-  Args:
-    per_example_loss: float[B], e.g. softmax cross-entropy per example.
-    group: int[B] group ids in ``[0, G)``.
-    mask: bool[B] or None; False rows are ignored everywhere.
-    q: float32[G], current group weights (from :func:`init_weights` or the
-      previous step).
-    eta: step size of the weight update (``c.groupdro.eta``).
-    size_adjustment: C (``c.groupdro.size_adjustment``); 0 disables it.
-    group_sizes: float/int[G] training-set group counts ``n_g``; None means no
-      adjustment. Groups with ``n_g = 0`` get none.
-
-  Returns:
-    A :class:`GroupDROOutput`. Its ``loss`` has gradient
-    ``q_g / count_g`` with respect to each example of group g in the batch.
+  q is updated with the size-adjusted ``L_g + C / sqrt(n_g)``; the loss is
+  ``group_losses @ q_new`` with the unadjusted ``L_g``. (Sagawa's code aliases
+  ``group_loss`` in place, so its logged loss carries a constant more; the
+  gradient is the same.) ``group_sizes`` None: no size adjustment.
   """
   num_groups = q.shape[0]
   group_losses, counts = group_mean_losses(per_example_loss, group, mask,

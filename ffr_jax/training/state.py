@@ -14,22 +14,15 @@ from ffr_jax.mesh import Shardings
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training stage needs to resume exactly.
+  """Everything a training stage needs to resume exactly."""
 
-  Attributes:
-    step: optimizer steps taken in this stage.
-    group_weights: GroupDRO's q over the stage's groups (uniform and unused
-      for other methods). Part of the state so it is checkpointed.
-    rng: raw data of the stage's base PRNG key (uint32); the step folds in
-      ``step``, so the randomness of a step does not depend on where a run
-      was resumed.
-  """
-
-  step: jax.Array
+  step: jax.Array  # optimizer steps taken in this stage
   params: Any
   batch_stats: Any
   opt_state: Any
-  group_weights: jax.Array
+  group_weights: jax.Array  # GroupDRO's q (uniform, unused by other methods)
+  # Raw data of the stage's base key; each step folds in ``step``, so its
+  # randomness does not depend on where a run was resumed.
   rng: jax.Array
 
   def variables(self) -> dict:
@@ -37,11 +30,8 @@ class TrainState:
 
 
 def make_optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
-  """Adam with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
-
-  The authors use ``torch.optim.Adam(weight_decay=1e-5)``, which is coupled L2
-  (not AdamW): the decay term goes through Adam's normalisation.
-  """
+  """Adam with coupled L2 weight decay (not AdamW), as the authors'
+  ``torch.optim.Adam(weight_decay=1e-5)``."""
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
 
 
@@ -56,19 +46,8 @@ def init_variables(model, image_size: int, seed: int) -> dict:
 def create_state(model, tx: optax.GradientTransformation, image_size: int,
                  num_groups: int, seed: int, shardings: Shardings,
                  variables: dict | None = None) -> TrainState:
-  """Creates the state directly on the mesh, replicated.
-
-  The abstract state comes from ``jax.eval_shape`` so no full-size host copy is
-  ever made; ``jax.jit(..., out_shardings=...)`` then materialises it in place.
-
-  Args:
-    model: a flax linen module taking ``(x, train)``.
-    image_size: input side, for initialisation shapes.
-    num_groups: size of the GroupDRO weight vector.
-    seed: initialisation and step randomness seed.
-    variables: start from these ``{'params', 'batch_stats'}`` (pretrained
-      weights or a previous stage) instead of a fresh initialisation.
-  """
+  """Creates the state directly on the mesh, replicated, never as a full host
+  copy; from ``variables`` (pretrained or a previous stage) if given."""
 
   def build(variables):
     if variables is None:

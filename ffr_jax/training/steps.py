@@ -1,9 +1,5 @@
-"""The jitted train and eval steps.
-
-One train step for every method: the method only changes how per-example
-losses become the batch loss (``ffr_jax.training.methods``). The step is
-compiled once per stage with explicit in/out shardings, the state donated.
-"""
+"""The jitted train and eval steps; a method only changes how per-example
+losses become the batch loss (``ffr_jax.training.methods``)."""
 
 from __future__ import annotations
 
@@ -22,15 +18,11 @@ from ffr_jax.training.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """Static settings of a train step.
-
-  Attributes:
-    num_groups: groups of the stage's scheme (GroupDRO weight size).
-    freeze_bn: run batch norm on its running statistics (not updated) while
-      its scale and offset still train; FFR stage 2's option.
-  """
+  """Static settings of a train step."""
 
   num_groups: int
+  # Batch norm on its running statistics (not updated) while its scale and
+  # offset still train: FFR stage 2's option.
   freeze_bn: bool = False
 
 
@@ -39,18 +31,10 @@ LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
                     cfg: StepConfig, shardings: Shardings, state: TrainState):
-  """Compiles ``step(state, batch) -> (state, metrics)``.
+  """Compiles ``step(state, batch) -> (state, metrics)``, the state donated.
 
-  Args:
-    loss_fn: ``(per_example_loss, group, group_weights) -> (loss,
-      new_group_weights)`` of the method.
-    shardings: mesh shardings; the batch is sharded on 'data', the state
-      replicated.
-    state: an example state, for its shardings.
-
-  Returns:
-    The jitted step. Its metrics are device scalars (loss, accuracy, whether
-    the loss was finite); the caller fetches them only when it logs.
+  ``state`` is an example, for its shardings. The metrics are device scalars,
+  fetched by the caller only when it logs.
   """
 
   def step(state: TrainState, batch: dict):
