@@ -87,13 +87,16 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
   return examples.take(keep)
 
 
-def bias_splits(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSplits:
-  """Applies the ratio to train and val (val keeps >= 10 per group); test as is."""
+def bias_splits(splits: DatasetSplits, ratio: float, seed: int,
+                bias_val: bool = True) -> DatasetSplits:
+  """Applies the ratio to train, and to val when ``bias_val`` (the paper's
+  protocol; val keeps >= 10 per group); test as is."""
+  val = splits.val
+  if bias_val:
+    val = apply_bias_ratio(splits.spec, val, ratio, seed + 1,
+                           min_per_group=MIN_VAL_PER_GROUP)
   return splits.replace(
-      train=apply_bias_ratio(splits.spec, splits.train, ratio, seed),
-      val=apply_bias_ratio(splits.spec, splits.val, ratio, seed + 1,
-                           min_per_group=MIN_VAL_PER_GROUP),
-  )
+      train=apply_bias_ratio(splits.spec, splits.train, ratio, seed), val=val)
 
 
 def seeded_split(examples: Examples, seed: int
