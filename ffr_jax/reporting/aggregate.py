@@ -244,12 +244,8 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-  """The chosen hyperparameters of a cell and their runs (one per seed).
-
-  ``candidates`` lists every hyperparameter setting with its selection score
-  (mean ``selection_wa`` over the seeds all candidates share) and seed count,
-  best first.
-  """
+  """A cell's chosen hyperparameters and their runs (one per seed);
+  ``candidates``: every setting's (hparams, score, seed count), best first."""
 
   cell: Cell
   hparams: tuple
@@ -274,14 +270,9 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
 
 
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
-  """Per cell, the hyperparameters with the best mean selection WA over seeds.
-
-  Candidates are compared on the seeds they all have (so a setting with one
-  lucky seed does not beat one with three), or each on its own seeds when
-  they share none. Ties go to the first setting in sorted order
-  (deterministic). Two runs of the same setting and seed (a duplicate
-  folder) are an error.
-  """
+  """Per cell, the hyperparameters with the best mean selection WA over the
+  seeds all candidates share (each its own if none); ties: first in sorted
+  order. Raises ValueError on two runs of one setting and seed."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
@@ -313,12 +304,8 @@ def select(records: Sequence[Record]) -> dict[Cell, Selection]:
 
 def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
             metric: str) -> Stat | None:
-  """Mean and sample std over seeds of the per-seed average over ``cells``.
-
-  A seed counts only if every cell has it (so each seed's average is over the
-  same cells); None if a cell is missing, lacks ``metric``, or no seed is
-  common to all cells.
-  """
+  """Mean and sample std over the seeds every cell has of the per-seed
+  average over ``cells``; None if a cell or the metric is missing."""
   if not cells:
     return None
   chosen = [selections.get(c) for c in cells]

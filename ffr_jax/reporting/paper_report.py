@@ -1,17 +1,8 @@
-"""The paper's tables and figures from selected results (markdown + PNG).
+"""The paper's tables and figures, and its claims' tests, from selected results.
 
-* Figure 3: test worst-group (WA) and balanced accuracy (BA) against the bias
-  ratio, one line per mode (none, usb, asb, ffr), ERM, one row per dataset.
-* Figure 4: methods (ERM, GroupDRO, Resampling, DFR) x modes (none, usb, asb,
-  ffr), averaged over datasets and bias ratios.
-* Table 1: FFR's stages (stage1_only, none = stage 2 only, stage2_then_1,
-  ffr), ERM, per dataset averaged over bias ratios.
-* Table 2: pretraining distribution (none, ffr_biased, ffr), ERM.
-* Table 3: real vs held-out synthetic test data (usb, asb, ffr), ERM.
-
-Every number is a mean ± sample std over seeds (see
-:mod:`ffr_jax.reporting.aggregate`); a missing cell is ``—`` in tables and
-absent (figures: a gap or a grey ``—`` square), never a zero.
+Figure 3 (modes with ERM against the bias ratio), Figure 4 (methods x modes),
+Tables 1-3 (stages, pretraining distribution, real vs synthetic test) as
+markdown + PNG; mean ± sample std over seeds; missing is ``—``, never zero.
 """
 
 from __future__ import annotations
@@ -220,11 +211,8 @@ REAL_SYN = (("test_wa", "real WA"), ("test_ba", "real BA"),
 
 
 def conditions_table(sel: dict[Cell, Selection]) -> str:
-  """Cells run under several conditions, one column pair per condition.
-
-  E.g. the fingerprint-strength ablation: usb/asb/ffr at one bias ratio for
-  ``benchmark.strength`` 0, 0.5 and 1.
-  """
+  """Cells run under several conditions (e.g. ``benchmark.strength``), one
+  column pair per condition."""
   conds = agg.conditions(sel)
   base: dict[tuple, set] = {}
   for c in sel:
