@@ -5,8 +5,9 @@ and ``--config.data.bias_attribute`` name two of ``list_attr_celeba.txt``'s 40
 columns; class and bias names come from the attribute names ("not blond" /
 "blond", "female" / "male"). ``data.majority`` says which bias value dominates
 each class (``"class:bias,..."`` in those names); empty means the value with
-the most official train images of each class. Train and val are pre-biased to
-90%, then brought to ``data.bias_ratio``, as for CelebA-HQ.
+the most official train images of each class. Train is pre-biased to 90%,
+then brought to ``data.bias_ratio``, as for CelebA-HQ; val and test stay
+official (``--config.data.bias_val=True``: val too, the paper's protocol).
 
 Usage: ``--config=configs/celeba.py --config.data.root=DIR`` or ``...:smoke``.
 """
@@ -28,5 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # official train counts alone, not blond would be female: 71629 vs 66874.)
   config.data.majority = "not blond:male,blond:female"
   config.generate.steps = 25  # the authors' steps for faces
+  config.data.bias_val = False  # the official val
   apply_arg(config, arg)
   return config.lock()

@@ -1,40 +1,75 @@
-"""Tables and figures of the paper from a sweep's results.
+"""Tables, figures and the claims' tests of the paper from a sweep's results.
 
-    python -m ffr_jax.report --workdir=DIR [--out=DIR/report] [--title=...]
+    python -m ffr_jax.report --workdir=DIR [--sweep=configs/sweeps/X.py:arg]
+    python -m ffr_jax.report --runs=DIR/runs.jsonl --out=OUT
 
-Scans every ``results.json`` under ``--workdir`` (a sweep, or runs), selects hyperparameters per cell by mean
-validation worst-group accuracy over seeds, and writes ``report.md`` with
-Figures 3 and 4 (PNG + table) and Tables 1-3 into ``--out``. See
-:mod:`ffr_jax.reporting.paper_report` for what each holds.
+From a workdir it reads every ``results.json``, writes ``DIR/runs.jsonl``
+(one object per run) and the report; from ``--runs`` it rebuilds the same
+report from that file alone (:mod:`ffr_jax.reporting.paper_report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import flags
 
 from ffr_jax import cli
+from ffr_jax import config as config_lib
 from ffr_jax.reporting import aggregate
 from ffr_jax.reporting import paper_report
 
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Folder searched for results.json files.")
+_RUNS = flags.DEFINE_string("runs", None, "A runs.jsonl to report on instead.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", "", "The sweep config the workdir ran: its `planned` count of grid "
+    "dicts labels runs planned or extension ('': all planned).")
+_GRID = flags.DEFINE_enum(
+    "grid", "", ["", "planned"], "'planned': report only the planned grid's "
+    "runs ('': every run).")
 _OUT = flags.DEFINE_string("out", "", "Output folder ('': {workdir}/report).")
 _TITLE = flags.DEFINE_string("title", "Results", "The report's heading.")
 _PREAMBLE = flags.DEFINE_string(
     "preamble", "", "Markdown placed under the heading (e.g. the command).")
-flags.mark_flags_as_required(["workdir"])
+
+
+def planned_runs(sweep_path: str) -> set[str] | None:
+  """Names of the runs of the sweep's planned grid dicts (None: all planned)."""
+  from ffr_jax import experiments  # pylint: disable=g-import-not-at-top
+  sweep = config_lib.load_config_file(sweep_path)
+  planned = sweep.get("planned")
+  if planned is None:
+    return None
+  unnamed = tuple(sweep.get("unnamed", ()))
+  return {experiments.run_name({k: v for k, v in a.items() if k not in unnamed})
+          for a in experiments.expand_grid(sweep.grid[:planned])}
 
 
 def main(argv: list[str]) -> None:
   del argv
-  workdir = os.path.abspath(_WORKDIR.value)
-  records = aggregate.load_records(workdir)
-  if not records:
-    raise FileNotFoundError(f"No results.json under {workdir}; train runs "
-                            "with ffr_jax.main or ffr_jax.sweep first.")
-  out = os.path.abspath(_OUT.value or os.path.join(workdir, "report"))
+  if bool(_WORKDIR.value) == bool(_RUNS.value):
+    raise ValueError("Give exactly one of --workdir (a sweep's folder) and "
+                     "--runs (a runs.jsonl).")
+  if _RUNS.value:
+    records = aggregate.load_runs(_RUNS.value)
+    out = os.path.abspath(_OUT.value or os.path.join(
+        os.path.dirname(os.path.abspath(_RUNS.value)), "report"))
+  else:
+    workdir = os.path.abspath(_WORKDIR.value)
+    records = aggregate.load_records(workdir)
+    if not records:
+      raise FileNotFoundError(f"No results.json under {workdir}; train runs "
+                              "with ffr_jax.main or ffr_jax.sweep first.")
+    planned = planned_runs(_SWEEP.value) if _SWEEP.value else None
+    if planned is not None:  # paths are runs/{name}
+      records = [dataclasses.replace(r, grid="planned" if r.path.split(
+          os.sep, 1)[-1] in planned else "extension") for r in records]
+    aggregate.write_runs(records, os.path.join(workdir, "runs.jsonl"))
+    out = os.path.abspath(_OUT.value or os.path.join(workdir, "report"))
+  if _GRID.value:
+    records = [r for r in records if r.grid == _GRID.value]
   paper_report.write_report(records, out, _TITLE.value, _PREAMBLE.value)
   print(f"{len(records)} runs -> {os.path.join(out, 'report.md')}")
 

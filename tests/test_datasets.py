@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ffr_jax.data import bias, celeba_hq, datasets, spuco, utk_face
-from ffr_jax.data.types import DatasetSplits, Examples, group_table
+from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples, group_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("train", "val", "test")
@@ -110,6 +110,33 @@ def test_official_spuco_arithmetic():
     out = bias.apply_bias_ratio(spec, val, ratio, seed=0,
                                 min_per_group=bias.MIN_VAL_PER_GROUP)
     assert out.count(0, 1) == out.count(3, 2) == kept
+
+
+@pytest.mark.parametrize("ratio", [0.95, 0.99])
+def test_bias_rule_reaches_the_ratio_with_three_bias_values(ratio):
+  # Two classes, three bias values each: two minority groups per class, 1000
+  # majority and 200 / 100 minority images. Capping each minority group
+  # alone gave a majority share of 0.904 at 0.95.
+  spec = DatasetSpec(name="three", class_names=("a", "b"),
+                     bias_names=("x", "y", "z"),
+                     groups=tuple((c, b) for c in range(2) for b in range(3)),
+                     majority_bias=(0, 1))
+  sizes = {0: 1000, 1: 200, 2: 100}
+  paths, ys, bs = [], [], []
+  for y, b in spec.groups:
+    n = sizes[(b - y) % 3]
+    paths += [f"{y}_{b}_{i:04d}.jpg" for i in range(n)]
+    ys += [y] * n
+    bs += [b] * n
+  out = bias.apply_bias_ratio(spec, Examples.from_lists(paths, ys, bs), ratio,
+                              seed=0)
+  keep = 300 - bias.minority_to_remove(1000, 300, ratio)
+  for y, share in bias.achieved_ratio(spec, out).items():
+    assert share == pytest.approx(1000 / (1000 + keep), abs=1e-9)
+    assert share == pytest.approx(ratio, abs=1e-3)
+    # Shared 2:1, as the minority groups were.
+    minor = sorted(out.count(y, b) for b in range(3) if b != y)
+    assert sum(minor) == keep and abs(minor[1] - 2 * minor[0]) <= 2
 
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 1.2])

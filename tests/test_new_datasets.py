@@ -77,20 +77,29 @@ def test_waterbirds_official_splits_as_given(wb_root):
 
 @pytest.mark.parametrize("ratio,train_minority,val_minority", [
     # 0.95: landbird keeps 100 * .05 / .95 = 5.3 -> int(6 - 5.3) = 0 removed;
-    # waterbird keeps 2.1 of 4 -> 1 removed. Val, balanced within class, is
-    # brought to the ratio with at least 10 per minority group.
+    # waterbird keeps 2.1 of 4 -> 1 removed. With data.bias_val, val (balanced
+    # within class) is brought to the ratio with at least 10 per minority group.
     (0.95, {(0, 1): 6, (1, 0): 3}, {(0, 1): 10, (1, 0): 10}),
     # 0.99: keep 100 * .01 / .99 = 1.01 -> int(6 - 1.01) = 4 removed -> 2.
     (0.99, {(0, 1): 2, (1, 0): 1}, {(0, 1): 10, (1, 0): 10}),
 ])
-def test_waterbirds_ratio_rule_drops_minority_of_train_and_val(
+def test_waterbirds_ratio_rule_drops_minority_of_train_and_val_on_request(
     wb_root, ratio, train_minority, val_minority):
-  splits = datasets.load_dataset(data_config("waterbirds", wb_root, ratio))
+  splits = datasets.load_dataset(data_config("waterbirds", wb_root, ratio,
+                                             bias_val=True))
   got = counts(splits)
   official = fake_trees.WATERBIRDS_COUNTS
   assert got["train"] == {**official["train"], **train_minority}
   assert got["val"] == {**official["val"], **val_minority}
   assert got["test"] == official["test"]  # never changed
+
+
+@pytest.mark.parametrize("ratio", [0.95, 0.99])
+def test_waterbirds_default_val_and_test_are_the_official_ones(wb_root, ratio):
+  got = counts(datasets.load_dataset(data_config("waterbirds", wb_root, ratio)))
+  official = fake_trees.WATERBIRDS_COUNTS
+  assert got["val"] == official["val"] and got["test"] == official["test"]
+  assert got["train"] != official["train"] or ratio == 0.95
 
 
 def test_waterbirds_missing_images_are_counted(tmp_path):
@@ -132,7 +141,11 @@ def test_waterbirds_root_one_level_too_deep_gets_a_hint(wb_root):
 
 
 def test_celeba_official_partition_prebias_and_ratio(celeba_root):
-  splits = datasets.load_dataset(data_config("celeba", celeba_root, 0.95))
+  official_val = counts(datasets.load_dataset(data_config(
+      "celeba", celeba_root, 0.95)))["val"]
+  assert official_val == fake_trees.CELEBA_COUNTS["val"]  # the default
+  splits = datasets.load_dataset(data_config("celeba", celeba_root, 0.95,
+                                             bias_val=True))
   spec = splits.spec
   assert spec.class_names == ("not blond", "blond")
   assert spec.bias_names == ("female", "male")

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
+from ffr_jax import report as report_command
 from ffr_jax.reporting import aggregate as agg
+from ffr_jax.reporting import claims
 from ffr_jax.reporting import paper_report
 from ffr_jax.reporting.aggregate import Cell
 
@@ -229,3 +231,118 @@ def test_report_command_writes_the_report(tmp_path):
                          f"--workdir={empty}"], cwd=ROOT, capture_output=True,
                         text=True, check=False)
   assert proc.returncode != 0 and "No results.json" in proc.stderr
+
+
+# --- The claims' statistics ---------------------------------------------------
+
+
+def test_signed_rank_p_is_the_exact_test_on_known_answers():
+  # All 12 signs positive: 1 of 2**12 sign patterns, two-sided.
+  assert claims.signed_rank_p([5.0] * 12) == pytest.approx(2 * 0.5 ** 12)
+  assert claims.signed_rank_p([4.0, -4.0] * 6) == 1.0  # symmetric
+  assert claims.signed_rank_p([0.0] * 5) == 1.0
+  # Zeros dropped; five tied |4| (mid-rank 3) and one 8 (rank 6): the negative
+  # rank sum 3 or less has 6 of 64 patterns (none, or one of the five 4s).
+  assert claims.signed_rank_p([0, 0, 4, 4, 8, -4, 4, 4]) == pytest.approx(
+      2 * 6 / 64)
+  # No ties: ranks 1..12 with rank 12 negative; P(negative sum >= 66) is the
+  # number of subsets of 1..12 summing to <= 12 (35) over 4096, twice.
+  assert claims.signed_rank_p(list(range(1, 12)) + [-12]) == pytest.approx(
+      2 * 70 / 4096)
+
+
+def test_holm_and_bootstrap_on_known_values():
+  assert claims.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+      [0.03, 0.06, 0.06, 0.02])
+  assert claims.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+  assert claims.bootstrap_interval([5.0] * 12) == pytest.approx((5.0, 5.0))
+  low, high = claims.bootstrap_interval([4.0, -4.0] * 6)
+  assert low < 0 < high
+  assert (low, high) == claims.bootstrap_interval([4.0, -4.0] * 6)  # seeded
+
+
+def test_claims_are_labelled_by_the_paired_tests():
+  # Four ratios x 3 seeds = 12 pairs. FFR - USB is +5 WA every time; FFR -
+  # ASB alternates +-4; USB's BA - WA gap is 5 points below FFR's every time.
+  results = []
+  for ratio in (0.9, 0.95, 0.96, 0.97):
+    for seed in range(3):
+      sign = 1 if (seed + int(100 * ratio)) % 2 else -1
+      results += [_result("ffr", "erm", seed, ratio=ratio, wa=0.55, ba=0.9),
+                  _result("usb", "erm", seed, ratio=ratio, wa=0.5, ba=0.8),
+                  _result("asb", "erm", seed, ratio=ratio, wa=0.55 + 0.04 * sign,
+                          ba=0.9 + 0.04 * sign)]
+  sel = agg.select([agg.record_from_results(r) for r in results])
+  got = {r.claim.text: r for r in claims.evaluate(sel, ())}
+  usb = got["FFR beats USB with ERM"]
+  assert usb.diffs.size == 12 and usb.diffs.mean() == pytest.approx(5.0)
+  assert usb.p == pytest.approx(2 * 0.5 ** 12)
+  # Four claims have pairs (the two gaps too); two of them at p = 2**-11.
+  assert usb.p_holm == pytest.approx(4 * 2 * 0.5 ** 12)
+  assert usb.verdict == "supported"
+  assert got["FFR beats ASB with ERM"].verdict == "not resolved"
+  assert got["FFR beats ASB with ERM"].p == 1.0
+  assert (got["Table 3: FFR's real BA - WA gap is smaller than USB's"].verdict
+          == "contradicted")
+  at99 = got["FFR beats USB with ERM at >= 99% bias"]
+  assert at99.diffs.size == 0 and at99.p is None
+  table = claims.table(list(got.values()))
+  assert "| FFR beats USB with ERM | ffr/erm test_wa | usb/erm test_wa | 12 | " \
+         "+5.0 | [+5.0, +5.0] | 0.00049 | 0.002 | **supported** |" in table
+
+
+# --- runs.jsonl ---------------------------------------------------------------
+
+
+def test_runs_jsonl_rebuilds_the_workdirs_report(tmp_path):
+  work = tmp_path / "work"
+  _paper_like_tree(work)
+  # A second learning rate for FFR at 99%, better on val: selection must see it.
+  _write(work / "more", [_result("ffr", "erm", s, val=0.9, wa=0.2, lr=1e-4)
+                         for s in range(3)])
+  report = [sys.executable, "-m", "ffr_jax.report"]
+  subprocess.run(report + [f"--workdir={work}", f"--out={tmp_path / 'a'}"],
+                 cwd=ROOT, capture_output=True, text=True, check=True)
+  rows = [json.loads(l) for l in (work / "runs.jsonl").read_text().splitlines()]
+  assert len(rows) == 45
+  row = next(r for r in rows if r["run"].startswith("more/"))
+  assert {k: row[k] for k in ("mode", "method", "lr", "grid", "test_wa",
+                              "settings")} == {
+      "mode": "ffr", "method": "erm", "lr": 1e-4, "grid": "planned",
+      "test_wa": 0.2, "settings": {"train.lr": 1e-4}}
+  subprocess.run(report + [f"--runs={work / 'runs.jsonl'}",
+                           f"--out={tmp_path / 'b'}"],
+                 cwd=ROOT, capture_output=True, text=True, check=True)
+  text = (tmp_path / "a" / "report.md").read_text()
+  assert (tmp_path / "b" / "report.md").read_text() == text
+  assert "train.lr=0.0001 of" in text and "## The paper's claims, tested" in text
+  assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
+
+
+def test_runs_are_labelled_planned_or_extension_by_the_sweep(tmp_path):
+  sweep = tmp_path / "sweep.py"
+  sweep.write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  c = ml_collections.ConfigDict()\n"
+      "  c.config = 'configs/demo.py'\n"
+      "  c.fixed = ()\n"
+      "  c.grid = ({'mode': ('ffr',), 'seed': (0, 1)},\n"
+      "            {'mode': ('ffr', 'usb'), 'seed': (0,)})\n"
+      "  c.planned = 1\n"
+      "  return c\n")
+  assert report_command.planned_runs(str(sweep)) == {"mode=ffr/seed=0",
+                                                     "mode=ffr/seed=1"}
+  for mode in ("ffr", "usb"):
+    run = tmp_path / "runs" / f"mode={mode}" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(_result(mode, "erm", 0)))
+  subprocess.run([sys.executable, "-m", "ffr_jax.report",
+                  f"--workdir={tmp_path}", f"--sweep={sweep}"], cwd=ROOT,
+                 capture_output=True, text=True, check=True)
+  rows = agg.load_runs(str(tmp_path / "runs.jsonl"))
+  assert [(r.mode, r.grid) for r in rows] == [("ffr", "planned"),
+                                              ("usb", "extension")]
+  (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
+  with pytest.raises(ValueError, match=r"bad\.jsonl:1: not a run"):
+    agg.load_runs(str(tmp_path / "bad.jsonl"))

@@ -24,6 +24,11 @@ Args:
   on/off for FFR with ERM, plus the fingerprint (strength 0 / 1.0) and
   content-gap (0) ablations at 99% bias. The results in docs/results/ come
   from it.
+  The first ``planned`` grid dicts are the planned grid, the rest the
+  extension added after reading its report (``report --sweep`` labels them).
+* ``verdict2``: the pre-registered new verdict (docs/protocol_verdict2.md):
+  fresh seeds, each on its own rendered instance, one stage-2 lr grid for
+  every mode, the BatchNorm controls, the robust methods at fewer seeds.
 * ``smoke``: a handful of one-epoch runs of ``configs/demo.py:smoke`` (tests).
 """
 
@@ -39,6 +44,12 @@ SEEDS = (0, 1, 2)
 MODES = ("none", "usb", "asb", "ffr")
 METHODS = ("erm", "groupdro", "resampling", "dfr")
 ABLATIONS = ("stage1_only", "stage2_then_1", "ffr_biased")  # with ERM
+# docs/protocol_verdict2.md: seeds and benchmark instances never used before
+# (the calibration and the first verdict used 0-2 and benchmark.seed 0).
+VERDICT2_SEEDS = tuple(range(100, 110))
+VERDICT2_ROBUST_SEEDS = VERDICT2_SEEDS[:3]
+VERDICT2_LRS = (1e-3, 1e-4, 1e-5)
+VERDICT2_ROBUST = ("groupdro", "resampling", "dfr", "jtt", "afr")
 DATASETS = (  # (config file, folder under $FFR_DATA)
     ("configs/spuco.py", "spuco"),
     ("configs/celeba_hq.py", "celeba_hq"),
@@ -102,6 +113,7 @@ def _demo() -> ml_collections.ConfigDict:
   # report keeps the best per cell on mean validation WA over seeds.
   grid.append({**common, "mode": MODES, "method": ("erm",),
                "train.lr": (1e-4, 1e-5)})
+  c.planned = len(grid) + 2  # and the two ablation dicts below
   # The ablations of the generated images at 99% bias: no fingerprint, a
   # stronger one, and no content gap (the defaults are the main sweep's).
   at99 = {"data.bias_ratio": (0.99,), "method": ("erm",), "seed": SEEDS}
@@ -125,6 +137,35 @@ def _demo() -> ml_collections.ConfigDict:
   return c
 
 
+def _verdict2() -> ml_collections.ConfigDict:
+  from ffr_jax.training import methods  # pylint: disable=g-import-not-at-top
+  c = _sweep("configs/demo.py")
+  c.fixed = (("eval.synthetic_test_per_group", 50),)
+  # jtt and afr join once registered; the protocol starts the sweep only then.
+  robust = tuple(m for m in VERDICT2_ROBUST if m in methods.METHODS)
+  grid = []
+  for seed in VERDICT2_SEEDS:  # one dict per seed: seed s renders instance s
+    run = {"data.bias_ratio": DEMO_RATIOS, "seed": (seed,),
+           "benchmark.seed": (seed,)}
+    grid += [
+        {**run, "mode": MODES + ("stage2_then_1", "ffr_biased"),
+         "method": ("erm",), "train.lr": VERDICT2_LRS},
+        {**run, "mode": ("stage1_only",), "method": ("erm",)},
+        # Control (b): FFR with frozen BN at every lr.
+        {**run, "mode": ("ffr",), "method": ("erm",), "train.lr": VERDICT2_LRS,
+         "train.freeze_bn": (True,)},
+        # Control (a): stage 1's weights, BN statistics re-estimated on real
+        # train (Adam steps of size 0).
+        {**run, "mode": ("ffr",), "method": ("erm",), "train.lr": (0.0,)},
+    ]
+    if seed in VERDICT2_ROBUST_SEEDS:
+      grid.append({**run, "mode": MODES, "method": robust,
+                   "train.lr": VERDICT2_LRS})
+  c.grid = tuple(grid)
+  c.planned = len(grid)
+  return c
+
+
 def _smoke() -> ml_collections.ConfigDict:
   c = _sweep("configs/demo.py:smoke")
   c.fixed = (("eval.synthetic_test_per_group", 10),)
@@ -134,8 +175,8 @@ def _smoke() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The sweep for ``arg`` in ("", "demo", "smoke")."""
-  makers = {"": _paper, "demo": _demo, "smoke": _smoke}
+  """The sweep for ``arg`` in ("", "demo", "verdict2", "smoke")."""
+  makers = {"": _paper, "demo": _demo, "verdict2": _verdict2, "smoke": _smoke}
   if (arg or "") not in makers:
     raise ValueError(f"Unknown sweep arg {arg!r}; known: {sorted(makers)}.")
   c = makers[arg or ""]()

@@ -1,13 +1,10 @@
 """Seeded splits and the authors' bias-ratio rule.
 
-The bias ratio ``p`` is the fraction of a class held by its majority bias group.
-The authors reach it by dropping random minority samples class by class
-(docs/reference.md, "Bias ratios"): with ``r = 1 - p`` the minority count to keep is
-``majority_count * r / (1 - r)``, the number removed is
-``int(minority_count - to_keep)``, and a group already below ``to_keep`` is left
-alone. We follow that rule exactly so our group counts equal theirs, but draw
-the dropped samples with a seeded generator over path-sorted rows, so the result
-does not depend on file-system order.
+The bias ratio ``p`` is the majority bias group's share of its class. The
+authors drop random minority samples class by class (docs/reference.md, "Bias
+ratios"): with ``r = 1 - p`` the minority keeps ``majority_count * r / (1 - r)``
+and ``int(minority_count - to_keep)`` are removed. We draw the dropped samples
+with a seeded generator over path-sorted rows (independent of file-system order).
 """
 
 from __future__ import annotations
@@ -60,42 +57,46 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
                      floor_keep: bool = False) -> Examples:
   """Drops random minority examples so each class reaches ``ratio``.
 
-  Only real examples are considered. Each minority group keeps at least
-  ``min_per_group`` examples (or all it has, if fewer).
-
-  Args:
-    spec: the dataset's groups and majority biases.
-    ratio: target bias ratio in (0.5, 1).
-    seed: seeds which minority examples are dropped.
-    floor_keep: see :func:`minority_to_remove`.
-
-  Returns:
-    The kept examples, in path order.
+  A class's minority groups together keep what the authors' rule keeps for
+  one (``minority_to_remove`` on their total), shared in proportion to their
+  sizes (largest remainder), so a class with several minority groups reaches
+  ``ratio`` too. Each minority group keeps at least ``min_per_group`` (or all
+  it has). Returns the kept examples in path order.
   """
   ratio = check_ratio(ratio)
   examples = examples.sorted()
   rng = np.random.default_rng(seed)
   keep = np.ones(len(examples), bool)
   for y, b_major in enumerate(spec.majority_bias):
-    n_major = examples.count(y, b_major)
-    for (gy, gb) in spec.groups:
-      if gy != y or gb == b_major:
-        continue
-      idx = np.flatnonzero(examples.mask(gy, gb))
-      remove = minority_to_remove(n_major, len(idx), ratio, floor_keep)
-      remove = min(remove, max(len(idx) - min_per_group, 0))
-      if remove:
-        keep[rng.choice(idx, size=remove, replace=False)] = False
+    idxs = [np.flatnonzero(examples.mask(gy, gb)) for gy, gb in spec.groups
+            if gy == y and gb != b_major]
+    sizes = np.array([len(i) for i in idxs])
+    total = int(sizes.sum())
+    remove = minority_to_remove(examples.count(y, b_major), total, ratio,
+                                floor_keep)
+    if not remove:
+      continue
+    share = (total - remove) * sizes / total
+    kept = np.floor(share).astype(int)
+    left = (total - remove) - kept.sum()
+    kept[np.argsort(-(share - kept), kind="stable")[:left]] += 1
+    for idx, n_keep in zip(idxs, kept):
+      drop = min(len(idx) - n_keep, max(len(idx) - min_per_group, 0))
+      if drop:
+        keep[rng.choice(idx, size=drop, replace=False)] = False
   return examples.take(keep)
 
 
-def bias_splits(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSplits:
-  """Applies the ratio to train and val (val keeps >= 10 per group); test as is."""
+def bias_splits(splits: DatasetSplits, ratio: float, seed: int,
+                bias_val: bool = True) -> DatasetSplits:
+  """Applies the ratio to train, and to val when ``bias_val`` (the paper's
+  protocol; val keeps >= 10 per group); test as is."""
+  val = splits.val
+  if bias_val:
+    val = apply_bias_ratio(splits.spec, val, ratio, seed + 1,
+                           min_per_group=MIN_VAL_PER_GROUP)
   return splits.replace(
-      train=apply_bias_ratio(splits.spec, splits.train, ratio, seed),
-      val=apply_bias_ratio(splits.spec, splits.val, ratio, seed + 1,
-                           min_per_group=MIN_VAL_PER_GROUP),
-  )
+      train=apply_bias_ratio(splits.spec, splits.train, ratio, seed), val=val)
 
 
 def seeded_split(examples: Examples, seed: int

@@ -35,7 +35,7 @@ PARTITION_FILE = "list_eval_partition.txt"
 PARTITION_IDS = {"0": "train", "1": "val", "2": "test"}
 # load/make_spec keyword -> key under config.data (configs/celeba.py).
 OPTIONS = (("target", "target_attribute"), ("bias", "bias_attribute"),
-           ("majority", "majority"))
+           ("majority", "majority"), ("bias_val", "bias_val"))
 # Words for the value 0 and 1 of attributes whose generic "not x" / "x" reads
 # badly in a prompt ("A photo of male blond").
 _VALUE_WORDS = {
@@ -129,8 +129,10 @@ def _majority(text: str, target: str, bias: str, train: Examples
   return layouts.infer_majority(train, 2, 2)
 
 
-def make_spec(root: str, target: str, bias: str, majority: str) -> DatasetSpec:
+def make_spec(root: str, target: str, bias: str, majority: str,
+              bias_val: bool = True) -> DatasetSpec:
   """The spec for these attributes; reads the data only to infer the majority."""
+  del bias_val
   _check_attributes(target, bias)
   if majority:
     return _spec(target, bias, _majority(majority, target, bias, None))
@@ -138,8 +140,10 @@ def make_spec(root: str, target: str, bias: str, majority: str) -> DatasetSpec:
 
 
 def load(root: str, split_seed: int = 0, target: str = "Blond_Hair",
-         bias: str = "Male", majority: str = "") -> DatasetSplits:
-  """Loads CelebA from ``root``: official partition, 90% pre-bias of train/val.
+         bias: str = "Male", majority: str = "", bias_val: bool = True
+         ) -> DatasetSplits:
+  """Loads CelebA from ``root``: official partition, 90% pre-bias of train
+  (and of val when ``bias_val``).
 
   Rows whose image file is missing are skipped and counted under
   ``"missing_image"``.
@@ -152,5 +156,7 @@ def load(root: str, split_seed: int = 0, target: str = "Blond_Hair",
   splits, missing = _read(root, target, bias)
   spec = _spec(target, bias, _majority(majority, target, bias, splits["train"]))
   train, val = layouts.prebias(spec, splits["train"], splits["val"], split_seed)
+  if not bias_val:
+    val = splits["val"]
   return layouts.dataset_splits(spec, {"missing_image": missing}, train=train,
                                 val=val, test=splits["test"])

@@ -197,7 +197,8 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
   for reason, n in splits.skipped.items():
     logging.info("%s: skipped %d file(s): %s, e.g. %s", splits.spec.name, n,
                  reason, splits.skipped_files.get(reason, [])[:2])
-  return bias.bias_splits(splits, ratio, int(cfg_data.split_seed))
+  return bias.bias_splits(splits, ratio, int(cfg_data.split_seed),
+                         bias_val=bool(cfg_data.get("bias_val", True)))
 
 
 def resolve_roots(config: ml_collections.ConfigDict, workdir: str

@@ -5,18 +5,12 @@ The layout (docs/reference.md, "Waterbirds")::
     root/waterbird_complete95_forest2water2/metadata.csv
     root/waterbird_complete95_forest2water2/{species folder}/{image}.jpg
 
-``metadata.csv`` has the columns ``img_id,img_filename,y,split,place,
-place_filename``; ``img_filename`` is relative to the dataset folder, ``y`` is
-0 landbird / 1 waterbird, ``place`` 0 land / 1 water background, ``split``
-0/1/2 train/val/test. The official splits are used as given: train is 95%
-biased (3498/184 landbirds, 1057/56 waterbirds on land/water), while the
-official val and test are group-balanced within each class.
-
-``load_dataset`` then applies the configured bias ratio to train and val with
-the authors' minority-dropping rule, as for SpuCo Animals: at 95% train is left
-as it is, and val, balanced within class, is brought to the ratio too (each
-minority group keeps ``bias.MIN_VAL_PER_GROUP`` = 10 at least), so model
-selection sees train's bias as in the paper. Test is never changed.
+``metadata.csv``: ``img_filename`` (relative to the dataset folder), ``y`` 0
+landbird / 1 waterbird, ``place`` 0 land / 1 water, ``split`` 0/1/2
+train/val/test. Train is 95% biased (3498/184 landbirds, 1057/56 waterbirds on
+land/water); val and test are group-balanced within each class. The bias
+ratio then applies to train; val stays official unless ``data.bias_val``
+(configs/waterbirds.py).
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
-"""From many ``results.json`` files to the paper's numbers.
+"""From many ``results.json`` files (or one ``runs.jsonl``) to the paper's numbers.
 
-Each run is one seed of one *setting*. A setting is a *cell* (dataset, bias
-ratio, mode, method, and any *condition* such as ``benchmark.strength``) plus
-*hyperparameters* (``train.lr``, ``train.freeze_bn``, ...). Per cell we keep
-the hyperparameters with the best mean *selection score* over seeds (compared
-on the seeds all candidates share) and report that setting's test numbers as
-mean and **sample** standard deviation (``ddof=1``) over seeds.
-
-The selection score is ``results.json["selection"]["worst_group_acc"]``: the
-validation worst-group accuracy of the selected epoch (source ``"val"``, as
-the authors did), and for DFR the backbone's val WA before the refit (source
-``"backbone_val"``). A DFR run's ``"val"`` metrics are those of the refit head
-on the very data it was fitted on, so selecting on them would favour settings
-whose last layer overfits val. Averages over datasets
-and bias ratios (Figure 4, Tables 1-3) are taken per seed, over a set of cells
-that must all be present for that seed, and then summarised over seeds the
-same way; anything missing stays missing (None), never zero.
+Each run is one seed of one *setting*: a *cell* (dataset, bias ratio, mode,
+method, and any *condition* such as ``benchmark.strength``) plus
+*hyperparameters* (``train.lr``, ...). Per cell the hyperparameters with the
+best mean *selection score* over the seeds all candidates share are kept, and
+reported as mean and sample std (``ddof=1``) over seeds. The selection score
+is ``results.json["selection"]``: the val WA of the selected epoch, for DFR
+the backbone's (the refit head's val WA is in-sample). Averages over datasets
+and ratios are per seed over cells all present for that seed; missing stays
+None, never zero.
 """
 
 from __future__ import annotations
@@ -26,6 +19,8 @@ import math
 import os
 from collections.abc import Sequence
 from typing import Any
+
+import ml_collections
 
 from ffr_jax import config as config_lib
 from ffr_jax.reporting.results import RESULTS_FILE
@@ -48,13 +43,11 @@ METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """One finished run, reduced to what the report needs.
+  """One finished run, reduced to what the report needs (accuracies in [0, 1]).
 
-  Accuracies are in [0, 1]; ``syn_*`` are None when the run had no
-  synthetic test set. ``selection_wa`` is the number hyperparameters are
-  chosen on and ``selection_source`` says what it is (``"val"``,
-  ``"backbone_val"``); ``val_wa`` is the run's reported val WA (for DFR the
-  refit head's, in-sample).
+  ``selection_wa`` is what hyperparameters are chosen on, ``selection_source``
+  what it is (``"val"``, ``"backbone_val"``); ``lr`` is the stage-2 or only
+  stage's learning rate, ``stage1_lr`` the synthetic stage's (None without one).
   """
 
   path: str
@@ -71,6 +64,17 @@ class Record:
   test_ba: float
   syn_wa: float | None = None
   syn_ba: float | None = None
+  lr: float | None = None
+  stage1_lr: float | None = None
+  freeze_bn: bool | None = None
+  selected_epoch: int | None = None
+  test_group_acc: dict | None = dataclasses.field(default=None, compare=False)
+  grid: str = "planned"  # or "extension": the sweep config says (report --sweep)
+
+  @property
+  def wa_ba_gap(self) -> float:
+    """Test BA - WA: how far the worst group lags the average."""
+    return self.test_ba - self.test_wa
 
 
 def _selection(results: dict, path: str) -> tuple[float, str]:
@@ -84,6 +88,19 @@ def _selection(results: dict, path: str) -> tuple[float, str]:
   return float(sel["worst_group_acc"]), str(sel["source"])
 
 
+def _learning_rates(results: dict) -> tuple[float | None, float | None]:
+  """(stage-2 or only stage's lr, synthetic stage's lr or None)."""
+  config = results.get("config") or {}
+  if "train" not in config or "lr" not in config["train"]:
+    return None, None
+  lr = config_lib.train_lr(ml_collections.ConfigDict(
+      {"train": config["train"], "mode": results["mode"]}))
+  stage1_lr = (config.get("stage1") or {}).get("lr")
+  if not any(s.startswith("stage1") for s in results.get("stage_order", ())):
+    return lr, None
+  return (stage1_lr if results["mode"] == "stage1_only" else lr), stage1_lr
+
+
 def record_from_results(results: dict, path: str = "") -> Record:
   """A :class:`Record` from a ``results.json`` object.
 
@@ -93,6 +110,7 @@ def record_from_results(results: dict, path: str = "") -> Record:
   syn = results.get("synthetic_test") or {}
   selection_wa, selection_source = _selection(results, path)
   config = config_lib.flatten(results.get("config", {}))
+  lr, stage1_lr = _learning_rates(results)
   return Record(
       path=path, dataset=results["dataset"],
       bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
@@ -103,7 +121,10 @@ def record_from_results(results: dict, path: str = "") -> Record:
       val_wa=float(results["val"]["worst_group_acc"]),
       test_wa=float(results["test"]["worst_group_acc"]),
       test_ba=float(results["test"]["balanced_acc"]),
-      syn_wa=syn.get("worst_group_acc"), syn_ba=syn.get("balanced_acc"))
+      syn_wa=syn.get("worst_group_acc"), syn_ba=syn.get("balanced_acc"),
+      lr=lr, stage1_lr=stage1_lr, freeze_bn=config.get("train.freeze_bn"),
+      selected_epoch=results.get("selected_epoch"),
+      test_group_acc=results["test"].get("group_acc"))
 
 
 def results_paths(workdir: str) -> list[str]:
@@ -113,11 +134,60 @@ def results_paths(workdir: str) -> list[str]:
 
 
 def load_records(workdir: str) -> list[Record]:
-  """A :class:`Record` of every ``results.json`` under ``workdir`` (sorted paths)."""
+  """A :class:`Record` of every ``results.json`` under ``workdir``; ``path`` is
+  the run folder relative to ``workdir``."""
   records = []
   for path in results_paths(workdir):
     with open(path) as f:
-      records.append(record_from_results(json.load(f), path))
+      record = record_from_results(json.load(f), path)
+    records.append(dataclasses.replace(
+        record, path=os.path.relpath(os.path.dirname(path), workdir)))
+  return records
+
+
+# ----------------------------------------------------------------------------
+# runs.jsonl: one object per run, enough to rebuild every table and figure.
+
+# Record fields written as they are; ``path`` is written as ``run``, and
+# ``settings`` only with the keys that vary (those that make hyperparameters
+# and conditions).
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Record)
+                    if f.name not in ("path", "settings"))
+
+
+def write_runs(records: Sequence[Record], path: str) -> None:
+  """Writes ``runs.jsonl``: one JSON object per record, in record order."""
+  keys = sorted(set().union(*split_keys(records)))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    for r in records:
+      row = {"run": r.path, **{k: getattr(r, k) for k in _ROW_FIELDS},
+             "settings": {k: r.settings.get(k) for k in keys}}
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def load_runs(path: str) -> list[Record]:
+  """The records of a ``runs.jsonl`` (:func:`write_runs`).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a line that is not one run's object (the message names it).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No runs file {path}; write one with "
+                            "`python -m ffr_jax.report --workdir=DIR`.")
+  records = []
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        settings = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in row.pop("settings").items()}
+        records.append(Record(path=row.pop("run"), settings=settings, **row))
+      except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}:{lineno}: not a run of runs.jsonl ({e}).") from None
   return records
 
 
@@ -174,12 +244,8 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-  """The chosen hyperparameters of a cell and their runs (one per seed).
-
-  ``candidates`` lists every hyperparameter setting with its selection score
-  (mean ``selection_wa`` over the seeds all candidates share) and seed count,
-  best first.
-  """
+  """A cell's chosen hyperparameters and their runs (one per seed);
+  ``candidates``: every setting's (hparams, score, seed count), best first."""
 
   cell: Cell
   hparams: tuple
@@ -204,14 +270,9 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
 
 
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
-  """Per cell, the hyperparameters with the best mean selection WA over seeds.
-
-  Candidates are compared on the seeds they all have (so a setting with one
-  lucky seed does not beat one with three), or each on its own seeds when
-  they share none. Ties go to the first setting in sorted order
-  (deterministic). Two runs of the same setting and seed (a duplicate
-  folder) are an error.
-  """
+  """Per cell, the hyperparameters with the best mean selection WA over the
+  seeds all candidates share (each its own if none); ties: first in sorted
+  order. Raises ValueError on two runs of one setting and seed."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
@@ -243,12 +304,8 @@ def select(records: Sequence[Record]) -> dict[Cell, Selection]:
 
 def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
             metric: str) -> Stat | None:
-  """Mean and sample std over seeds of the per-seed average over ``cells``.
-
-  A seed counts only if every cell has it (so each seed's average is over the
-  same cells); None if a cell is missing, lacks ``metric``, or no seed is
-  common to all cells.
-  """
+  """Mean and sample std over the seeds every cell has of the per-seed
+  average over ``cells``; None if a cell or the metric is missing."""
   if not cells:
     return None
   chosen = [selections.get(c) for c in cells]
