@@ -61,7 +61,7 @@ def _cases(tmp: pathlib.Path) -> list[tuple[str, list[str], pathlib.Path | None]
        [sys.executable, "-m", "ffr_jax.analyze", "embeddings",
         f"--workdir={tmp}"], None),
       ("data summary, unknown dataset",
-       [sys.executable, "-m", "ffr_jax.data", "--config=configs/spuco.py",
+       [sys.executable, "-m", "ffr_jax.data_summary", "--config=configs/spuco.py",
         "--config.data.name=nope", "--config.data.root=/x"], None),
       ("generate --verify of a never generated folder",
        [sys.executable, "-m", "ffr_jax.generate", f"--config={SMOKE}",

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "tiny"         # 4 modes train in minutes on 2 cores
   # Every mode starts from the upstream-pretrained backbone, as every mode in
-  # the paper starts from ImageNet (python -m ffr_jax.demo pretrain).
+  # the paper starts from ImageNet (python -m ffr_jax.benchmark pretrain).
   c.model.pretrained = demo.UPSTREAM_WEIGHTS
 
   c.train.batch_size = 64

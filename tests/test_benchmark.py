@@ -200,7 +200,7 @@ def test_render_speed_floor():
 
 
 def test_grid_cli(tmp_path):
-  from ffr_jax.demo.__main__ import main  # pylint: disable=g-import-not-at-top
+  from ffr_jax.benchmark import main  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "grid.png")
   assert main(["grid", f"--out={out}", "--strength=1", "--per_group=2"]) == 0
   from PIL import Image  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""The real-dataset loaders, the registry and `python -m ffr_jax.data`.
+"""The real-dataset loaders, the registry and `python -m ffr_jax.data_summary`.
 
 Protects: group counts at every bias ratio (the authors' rule), splits that do
 not depend on file-system order, the 90% pre-bias of CelebA-HQ and UTKFace,
@@ -381,7 +381,7 @@ def test_spuco_layout_reused_with_another_spec(small_spuco):
 def _run(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get(
       "PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "ffr_jax.data", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "ffr_jax.data_summary", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=120)
 
 

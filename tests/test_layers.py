@@ -8,8 +8,8 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ffr_jax"
 COMMANDS = {"ffr_jax.main", "ffr_jax.generate", "ffr_jax.sweep",
-            "ffr_jax.report", "ffr_jax.analyze", "ffr_jax.data.__main__",
-            "ffr_jax.demo.__main__"}
+            "ffr_jax.report", "ffr_jax.analyze", "ffr_jax.data_summary",
+            "ffr_jax.benchmark"}
 # Lowest first; a module is in the layer of its longest matching prefix (a
 # package's __init__ is in its package's layer). A module may import its own
 # layer and lower ones.

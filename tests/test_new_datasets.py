@@ -46,7 +46,7 @@ def counts(splits: DatasetSplits) -> dict[str, dict[tuple[int, int], int]]:
 
 
 def _run_data(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "ffr_jax.data", *args],
+  return subprocess.run([sys.executable, "-m", "ffr_jax.data_summary", *args],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

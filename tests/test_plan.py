@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -178,3 +179,52 @@ def test_data_digest_does_not_depend_on_verify_images(tmp_path, monkeypatch):
     return plan_lib.examples_digest(datasets.load_dataset(c.data).train, [root])
 
   assert digest(True) == digest(False)
+
+
+# ---------------------------------------------------------------------------
+# The RunSpec: evaluation sets are part of a stage; settings checked first.
+
+
+def _files(root, name, n, ys, bs):
+  os.makedirs(root / name, exist_ok=True)
+  paths = []
+  for i in range(n):
+    path = root / name / f"{i}.png"
+    path.write_bytes(f"{name}{i}".encode())
+    paths.append(str(path))
+  return Examples.from_lists(paths, ys[:n], bs[:n])
+
+
+def _data(root, val_name="val"):
+  from ffr_jax.data.types import DatasetSplits  # pylint: disable=import-outside-toplevel
+  from ffr_jax.demo import render  # pylint: disable=import-outside-toplevel
+  from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  ys, bs = [0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 0, 1, 2, 3, 2, 3]
+  splits = DatasetSplits(render.DEMO_SPEC, _files(root, "train", 8, ys, bs),
+                         _files(root, val_name, 8, ys, bs),
+                         _files(root, "test", 8, ys, bs))
+  return run_lib.RunData(splits, None, None, (str(root),))
+
+
+def test_a_finished_stage_is_never_reused_for_other_evaluation_sets(tmp_path):
+  config = _config(mode="none")
+  same = plan_lib.plan_run(config, _data(tmp_path)).stages[0]
+  other_val = plan_lib.plan_run(config, _data(tmp_path, "val2")).stages[0]
+  assert same.data == other_val.data  # the same training examples ...
+  assert same.fingerprint != other_val.fingerprint  # ... but another val
+  # A held-out synthetic test set added is another stage too (planned from
+  # the settings), for every stage of every mode.
+  with_syn = _config(mode="ffr", **{"eval.synthetic_test_per_group": 2})
+  for a, b in zip(_plans(_config(mode="ffr")), _plans(with_syn)):
+    assert a.fingerprint != b.fingerprint
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"dfr.c_grid": ()}, "dfr.c_grid"),
+    ({"dfr.num_refits": 0}, "num_refits"), ({"train.lr": float("inf")}, "lr=inf"),
+])
+def test_method_and_stage_settings_are_checked_before_any_work(override, message):
+  method = next(iter(override)).split(".")[0]
+  method = "dfr" if method == "dfr" else "erm"
+  with pytest.raises(ValueError, match=message):
+    _plans(_config(mode="none", method=method, **override))

@@ -105,7 +105,7 @@ def test_saved_weights_load_through_model_pretrained_with_the_same_outputs(tmp_p
 
 @pytest.mark.slow
 def test_pretrain_command_writes_weights_and_record(tmp_path):
-  from ffr_jax.demo.__main__ import main  # pylint: disable=import-outside-toplevel
+  from ffr_jax.benchmark import main  # pylint: disable=import-outside-toplevel
   out = str(tmp_path / "up.safetensors")
   assert main(["pretrain", f"--out={out}", "--classes=5", "--per_class=4",
                "--epochs=1"]) == 0

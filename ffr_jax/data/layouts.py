@@ -217,7 +217,7 @@ def infer_majority(train: Examples, num_classes: int, num_biases: int
   return tuple(out)
 
 
-# --- What python -m ffr_jax.data prints -------------------------------------
+# --- What python -m ffr_jax.data_summary prints -------------------------------------
 
 
 def _achieved(splits: DatasetSplits) -> dict[str, dict[str, float | None]]:
@@ -230,7 +230,7 @@ def _achieved(splits: DatasetSplits) -> dict[str, dict[str, float | None]]:
 
 
 def splits_summary(splits: DatasetSplits, ratio: float) -> dict:
-  """The JSON-ready summary of loaded splits (``python -m ffr_jax.data --json``)."""
+  """The JSON-ready summary of loaded splits (``python -m ffr_jax.data_summary --json``)."""
   return {
       "dataset": splits.spec.name,
       "bias_ratio": float(ratio),
@@ -241,7 +241,7 @@ def splits_summary(splits: DatasetSplits, ratio: float) -> dict:
 
 
 def splits_table(splits: DatasetSplits, ratio: float) -> str:
-  """A plain-text table of the group counts per split (``python -m ffr_jax.data``)."""
+  """A plain-text table of the group counts per split (``python -m ffr_jax.data_summary``)."""
   spec = splits.spec
   names = [spec.group_name(g) + ("  (majority)" if spec.is_majority(y, b) else "")
            for g, (y, b) in enumerate(spec.groups)]

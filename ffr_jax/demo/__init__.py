@@ -12,7 +12,7 @@ from ffr_jax.demo.generator import (
 # ``render`` stays the module (ffr_jax.demo.render.render draws images).
 from ffr_jax.demo.render import DEMO_SPEC
 
-# ``python -m ffr_jax.demo pretrain`` at its defaults (settings in upstream.json).
+# ``python -m ffr_jax.benchmark pretrain`` at its defaults (settings in upstream.json).
 UPSTREAM_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "upstream.safetensors")
 

@@ -66,7 +66,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if root and not definition.self_contained and not os.path.isdir(root):
     raise FileNotFoundError(
         f"config.data.root={root!r} is not a folder; point it at the "
-        f"{config.data.name} data (python -m ffr_jax.data --help shows the "
+        f"{config.data.name} data (python -m ffr_jax.data_summary --help shows the "
         "layouts).")
   weights_lib.check_weights_source(str(config.model.pretrained))
 

@@ -1,8 +1,8 @@
-"""Group counts per split of a configured dataset: ``python -m ffr_jax.data``.
+"""Group counts per split of a configured dataset: ``python -m ffr_jax.data_summary``.
 
 Usage::
 
-    python -m ffr_jax.data --config=configs/spuco.py \\
+    python -m ffr_jax.data_summary --config=configs/spuco.py \\
         --config.data.root=DIR --config.data.bias_ratio=0.99 [--json]
 
 Prints a table (rows: groups, columns: train/val/test), the achieved bias ratio

@@ -2,9 +2,9 @@
 
 Examples::
 
-    python -m ffr_jax.demo grid --out=grid.png --strength=0.5 --content_gap=0.5
-    python -m ffr_jax.demo prepare --root=/tmp/demo/data/real --scale=0.1
-    python -m ffr_jax.demo pretrain --out=/tmp/upstream.safetensors
+    python -m ffr_jax.benchmark grid --out=grid.png --strength=0.5 --content_gap=0.5
+    python -m ffr_jax.benchmark prepare --root=/tmp/demo/data/real --scale=0.1
+    python -m ffr_jax.benchmark pretrain --out=/tmp/upstream.safetensors
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ffr_jax.demo import dataset, generator, grid, render, upstream
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m ffr_jax.demo",
+  p = argparse.ArgumentParser(prog="python -m ffr_jax.benchmark",
                               description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   g = sub.add_parser("grid", help="PNG of samples: one row per group, real | generated")
