@@ -368,9 +368,7 @@ def prepare(runs: Sequence[Run], log=print) -> None:
   """
   groups: dict[str, list[Run]] = {}
   for r in runs:
-    key = spec_lib.json_digest([dataclasses.asdict(spec_lib.data_identity(
-        r.config)), str(r.config.data.root), str(r.config.data.synthetic_root)])
-    groups.setdefault(key, []).append(r)
+    groups.setdefault(spec_lib.data_key(r.config), []).append(r)
   for members in groups.values():
     first = members[0]
     modes = sorted({str(r.config.mode) for r in members})

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffr_jax.data.types import Examples
 from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
 from ffr_jax.training.methods import ERM, AfterResult, Context, Method

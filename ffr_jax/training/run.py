@@ -108,10 +108,7 @@ def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
       loaded, returned again for the same data identity and folders (loading
       re-reads every file's bytes).
   """
-  key = spec_lib.json_digest({
-      "modes": sorted(modes), "data": dataclasses.asdict(spec_lib.data_identity(config)),
-      "roots": [config.data.root, config.data.synthetic_root,
-                config.eval.synthetic_test_root]}, 64)
+  key = spec_lib.data_key(config, modes)
   if reuse is not None and key in reuse:
     return reuse[key]
   datasets.prepare_dataset(config)

@@ -272,6 +272,14 @@ def data_identity(config: ml_collections.ConfigDict) -> DataIdentity:
                       pool=json_digest(pool), synthetic_test=test)
 
 
+def data_key(config: ml_collections.ConfigDict, modes: Sequence[str] = ()) -> str:
+  """Equal for runs that read the same data from the same folders."""
+  return json_digest({
+      "data": dataclasses.asdict(data_identity(config)), "modes": sorted(modes),
+      "roots": [config.data.root, config.data.synthetic_root,
+                config.eval.synthetic_test_root]}, 64)
+
+
 def loop_options(config: ml_collections.ConfigDict) -> LoopOptions:
   return LoopOptions(
       log_every=int(config.train.log_every),
