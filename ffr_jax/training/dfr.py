@@ -33,7 +33,7 @@ two classes); embeddings are small numpy arrays by then.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -214,6 +214,7 @@ def fit_dfr(
     num_refits: int = 20,
     seed: int = 0,
     group_names: Sequence[str] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> DFRResult:
   """Tunes C on val halves, then averages ``num_refits`` balanced fits.
 
@@ -230,6 +231,9 @@ def fit_dfr(
     num_refits: balanced fits averaged at the best C (``c.dfr.num_refits``).
     seed: seeds every subsample and the solver.
     group_names: optional names (``GroupScheme.names()``) for error messages.
+    should_stop: asked after each fit (C value or refit) with the number of
+      fits done; True raises ``StageInterrupted`` (a signal: the rerun
+      redoes DFR, which is deterministic).
 
   Returns:
     A :class:`DFRResult`; use :func:`predict` / :func:`logits` on embeddings.
@@ -246,16 +250,27 @@ def fit_dfr(
     raise ValueError(
         f"DFR: need a non-empty c_grid and num_refits >= 1, got {c_grid!r} "
         f"and {num_refits}.")
+  total = len(c_grid) + num_refits
+  done = iter(range(1, total + 1))
+
+  def check() -> None:
+    step = next(done)
+    if should_stop is not None and should_stop(step):
+      from ffr_jax.training.stage import StageInterrupted  # pylint: disable=g-import-not-at-top  # jax-free module
+      raise StageInterrupted("dfr", step, total)
+
   rng = np.random.default_rng(seed)
-  c_scores = _tune_c(x, y, classes, per_group, c_grid, rng)
+  c_scores = _tune_c(x, y, classes, per_group, c_grid, rng, check)
   best_c = max(c_scores, key=c_scores.get)  # first maximum in grid order
 
   x = (x - mean) / std
   # Every balanced subset holds every group and so every class: the coef rows
   # line up across refits and can be averaged.
-  fits = [_fit(x[rows], y[rows], classes, best_c, rng)
-          for rows in (_balanced_subset(per_group, rng)
-                       for _ in range(num_refits))]
+  fits = []
+  for _ in range(num_refits):
+    rows = _balanced_subset(per_group, rng)
+    fits.append(_fit(x[rows], y[rows], classes, best_c, rng))
+    check()
   coefs, intercepts = zip(*fits)
   return DFRResult(
       best_c=float(best_c),
@@ -270,7 +285,8 @@ def fit_dfr(
 
 def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
             per_group: list[np.ndarray], c_grid: Sequence[float],
-            rng: np.random.Generator) -> dict[float, float]:
+            rng: np.random.Generator,
+            check: Callable[[], None] = lambda: None) -> dict[float, float]:
   """Worst-group accuracy on the score half for each C (fit half balanced).
 
   ``x`` is the raw val embeddings: as the canonical ``dfr_on_validation_tune``,
@@ -286,6 +302,7 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
     pred = _labels(_scores(coef, intercept, x), classes)
     scores[float(c)] = float(min(np.mean(pred[idx] == y[idx])
                                  for idx in score_groups))
+    check()
   return scores
 
 

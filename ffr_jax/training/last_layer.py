@@ -11,6 +11,9 @@ on the held-out half of val, is kept as ``heldout_worst_group_acc``.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -21,17 +24,23 @@ from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.mesh import Shardings, to_global
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
+from ffr_jax.training.stage import StageInterrupted
 
 
 def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
-          shardings: Shardings) -> np.ndarray:
-  """Pooled embeddings of every example, in row order, on every host."""
+          shardings: Shardings,
+          should_stop: Callable[[int], bool] | None = None) -> np.ndarray:
+  """Pooled embeddings of every example, in row order, on every host.
+
+  ``should_stop(batches_done)`` is asked after every batch; True raises
+  :class:`StageInterrupted`.
+  """
   eval_step = steps_lib.make_eval_step(model, scheme.num_groups, shardings,
                                        with_embeddings=True)
   loader = pipeline.make_eval_loader(examples, scheme, cfg.data,
                                      cfg.train.eval_batch_size)
   out = None
-  for batch in loader:
+  for done, batch in enumerate(loader, 1):
     b = to_global({k: batch[k] for k in ("image", "label", "group", "mask",
                                          "index")}, shardings)
     _, emb = eval_step(variables, b)
@@ -44,6 +53,8 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme, cfg,
       out = np.zeros((len(examples), emb.shape[1]), np.float32)
     real = index >= 0
     out[index[real]] = emb[real]
+    if should_stop is not None and should_stop(done):
+      raise StageInterrupted("dfr", done, len(loader))
   return out
 
 
@@ -75,7 +86,9 @@ def _metrics(result: dfr_lib.DFRResult, emb: np.ndarray, examples: Examples,
 
 
 def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
-                       shardings: Shardings) -> tuple[dict, dict]:
+                       shardings: Shardings,
+                       should_stop: Callable[[int], bool] | None = None
+                       ) -> tuple[dict, dict]:
   """Fits DFR on val embeddings; returns (metrics per split, DFR details).
 
   Val metrics are on the data DFR was fitted on (all of val), so they are
@@ -83,24 +96,31 @@ def refit_and_evaluate(model, variables, train: Examples, evals, cfg,
   ``heldout_worst_group_acc``, the tuned C's worst-group accuracy on the
   held-out half of val (fitted on the other half); the test metrics are the
   ones to report.
+
+  ``should_stop(step)`` is asked after every embedding batch and every fit,
+  with step ids that only grow (JAX's preemption sync point wants that);
+  True raises :class:`StageInterrupted`.
   """
+  ids = itertools.count(1)
+  stop = None if should_stop is None else (
+      lambda _: should_stop(next(ids)))
   val = {e.name: e for e in evals}["val"]
   scheme = val.scheme
   # The authors' DFR works on L2-normalised pooled features (their ResNet
   # returns F.normalize(features)); standardisation comes after.
   train_emb = l2_normalize(embed(model, variables, real_rows(train),
                                  GroupScheme(scheme.spec, True), cfg,
-                                 shardings))
+                                 shardings, stop))
   val_emb = l2_normalize(embed(model, variables, val.examples, scheme, cfg,
-                               shardings))
+                               shardings, stop))
   result = dfr_lib.fit_dfr(
       train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
       scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
-      group_names=scheme.names())
+      group_names=scheme.names(), should_stop=stop)
   metrics = {}
   for e in evals:
     emb = val_emb if e is val else l2_normalize(
-        embed(model, variables, e.examples, e.scheme, cfg, shardings))
+        embed(model, variables, e.examples, e.scheme, cfg, shardings, stop))
     metrics[e.name] = _metrics(result, emb, e.examples, e.scheme)
   info = {"best_c": result.best_c,
           "c_scores": {str(c): s for c, s in result.c_scores.items()},

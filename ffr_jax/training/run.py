@@ -316,7 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # the backbone's val score before the refit (the authors' choice).
     backbone_val = metrics[stage_lib.SELECTION_SPLIT]
     metrics, dfr_info = last_layer.refit_and_evaluate(
-        model, variables, plans[-1].examples, evals, config, shardings)
+        model, variables, plans[-1].examples, evals, config, shardings,
+        should_stop=lambda step: should_stop(first_id + step))
     metrics["val_backbone"] = backbone_val
     selection["source"] = "backbone_val"
   results = results_lib.run_results(
