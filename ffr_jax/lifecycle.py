@@ -26,7 +26,9 @@ when that is needed, so the lock and the single-host guard cost nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import os
 import signal
@@ -44,6 +46,7 @@ LOCK_FILE = ".ffr_lock.json"
 # Held only for the few milliseconds of a take-over, heartbeat or release, so
 # those never interleave (this is what makes a take-over race-free).
 MUTEX_SUFFIX = ".mutex"
+TMP_SUFFIX = ".tmp"
 DEFAULT_HEARTBEAT_EVERY = 30.0
 DEFAULT_STALE_AFTER = 300.0
 # A mutex older than this was left by a process killed inside the critical
@@ -217,9 +220,7 @@ def _create_exclusive(path: str, text: str) -> bool:
   not at all; where links are not supported (some FUSE mounts) O_EXCL does,
   and a reader may briefly see a half-written file (treated as unreadable).
   """
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  tmp = _write_temp(path, text)
   try:
     os.link(tmp, path)
     return True
@@ -238,11 +239,31 @@ def _create_exclusive(path: str, text: str) -> bool:
   return True
 
 
+def _write_temp(path: str, text: str) -> str:
+  """``{path}.<uuid>.tmp`` holding ``text``; removed if the write fails."""
+  tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return tmp
+
+
 def _replace_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  os.replace(_write_temp(path, text), path)
+
+
+def _remove_stale_temps(path: str) -> None:
+  """Removes ``{path}.*.tmp`` files (the lock's and the mutex's) that a
+  killed writer left: they live for milliseconds."""
+  for tmp in glob.glob(glob.escape(path) + ".*" + TMP_SUFFIX):
+    age = _mtime_age(tmp)
+    if age is not None and age > MUTEX_STALE_AFTER:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
 
 
 def _mtime_age(path: str) -> float | None:
@@ -291,6 +312,7 @@ class WorkdirLock:
     if self._owner is not None:
       raise RuntimeError(f"{self.path} is already held by this object.")
     os.makedirs(self.workdir, exist_ok=True)
+    _remove_stale_temps(self.path)
     me = _Owner.of_this_process()
     deadline = time.monotonic() + 2.0
     while True:
@@ -327,12 +349,17 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join()
     owner, self._owner = self._owner, None
-    def remove_if_ours():
+    def remove_if_ours() -> bool:
       if self._is_ours(owner):
         os.unlink(self.path)
+      return True
     # Waiting for the mutex rules out unlinking a lock another process just
     # took over; without it (its holder stuck) the check alone still holds.
-    if not self._with_mutex(remove_if_ours, wait=MUTEX_STALE_AFTER):
+    try:
+      held = self._with_mutex(remove_if_ours, wait=MUTEX_STALE_AFTER)
+    except OSError:  # a full disk refuses the mutex, not the unlink
+      held = False
+    if not held:
       remove_if_ours()
 
   def __enter__(self) -> WorkdirLock:
