@@ -11,8 +11,10 @@ the config's keys with their values.
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -54,11 +56,19 @@ _CACHE = flags.DEFINE_string(
 
 
 class QuietLibraries(std_logging.Filter):
-  """INFO lines from our own modules, warnings and errors from everyone."""
+  """INFO lines from our own modules, warnings and errors from everyone;
+  a library's traceback only with ``--verbose`` (Orbax logs one per thread
+  for a failed save, which the command then reports in one line)."""
+
+  def __init__(self, tracebacks: bool = False):
+    super().__init__()
+    self.tracebacks = tracebacks
 
   def filter(self, record) -> bool:
-    return (record.levelno >= std_logging.WARNING or
-            "ffr_jax" in record.pathname.replace("\\", "/"))
+    ours = "ffr_jax" in record.pathname.replace("\\", "/")
+    if not ours and not self.tracebacks:
+      record.exc_info = record.exc_text = None
+    return record.levelno >= std_logging.WARNING or ours
 
 
 def error_message(e: BaseException) -> str:
@@ -68,6 +78,38 @@ def error_message(e: BaseException) -> str:
   if isinstance(e, OSError) and e.filename and e.strerror:
     return f"{e.strerror}: {e.filename}"
   return str(e) or type(e).__name__
+
+
+# A write refused by the disk: the user's to fix (space, permissions).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                errno.EPERM)
+# Orbax writes arrays with tensorstore, whose errors are ValueErrors that
+# carry the errno in their text.
+_TENSORSTORE_OS_ERROR = re.compile(
+    r'(?:local file|Failed writing:) "([^"]+)".*\[os_error_code=\'(\d+)\'\]',
+    re.S)
+
+
+def write_failure(e: BaseException) -> str | None:
+  """One line for a write the disk refused anywhere in ``e``'s causes."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    path, code = None, None
+    if isinstance(e, OSError):
+      path, code = e.filename, e.errno
+    elif m := _TENSORSTORE_OS_ERROR.search(str(e)):
+      path, code = m.group(1), int(m.group(2))
+    if code in WRITE_ERRNOS:
+      workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else ""
+      where = path or (f"--workdir={workdir}" if workdir else "a file")
+      if code in (errno.EACCES, errno.EPERM):  # a read is refused alike
+        return (f"{os.strerror(code)}: {where}; fix the permissions or choose "
+                "another --workdir.")
+      return (f"could not write {where}: {os.strerror(code)}; free space or "
+              "choose another --workdir (a rerun resumes).")
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> None:
@@ -172,7 +214,7 @@ def run(main: Callable[[list[str]], int | None],
     logging.set_verbosity(logging.INFO)
     handler = logging.get_absl_handler()
     if not any(isinstance(f, QuietLibraries) for f in handler.filters):
-      handler.addFilter(QuietLibraries())
+      handler.addFilter(QuietLibraries(tracebacks=_VERBOSE.value))
     import jax  # pylint: disable=g-import-not-at-top  # not needed by --help
     if _CACHE.value and not jax.config.jax_compilation_cache_dir:
       jax.config.update("jax_compilation_cache_dir", _CACHE.value)
@@ -183,8 +225,15 @@ def run(main: Callable[[list[str]], int | None],
       # A clean stop on SIGTERM/SIGINT: the checkpoint is saved.
       print(e, file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
-    except USER_ERRORS as e:
-      if _VERBOSE.value:
+    except Exception as e:  # pylint: disable=broad-except
+      disk = write_failure(e)
+      if disk is not None and not _VERBOSE.value:
+        # Exit before the atexit handlers (TensorBoard's event writer) fail
+        # on the same disk with tracebacks of their own.
+        print(f"error: {disk}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(USAGE_EXIT)  # pylint: disable=protected-access
+      if not isinstance(e, USER_ERRORS) or _VERBOSE.value:
         raise
       fail(error_message(e))
     except KeyboardInterrupt:

@@ -402,10 +402,10 @@ def write_manifest(workdir: str, runs: Sequence[Run],
   mine = {r.name for r in runs}
   rows += [row for name, row in previous.items() if name not in mine]
   os.makedirs(workdir, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"  # shards may write at the same time
-  with open(tmp, "w") as f:
-    json.dump({"runs": rows}, f, indent=2)
-  os.replace(tmp, path)
+  with results_lib.temporary_for(path) as tmp:  # shards may write at once
+    with open(tmp, "w") as f:
+      json.dump({"runs": rows}, f, indent=2)
+    os.replace(tmp, path)
   return path
 
 

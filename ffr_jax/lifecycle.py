@@ -1,33 +1,13 @@
-"""One owner per workdir, and clean stops on SIGTERM / Ctrl-C.
-
-Two pieces a command wraps around its work:
-
-* :class:`WorkdirLock`: ``{workdir}/.ffr_lock.json``, created atomically
-  before anything else is written there. A second process on the same workdir
-  gets :class:`WorkdirBusyError`, one line naming the owner. A lock left by a
-  killed process is taken over with a warning: on the same machine when its
-  pid is dead or now belongs to a process with another start time (pid reuse);
-  from another machine when its heartbeat (refreshed by a daemon thread) is
-  older than ``stale_after`` seconds. A process whose lock was taken over
-  (it stalled that long) stops at its next step check without saving more
-  (:meth:`WorkdirLock.checked`).
-* :class:`PreemptionGuard`: SIGTERM (what a TPU VM or SLURM sends before
-  preemption) and the first Ctrl-C only set a flag; the training loop asks
-  ``guard.should_stop(step)`` after each step, saves a checkpoint, waits for
-  it, and raises :class:`Preempted`, which the command prints as one line
-  and turns into the exit code ``128 + signal``. A second Ctrl-C raises
-  ``KeyboardInterrupt`` at once.
-
-On several hosts every host must stop at the same step (they run collectives
-together), so ``should_stop`` is collective there; see
-:class:`PreemptionGuard` for how and what it costs. ``jax`` is imported only
-when that is needed, so the lock and the single-host guard cost nothing.
+"""One owner per workdir (:class:`WorkdirLock`), and clean stops on SIGTERM /
+Ctrl-C (:class:`PreemptionGuard`); docs/reliability.md tells how both work
+and what they cost. ``jax`` is imported only when needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import signal
@@ -45,6 +25,7 @@ LOCK_FILE = ".ffr_lock.json"
 # Held only for the few milliseconds of a take-over, heartbeat or release, so
 # those never interleave (this is what makes a take-over race-free).
 MUTEX_SUFFIX = ".mutex"
+TMP_SUFFIX = ".tmp"
 DEFAULT_HEARTBEAT_EVERY = 30.0
 DEFAULT_STALE_AFTER = 300.0
 # A mutex older than this was left by a process killed inside the critical
@@ -71,16 +52,8 @@ class WorkdirLostError(WorkdirBusyError):
 
 
 class Preempted(Exception):
-  """A stage stopped on a signal after saving its checkpoint.
-
-  Not a ValueError/OSError: it is no user mistake, and the command prints it
-  as its own line with its own exit code.
-
-  Attributes:
-    step: the last step done (and saved).
-    stage: the stage that stopped (``stage1``, ``stage2``, ...).
-    signal_name: ``SIGTERM`` or ``SIGINT``.
-    exit_code: ``128 + signal``.
+  """A stage stopped on a signal after saving its checkpoint; not a user
+  mistake: the command prints it as its own line, exit code ``128 + signal``.
   """
 
   def __init__(self, step: int | None, stage: str, signal_name: str | None):
@@ -105,8 +78,7 @@ def _read(path: str) -> str | None:
 
 
 def process_start_time(pid: int) -> float | None:
-  """Start of ``pid`` in seconds since the epoch, from /proc (Linux); None
-  where there is no /proc or the process is gone."""
+  """Start of ``pid`` (epoch seconds) from /proc; None without /proc."""
   stat, boot = _read(f"/proc/{pid}/stat"), _read("/proc/stat")
   if stat is None or boot is None:
     return None
@@ -214,13 +186,10 @@ class _Owner:
 def _create_exclusive(path: str, text: str) -> bool:
   """Writes ``text`` to ``path`` only if no file is there; False if one is.
 
-  A hard link of a finished temporary file makes the lock appear complete or
-  not at all; where links are not supported (some FUSE mounts) O_EXCL does,
-  and a reader may briefly see a half-written file (treated as unreadable).
+  A hard link of a finished temporary file (O_EXCL where links are not
+  supported: a reader may then see a half-written file, taken as unreadable).
   """
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  tmp = _write_temp(path, text)
   try:
     os.link(tmp, path)
     return True
@@ -239,11 +208,31 @@ def _create_exclusive(path: str, text: str) -> bool:
   return True
 
 
+def _write_temp(path: str, text: str) -> str:
+  """``{path}.<uuid>.tmp`` holding ``text``; removed if the write fails."""
+  tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return tmp
+
+
 def _replace_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  os.replace(_write_temp(path, text), path)
+
+
+def _remove_stale_temps(path: str) -> None:
+  """Removes ``{path}.*.tmp`` files (the lock's and the mutex's) that a
+  killed writer left: they live for milliseconds."""
+  for tmp in glob.glob(glob.escape(path) + ".*" + TMP_SUFFIX):
+    age = _mtime_age(tmp)
+    if age is not None and age > MUTEX_STALE_AFTER:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
 
 
 def _mtime_age(path: str) -> float | None:
@@ -257,14 +246,11 @@ class WorkdirLock:
   """The one owner of a workdir (a context manager, or acquire()/release()).
 
   Args:
-    workdir: the folder (created if missing; nothing else is written).
-    enabled: whether this process takes the lock. On several hosts only
-      process 0 should (``jax.process_index() == 0``); None asks jax if it
-      is imported (else this is the only process).
-    heartbeat_every: seconds between heartbeats (a daemon thread).
-    stale_after: a lock from another machine whose heartbeat is older than
-      this is stale. Keep it well above ``heartbeat_every`` and the clock
-      skew between hosts.
+    enabled: whether this process takes the lock (on several hosts only
+      process 0); None asks jax if it is imported.
+    stale_after: a lock from another machine whose heartbeat (every
+      ``heartbeat_every`` s, a daemon thread) is older is stale; keep it well
+      above the clock skew between hosts.
   """
 
   def __init__(self, workdir: str, *, enabled: bool | None = None,
@@ -292,6 +278,7 @@ class WorkdirLock:
     if self._owner is not None:
       raise RuntimeError(f"{self.path} is already held by this object.")
     os.makedirs(self.workdir, exist_ok=True)
+    _remove_stale_temps(self.path)
     me = _Owner.of_this_process()
     deadline = time.monotonic() + 2.0
     while True:
@@ -328,12 +315,17 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join()
     owner, self._owner = self._owner, None
-    def remove_if_ours():
+    def remove_if_ours() -> bool:
       if self._is_ours(owner):
         os.unlink(self.path)
+      return True
     # Waiting for the mutex rules out unlinking a lock another process just
     # took over; without it (its holder stuck) the check alone still holds.
-    if not self._with_mutex(remove_if_ours, wait=MUTEX_STALE_AFTER):
+    try:
+      held = self._with_mutex(remove_if_ours, wait=MUTEX_STALE_AFTER)
+    except OSError:  # a full disk refuses the mutex, not the unlink
+      held = False
+    if not held:
       remove_if_ours()
 
   def __enter__(self) -> WorkdirLock:
@@ -442,9 +434,8 @@ class WorkdirLock:
     return True
 
   def lost_reason(self) -> str | None:
-    """Why this process must stop at once without saving more, once its lock
-    was taken over (it stalled past ``stale_after``, and another process owns
-    the workdir now); else None."""
+    """Why this process must stop without saving more (another process took
+    its lock over while it stalled), else None."""
     if self.lost is None:
       return None
     return (f"workdir {self.workdir} was taken over by {self.lost} while this "
@@ -454,10 +445,7 @@ class WorkdirLock:
   def checked(self, should_stop: Callable[..., bool] | None = None
               ) -> Callable[[int], bool]:
     """``should_stop(step)`` that also stops the run once the lock was taken
-    over: :meth:`PreemptionGuard.should_stop` gets :meth:`lost_reason` and
-    raises :class:`WorkdirLostError` (on several hosts, on every host at its
-    next flag exchange: only process 0 holds the lock). Without a guard the
-    check raises here."""
+    over (through the guard's ``lost``, so all hosts stop together)."""
     def check(step: int) -> bool:
       reason = self.lost_reason()
       if should_stop is not None:
@@ -518,34 +506,13 @@ def _jax_preemption_service_running() -> bool:
 class PreemptionGuard:
   """Turns SIGTERM and the first Ctrl-C into a stop after the current step.
 
-  Use it around the step loop; after each step::
-
-    with PreemptionGuard() as guard:
-      for step in ...:
-        train_step()
-        if guard.should_stop(step):
-          save_checkpoint(); wait_for_it()
-          raise Preempted(step, stage, guard.signal_name)
-
-  Several processes (``jax.process_count() > 1``) must stop at the same
-  step, so there ``should_stop`` is collective and every process must call
-  it with the same steps:
-
-  * SIGTERM is left to JAX's preemption service (``jax.distributed
-    .initialize`` installs its own SIGTERM notifier when
-    ``jax_enable_preemption_service`` is on, the default; a Python handler
-    would replace it). The notice reaches every host and
-    ``multihost_utils.reached_preemption_sync_point(step)`` turns True on all
-    of them at the same step. Cost: a key-value store lookup per step.
-  * Ctrl-C (and SIGTERM when the service is off) sets the local flag, and
-    every ``sync_every`` steps all hosts exchange their flags
-    (``multihost_utils.process_allgather``, 4 bytes per host). Cost: that
-    step blocks the host until every host reached it (no overlap of host work
-    with device work across that step); a stop waits up to ``sync_every``
-    steps.
+  The loop calls ``should_stop(step)`` after each step and, on True, saves a
+  checkpoint and raises :class:`Preempted`. On several processes the call is
+  collective (every process calls it with the same steps): SIGTERM is left to
+  JAX's preemption service (``reached_preemption_sync_point``), and the local
+  flags (Ctrl-C) are all-gathered every ``sync_every`` steps.
 
   Args:
-    sync_every: steps between flag exchanges on several hosts.
     process_count: the number of jax processes; None asks jax on enter.
   """
 
@@ -608,12 +575,9 @@ class PreemptionGuard:
   def should_stop(self, step: int, lost: str | None = None) -> bool:
     """Whether to save and stop after ``step`` (the same on every host).
 
-    Args:
-      lost: why this process must stop at once, saving nothing more (its
-        workdir lock was taken over: :meth:`WorkdirLock.lost_reason`), else
-        None. Then :class:`WorkdirLostError` is raised: at once on one host;
-        on several, on every host at the next flag exchange (it travels with
-        the stop flags), so none is left waiting in a collective.
+    ``lost`` (:meth:`WorkdirLock.lost_reason`) raises
+    :class:`WorkdirLostError` instead: at once on one host, on several at
+    the next flag exchange, so none is left waiting in a collective.
     """
     if self._process_count is None or self._process_count <= 1:
       if lost is not None:

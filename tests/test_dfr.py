@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ffr_jax.data.types import REAL, SYNTHETIC, Examples
+from ffr_jax.data.types import REAL, SYNTHETIC, Examples, GroupScheme
 from ffr_jax.training import dfr
 from ffr_jax.training import last_layer
+from ffr_jax.training.stage import StageInterrupted
 
 SPUCO_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 BINARY_GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -144,3 +145,44 @@ def test_final_standardisation_uses_the_real_training_rows_only():
   assert len(real) == 2 and (real.source == REAL).all()
   with pytest.raises(ValueError, match="no real examples"):
     last_layer.real_rows(train.take(np.array([1, 3])))
+
+
+def _stop_after(n, calls):
+  """A should_stop that turns True at its n-th call, recording the steps."""
+  return lambda step: calls.append(step) or len(calls) >= n
+
+
+@pytest.mark.parametrize("n", [3, len(SPUCO_GRID) + 2])  # tuning, refits
+def test_a_stop_request_ends_dfr_after_the_current_fit(n):
+  (xt, _, _), (xv, yv, gv), _ = _biased_splits(BINARY_GROUPS, 2, 2)
+  calls = []
+  with pytest.raises(StageInterrupted) as stopped:
+    dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=0,
+                should_stop=_stop_after(n, calls))
+  assert calls == list(range(1, n + 1))
+  assert (stopped.value.stage, stopped.value.step,
+          stopped.value.total_steps) == ("dfr", n, len(SPUCO_GRID) + 5)
+  # Asked and never stopping changes nothing.
+  a = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=0,
+                  should_stop=lambda step: False)
+  b = dfr.fit_dfr(xt, xv, yv, gv, 4, SPUCO_GRID, num_refits=5, seed=0)
+  np.testing.assert_array_equal(a.coef, b.coef)
+
+
+def test_a_stop_request_ends_the_embedding_pass_after_the_current_batch(
+    tmp_path):
+  from ffr_jax import models  # pylint: disable=g-import-not-at-top
+  from ffr_jax.mesh import make_shardings  # pylint: disable=g-import-not-at-top
+  from ffr_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from ffr_jax.training.spec import LoopOptions  # pylint: disable=g-import-not-at-top
+  from tests import test_stage_loop as loop  # pylint: disable=g-import-not-at-top
+  examples = loop._examples(str(tmp_path), 6, "val")  # 24 images  # pylint: disable=protected-access
+  model = models.create_model("tiny", 2)
+  variables = state_lib.init_variables(model, 16, 0)
+  calls = []
+  with pytest.raises(StageInterrupted) as stopped:
+    last_layer.embed(model, variables, examples, GroupScheme(loop.SPEC),
+                     LoopOptions(eval_batch_size=8), 16, make_shardings(),
+                     should_stop=_stop_after(2, calls))
+  assert calls == [1, 2]
+  assert (stopped.value.step, stopped.value.total_steps) == (2, 3)

@@ -19,6 +19,7 @@ from ffr_jax.data import pipeline
 from ffr_jax.data.types import DatasetSpec, Examples, GroupScheme
 from ffr_jax.mesh import make_shardings
 from ffr_jax.reporting.writer import MetricWriter
+from ffr_jax.training import checkpoints
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.methods import Method
@@ -241,12 +242,15 @@ def test_a_resume_restores_groupdros_weights(tmp_path, monkeypatch):
   np.testing.assert_array_equal(kernel(resumed), kernel(whole))
   # The check above can fail: a resume that forgot q (uniform again) trains
   # another model.
-  restore = stage_lib._restore  # pylint: disable=protected-access
+  restore = checkpoints.restore_latest
 
-  def forgetful(mgr, state, best):
-    state, best, book = restore(mgr, state, best)
+  def forgetful(mgr, state, best, check):
+    restored = restore(mgr, state, best, check)
+    if restored is None:  # the first, interrupted run
+      return None
+    state, best, meta = restored
     uniform = jnp.full_like(state.group_weights, 1 / state.group_weights.size)
-    return state.replace(group_weights=uniform), best, book
-  monkeypatch.setattr(stage_lib, "_restore", forgetful)
+    return state.replace(group_weights=uniform), best, meta
+  monkeypatch.setattr(checkpoints, "restore_latest", forgetful)
   _, wrong = _interrupted_then_resumed(tmp_path, plan, "forgot")
   assert not np.array_equal(kernel(wrong), kernel(whole))

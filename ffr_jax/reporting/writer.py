@@ -13,6 +13,8 @@ import time
 
 import jax
 
+from ffr_jax.reporting.results import temporary_for
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -61,10 +63,10 @@ class MetricWriter:
         continue
       if not (row.get("stage") == stage and int(row.get("step", 0)) > step):
         kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    with temporary_for(path) as tmp:
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, path)
     self._jsonl = open(path, "a")
 
   def close(self) -> None:

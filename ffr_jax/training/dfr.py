@@ -20,7 +20,7 @@ Runs on the host with scikit-learn (liblinear).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -174,11 +174,14 @@ def fit_dfr(
     num_refits: int = 20,
     seed: int = 0,
     group_names: Sequence[str] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> DFRResult:
   """Tunes C on val halves, then averages ``num_refits`` balanced fits.
 
   Only the mean and std of ``train_embeddings`` are used. Every group needs
   two val examples (one per half); ``group_names`` name them in errors.
+  ``should_stop(fits_done)`` True raises ``StageInterrupted`` after a fit
+  (the rerun redoes DFR, which is deterministic).
   """
   mean, std = standardizer(train_embeddings)
   x, y, per_group, classes = _validated(
@@ -188,16 +191,27 @@ def fit_dfr(
     raise ValueError(
         f"DFR: need a non-empty c_grid and num_refits >= 1, got {c_grid!r} "
         f"and {num_refits}.")
+  total = len(c_grid) + num_refits
+  done = iter(range(1, total + 1))
+
+  def check() -> None:
+    step = next(done)
+    if should_stop is not None and should_stop(step):
+      from ffr_jax.training.stage import StageInterrupted  # pylint: disable=g-import-not-at-top  # jax-free module
+      raise StageInterrupted("dfr", step, total)
+
   rng = np.random.default_rng(seed)
-  c_scores = _tune_c(x, y, classes, per_group, c_grid, rng)
+  c_scores = _tune_c(x, y, classes, per_group, c_grid, rng, check)
   best_c = max(c_scores, key=c_scores.get)  # first maximum in grid order
 
   x = (x - mean) / std
   # Every balanced subset holds every group and so every class: the coef rows
   # line up across refits and can be averaged.
-  fits = [_fit(x[rows], y[rows], classes, best_c, rng)
-          for rows in (_balanced_subset(per_group, rng)
-                       for _ in range(num_refits))]
+  fits = []
+  for _ in range(num_refits):
+    rows = _balanced_subset(per_group, rng)
+    fits.append(_fit(x[rows], y[rows], classes, best_c, rng))
+    check()
   coefs, intercepts = zip(*fits)
   return DFRResult(
       best_c=float(best_c),
@@ -212,8 +226,13 @@ def fit_dfr(
 
 def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
             per_group: list[np.ndarray], c_grid: Sequence[float],
-            rng: np.random.Generator) -> dict[float, float]:
-  """Worst-group accuracy on the score half for each C, from raw val embeddings."""
+            rng: np.random.Generator,
+            check: Callable[[], None] = lambda: None) -> dict[float, float]:
+  """Worst-group accuracy on the score half for each C (fit half balanced).
+
+  ``x`` is the raw val embeddings: as the canonical ``dfr_on_validation_tune``,
+  the scaler is fitted on the balanced fit rows and applied to both halves.
+  """
   fit_groups, score_groups = _split_halves(per_group, rng)
   rows = _balanced_subset(fit_groups, rng)
   mean, std = standardizer(x[rows], "the balanced fit half of val")
@@ -224,6 +243,7 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
     pred = _labels(_scores(coef, intercept, x), classes)
     scores[float(c)] = float(min(np.mean(pred[idx] == y[idx])
                                  for idx in score_groups))
+    check()
   return scores
 
 

@@ -9,6 +9,8 @@ is kept as ``heldout_worst_group_acc``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -21,13 +23,16 @@ from ffr_jax.mesh import Shardings, to_global
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.methods import AfterResult, Context, Method
+from ffr_jax.training.stage import StageInterrupted
 
 
 def embed(model, variables, examples: Examples, scheme: GroupScheme,
-          options, image_size: int, shardings: Shardings) -> np.ndarray:
+          options, image_size: int, shardings: Shardings,
+          should_stop: Callable[[int], bool] | None = None) -> np.ndarray:
   """Pooled embeddings of every example, in row order, on every host.
 
-  ``options``: the run's :class:`~ffr_jax.training.spec.LoopOptions`.
+  ``options``: the run's :class:`~ffr_jax.training.spec.LoopOptions`;
+  ``should_stop(batches_done)`` True after a batch raises :class:`StageInterrupted`.
   """
   eval_step = steps_lib.make_eval_step(model, scheme.num_groups, shardings,
                                        with_embeddings=True)
@@ -35,7 +40,7 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme,
                                      options.input_config(image_size),
                                      options.eval_batch_size)
   out = None
-  for batch in loader:
+  for done, batch in enumerate(loader, 1):
     b = to_global({k: batch[k] for k in ("image", "label", "group", "mask",
                                          "index")}, shardings)
     _, emb = eval_step(variables, b)
@@ -48,6 +53,8 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme,
       out = np.zeros((len(examples), emb.shape[1]), np.float32)
     real = index >= 0
     out[index[real]] = emb[real]
+    if should_stop is not None and should_stop(done):
+      raise StageInterrupted("embedding", done, len(loader))
   return out
 
 
@@ -81,7 +88,7 @@ def context_embed(ctx: Context, variables, examples: Examples) -> np.ndarray:
   """:func:`embed` with a run's model, options and shardings."""
   scheme = GroupScheme(ctx.spec.evals[0].scheme.spec, by_source=True)
   return embed(ctx.model, variables, examples, scheme, ctx.options,
-               int(ctx.config.data.image_size), ctx.shardings)
+               int(ctx.config.data.image_size), ctx.shardings, ctx.stop_check)
 
 
 def head(variables) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +122,7 @@ def refit_and_evaluate(ctx: Context) -> AfterResult:
   result = dfr_lib.fit_dfr(
       train_emb, val_emb, val.examples.y, scheme.ids(val.examples),
       scheme.num_groups, tuple(cfg.dfr.c_grid), cfg.dfr.num_refits, cfg.seed,
-      group_names=scheme.names())
+      group_names=scheme.names(), should_stop=ctx.stop_check)
   metrics = {}
   for e in evals:
     emb = val_emb if e is val else l2_normalize(

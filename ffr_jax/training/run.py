@@ -236,6 +236,7 @@ def _train_stages(ctx: Context, writer: MetricWriter) -> None:
           stage_dir, ctx.options, init_variables=ctx.variables[plan.init],
           should_stop=lambda step, first=first_id: ctx.should_stop(first + step))
     first_id += result.history[-1]["step"] + 1
+    ctx.step = first_id
     ctx.variables[f"stage:{plan.fingerprint}"] = variables
     ctx.results[plan.name] = result
 

@@ -7,14 +7,13 @@ save) and the evaluation sets; it reads no config. A stage owns a directory::
     {stage_dir}/checkpoints/<step>/   Orbax: state, best variables, meta (JSON)
     {stage_dir}/result.json           written once the stage is finished
 
-Resumption: a stage whose ``result.json`` exists is never recomputed. Otherwise
-the latest checkpoint is restored (train state with GroupDRO weights and the
-step counter, the best variables so far, the metrics history); the data order
-of an epoch is a function of (seed, epoch) and the step's randomness folds in
-the step number, so a resumed run takes exactly the steps an uninterrupted run
-would have taken. A stage that continues another is evaluated before its
-first step ("epoch 0": the previous stage's selected model on this stage's
-evaluation sets), recorded in its result.
+Resumption: a stage whose ``result.json`` exists is reused (retrained when
+its checkpoint is damaged). Otherwise the newest checkpoint that restores is
+loaded (:mod:`ffr_jax.training.checkpoints`); the data order of an epoch is a
+function of (seed, epoch) and each step's randomness folds in the step number,
+so a resumed run takes exactly the steps of an uninterrupted one. A stage that
+continues another is evaluated before its first step ("epoch 0": the previous
+stage's selected model on this stage's evaluation sets), recorded in its result.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 import optax
 
@@ -40,6 +38,7 @@ from ffr_jax.mesh import Shardings, check_batch_size, to_global
 from ffr_jax.progress import Progress
 from ffr_jax.reporting.results import write_json_atomic
 from ffr_jax.reporting.writer import MetricWriter
+from ffr_jax.training import checkpoints
 from ffr_jax.training import state as state_lib
 from ffr_jax.training import steps as steps_lib
 from ffr_jax.training.methods import get_method
@@ -76,32 +75,21 @@ class StageResult:
   epoch0: dict | None = None
 
 
-def checkpoint_manager(stage_dir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(stage_dir), "checkpoints"),
-      # Every checkpoint holds the best variables so far, so the latest one is
-      # all a resume or the next stage needs. Temporary folders left by a
-      # SIGKILL are removed: the workdir lock guarantees that no other process
-      # is writing one.
-      options=ocp.CheckpointManagerOptions(
-          preservation_policy=ocp.checkpoint_managers.LatestN(2), create=True,
-          cleanup_tmp_directories=True))
-
-
 def restore_best_variables(stage_dir: str, model, image_size: int, seed: int,
                            shardings: Shardings) -> Any:
   """The best variables saved by a finished stage, replicated on the mesh."""
+  with checkpoints.manager(stage_dir) as mgr:
+    return checkpoints.restore_best(
+        mgr, _abstract_variables(model, image_size, seed, shardings))
+
+
+def _abstract_variables(model, image_size: int, seed: int,
+                        shardings: Shardings) -> Any:
   # Shapes only: Orbax restores straight into replicated arrays.
-  abstract = jax.tree.map(
+  return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=shardings.replicated),
       jax.eval_shape(lambda: state_lib.init_variables(model, image_size, seed)))
-  with checkpoint_manager(stage_dir) as mgr:
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint in {stage_dir}/checkpoints.")
-    return mgr.restore(step, args=ocp.args.Composite(
-        best=ocp.args.StandardRestore(abstract))).best
 
 
 def evaluate(eval_step, variables, loader, num_groups: int,
@@ -193,9 +181,18 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
       finished = StageResult(**json.load(f))
     _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
     # A finished stage is never recomputed: reuse its result and best model.
-    logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
-    return finished, restore_best_variables(stage_dir, model, plan.image_size,
-                                            plan.seed, shardings)
+    try:
+      best = restore_best_variables(stage_dir, model, plan.image_size,
+                                    plan.seed, shardings)
+      logging.info("%s: finished earlier in %s; reusing it.", plan.name,
+                   stage_dir)
+      return finished, best
+    except (checkpoints.DamagedCheckpoint, FileNotFoundError) as e:
+      # Resume is exact: retraining from an older checkpoint (or from the
+      # start) gives the same result.
+      logging.warning("%s: finished earlier, but %s; retraining it.",
+                      plan.name, e.args[0].partition("; rerun")[0])
+      os.remove(result_path)
   check_batch_size(plan.batch_size, shardings)
   check_batch_size(options.eval_batch_size, shardings)
   method = get_method(plan.method)
@@ -249,20 +246,23 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
     return {"epoch": epoch, "step": step, **splits}
 
   def save(step: int) -> None:
-    mgr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        best=ocp.args.StandardSave(best),
-        meta=ocp.args.JsonSave(dataclasses.asdict(book))))
+    checkpoints.save(mgr, step, state, best, dataclasses.asdict(book))
 
   should_stop = should_stop or (lambda step: False)
   best = jax.tree.map(jnp.copy, state.variables())
   book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
                       wall_seconds=0.0, fingerprint=plan.fingerprint)
   # Closing the manager (however the loop ends) waits for pending saves.
-  with checkpoint_manager(stage_dir) as mgr:
-    if mgr.latest_step() is not None:
-      state, best, book = _restore(mgr, state, best)
-      _check_fingerprint(book.fingerprint, plan, plan.settings(), stage_dir)
+  with checkpoints.manager(stage_dir) as mgr:
+    had_checkpoints = bool(mgr.all_steps())
+    restored = checkpoints.restore_latest(
+        mgr, state, best, check=lambda meta: _check_fingerprint(
+            meta.get("fingerprint"), plan, plan.settings(), stage_dir))
+    if had_checkpoints and restored is None:
+      writer.drop_after(plan.name, -1)  # all damaged: the stage starts again
+    if restored is not None:
+      state, best, meta = restored
+      book = _Bookkeeping(**meta)
       writer.drop_after(plan.name, int(state.step))
       logging.info("%s: resumed from step %d.", plan.name, int(state.step))
     elif plan.init.startswith("stage:"):
@@ -343,11 +343,3 @@ class StageInterrupted(Exception):
     super().__init__(f"stopped at step {step} of {total_steps} in {stage}")
     self.stage, self.step, self.total_steps = stage, step, total_steps
 
-
-def _restore(mgr, state, best):
-  step = mgr.latest_step()
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state_lib.abstract_like(state)),
-      best=ocp.args.StandardRestore(state_lib.abstract_like(best)),
-      meta=ocp.args.JsonRestore()))
-  return restored.state, restored.best, _Bookkeeping(**restored.meta)
