@@ -148,16 +148,16 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
     return heldout, "heldout", root
   have = {spec.group_name(i): heldout.count(*g)
           for i, g in enumerate(spec.groups)}
+  short = (f"{root} holds fewer than {per_group} unseen synthetic images in "
+           f"some group ({have})")
   if choice == "heldout":
     raise ValueError(
-        f"{root} holds fewer than {per_group} unseen synthetic images in some "
-        f"group ({have}); generate more there with `python -m ffr_jax.generate "
+        f"{short}; generate more there with `python -m ffr_jax.generate "
         "--config.generate.per_group=...`, lower --per_group, or use "
         "--synthetic=generate.")
   if config.generate.generator not in _CHEAP_GENERATORS:
     raise ValueError(
-        f"{root} holds fewer than {per_group} unseen synthetic images in some "
-        f"group ({have}), and generating held-out images with "
+        f"{short}, and generating held-out images with "
         f"{config.generate.generator!r} is a job of its own: pass "
         "--synthetic=generate to do it, --synthetic=train to look at training "
         "images, or lower --per_group.")

@@ -230,7 +230,6 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
   for cell in sorted(sel, key=lambda c: (repr(c.condition), c.dataset,
                                          c.bias_ratio, c.mode, c.method)):
     s = sel[cell]
-    # What the kept runs were selected on, e.g. ``"backbone_val"``.
     sources = ",".join(sorted({r.selection_source for r in s.runs.values()}))
     chosen = ", ".join(f"{k}={v}" for k, v in s.hparams) or "(only one)"
     if len(s.candidates) > 1:
