@@ -6,11 +6,10 @@
         [--images=sample:1|PATH,PATH] [--groups=minority|all|NAME,...] \\
         [--rise_masks=2000 --rise_grid=8 --rise_p=0.5 --rise_batch=256]
 
-``--workdir`` takes a run folder or a sweep folder (every finished run in it
-is analysed); repeat it to compare workdirs. ``embeddings`` writes a t-SNE figure with the runs
-side by side, a real-vs-synthetic linear probe and per-group centroid
-distances; ``rise`` writes a grid of RISE saliency maps (rows images,
-columns runs). See docs/analysis.md.
+``--workdir`` takes a run or a sweep folder; repeat it to compare.
+``embeddings``: t-SNE of the runs side by side, a real-vs-synthetic linear
+probe, per-group centroid distances; ``rise``: a grid of RISE saliency maps
+(rows images, columns runs). See docs/analysis.md.
 """
 
 from __future__ import annotations

@@ -4,12 +4,9 @@
         --config.data.root=DATA --config.generate.model=SD_DIR --workdir=OUT
     python -m ffr_jax.generate --config=... --workdir=OUT --verify
 
-Sizes the groups from the real data as ASB and FFR stage 1 use them
-(``--modes`` adds USB; ``--config.generate.per_group=N`` asks for N per group).
-Images go to ``config.data.synthetic_root``, or ``{workdir}/synthetic``.
-Rerunning resumes and repairs; ``--verify`` only checks the folder against its
-manifest and the needed counts, and exits 1 on any problem. On a multi-host job
-every host runs this same command; host 0 writes the files.
+Sizes the groups from the real data as ``--modes`` use them, or
+``--config.generate.per_group=N``. Rerunning resumes and repairs. On a
+multi-host job every host runs this same command; host 0 writes the files.
 """
 
 from __future__ import annotations

@@ -1,29 +1,16 @@
 """Which images an analysis looks at: real test images and held-out synthetic ones.
 
-Real images come from the run's test split (never trained on, never used for
-model selection), ``per_group`` per ``(y, b)`` group drawn with a seeded
-permutation.
+Synthetic images should be ones the model never trained on, or a model that
+memorised them would look better separated than it is. ``--synthetic``:
 
-Synthetic images should be ones the model never trained on, otherwise a
-model that memorised its synthetic training set would look better separated
-(or better mixed) than it is. The ``--synthetic`` choices:
-
-* ``heldout``: images of the run's synthetic root (``data.synthetic_root``)
-  beyond those any analysed run sharing that root trained on. A composition
-  takes the first ``n`` images of each group in index order
-  (``compose.take_synthetic``) and ``results.json`` records ``n``
-  (``synthetic_per_group``), so the images from index ``n`` on are unseen.
-* ``generate``: new images from the run's own generator
-  (``ffr_jax.generation.factory.make_generator``, same prompts and settings) with the
-  seed ``generate.seed + HELDOUT_SEED_OFFSET``, written (resumably) to
-  ``{out}/heldout_synthetic/<key>``. Per-image seeds come from
-  ``SeedSequence([seed, group, index, attempt])``, so these images are
-  unrelated to the training images.
-* ``train``: the first images of each group, i.e. ones the runs trained on.
-* ``auto`` (default): ``heldout`` when the root has ``per_group`` unseen images
-  in every group; otherwise ``generate`` when the generator is cheap (the
-  built-in procedural one); otherwise an error that names the choices
-  (generating with Stable Diffusion is a job of its own).
+* ``heldout``: images of the run's synthetic root from index ``n`` on, ``n``
+  the most any analysed run trained on (``results.json``'s
+  ``synthetic_per_group``; a composition takes each group's first ``n``).
+* ``generate``: new images from the run's generator with the seed
+  ``generate.seed + HELDOUT_SEED_OFFSET``, into ``{out}/heldout_synthetic/<key>``.
+* ``train``: the first images of each group, ones the runs trained on.
+* ``auto``: ``heldout`` when there are enough, else ``generate`` with a cheap
+  generator, else an error naming the choices.
 """
 
 from __future__ import annotations
@@ -51,18 +38,11 @@ _CHEAP_GENERATORS = ("procedural",)
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-  """The images of one analysis, real rows first.
-
-  Attributes:
-    real: real test images, ``per_group`` (or all there are) per group.
-    synthetic: synthetic images, ``per_group`` per group.
-    synthetic_choice: ``heldout``, ``generate`` or ``train`` (what was used).
-    synthetic_root: the folder the synthetic images came from.
-  """
+  """The images of one analysis, real rows first."""
 
   real: Examples
   synthetic: Examples
-  synthetic_choice: str
+  synthetic_choice: str  # heldout, generate or train: what was used
   synthetic_root: str
 
   @property
@@ -82,11 +62,8 @@ def data_key(config: ml_collections.ConfigDict) -> str:
 
 def without_verification(data: ml_collections.ConfigDict
                          ) -> ml_collections.ConfigDict:
-  """A copy of ``config.data`` that skips decoding every image at load.
-
-  Analysis reads only the images it samples; screening the whole dataset
-  for unreadable files first would be wasted time.
-  """
+  """A copy of ``config.data`` that skips decoding every image at load
+  (analysis reads only the images it samples)."""
   data = ml_collections.ConfigDict(data.to_dict())
   data.verify_images = False
   return data
@@ -151,15 +128,7 @@ def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
 
 def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
                      choice: str, out_dir: str) -> tuple[Examples, str, str]:
-  """Synthetic images for ``runs`` (which share one data key).
-
-  Returns:
-    ``(examples, choice actually used, root they came from)``.
-
-  Raises:
-    ValueError: unknown choice, or the choice cannot supply ``per_group``
-      images per group; the message says what to do instead.
-  """
+  """``(examples, choice used, root)`` for ``runs`` (which share one data key)."""
   if choice not in SYNTHETIC_CHOICES:
     raise ValueError(f"Unknown synthetic choice {choice!r}; choose from "
                      f"{SYNTHETIC_CHOICES}.")
@@ -179,16 +148,16 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
     return heldout, "heldout", root
   have = {spec.group_name(i): heldout.count(*g)
           for i, g in enumerate(spec.groups)}
+  short = (f"{root} holds fewer than {per_group} unseen synthetic images in "
+           f"some group ({have})")
   if choice == "heldout":
     raise ValueError(
-        f"{root} holds fewer than {per_group} unseen synthetic images in some "
-        f"group ({have}); generate more there with `python -m ffr_jax.generate "
+        f"{short}; generate more there with `python -m ffr_jax.generate "
         "--config.generate.per_group=...`, lower --per_group, or use "
         "--synthetic=generate.")
   if config.generate.generator not in _CHEAP_GENERATORS:
     raise ValueError(
-        f"{root} holds fewer than {per_group} unseen synthetic images in some "
-        f"group ({have}), and generating held-out images with "
+        f"{short}, and generating held-out images with "
         f"{config.generate.generator!r} is a job of its own: pass "
         "--synthetic=generate to do it, --synthetic=train to look at training "
         "images, or lower --per_group.")

@@ -1,10 +1,9 @@
 """Seeded splits and the authors' bias-ratio rule.
 
-The bias ratio ``p`` is the majority bias group's share of its class. The
-authors drop random minority samples class by class (docs/reference.md, "Bias
-ratios"): with ``r = 1 - p`` the minority keeps ``majority_count * r / (1 - r)``
-and ``int(minority_count - to_keep)`` are removed. We draw the dropped samples
-with a seeded generator over path-sorted rows (independent of file-system order).
+The bias ratio ``p`` is the majority bias group's share of its class; with
+``r = 1 - p`` the minority keeps ``majority_count * r / (1 - r)``
+(docs/reference.md, "Bias ratios"). Dropped rows are drawn with a seeded
+generator over path-sorted rows, independent of file-system order.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import numpy as np
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 BIAS_RATIOS = (0.90, 0.95, 0.97, 0.99, 0.999)
-# The authors keep at least this many validation examples per group so that
-# model selection by worst-group accuracy stays meaningful.
+# Keeps model selection by worst-group accuracy meaningful (the authors').
 MIN_VAL_PER_GROUP = 10
 
 
@@ -36,10 +34,8 @@ def minority_to_remove(majority_count: int, minority_count: int,
                        ratio: float, floor_keep: bool = False) -> int:
   """How many minority examples the authors' rule removes (0 if none).
 
-  Args:
-    floor_keep: floor the count to keep before subtracting. The authors'
-      90% pre-bias of CelebA-HQ and UTKFace does this
-      (``int(r * maj / (1 - r))``); their bias-ratio step does not.
+  ``floor_keep`` floors the count to keep first, as the authors' 90% pre-bias
+  of CelebA-HQ and UTKFace does (their bias-ratio step does not).
   """
   r = 1.0 - ratio
   to_keep = majority_count * r / (1.0 - r)

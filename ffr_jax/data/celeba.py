@@ -1,24 +1,10 @@
-"""CelebA in its official layout -> :class:`DatasetSplits`, any attribute pair.
+"""CelebA in its official layout (:data:`LAYOUT`) -> :class:`DatasetSplits`.
 
-The layout (docs/reference.md, "CelebA")::
-
-    root/img_align_celeba/{000001..202599}.jpg
-    root/list_attr_celeba.txt
-    root/list_eval_partition.txt
-
-``list_attr_celeba.txt`` is a CelebA-style attribute file (line 1 the count,
-line 2 the 40 attribute names, then ``file v1..v40`` in {-1, 1}, any
-whitespace); ``list_eval_partition.txt`` has one ``file 0|1|2`` row per image
-(train/val/test). The target and bias are two attribute columns, named by
-``data.target_attribute`` and ``data.bias_attribute`` (``configs/celeba.py``:
-Blond_Hair and Male); class and bias names come from the attribute names
-(:func:`attribute_values`). Which bias value dominates each class is
-``data.majority`` (``"class:bias,..."``) or, when empty, the value with the
-most official train images of the class.
-
-The official partition is used. As for CelebA-HQ, train and val are first
-brought to the authors' 90% pre-bias, then ``load_dataset`` applies the
-configured ratio; test is never changed.
+Target and bias are two attribute columns (``data.target_attribute``,
+``data.bias_attribute``). Each class's majority bias is ``data.majority``
+(``"class:bias,..."``) or, when empty, the value with the most official train
+images of the class. The official partition is used; as for CelebA-HQ, train
+and val are first brought to the authors' 90% pre-bias.
 """
 
 from __future__ import annotations
@@ -33,7 +19,6 @@ IMAGE_DIR = "img_align_celeba"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 PARTITION_IDS = {"0": "train", "1": "val", "2": "test"}
-# load/make_spec keyword -> key under config.data (configs/celeba.py).
 OPTIONS = (("target", "target_attribute"), ("bias", "bias_attribute"),
            ("majority", "majority"), ("bias_val", "bias_val"))
 # Words for the value 0 and 1 of attributes whose generic "not x" / "x" reads
@@ -73,13 +58,7 @@ def _check_attributes(target: str, bias: str) -> None:
 
 
 def read_partition(path: str) -> dict[str, str]:
-  """``file -> train|val|test`` from ``list_eval_partition.txt``.
-
-  Raises:
-    FileNotFoundError: the file is missing.
-    ValueError: a row that is not ``file 0|1|2`` (names the line), or a file
-      listed twice.
-  """
+  """``file -> train|val|test`` from ``list_eval_partition.txt``."""
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"CelebA partition file {path} is missing. Expected:\n{LAYOUT}")
@@ -142,17 +121,8 @@ def make_spec(root: str, target: str, bias: str, majority: str,
 def load(root: str, split_seed: int = 0, target: str = "Blond_Hair",
          bias: str = "Male", majority: str = "", bias_val: bool = True
          ) -> DatasetSplits:
-  """Loads CelebA from ``root``: official partition, 90% pre-bias of train
-  (and of val when ``bias_val``).
-
-  Rows whose image file is missing are skipped and counted under
-  ``"missing_image"``.
-
-  Raises:
-    FileNotFoundError: the root, image folder or a list file is missing.
-    ValueError: an attribute not in the file, a malformed row, a bad split
-      id, a bad ``majority``, or a group with no images in a split.
-  """
+  """Official partition, 90% pre-bias of train (and of val when ``bias_val``);
+  rows whose image is missing are counted under ``"missing_image"``."""
   splits, missing = _read(root, target, bias)
   spec = _spec(target, bias, _majority(majority, target, bias, splits["train"]))
   train, val = layouts.prebias(spec, splits["train"], splits["val"], split_seed)

@@ -10,14 +10,11 @@
 
 Ablations (the paper's Tables 1 and 2; "stage 2 only" is mode ``none``):
 
-* ``stage1_only``: FFR's stage 1 alone (balanced synthetic data, ERM),
-  evaluated on real data. It is the very stage FFR trains first, so it shares
-  FFR's stage-1 checkpoint.
-* ``stage2_then_1``: FFR in reverse: real data first (with the configured
-  method), then the balanced synthetic set (ERM, ``stage1.*`` settings).
-* ``ffr_biased``: FFR whose stage 1 follows the biased real distribution: the
-  same number of synthetic images as FFR's stage 1, split over the groups in
-  the proportions of the real train split.
+* ``stage1_only``: FFR's stage 1 alone (it shares FFR's stage-1 checkpoint).
+* ``stage2_then_1``: FFR in reverse: real data first (the configured method),
+  then the balanced synthetic set (ERM, ``stage1.*`` settings).
+* ``ffr_biased``: FFR whose stage 1 has as many synthetic images as FFR's,
+  split over the groups in the real train split's proportions.
 
 Validation and test are always real. USB and ASB put real and synthetic images
 in one training set, so their robust methods act on ``(y, b, source)`` groups;
@@ -38,7 +35,6 @@ STAGE2 = "stage2"  # FFR: fine-tuning on real data
 STAGE1_BIASED = "stage1_biased"  # ffr_biased: pretraining on biased synthetic data
 TRAIN = "train"    # the only stage of modes none, usb and asb
 
-
 PRETRAIN = "pretrain"  # synthetic data, ERM, the stage1.* settings
 TRAIN_KIND = "train"   # the configured method from the first stage on
 FINETUNE = "finetune"  # the configured method after pretraining (freeze_bn)
@@ -46,22 +42,11 @@ FINETUNE = "finetune"  # the configured method after pretraining (freeze_bn)
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One training stage of a mode.
-
-  Attributes:
-    name: ``"stage1"`` / ``"stage2"`` for FFR, ``"train"`` for the
-      single-stage modes.
-    train: the examples it trains on; None when only the shape of a mode is
-      asked for (:func:`describe`).
-    by_source: whether groups are ``(y, b, source)`` rather than ``(y, b)``.
-    kind: :data:`PRETRAIN` (synthetic pretraining: ERM, ``stage1.*``),
-      :data:`TRAIN_KIND` or :data:`FINETUNE` (the configured method with
-      ``train.*``; fine-tuning after pretraining may freeze batch norm).
-  """
+  """One training stage of a mode."""
 
   name: str
-  train: Examples | None
-  by_source: bool
+  train: Examples | None  # None from :func:`describe`
+  by_source: bool  # groups are (y, b, source), not (y, b)
   kind: str = TRAIN_KIND
   source: str = "real"  # REAL_DATA, SYNTHETIC_DATA or BOTH_DATA
 
@@ -80,11 +65,8 @@ def usb_needs(spec: DatasetSpec, train: Examples) -> dict[tuple[int, int], int]:
 
 
 def balanced_per_group(spec: DatasetSpec, train: Examples) -> int:
-  """Synthetic images per group for ASB and FFR stage 1.
-
-  The same total as USB adds, split equally over the groups (floor), e.g.
-  SpuCo Animals at 95%: 38000 in total, 4750 per group.
-  """
+  """Synthetic images per group for ASB and FFR stage 1: USB's total split
+  equally over the groups (floor)."""
   return sum(usb_needs(spec, train).values()) // len(spec.groups)
 
 
@@ -92,13 +74,8 @@ def synthetic_needs(mode: str, spec: DatasetSpec, train: Examples,
                     per_group: int = -1) -> dict[tuple[int, int], int]:
   """How many synthetic images per group ``mode`` uses.
 
-  Args:
-    mode: one of :data:`MODES`.
-    train: the real train split after the bias ratio.
-    per_group: if >= 0, a fixed count per group for asb and ffr (and the cap
-      on what usb adds per group), instead of the counts derived from the data.
-      ``stage1_only`` and ``stage2_then_1`` use FFR's set; ``ffr_biased`` the
-      same total, in the real train split's group proportions.
+  ``per_group`` >= 0 fixes the count per group of the balanced sets (and caps
+  what usb adds per group) instead of deriving it from ``train``.
   """
   kind = synthetic_set(mode)
   if kind == "none":
@@ -122,12 +99,8 @@ def synthetic_set(mode: str) -> str:
 
 def biased_counts(spec: DatasetSpec, train: Examples, total: int
                   ) -> dict[tuple[int, int], int]:
-  """``total`` split over the groups in proportion to the real train counts.
-
-  Largest-remainder rounding (ties to the earlier group), so the counts sum to
-  ``total`` exactly: ``ffr_biased`` then differs from ``ffr`` in the group
-  proportions only, never in the amount of synthetic data.
-  """
+  """``total`` split over the groups in proportion to the real train counts;
+  largest-remainder rounding (ties to the earlier group) keeps the sum exact."""
   real = np.array([train.count(*g, source=REAL) for g in spec.groups],
                   dtype=np.float64)
   if real.sum() == 0:
@@ -141,12 +114,7 @@ def biased_counts(spec: DatasetSpec, train: Examples, total: int
 
 def take_synthetic(spec: DatasetSpec, pool: Examples,
                    needs: dict[tuple[int, int], int]) -> Examples:
-  """The first ``needs[g]`` synthetic images of every group, in index order.
-
-  Raises:
-    ValueError: the pool lacks images for some group; the message says how
-      many are missing per group and in total.
-  """
+  """The first ``needs[g]`` synthetic images of every group, in index order."""
   parts, short = [], []
   for g, n in needs.items():
     idx = np.flatnonzero(pool.mask(*g))
@@ -200,18 +168,8 @@ def describe(mode: str) -> tuple[Stage, ...]:
 
 def compose(mode: str, spec: DatasetSpec, train: Examples,
             synthetic: Examples | None, per_group: int = -1) -> Composition:
-  """Builds the training stages of ``mode``.
-
-  Args:
-    mode: a key of :data:`MODES`.
-    train: the real train split (after the bias ratio).
-    synthetic: the generated pool (``data.synthetic.load_synthetic``); may be
-      None for mode ``none``.
-    per_group: see :func:`synthetic_needs`.
-
-  Returns:
-    The stages in training order.
-  """
+  """The training stages of ``mode``; ``synthetic`` (the generated pool) may
+  be None for mode ``none``."""
   needs = synthetic_needs(mode, spec, train, per_group)
   if synthetic is None:
     if any(needs.values()):

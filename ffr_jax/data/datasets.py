@@ -1,15 +1,9 @@
 """The dataset registry: name -> spec, loader and expected layout.
 
 ``load_dataset(config.data)`` is the one entry point the rest of ffr_jax uses:
-it loads the official layout, lists and excludes unreadable images (never
-silently), and applies the configured bias ratio with the authors' rule.
-``dataset_spec(config.data)`` is the spec of a configured dataset: a constant
-for most, built from the config and the folder for the folder dataset (and
-CelebA with other attributes), so every later step sees an ordinary
-:class:`DatasetSpec`.
-
-The built-in benchmark's ``"demo"`` lives in :mod:`ffr_jax.demo` and is listed
-lazily: it is imported on first lookup, never as a side effect.
+official layout, unreadable images excluded (never silently), then the
+configured bias ratio. The built-in benchmark's ``"demo"`` is imported on
+first lookup, never as a side effect.
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ from ffr_jax.data.types import DatasetSpec, DatasetSplits
 from ffr_jax.registry import Registry
 
 UNREADABLE = "unreadable_image"
-# How many unreadable paths a warning shows.
 _SHOW_PATHS = 5
 
 
@@ -39,24 +32,15 @@ class DatasetDef:
   """How to load one dataset.
 
   Attributes:
-    spec: class/bias names and groups; None when they come from the config and
-      the data (then ``make_spec`` builds them).
-    load: ``load(root, split_seed, **options) -> DatasetSplits`` for the
-      official layout, before the configured bias ratio is applied.
-    layout: the expected on-disk layout, as text for error messages and docs.
-    self_contained: the dataset makes its own data (the built-in benchmark),
-      so an empty ``data.root`` means a folder under the workdir.
-    prepare: for a self-contained dataset, ``prepare(config)`` makes the data
-      in ``config.data.root`` from the config's parameters (a no-op when it
-      is already there); called by :func:`prepare_dataset`.
-    options: ``(keyword of load/make_spec, key under config.data)`` pairs: the
-      dataset's own config keys (e.g. CelebA's attribute names).
-    make_spec: ``make_spec(root, **options) -> DatasetSpec`` when ``spec`` is
-      None.
-    keys: config keys the prepared data depends on besides ``data.name``
-      (a self-contained dataset's render settings): part of a run's data
-      identity (:func:`ffr_jax.training.spec.data_identity`), with the bias
-      ratio, split seed and ``options``.
+    spec: None when the config and the data define it (``make_spec``).
+    load: ``load(root, split_seed, **options) -> DatasetSplits``, before the
+      configured bias ratio.
+    self_contained: the dataset makes its own data (the built-in benchmark):
+      an empty ``data.root`` means a folder under the workdir, which
+      ``prepare(config)`` fills (a no-op when it is already there).
+    options: ``(keyword of load/make_spec, key under config.data)`` pairs.
+    keys: config keys the prepared data depends on besides ``data.name``:
+      part of a run's data identity (``training.spec.data_identity``).
   """
 
   spec: DatasetSpec | None
@@ -73,11 +57,7 @@ class DatasetDef:
       raise ValueError("A DatasetDef needs exactly one of spec and make_spec.")
 
   def config_options(self, cfg_data: ml_collections.ConfigDict) -> dict:
-    """The keyword arguments of ``load``/``make_spec`` read from ``config.data``.
-
-    Raises:
-      ValueError: the config lacks one of the dataset's keys.
-    """
+    """The keyword arguments of ``load``/``make_spec`` read from ``config.data``."""
     missing = [key for _, key in self.options if key not in cfg_data]
     if missing:
       raise ValueError(
@@ -89,9 +69,8 @@ class DatasetDef:
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
   """Makes a self-contained dataset's data on host 0; other hosts wait.
 
-  Real datasets have nothing to prepare. One process writes a folder at a
-  time (others wait for it, then find it complete); on several hosts only
-  host 0 writes, then every host meets at a barrier.
+  One process writes the folder at a time (others wait, then find it
+  complete); several hosts meet at a barrier after host 0 wrote it.
   """
   definition = get_dataset(config.data.name)
   if definition.prepare is None:
@@ -120,12 +99,7 @@ get_dataset = DATASETS.get  # ValueError for an unknown name, listing the known 
 
 
 def dataset_spec(cfg_data: ml_collections.ConfigDict) -> DatasetSpec:
-  """The spec of ``config.data``, without loading the splits where it is fixed.
-
-  Raises:
-    ValueError / FileNotFoundError: as :func:`load_dataset`, for a dataset
-      whose names come from its folder.
-  """
+  """The spec of ``config.data``, without loading the splits where it is fixed."""
   definition = get_dataset(cfg_data.name)
   if definition.spec is not None:
     return definition.spec
@@ -138,9 +112,8 @@ def _identify_files(splits: DatasetSplits, root: str, verify: bool
                     ) -> DatasetSplits:
   """The rows with their files' content identity (:attr:`Examples.content`).
 
-  With ``verify``, every image is also decoded once and the ones that fail
-  are dropped, with a warning; files whose bytes are unchanged since they last
-  decoded fine are remembered in a cache outside ``root``, not decoded again.
+  With ``verify``, images that fail to decode are dropped with a warning;
+  files unchanged since they last decoded fine are not decoded again.
   """
   parts = {s: splits.split(s) for s in layouts.SPLITS}
   paths = [str(p) for ex in parts.values() for p in ex.path]
@@ -163,28 +136,14 @@ def _identify_files(splits: DatasetSplits, root: str, verify: bool
 
 
 def _require_root(name: str, root: str, layout: str) -> None:
-  """Raises ValueError naming the layout when no root was configured."""
   if not root:
     raise ValueError(f"config.data.root is empty; point it at the {name} folder. "
                      f"Expected layout:\n{layout}")
 
 
 def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
-  """Loads ``config.data``: official layout, unreadable check, bias ratio.
-
-  Args:
-    cfg_data: ``config.data`` with ``name``, ``root``, ``bias_ratio``,
-      ``split_seed`` and ``verify_images``.
-
-  Returns:
-    The splits with train and val at ``bias_ratio`` (val keeps at least 10 per
-    group); test as loaded.
-
-  Raises:
-    ValueError: unknown dataset name, impossible bias ratio, empty root,
-      malformed data, or a group with no images in a split.
-    FileNotFoundError: missing root or a folder of the layout.
-  """
+  """Loads ``config.data``: official layout, unreadable check, then train and
+  val at ``bias_ratio`` (val keeps at least 10 per group); test as loaded."""
   ratio = bias.check_ratio(cfg_data.bias_ratio)  # Fail before any disk work.
   definition = get_dataset(cfg_data.name)
   _require_root(cfg_data.name, cfg_data.root, definition.layout)
@@ -203,14 +162,8 @@ def load_dataset(cfg_data: ml_collections.ConfigDict) -> DatasetSplits:
 
 def resolve_roots(config: ml_collections.ConfigDict, workdir: str
                   ) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with the default data folders under ``workdir``.
-
-  An empty ``data.root`` is allowed only for a dataset that makes its own
-  data (the built-in benchmark renders into ``{workdir}/data/real``); an empty
-  ``data.synthetic_root`` means ``{workdir}/synthetic``; an empty
-  ``eval.synthetic_test_root`` means ``{data.synthetic_root}-test``. The
-  training and generation commands both resolve folders here, so they agree.
-  """
+  """A copy of ``config`` with the empty data folders filled in under
+  ``workdir`` (``data.root`` only for a self-contained dataset)."""
   config = ml_collections.ConfigDict(config.to_dict())
   definition = get_dataset(config.data.name)
   if not config.data.root and definition.self_contained:

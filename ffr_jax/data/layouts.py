@@ -16,8 +16,7 @@ from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples, group_table
 
 SPLITS = ("train", "val", "test")
 MAX_SKIPPED_EXAMPLES = 5
-# The authors' bias before the configured ratio is applied to train and val of
-# CelebA-HQ and UTKFace (docs/reference.md, "Bias ratios").
+# Train and val of CelebA-HQ and UTKFace before the configured ratio.
 PRE_BIAS_RATIO = 0.90
 # Keeps the pre-bias draws apart from the later bias_splits draws, which use
 # split_seed and split_seed + 1.
@@ -126,11 +125,8 @@ def _parse_row(line: str, lineno: int, num_attrs: int, columns: list[int],
 
 def read_attributes(path: str, wanted: Sequence[str], layout: str
                     ) -> dict[str, tuple[int, ...]]:
-  """A CelebA-style attribute file as ``file -> wanted values (0/1)``.
-
-  Line 1: the image count; line 2: attribute names; then per image its file
-  name and one -1/1 per attribute. ValueError with the line number otherwise.
-  """
+  """A CelebA-style attribute file (``celeba.LAYOUT``) as ``file -> wanted
+  values (0/1)``."""
   with open(path) as f:
     lines = f.read().splitlines()
   declared, names = _parse_header(lines, path, wanted, layout)

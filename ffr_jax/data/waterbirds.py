@@ -1,16 +1,8 @@
-"""Waterbirds in its official layout -> :class:`DatasetSplits`.
+"""Waterbirds in its official layout (:data:`LAYOUT`) -> :class:`DatasetSplits`.
 
-The layout (docs/reference.md, "Waterbirds")::
-
-    root/waterbird_complete95_forest2water2/metadata.csv
-    root/waterbird_complete95_forest2water2/{species folder}/{image}.jpg
-
-``metadata.csv``: ``img_filename`` (relative to the dataset folder), ``y`` 0
-landbird / 1 waterbird, ``place`` 0 land / 1 water, ``split`` 0/1/2
-train/val/test. Train is 95% biased (3498/184 landbirds, 1057/56 waterbirds on
+Official train is 95% biased (3498/184 landbirds, 1057/56 waterbirds on
 land/water); val and test are group-balanced within each class. The bias
-ratio then applies to train; val stays official unless ``data.bias_val``
-(configs/waterbirds.py).
+ratio then applies to train; val stays official unless ``data.bias_val``.
 """
 
 from __future__ import annotations
@@ -24,7 +16,6 @@ from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 DATASET_DIR = "waterbird_complete95_forest2water2"
 METADATA = "metadata.csv"
 COLUMNS = ("img_filename", "y", "split", "place")
-# metadata.csv's split ids.
 SPLIT_IDS = {0: "train", 1: "val", 2: "test"}
 
 SPEC = DatasetSpec(
@@ -68,13 +59,7 @@ def _int_field(row: dict, column: str, allowed, where: str) -> int:
 
 
 def read_metadata(path: str) -> list[tuple[str, int, int, str]]:
-  """Rows of ``metadata.csv`` as ``(img_filename, y, place, split name)``.
-
-  Raises:
-    FileNotFoundError: the file is missing.
-    ValueError: a missing column, or a row with a bad ``y``, ``place`` or
-      ``split`` (the message names the line).
-  """
+  """Rows of ``metadata.csv`` as ``(img_filename, y, place, split name)``."""
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"Waterbirds metadata {path} is missing. Expected:\n{LAYOUT}")
@@ -101,15 +86,8 @@ def read_metadata(path: str) -> list[tuple[str, int, int, str]]:
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
-  """Loads Waterbirds from ``root`` with its official splits.
-
-  Rows whose image file is missing are skipped and counted under
-  ``"missing_image"``.
-
-  Raises:
-    FileNotFoundError: the dataset folder or ``metadata.csv`` is missing.
-    ValueError: malformed metadata, or a group with no images in a split.
-  """
+  """The official splits; rows whose image is missing are counted under
+  ``"missing_image"``."""
   del split_seed  # metadata.csv defines the splits.
   base = _dataset_dir(os.path.abspath(root))
   rows = read_metadata(os.path.join(base, METADATA))

@@ -1,12 +1,5 @@
-"""Generators, prompt functions, ``generate_synthetic`` and what the
-``generate`` command does (``generate_command``): the library side of
-generation, also used by a training run that makes the built-in benchmark's
-synthetic images itself.
-
-Generators (``config.generate.generator``): ``stable_diffusion`` (a diffusers
-folder, ``config.generate.model``) and ``procedural`` (the built-in
-benchmark's generator, ``config.benchmark.*``), which lives in
-:mod:`ffr_jax.demo.generator` and is listed lazily.
+"""The generator registry, ``generate_synthetic`` and the ``generate`` command;
+``procedural`` (the built-in benchmark's) lives in :mod:`ffr_jax.demo.generator`.
 """
 
 from __future__ import annotations
@@ -59,12 +52,10 @@ class GeneratorDef:
   """A generator kind.
 
   Attributes:
-    make: ``make(config, spec) -> Generator``.
-    prompts: ``prompts(config, spec) -> prompt_fn(g, index)``.
-    makes_own_data: cheap and offline (the built-in benchmark's): a training
-      run makes the images it lacks itself, so the demo is one command.
-    keys: the config keys its images depend on (an image is a function of
-      these, the group and its index): the pool's identity.
+    makes_own_data: cheap and offline: a training run makes the images it
+      lacks itself.
+    keys: the config keys its images depend on besides group and index: the
+      pool's identity.
   """
 
   make: Callable[[ml_collections.ConfigDict, DatasetSpec], Generator]
@@ -79,8 +70,6 @@ GENERATORS.register("stable_diffusion", GeneratorDef(
     keys=tuple(f"generate.{k}" for k in (
         "model", "revision", "prompts", "guidance_scale", "steps", "resolution",
         "scheduler", "dtype", "seed"))))
-# The built-in benchmark's generator lives in ffr_jax.demo: imported on first
-# lookup, never as a side effect.
 GENERATORS.register_lazy("procedural", "ffr_jax.demo.generator:PROCEDURAL")
 
 
@@ -99,49 +88,30 @@ def generate_synthetic(config: ml_collections.ConfigDict, spec: DatasetSpec,
                        needs: int | Mapping[tuple[int, int], int], root: str,
                        show_progress: bool = True, log_summary: bool = True
                        ) -> writer_lib.GenerationSummary:
-  """Generates what is missing of ``needs`` into ``root/spec.name``.
-
-  Args:
-    config: the full config (``generate``, and ``benchmark`` for procedural).
-    needs: images per group, one int or ``{(y, b): count}``.
-    show_progress: progress bar on stderr (host 0).
-    log_summary: log the per-group table.
-
-  Returns:
-    The writer's per-group summary (also logged).
-  """
+  """Generates what is missing of ``needs`` (per group: one int or
+  ``{(y, b): count}``) into ``root/spec.name``; returns the writer's summary."""
   definition = GENERATORS.get(config.generate.generator)
   with lifecycle.owned_folder(root, "generating synthetic images"):
-    return _generate(definition, config, spec, needs, root, show_progress,
-                     log_summary)
-
-
-def _generate(definition, config, spec, needs, root, show_progress,
-              log_summary) -> writer_lib.GenerationSummary:
-  generator = definition.make(config, spec)
-  metadata = {"prompts": config.generate.prompts,
-              **getattr(generator, "settings", {})}
-  summary = writer_lib.generate_dataset(
-      generator, spec, needs, root, definition.prompts(config, spec),
-      seed=int(config.generate.seed),
-      # One call per compiled sampling batch (all devices) where there is one.
-      batch_size=int(getattr(generator, "global_batch", config.generate.batch_size)),
-      metadata=metadata, show_progress=show_progress)
-  if log_summary:
-    logging.info("Synthetic images in %s:\n%s", os.path.join(root, spec.name),
-                 summary.table())
-  return summary
+    generator = definition.make(config, spec)
+    metadata = {"prompts": config.generate.prompts,
+                **getattr(generator, "settings", {})}
+    summary = writer_lib.generate_dataset(
+        generator, spec, needs, root, definition.prompts(config, spec),
+        seed=int(config.generate.seed),
+        # One call per compiled sampling batch (all devices) where there is one.
+        batch_size=int(getattr(generator, "global_batch", config.generate.batch_size)),
+        metadata=metadata, show_progress=show_progress)
+    if log_summary:
+      logging.info("Synthetic images in %s:\n%s", os.path.join(root, spec.name),
+                   summary.table())
+    return summary
 
 
 def generate_command(config: ml_collections.ConfigDict, workdir: str,
                      modes: Sequence[str], verify_only: bool = False) -> bool:
   """What ``ffr_jax.generate`` does; False when ``--verify`` found problems.
 
-  Sizes the groups from the real training split (what ``modes`` need, or
-  ``generate.per_group``), then generates what is missing into the
-  synthetic root (every host samples, host 0 writes) and writes
-  ``last_run.json`` beside the manifest; or, ``verify_only``, checks the
-  folder and prints the report.
+  Every host samples, host 0 writes the images and ``last_run.json``.
   """
   import jax  # pylint: disable=import-outside-toplevel
   maybe_initialize_distributed()

@@ -1,26 +1,23 @@
 """From many ``results.json`` files (or one ``runs.jsonl``) to the paper's numbers.
 
-Each run is one seed of one *setting*: a *cell* (dataset, bias ratio, mode,
-method, and any *condition* such as ``benchmark.strength``) plus
-*hyperparameters* (``train.lr``, ...). Per cell the hyperparameters with the
-best mean *selection score* over the seeds all candidates share are kept, and
-reported as mean and sample std (``ddof=1``) over seeds. The selection score
-is ``results.json["selection"]``: the val WA of the selected epoch, for DFR
-the backbone's (the refit head's val WA is in-sample). Averages over datasets
-and ratios are per seed over cells all present for that seed; missing stays
-None, never zero.
+A run is one seed of a *cell* (dataset, bias ratio, mode, method and any
+*condition*, e.g. ``benchmark.strength``) with some *hyperparameters*. Per cell
+the hyperparameters with the best mean ``results.json["selection"]`` score
+over the seeds all candidates share are kept; numbers are mean and sample std
+(``ddof=1``) over seeds. Averages over cells are taken per seed over cells
+that all have that seed; missing stays None, never zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from ffr_jax import config as config_lib
 from ffr_jax.reporting.results import RESULTS_FILE
@@ -45,9 +42,8 @@ METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
 class Record:
   """One finished run, reduced to what the report needs (accuracies in [0, 1]).
 
-  ``selection_wa`` is what hyperparameters are chosen on, ``selection_source``
-  what it is (``"val"``, ``"backbone_val"``); ``lr`` is the stage-2 or only
-  stage's learning rate, ``stage1_lr`` the synthetic stage's (None without one).
+  ``selection_source``: ``"val"`` or ``"backbone_val"`` (DFR); ``lr``: the
+  stage-2 or only stage's learning rate, ``stage1_lr`` the synthetic stage's.
   """
 
   path: str
@@ -102,11 +98,7 @@ def _learning_rates(results: dict) -> tuple[float | None, float | None]:
 
 
 def record_from_results(results: dict, path: str = "") -> Record:
-  """A :class:`Record` from a ``results.json`` object.
-
-  Raises:
-    ValueError: when ``results`` has no ``selection`` score.
-  """
+  """A :class:`Record` from a ``results.json`` object."""
   syn = results.get("synthetic_test") or {}
   selection_wa, selection_source = _selection(results, path)
   config = config_lib.flatten(results.get("config", {}))
@@ -134,8 +126,7 @@ def results_paths(workdir: str) -> list[str]:
 
 
 def load_records(workdir: str) -> list[Record]:
-  """A :class:`Record` of every ``results.json`` under ``workdir``; ``path`` is
-  the run folder relative to ``workdir``."""
+  """Every ``results.json`` under ``workdir``, ``path`` relative to it."""
   records = []
   for path in results_paths(workdir):
     with open(path) as f:
@@ -145,12 +136,8 @@ def load_records(workdir: str) -> list[Record]:
   return records
 
 
-# ----------------------------------------------------------------------------
-# runs.jsonl: one object per run, enough to rebuild every table and figure.
-
-# Record fields written as they are; ``path`` is written as ``run``, and
-# ``settings`` only with the keys that vary (those that make hyperparameters
-# and conditions).
+# runs.jsonl: one object per run, enough to rebuild every table and figure;
+# ``path`` is written as ``run``, ``settings`` only with the keys that vary.
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Record)
                     if f.name not in ("path", "settings"))
 
@@ -167,12 +154,7 @@ def write_runs(records: Sequence[Record], path: str) -> None:
 
 
 def load_runs(path: str) -> list[Record]:
-  """The records of a ``runs.jsonl`` (:func:`write_runs`).
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: a line that is not one run's object (the message names it).
-  """
+  """The records of a ``runs.jsonl`` (:func:`write_runs`)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No runs file {path}; write one with "
                             "`python -m ffr_jax.report --workdir=DIR`.")
@@ -189,10 +171,6 @@ def load_runs(path: str) -> list[Record]:
       except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}:{lineno}: not a run of runs.jsonl ({e}).") from None
   return records
-
-
-# ----------------------------------------------------------------------------
-# Statistics.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,23 +190,16 @@ class Stat:
 
 def stat(values: Sequence[float]) -> Stat | None:
   """Mean and sample std (``ddof=1``); None for no values."""
-  values = [float(v) for v in values]
-  if not values:
+  values = np.asarray(values, np.float64)
+  if not values.size:
     return None
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return Stat(mean, None, 1)
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-  return Stat(mean, math.sqrt(var), len(values))
+  std = float(np.std(values, ddof=1)) if values.size > 1 else None
+  return Stat(float(np.mean(values)), std, values.size)
 
 
 def fmt(s: Stat | None) -> str:
   """A cell of a markdown table: ``"mean ± std"`` or ``"—"`` when missing."""
   return "—" if s is None else s.format()
-
-
-# ----------------------------------------------------------------------------
-# Cells and selection.
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -260,8 +231,7 @@ class Selection:
 
 
 def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
-  """(hyperparameter keys, condition keys) among the config keys (not
-  ignored) whose value differs between records."""
+  """(hyperparameter keys, condition keys): the unignored keys that vary."""
   keys = sorted({k for r in records for k in r.settings} - IGNORED_KEYS)
   varying = [k for k in keys
              if len({repr(r.settings.get(k)) for r in records}) > 1]
@@ -272,7 +242,7 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
   """Per cell, the hyperparameters with the best mean selection WA over the
   seeds all candidates share (each its own if none); ties: first in sorted
-  order. Raises ValueError on two runs of one setting and seed."""
+  order."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:

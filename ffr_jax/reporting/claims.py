@@ -1,14 +1,9 @@
 """The paper's claims as paired tests, labelled supported / contradicted / not resolved.
 
-Each claim says that side A beats side B (a mode x method x metric). Its
-differences A - B (in points) are paired over the (dataset, bias ratio, seed)
-that both selected cells ran. The rule (docs/experiments.md, "How a claim is
-judged"): p is the exact two-sided Wilcoxon signed-rank test (zero
-differences dropped, ties given their mean rank), Holm-adjusted over the
-claims that have pairs; the interval is the 2.5-97.5 percentile range of the
-mean difference over 10,000 bootstrap resamples of the pairs (seed 0).
-*Supported*: adjusted p < 0.05 and the interval above 0; *contradicted*:
-adjusted p < 0.05 and the interval below 0; else *not resolved*.
+A claim says side A (a mode x method x metric) beats side B; its differences
+A - B in points are paired over the (dataset, bias ratio, seed) both selected
+cells ran. The rule is docs/experiments.md, "How a claim is judged"
+(``paper_report.CLAIMS_RULE``).
 """
 
 from __future__ import annotations

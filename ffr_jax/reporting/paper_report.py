@@ -35,7 +35,6 @@ CLAIMS_RULE = (
     "(10,000 resamples, seed 0). **supported**: Holm p < 0.05 and the interval "
     "above 0; **contradicted**: Holm p < 0.05 and the interval below 0; "
     "else **not resolved**.")
-# What chose the hyperparameters, said once under the report's heading.
 SELECTION_NOTE = (
     "the selection score is the validation worst-group accuracy of the "
     "selected epoch (`val`), for DFR the backbone's validation WA before the "
@@ -63,8 +62,11 @@ def _ratio_label(r: float) -> str:
   return f"{100 * r:g}%"
 
 
-# ----------------------------------------------------------------------------
-# Figure 3.
+def _save(plt, fig, title: str, path: str) -> None:
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
@@ -117,16 +119,9 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
       ax.grid(alpha=0.3)
       if row == 0 and col == 0:
         ax.legend(fontsize=8)
-  fig.suptitle("Figure 3: modes with ERM (mean ± sample std over seeds)",
-               fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, "Figure 3: modes with ERM (mean ± sample std over seeds)",
+        path)
   return True
-
-
-# ----------------------------------------------------------------------------
-# Figure 4.
 
 
 def figure4_values(sel: dict[Cell, Selection], condition: tuple, metric: str
@@ -177,16 +172,9 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
     ax.set_xlabel("SD-Aug")
     ax.set_ylabel("SD-Free")
     ax.set_title(f"test {label} (%)")
-  fig.suptitle("Figure 4: averaged over datasets and bias ratios "
-               "(mean ± sample std over seeds)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, "Figure 4: averaged over datasets and bias ratios "
+        "(mean ± sample std over seeds)", path)
   return True
-
-
-# ----------------------------------------------------------------------------
-# Tables 1-3.
 
 
 def rows_table(sel: dict[Cell, Selection], condition: tuple,
@@ -242,7 +230,6 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
   for cell in sorted(sel, key=lambda c: (repr(c.condition), c.dataset,
                                          c.bias_ratio, c.mode, c.method)):
     s = sel[cell]
-    # What the kept runs were selected on, e.g. ``"backbone_val"``.
     sources = ",".join(sorted({r.selection_source for r in s.runs.values()}))
     chosen = ", ".join(f"{k}={v}" for k, v in s.hparams) or "(only one)"
     if len(s.candidates) > 1:
@@ -265,10 +252,6 @@ def _slug(condition: tuple) -> str:
   if not condition:
     return ""
   return "_" + "_".join(f"{k.split('.')[-1]}{v}" for k, v in condition)
-
-
-# ----------------------------------------------------------------------------
-# The whole report.
 
 
 def write_report(records: Sequence[agg.Record], out_dir: str,

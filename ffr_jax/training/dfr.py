@@ -1,20 +1,17 @@
 """Deep Feature Reweighting (Kirichenko et al., 2023) on frozen embeddings.
 
 The last layer is refitted as an L1 logistic regression on group-balanced
-subsets of the *validation* set (docs/reference.md, "Methods"), as the
-canonical ``dfr_on_validation_tune`` / ``dfr_on_validation_eval``:
+subsets of the *validation* set, as the canonical ``dfr_on_validation_tune``
+/ ``dfr_on_validation_eval`` (docs/reference.md, "Methods"):
 
-1. tuning: split val in two halves; balance the first half's groups,
-   standardise both halves with a scaler fitted on that balanced set, and keep
-   the C with the best worst-group accuracy on the second half (the first in
-   grid order among ties);
+1. tuning: balance one half of val, standardise with that set's scaler, keep
+   the C with the best worst-group accuracy on the other half (first of ties);
 2. final fit: standardise with the *training* embeddings' scaler and average
    ``num_refits`` fits at the best C, each on a fresh balanced subset of val.
 
-The two scalers differ on purpose, as in the canonical code (L1 strength
-depends on feature scale). One deliberate change: the halves are split within
-each group, so a ten-example minority group is never missing from a half.
-Runs on the host with scikit-learn (liblinear).
+The two scalers differ as in the canonical code (L1 strength depends on
+feature scale). One change: val is halved within each group, so a small
+minority group is never missing from a half. Runs on the host (liblinear).
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ class DFRResult:
 
   @property
   def heldout_worst_group_acc(self) -> float:
-    """The best C's worst-group accuracy on val's held-out half (out of sample,
-    unlike the refit head's val accuracy)."""
+    """The best C's worst-group accuracy on val's held-out half (out of sample)."""
     return self.c_scores[self.best_c]
 
 

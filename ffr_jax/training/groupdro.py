@@ -61,8 +61,7 @@ def group_mean_losses(
 def size_adjustments(group_sizes: jax.Array | None,
                      size_adjustment: float | jax.Array,
                      num_groups: int) -> jax.Array:
-  """``C / sqrt(n_g)`` per group; 0 where ``n_g = 0`` (the canonical code
-  divides by zero there; such a group is never in a batch)."""
+  """``C / sqrt(n_g)`` per group; 0 where ``n_g = 0`` (never in a batch)."""
   if group_sizes is None:
     return jnp.zeros((num_groups,), jnp.float32)
   n = jnp.asarray(group_sizes, jnp.float32)
