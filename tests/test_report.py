@@ -346,3 +346,15 @@ def test_runs_are_labelled_planned_or_extension_by_the_sweep(tmp_path):
   (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
   with pytest.raises(ValueError, match=r"bad\.jsonl:1: not a run"):
     agg.load_runs(str(tmp_path / "bad.jsonl"))
+
+
+def test_a_methods_own_settings_are_chosen_on_validation():
+  runs = []
+  for upsample, val in ((20, 0.4), (50, 0.6)):
+    r = _result("none", "jtt", 0, val=val)
+    r["config"]["jtt"] = {"upsample": upsample, "epochs_id": 1}
+    runs.append(agg.record_from_results(r))
+  hkeys, ckeys = agg.split_keys(runs)
+  assert (hkeys, ckeys) == (["jtt.upsample"], [])
+  (selection,) = agg.select(runs).values()
+  assert selection.hparams == (("jtt.upsample", 50),)

@@ -21,12 +21,13 @@ import numpy as np
 
 from ffr_jax import config as config_lib
 from ffr_jax.reporting.results import RESULTS_FILE
+from ffr_jax.training.methods import METHODS
 
-# Config keys chosen per cell on validation data, when they vary.
+# Config keys chosen per cell on validation data, when they vary; so is every
+# key of a method's own section (groupdro.*, dfr.*, jtt.*, afr.*).
 HPARAM_KEYS = (
     "train.lr", "train.freeze_bn", "train.epochs", "train.weight_decay",
-    "train.batch_size", "stage1.lr", "stage1.epochs", "groupdro.eta",
-    "groupdro.size_adjustment",
+    "train.batch_size", "stage1.lr", "stage1.epochs",
 )
 # Keys that never define a condition: the cell keys and seeds, paths (which
 # follow from other settings), and settings that change speed, not results.
@@ -235,8 +236,13 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
   keys = sorted({k for r in records for k in r.settings} - IGNORED_KEYS)
   varying = [k for k in keys
              if len({repr(r.settings.get(k)) for r in records}) > 1]
-  return ([k for k in varying if k in HPARAM_KEYS],
-          [k for k in varying if k not in HPARAM_KEYS])
+  hparams = [k for k in varying if is_hparam(k)]
+  return hparams, [k for k in varying if k not in hparams]
+
+
+def is_hparam(key: str) -> bool:
+  """Whether ``key`` is chosen on validation rather than defining a condition."""
+  return key in HPARAM_KEYS or key.split(".")[0] in METHODS
 
 
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
