@@ -121,8 +121,8 @@ runs = experiments.expand(sweep, {str(tmp_path)!r})
 def fake(run, should_stop=None, state=None):
   os.makedirs(run.run_dir, exist_ok=True)
   open(os.path.join(run.run_dir, "results.json"), "w").write("{{}}")
-experiments.EXECUTORS.register("subprocess", experiments.Executor(fake, in_process=False))
-outcomes = experiments.run_sweep(runs, {str(tmp_path)!r}, "subprocess", log=lambda s: None)
+experiments.EXECUTORS.register("fake", experiments.Executor(fake, in_process=False))
+outcomes = experiments.run_sweep(runs, {str(tmp_path)!r}, "fake", log=lambda s: None)
 from jax._src import xla_bridge
 print([o.status for o in outcomes], xla_bridge.backends_are_initialized())
 """
@@ -146,14 +146,20 @@ def _fails_with_one_line(cmd, expect: str):
     ("--config.train.nonexistent=1", "nonexistent"),
     ("--config.data.bias_ratio=1.5", "1.5"),
     ("--config.mode=mixup", "Unknown mode 'mixup'"),
-    ("--config.method=jtt", "Unknown method 'jtt'"),
+    ("--config.method=jttt", "Unknown method 'jttt'"),
     ("--config.train.epochs=0", "epochs=0 must be >= 1"),
     ("--config.train.lr=abc", "lr"),
+    ("--config.train.lr=inf", "lr=inf must be a finite number"),
+    ("--config.mode=,", "names no mode"),
+    ("--config.method=dfr --config.dfr.num_refits=0", "num_refits=0"),
+    ("--config.method=dfr --config.dfr.c_grid=()", "c_grid"),
+    ("--config.method=afr --config.afr.heldout=0", "afr.heldout"),
+    ("--config.method=jtt --config.jtt.epochs_id=0", "jtt.epochs_id=0"),
 ])
 def test_a_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override,
                                                            expect):
   workdir = tmp_path / "w"
-  _fails_with_one_line(_main(workdir, override), expect)
+  _fails_with_one_line(_main(workdir, *override.split()), expect)
   assert not workdir.exists()  # validated before anything is written
 
 
@@ -163,6 +169,13 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   file = tmp_path / "a_file"
   file.write_text("x")
   _fails_with_one_line(_main(file), "a_file")
+  _fails_with_one_line(_main(""), "--workdir is empty")
+  assert not list(ROOT.glob("runs")) and not (ROOT / "stages").exists()
+  weights = tmp_path / "w.safetensors"
+  weights.write_text("not weights")
+  _fails_with_one_line(_main(tmp_path / "w", f"--config.model.pretrained={weights}"),
+                       "is not readable as weights")
+  assert not (tmp_path / "w").exists()
 
 
 def test_help_lists_the_config_keys_modes_and_methods(tmp_path):
