@@ -165,17 +165,6 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   _fails_with_one_line(_main(file), "a_file")
 
 
-def test_help_lists_the_config_keys_modes_and_methods(tmp_path):
-  proc = subprocess.run(_main(tmp_path, "--help"), capture_output=True,
-                        text=True, cwd=ROOT, timeout=300)
-  assert proc.returncode == 0
-  assert "--config.train.lr=0.001" in proc.stdout  # the demo's value
-  assert "--config.data.bias_ratio=0.99" in proc.stdout
-  assert "mode: asb, ffr, ffr_biased, none, stage1_only, stage2_then_1, usb" in (
-      proc.stdout)
-  assert "method: dfr, erm, groupdro, resampling" in proc.stdout
-
-
 def _stage_dir(workdir: pathlib.Path, stage: str) -> pathlib.Path:
   """The folder of ``stage`` (``stages/{stage}-{fingerprint}``), once it exists."""
   found = sorted((workdir / "stages").glob(f"{stage}-*")) if (

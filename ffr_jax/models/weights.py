@@ -56,6 +56,32 @@ _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
+# ``model.pretrained`` for a fresh initialisation; "" is refused on real data.
+NONE = "none"
+
+
+def pretrained_source(value: str, real_data: bool) -> str | None:
+  """The file or hub id ``model.pretrained`` names; None for a fresh initialisation.
+
+  Raises:
+    ValueError: ``value`` is empty on real data (the paper always starts
+      from ImageNet, so training from scratch must be asked for).
+    FileNotFoundError: ``value`` is neither a file nor a hub id.
+  """
+  if value == NONE or (not value and not real_data):
+    return None
+  if not value:
+    raise ValueError(
+        "config.model.pretrained is empty: set it to ImageNet weights, "
+        f"{HUB_PREFIX}timm/resnet50.tv_in1k (downloaded once) or a local "
+        ".pth/.safetensors file, or to 'none' to train from scratch.")
+  if not value.startswith(HUB_PREFIX) and not os.path.isfile(value):
+    raise FileNotFoundError(
+        f"config.model.pretrained={value!r} is not a file (a .pth or "
+        f".safetensors file, {HUB_PREFIX}ORG/NAME, or 'none').")
+  return value
+
+
 class WeightsError(ValueError):
   """A checkpoint that cannot be read or does not fit the model."""
 

@@ -78,12 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.data.root={root!r} is not a folder; point it at the "
         f"{config.data.name} data (python -m ffr_jax.data --help shows the "
         "layouts).")
-  pretrained = str(config.model.pretrained)
-  if (pretrained and not pretrained.startswith(weights_lib.HUB_PREFIX)
-      and not os.path.isfile(pretrained)):
-    raise FileNotFoundError(
-        f"config.model.pretrained={config.model.pretrained!r} is not a file "
-        "(a .pth or .safetensors file, or hf-hub:ORG/NAME).")
+  weights_lib.pretrained_source(str(config.model.pretrained), not definition.self_contained)
 
 
 def check_one_run(config: ml_collections.ConfigDict, where: str = "") -> None:
@@ -211,8 +206,8 @@ def eval_sets(data: RunData) -> list[stage_lib.EvalSet]:
 
 def pretrained_variables(config: ml_collections.ConfigDict, model):
   """ImageNet weights if configured (else None) and their plan ``init``."""
-  source = str(config.model.pretrained)
-  if not source:
+  source = weights_lib.pretrained_source(str(config.model.pretrained), real_data=False)
+  if source is None:
     return None, plan_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
