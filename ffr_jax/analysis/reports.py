@@ -215,8 +215,16 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
     if with_synthetic:
       same_data = [r.info for r in loaded if samples_lib.data_key(r.config)
                    == samples_lib.data_key(first.config)]
-      syn, _, _ = samples_lib.synthetic_sample(same_data, spec, n, synthetic,
-                                               out_dir)
+      try:
+        syn, _, _ = samples_lib.synthetic_sample(same_data, spec, n, synthetic,
+                                                 out_dir)
+      except (ValueError, FileNotFoundError) as e:
+        if all(r.mode != "none" for r in same_data):
+          raise type(e)(f"{e} Or pass --nowith_synthetic (real images only).") from e
+        raise ValueError(
+            "Mode none trains on no synthetic images, and "
+            f"{first.config.data.synthetic_root} has too few for --images=sample:{n}: "
+            "pass --nowith_synthetic to explain real images only.") from e
     # n real then n synthetic images of each chosen group.
     rows = Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
                            for g in select_groups(spec, groups)
