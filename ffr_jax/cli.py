@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 import tokenize
@@ -184,7 +185,10 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     text = str(e)
     if "Traceback" in text:  # config_flags folds the config's traceback in
       fail(f"{text.splitlines()[0].rstrip(':')}: {_last_reason(text)}")
-    fail(f"{text}. Run with --help to see the flags.")
+    missing = re.findall(r"Flag (--\w+) must have a value other than None", text)
+    if missing:
+      fail(f"missing {' and '.join(missing)}; run with --help to see the flags.")
+    fail(f"{text.rstrip('.')}. Run with --help to see the flags.")
   except Exception as e:  # pylint: disable=broad-except
     # config_flags raises from inside parsing: an unknown --config key, a
     # value of the wrong type.

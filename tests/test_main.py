@@ -165,6 +165,12 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   _fails_with_one_line(_main(file), "a_file")
 
 
+def test_no_arguments_is_one_line_naming_the_missing_flags():
+  line = _fails_with_one_line([sys.executable, "-m", "ffr_jax.main"],
+                              "missing --config and --workdir; run with --help")
+  assert ".." not in line
+
+
 def _stage_dir(workdir: pathlib.Path, stage: str) -> pathlib.Path:
   """The folder of ``stage`` (``stages/{stage}-{fingerprint}``), once it exists."""
   found = sorted((workdir / "stages").glob(f"{stage}-*")) if (

@@ -220,7 +220,8 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                                                  out_dir)
       except (ValueError, FileNotFoundError) as e:
         if all(r.mode != "none" for r in same_data):
-          raise type(e)(f"{e} Or pass --nowith_synthetic (real images only).") from e
+          raise type(e)(str(e).replace("--per_group", "N in --images=sample:N") +
+                        " Or pass --nowith_synthetic (real images only).") from e
         raise ValueError(
             "Mode none trains on no synthetic images, and "
             f"{first.config.data.synthetic_root} has too few for --images=sample:{n}: "
