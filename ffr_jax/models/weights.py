@@ -63,10 +63,8 @@ NONE = "none"
 def pretrained_source(value: str, real_data: bool) -> str | None:
   """The file or hub id ``model.pretrained`` names; None for a fresh initialisation.
 
-  Raises:
-    ValueError: ``value`` is empty on real data (the paper always starts
-      from ImageNet, so training from scratch must be asked for).
-    FileNotFoundError: ``value`` is neither a file nor a hub id.
+  Empty is an error on real data: the paper always starts from ImageNet, so
+  training from scratch must be asked for.
   """
   if value == NONE or (not value and not real_data):
     return None
