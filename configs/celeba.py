@@ -23,11 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The locked config; ``arg`` is ``None`` or ``"smoke"``."""
   config = base_config()
   config.data.name = "celeba"
-  config.data.target_attribute = "Blond_Hair"
-  config.data.bias_attribute = "Male"
+  config.data.target_attribute = "Blond_Hair"  # the attribute that is the class
+  config.data.bias_attribute = "Male"  # the attribute that is the bias
   # The usual pairing: blond goes with female, not blond with male. (By the
   # official train counts alone, not blond would be female: 71629 vs 66874.)
-  config.data.majority = "not blond:male,blond:female"
+  config.data.majority = "not blond:male,blond:female"  # each class's majority bias
   config.generate.steps = 25  # the authors' steps for faces
   config.data.bias_val = False  # the official val
   apply_arg(config, arg)

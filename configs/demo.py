@@ -1,13 +1,9 @@
 """The built-in, download-free benchmark ("demo"): see docs/benchmark.md.
 
-Real images are rendered into SpuCo Animals' on-disk layout and read by the
-SpuCo loader; synthetic images come from the procedural generator, whose
-fingerprint strength is ``benchmark.strength``.
-
-``data.root = ""`` means "render into ``{workdir}/data/real``" (the workdir is
-only known at run time; the training entry point resolves it and calls
-``ffr_jax.demo.prepare_real(root, scale=benchmark.scale,
-image_size=benchmark.image_size, seed=benchmark.seed)`` before loading).
+Real images are rendered into SpuCo Animals' on-disk layout on first use,
+synthetic ones by the procedural generator. With the default mode list, each
+mode's run is ``{workdir}/runs/mode={mode}/method=erm``, and the rendered
+images are shared under ``{workdir}/shared/{real,synthetic}/``.
 
 Usage::
 
@@ -28,18 +24,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base.base_config()
 
   c.benchmark = ml_collections.ConfigDict()
-  c.benchmark.scale = demo.DEFAULT_SCALE  # 0.05 x SpuCo's sizes: 500/25 train per group
-  c.benchmark.image_size = ml_collections.FieldReference(32)
+  c.benchmark.scale = demo.DEFAULT_SCALE  # share of SpuCo's sizes (0.05: 500/25 train per group)
+  c.benchmark.image_size = ml_collections.FieldReference(32)  # side of every image in pixels
   c.benchmark.seed = 0          # seeds every real image
   c.benchmark.strength = 0.5    # generator fingerprint; 0 = real distribution (calibrated)
-  # Generated content/style shift (0 = real content). 0.75 (with strength 0.5)
-  # is the calibration's choice: synthetic-only training closest to the
-  # paper's 51.2 WA, probe >= 0.95 (docs/benchmark.md, "Calibration runs").
-  c.benchmark.content_gap = 0.75
+  # 0.75 (with strength 0.5) is the calibration's choice: synthetic-only
+  # training closest to the paper's 51.2 WA, probe >= 0.95 (docs/benchmark.md,
+  # "Calibration runs").
+  c.benchmark.content_gap = 0.75  # generated content/style shift (0 = real content)
 
   c.data.name = "demo"
-  c.data.root = ""              # "": {workdir}/data/real (rendered on first use)
-  c.data.synthetic_root = ""    # "": {workdir}/synthetic (generated on first use)
+  c.data.root = ""              # "": rendered into the workdir on first use
+  c.data.synthetic_root = ""    # "": generated into the workdir on first use
   c.data.bias_ratio = 0.99
   c.data.image_size = c.benchmark.get_ref("image_size")
   c.data.cache_images = True    # a few thousand 32 px images: keep them decoded
@@ -59,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage1.epochs = 5
   c.stage1.lr = 1e-3
 
-  # The demo compares the four modes with ERM; each gets {workdir}/{mode}-erm.
+  # The four modes with ERM, run as a sweep in one process.
   c.mode = "none,usb,asb,ffr"
   c.method = "erm"
 

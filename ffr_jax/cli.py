@@ -1,27 +1,27 @@
 """What every command shares: logging, the compilation cache, one-line errors.
 
-A command (``main.py``, ``generate.py``, ...) defines its flags, then calls
-:func:`run` with a ``main(argv)`` that makes one library call. A bad flag, a
-missing config file, a misspelled ``--config.key`` and the exceptions a user's
-mistake raises (bad config values, missing files, malformed data:
-:data:`USER_ERRORS`) are one ``error: ...`` line and exit code 2, with the
-traceback only under ``--verbose``. ``--help`` with ``--config`` also lists
-the config's keys with their values.
+A user's mistake (a bad flag or config file, a misspelled ``--config.key``,
+:data:`USER_ERRORS`) is one ``error: ...`` line and exit code 2; ``--verbose``
+shows the traceback. ``--help`` with ``--config`` lists the config's keys with
+their values and meanings.
 """
 
 from __future__ import annotations
 
+import ast
 import errno
 import logging as std_logging
 import os
 import re
 import signal
 import sys
+import tokenize
 from collections.abc import Callable, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from ffr_jax import config as config_lib
 from ffr_jax import models
@@ -118,17 +118,78 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
   sys.exit(code)
 
 
-def config_help(config) -> str:
-  """Every ``--config.key`` with its value, then the valid registry names."""
-  lines = ["Config keys (--config.KEY=VALUE) and their values in this config:"]
+def _assignment_comments(path: str) -> dict[str, str]:
+  """``{"data.root": comment}`` for each commented ``c.data.root = ...`` of a file.
+
+  The comment at the end of the assignment, else the comment lines right
+  above it; the first commented assignment of a key wins.
+  """
+  with open(path, encoding="utf-8") as f:
+    source = f.read()
+  lines = source.splitlines()
+  trailing = {}
+  with open(path, encoding="utf-8") as f:
+    for tok in tokenize.generate_tokens(f.readline):
+      if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1][:tok.start[1]].strip():
+        trailing[tok.start[0]] = tok.string.lstrip("#").strip()
+  out = {}
+  for node in ast.walk(ast.parse(source)):
+    if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
+      continue
+    key = ast.unparse(node.targets[0]).partition(".")[2]
+    text = " ".join(trailing[n] for n in range(node.lineno, node.end_lineno + 1)
+                    if n in trailing)
+    above = node.lineno - 1
+    while not text and above > 0 and lines[above - 1].strip().startswith("#"):
+      above -= 1
+    if not text and above < node.lineno - 1:
+      text = " ".join(l.strip().lstrip("#").strip() for l in lines[above:node.lineno - 1])
+    if text:
+      out.setdefault(key, text)
+  return out
+
+
+def key_meanings(config_path: str) -> dict[str, str]:
+  """What each key of a config file means: its comment in ``base_config``, else in the file."""
+  return {**_assignment_comments(config_path), **_assignment_comments(config_lib.__file__)}
+
+
+def config_help(config, config_path: str) -> str:
+  """Every ``--config.key`` with its value and meaning, then the valid registry names."""
+  meanings = key_meanings(config_path)
+  lines = ["Config keys (--config.KEY=VALUE), their values in this config and meanings:"]
   for key, value in sorted(config_lib.flatten(config).items()):
-    lines.append(f"  --config.{key}={value!r}")
+    lines.append(f"  --config.{key}={value!r}  # {meanings.get(key, '?')}")
   lines.append("")
   for key, registry in [("mode", compose.MODES), ("method", methods.METHODS),
                         ("data.name", datasets.DATASETS), ("model.name", models.MODELS),
                         ("generate.generator", factory.GENERATORS)]:
     lines.append(f"  {key}: {', '.join(sorted(registry))}")
   return "\n".join(lines)
+
+
+def _print_help(argv: Sequence[str]) -> None:
+  """The command's docstring and flags, then the config's keys if ``--config`` loads."""
+  try:
+    # Missing required flags (--workdir) fail validation after parsing: the
+    # config is parsed all the same.
+    flags.FLAGS([a for a in argv if a not in _HELP_FLAGS], known_only=True)
+  except flags.Error:
+    pass
+  main_module = sys.modules.get("__main__")
+  print((getattr(main_module, "__doc__", "") or "").strip() + "\n")
+  for name in flags.FLAGS:
+    if flags.FLAGS[name].default is None:
+      flags.FLAGS[name].default_as_str = None  # not "(default: 'None')"
+  print(flags.FLAGS.main_module_help())
+  if "config" not in flags.FLAGS or not flags.FLAGS["config"].present:
+    return
+  try:
+    config = flags.FLAGS["config"].value
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    print("\n" + config_help(config, config_lib.split_config_path(path)[0]))
+  except Exception as e:  # pylint: disable=broad-except  # help still prints
+    print(f"\ncannot list the config's keys: {_last_reason(str(e))}")
 
 
 def _override_message(e: Exception) -> str:
@@ -155,16 +216,7 @@ def _last_reason(text: str) -> str:
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's parsing, with every failure as one line and exit code 2."""
   if any(a in _HELP_FLAGS for a in argv[1:]):
-    try:
-      flags.FLAGS([a for a in argv if a not in _HELP_FLAGS], known_only=True)
-      config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
-    except Exception:  # pylint: disable=broad-except  # help still prints
-      config = None
-    main_module = sys.modules.get("__main__")
-    print((getattr(main_module, "__doc__", "") or "").strip() + "\n")
-    print(flags.FLAGS.main_module_help())
-    if config is not None:
-      print("\n" + config_help(config))
+    _print_help(argv)
     sys.exit(0)
   try:
     rest = flags.FLAGS(list(argv))
@@ -174,7 +226,10 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     text = str(e)
     if "Traceback" in text:  # config_flags folds the config's traceback in
       fail(f"{text.splitlines()[0].rstrip(':')}: {_last_reason(text)}")
-    fail(f"{text}. Run with --help to see the flags.")
+    missing = re.findall(r"Flag (--\w+) must have a value other than None", text)
+    if missing:
+      fail(f"missing {' and '.join(missing)}; run with --help to see the flags.")
+    fail(f"{text.rstrip('.')}. Run with --help to see the flags.")
   except Exception as e:  # pylint: disable=broad-except
     # config_flags raises from inside parsing: an unknown --config key, a
     # value of the wrong type.

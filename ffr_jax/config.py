@@ -40,12 +40,12 @@ def train_lr(config: ml_collections.ConfigDict) -> float:
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all datasets; unlocked so the caller can edit it."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                   # seeds initialisation and data order
 
   c.data = ml_collections.ConfigDict()
   c.data.name = ""             # a key of ffr_jax.data.datasets.DATASETS
-  c.data.root = ""             # the dataset's official folder on disk
-  c.data.bias_ratio = 0.95     # majority share of each class in train/val
+  c.data.root = ""             # the dataset's folder on disk ("" only for the built-in benchmark)
+  c.data.bias_ratio = 0.95     # majority share of each class in train/val; -1: as found
   c.data.split_seed = 0        # seeds splits and minority dropping, not training
   c.data.image_size = 224      # the authors resize to 224x224, no crop
   c.data.flip = False          # the authors use no augmentation
@@ -66,8 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"    # resnet50 | resnet18 | tiny
-  # ImageNet weights: a .pth or .safetensors file, or hf-hub:ORG/NAME[@REV]
-  # (hf-hub:timm/resnet50.tv_in1k is torchvision's, the paper's).
+  # ImageNet weights: a .pth/.safetensors file or hf-hub:ORG/NAME[@REV]
+  # (hf-hub:timm/resnet50.tv_in1k is the paper's); "none": from scratch; "":
+  # an error on real data, from scratch on the built-in benchmark.
   c.model.pretrained = ""
   c.model.dtype = "float32"    # compute dtype; bfloat16 on accelerators
   # 1x1 convolutions as matmuls: same parameters and outputs; XLA:CPU's conv
@@ -81,13 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128     # global batch over all devices and hosts
-  c.train.epochs = 50
-  c.train.lr = AUTHORS_LR       # -1: 1e-3, ASB 1e-4 (the authors' values)
-  c.train.lr_schedule = "constant"  # or "cosine": to 0 over each stage
+  c.train.epochs = 50          # epochs of the stage on real data (FFR's stage 2)
+  c.train.lr = AUTHORS_LR      # Adam's rate; -1: the authors' rate, 1e-3 (ASB: 1e-4)
+  c.train.lr_schedule = "constant"  # "constant" or "cosine" (to 0 over each stage)
   c.train.weight_decay = 1e-5  # Adam with L2 decay, as torch.optim.Adam
   c.train.freeze_bn = False    # FFR stage 2: keep BN statistics from stage 1
   c.train.log_every = 50       # steps between host-side metric logs
-  c.train.eval_batch_size = 256
+  c.train.eval_batch_size = 256  # global batch of evaluation and embedding passes
   c.train.checkpoint_every = 0  # steps between mid-epoch checkpoints (0: epoch ends)
   # Where stages live, one folder per plan ({name}-{fingerprint}), so a stage
   # with the same settings is trained once ("": {workdir}/stages). A sweep
@@ -99,8 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # FFR stage 1: ERM on the balanced synthetic set.
   c.stage1 = ml_collections.ConfigDict()
-  c.stage1.epochs = 50
-  c.stage1.lr = 1e-4
+  c.stage1.epochs = 50         # FFR stage 1 epochs (balanced synthetic data)
+  c.stage1.lr = 1e-4           # FFR stage 1 learning rate
 
   # Extra evaluation (the paper's Table 3): a held-out synthetic test set of
   # N images per group, drawn with its own generation seed into its own folder.
@@ -111,12 +112,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.groupdro = ml_collections.ConfigDict()
   c.groupdro.eta = 0.01        # step size of the group-weight update
-  c.groupdro.size_adjustment = 0.0  # C in C / sqrt(n_g)
+  c.groupdro.size_adjustment = 0.0  # GroupDRO's C: adds C / sqrt(n_g) to each group's loss
 
   c.dfr = ml_collections.ConfigDict()
-  # The authors' grid for every dataset (docs/reference.md, "Methods").
+  # DFR's inverse L1 strengths, selected on half of val; the authors' grid
+  # for every dataset (docs/reference.md, "Methods").
   c.dfr.c_grid = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
-  c.dfr.num_refits = 20
+  c.dfr.num_refits = 20        # DFR's last layer: mean of this many refits on balanced subsets
 
   # JTT (method jtt): ERM for epochs_id epochs finds the error set, which the
   # final training set repeats upsample more times (paper: Waterbirds 60 and
@@ -139,18 +141,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.generate = ml_collections.ConfigDict()
   c.generate.model = ""        # diffusers folder or hub id (Stable Diffusion v1.4)
   c.generate.revision = ""     # hub revision of generate.model ("flax", "bf16"); "": default
-  c.generate.generator = "stable_diffusion"  # or "procedural" (built-in benchmark)
+  c.generate.generator = "stable_diffusion"  # "stable_diffusion" or "procedural" (built-in benchmark)
   # "paper": "A photo of {bias} {class}"; "rich"; or a template string with
   # {class} and {bias} (configs/folder.py).
   c.generate.prompts = "paper"
   c.generate.per_group = -1    # -1: what FFR/ASB need at this bias ratio
-  c.generate.guidance_scale = 7.5
-  c.generate.steps = 50         # the authors: 50 for animals, 25 for faces
-  c.generate.resolution = 512
-  c.generate.scheduler = "pndm"
-  c.generate.dtype = "float32"
+  c.generate.guidance_scale = 7.5  # classifier-free guidance scale
+  c.generate.steps = 50        # sampling steps; the authors: 50 for animals, 25 for faces
+  c.generate.resolution = 512  # generated image side in pixels
+  c.generate.scheduler = "pndm"  # diffusers sampling scheduler
+  c.generate.dtype = "float32"  # Stable Diffusion's compute dtype (bfloat16 on TPU)
   c.generate.batch_size = 8    # images per device per sampling call
-  c.generate.seed = 0
+  c.generate.seed = 0          # each image's noise is a function of seed, group, index
   return c
 
 
@@ -173,6 +175,8 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> None:
   config.stage1.epochs = 1
   config.train.batch_size = 16
   config.train.eval_batch_size = 16
+  if not config.model.pretrained:
+    config.model.pretrained = "none"  # the tiny model has no ImageNet weights
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

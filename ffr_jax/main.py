@@ -1,6 +1,6 @@
 """Train and evaluate FFR and its baselines.
 
-    python -m ffr_jax.main --config=configs/spuco.py --workdir=DIR \
+    python -m ffr_jax.main --config=configs/spuco.py --workdir=DIR \\
         [--config.mode=ffr --config.method=groupdro --config.data.root=...]
 
 One mode and one method write ``DIR/results.json``. Comma-separated lists

@@ -200,6 +200,27 @@ def test_heldout_synthetic_images_skip_what_training_used(tmp_path):
   assert all(ex.count(*g) == 4 for g in spec.groups)
 
 
+@pytest.mark.parametrize("mode,expect", [
+    ("none", "Mode none trains on no synthetic images, and .* has too few for "
+             "--images=sample:1: pass --nowith_synthetic to explain real images only."),
+    ("asb", "--synthetic=generate .* Or pass --nowith_synthetic")])
+def test_rise_without_synthetic_images_names_nowith_synthetic(tmp_path, monkeypatch,
+                                                              mode, expect):
+  from ffr_jax.analysis import reports  # pylint: disable=g-import-not-at-top
+  from ffr_jax.data.types import Examples  # pylint: disable=g-import-not-at-top
+  config = _demo_config(tmp_path)
+  config.generate.generator = "stable_diffusion"  # no cheap held-out images
+  info = _run_info(tmp_path, config, used=0)
+  info.results["mode"] = mode
+  spec = samples_lib.datasets.get_dataset("demo").spec
+  run = run_loading.LoadedRun(info=info, stage="train", stage_dir="", spec=spec,
+                              model=None, variables=None)
+  monkeypatch.setattr(reports, "_load_all", lambda *args: [run])
+  monkeypatch.setattr(samples_lib, "real_test_sample", lambda *a: Examples.empty())
+  with pytest.raises(ValueError, match=expect):
+    reports.rise_report([str(tmp_path)], str(tmp_path / "out"), shardings=object())
+
+
 def test_find_runs_fails_clearly_without_a_finished_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="No finished run"):
     run_loading.find_runs(str(tmp_path))

@@ -15,7 +15,7 @@ import fake_trees
 import ml_collections
 import pytest
 
-from ffr_jax.data import celeba, datasets, folder, layouts, waterbirds
+from ffr_jax.data import celeba, datasets, folder, layouts, synthetic, waterbirds
 from ffr_jax.data.types import DatasetSplits
 from ffr_jax.generation import prompts
 
@@ -229,6 +229,34 @@ def test_folder_majority_from_config_and_ratio_rule(folder_root):
   # dog: 30 outdoor keep 1.58 indoor -> int(3 - 1.58) = 1 removed -> 2.
   assert got["train"][(1, 0)] == 2
   assert got["test"] == {(0, 0): 6, (0, 1): 6, (1, 0): 6, (1, 1): 6}
+
+
+def test_folder_keeps_the_data_as_found_unless_a_ratio_is_asked(folder_root, caplog):
+  cfg = data_config("folder", folder_root, load_config("folder").data.bias_ratio)
+  with caplog.at_level(logging.INFO):
+    got = counts(datasets.load_dataset(cfg))
+  assert got == {s: {(["cat", "dog"].index(c), ["indoor", "outdoor"].index(b)): n
+                     for (c, b), n in fake_trees.FOLDER_COUNTS[s].items()}
+                 for s in SPLITS}
+  assert "bias ratio as found; train majority share per class: cat 0.909, dog 0.909" in (
+      caplog.text)
+
+
+def test_own_synthetic_images_need_no_manifest(folder_root, tmp_path, caplog):
+  spec = datasets.dataset_spec(data_config("folder", folder_root))
+  for g, (cls, bias) in enumerate([("cat", "indoor"), ("dog", "outdoor")]):
+    for i in range(3):
+      fake_trees.write_image(str(tmp_path / "folder" / cls / bias / f"mine_{i}.jpg"), g)
+  with caplog.at_level(logging.INFO):
+    pool = synthetic.load_synthetic(str(tmp_path), spec)
+  assert "wrote one listing its 6 images" in caplog.text
+  assert sorted(os.path.basename(p) for p in pool.path) == sorted(
+      [f"mine_{i}.jpg" for i in range(3)] * 2)
+  assert (tmp_path / "folder" / synthetic.MANIFEST).is_file()
+  again = synthetic.load_synthetic(str(tmp_path), spec)  # now from the manifest
+  assert list(again.path) == list(pool.path)
+  with pytest.raises(FileNotFoundError, match="No synthetic images in .*cat, dog x indoor"):
+    synthetic.load_synthetic(str(tmp_path / "empty"), spec)
 
 
 def test_folder_class_missing_from_one_split(tmp_path):

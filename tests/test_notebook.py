@@ -103,3 +103,30 @@ def test_notebook_runs_on_cpu_all_modes(tmp_path):
   """The demo's four modes at smoke size, as a user would first run it."""
   nb = _execute(tmp_path, "none,usb,asb,ffr", per_group=20, masks=1000)
   _check(nb, tmp_path / "runs", ["none", "usb", "asb", "ffr"])
+
+
+def _run_source_cell(params: dict) -> dict:
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  (cell,) = [c for c in nb.cells if "def find_source" in c.source]
+  scope = dict(params)
+  exec(cell.source, scope)  # pylint: disable=exec-used
+  return scope
+
+
+def test_without_a_source_the_install_cell_says_what_to_do(tmp_path):
+  with pytest.raises(SystemExit, match=r"No ffr_jax source at .*: upload the repository "
+                     r"and unzip it there .* or set REPO_URL"):
+    _run_source_cell({"REPO_URL": "", "REPO_DIR": str(tmp_path / "ffr_jax"),
+                      "INSTALL": True})
+
+
+def test_an_uploaded_zip_is_the_source(tmp_path, monkeypatch):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(tmp_path / "ffr_jax.zip", "w") as z:
+    z.writestr("ffr_jax-main/pyproject.toml", "[project]\n")  # GitHub's zip layout
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr("sys.path", list(__import__("sys").path))
+  scope = _run_source_cell({"REPO_URL": "", "REPO_DIR": str(tmp_path / "ffr_jax"),
+                            "INSTALL": False})
+  assert (tmp_path / "ffr_jax" / "pyproject.toml").is_file()
+  assert scope["REPO_DIR"] == str(tmp_path / "ffr_jax")

@@ -88,3 +88,20 @@ def test_an_in_process_sweep_loads_each_data_setting_once(tmp_path, monkeypatch)
   assert seen[0] is seen[1] and seen[2] is seen[3] and seen[1] is not seen[2]
   assert seen[0].synthetic is None and seen[2].synthetic is not None
 
+
+
+REAL_DATA_CONFIGS = ("spuco", "celeba_hq", "utk_face", "waterbirds", "celeba", "folder")
+
+
+@pytest.mark.parametrize("name", REAL_DATA_CONFIGS)
+def test_real_data_without_pretrained_weights_stops_before_training(name, tmp_path):
+  from ffr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+  config_lib.apply_overrides(config, [("data.root", str(tmp_path))])
+  with pytest.raises(ValueError, match="hf-hub:timm/resnet50.tv_in1k .* local "
+                     r"\.pth/\.safetensors file, or to 'none' to train from scratch"):
+    run_lib.validate_config(config)
+  config_lib.apply_overrides(config, [("model.pretrained", "none")])
+  run_lib.validate_config(config)  # from scratch when asked for
+  model = object()
+  assert run_lib.pretrained_variables(config, model) == (None, "fresh")

@@ -254,3 +254,35 @@ def test_a_resume_restores_groupdros_weights(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoints, "restore_latest", forgetful)
   _, wrong = _interrupted_then_resumed(tmp_path, plan, "forgot")
   assert not np.array_equal(kernel(wrong), kernel(whole))
+
+
+def test_a_stop_during_the_first_compilation_runs_no_step(tmp_path, monkeypatch):
+  events = []
+  make = steps_lib.make_train_step
+
+  class Spy:
+    """The jitted step, noting when it compiles and runs."""
+
+    def __init__(self, *args):
+      self.jitted = make(*args)
+
+    def lower(self, *args):
+      lowered = self.jitted.lower(*args)
+      events.append("compiled")
+      return lowered
+
+    def __call__(self, *args):
+      events.append("step")
+      return self.jitted(*args)
+  monkeypatch.setattr(steps_lib, "make_train_step", Spy)
+
+  def should_stop(step):
+    events.append(f"check {step}")
+    return True  # a signal arrived while the first step compiled
+  with pytest.raises(stage_lib.StageInterrupted) as stopped:
+    stage_lib.run_stage(
+        _plan(tmp_path), models.create_model("tiny", 2), _evals(tmp_path),
+        make_shardings(), MetricWriter(str(tmp_path / "off"), enabled=False),
+        str(tmp_path / "cut"), OPTIONS, should_stop=should_stop)
+  assert stopped.value.step == 0
+  assert events == ["compiled", "check 0"]

@@ -207,7 +207,8 @@ def plot(results: list[RunEmbeddings], spec: DatasetSpec, path: str,
   """t-SNE per run side by side: by source (top) and by group (bottom)."""
   plt = results_lib.pyplot()
   n = len(results)
-  fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False)
+  fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.6), squeeze=False,
+                           layout="constrained")
   cmap = plt.get_cmap("tab10")
   for col, r in enumerate(results):
     top, bottom = axes[0, col], axes[1, col]
@@ -228,14 +229,16 @@ def plot(results: list[RunEmbeddings], spec: DatasetSpec, path: str,
     for ax in (top, bottom):
       ax.set_xticks([])
       ax.set_yticks([])
-  axes[0, 0].legend(fontsize=7, loc="best", markerscale=2)
   axes[1, 0].set_ylabel("by group (o real, x synthetic)", fontsize=8)
   axes[0, 0].set_ylabel("by source", fontsize=8)
-  handles, labels = axes[1, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)),
+  handles, labels = [], []
+  for ax in axes[:, 0]:
+    h, l = ax.get_legend_handles_labels()
+    handles, labels = handles + h, labels + l
+  # Below the panels, in as many columns as the figure is wide.
+  fig.legend(handles, labels, loc="outside lower center", ncol=2 * n,
              fontsize=7, markerscale=2)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout(rect=(0, 0.07, 1, 0.97 if title else 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -17,18 +17,8 @@ from ffr_jax import config as config_lib
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None
                 ) -> ml_collections.ConfigDict:
-  """``configs/x.py[:arg]`` -> its locked config, with dotted-key overrides.
-
-  Args:
-    path: a config file, optionally with ``:arg`` (``configs/demo.py:smoke``),
-      as ``--config`` takes it.
-    overrides: ``{"train.epochs": 2, "mode": "none,ffr"}``; each key must
-      exist (the config is locked), as with ``--config.key=value``.
-
-  Raises:
-    FileNotFoundError: no such config file.
-    KeyError: an override names an unknown key.
-  """
+  """``configs/x.py[:arg]`` -> its locked config, with dotted-key overrides
+  (``{"train.epochs": 2}``) applied as ``--config.key=value`` would."""
   config = config_lib.load_config_file(path)
   config_lib.apply_overrides(config, list((overrides or {}).items()))
   return config

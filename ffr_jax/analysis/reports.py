@@ -72,20 +72,9 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
   """t-SNE figure, probe and centroid distances of every run in ``workdirs``.
 
   Writes ``{out_dir}/embeddings.png`` (runs side by side), ``embeddings.json``
-  (the numbers) and ``embeddings.npz`` (embeddings and t-SNE coordinates).
-
-  Args:
-    workdirs: training workdirs (or run folders); see
-      :func:`ffr_jax.analysis.run_loading.find_runs`.
-    out_dir: where the outputs (and generated held-out images) go.
-    per_group: real test and synthetic images per group.
-    synthetic: which synthetic images (:data:`samples.SYNTHETIC_CHOICES`).
-    stage: ``"last"`` or a stage name (``"stage1"``: FFR before fine-tuning).
-    seed: image sampling, probe folds and t-SNE.
-    shardings: the mesh (default: all devices).
-
-  Returns:
-    The JSON written: ``{"runs": {name: numbers}, ...}``.
+  (the numbers, also returned) and ``embeddings.npz`` (embeddings and t-SNE
+  coordinates). ``stage`` is ``"last"`` or a stage name (``"stage1"``: FFR
+  before fine-tuning); ``seed`` seeds sampling, probe folds and t-SNE.
   """
   start = time.time()
   shardings = shardings or make_shardings()
@@ -180,23 +169,10 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   ``rise.json`` (per image and run: target class, its probability, the
   prediction; the page files) and ``rise.npz`` (images and maps).
 
-  Args:
-    workdirs: training workdirs (or run folders).
-    images: ``"sample:N"`` (``N`` real test images per chosen group, and as
-      many synthetic ones with ``with_synthetic``) or comma-separated paths.
-    groups: for sampling: ``"minority"``, ``"all"`` or group names.
-    with_synthetic: also sample held-out synthetic images (as the paper's
-      Figure 6 does).
-    synthetic: which synthetic images (see :mod:`ffr_jax.analysis.samples`).
-    stage: ``"last"`` or a stage name.
-    seed: image sampling.
-    shardings: the mesh (default: all devices).
-
-  Returns:
-    The JSON written.
-
-  Explained class: an image's true class when the run's data lists the
-  image (always for sampled images); otherwise each model's prediction.
+  ``images`` is ``"sample:N"`` (``N`` real test images per chosen group, and
+  as many held-out synthetic ones with ``with_synthetic``, as the paper's
+  Figure 6) or comma-separated paths. The explained class is an image's true
+  class where the run's data lists the image, else each model's prediction.
   """
   start = time.time()
   rise = rise or rise_lib.RiseConfig()
@@ -217,8 +193,17 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
     if with_synthetic:
       same_data = [r.info for r in loaded if samples_lib.data_key(r.config)
                    == samples_lib.data_key(first.config)]
-      syn, _, _ = samples_lib.synthetic_sample(same_data, spec, n, synthetic,
-                                               out_dir)
+      try:
+        syn, _, _ = samples_lib.synthetic_sample(same_data, spec, n, synthetic,
+                                                 out_dir)
+      except (ValueError, FileNotFoundError) as e:
+        if all(r.mode != "none" for r in same_data):
+          raise type(e)(str(e).replace("--per_group", "N in --images=sample:N") +
+                        " Or pass --nowith_synthetic (real images only).") from e
+        raise ValueError(
+            "Mode none trains on no synthetic images, and "
+            f"{first.config.data.synthetic_root} has too few for --images=sample:{n}: "
+            "pass --nowith_synthetic to explain real images only.") from e
     # n real then n synthetic images of each chosen group.
     rows = Examples.concat(ex.take(np.flatnonzero(ex.mask(*g))[:n])
                            for g in select_groups(spec, groups)

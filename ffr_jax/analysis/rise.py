@@ -84,14 +84,8 @@ def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
                  shardings: Shardings | None = None):
   """Compiles ``rise(aux, image, key) -> [K, H, W]`` saliency maps.
 
-  Args:
-    score_fn: scores a batch of (masked) images: ``(aux, [B, H, W, C]) ->
-      [B, K]``; ``aux`` (e.g. model variables) is passed through replicated.
-    shardings: the mesh (default: all devices).
-
-  Returns:
-    The jitted function; ``image`` is float ``[H, W, C]``, already in the
-    space ``score_fn`` expects.
+  ``aux`` (e.g. model variables) goes to ``score_fn`` replicated; ``image`` is
+  float ``[H, W, C]`` in the space ``score_fn`` expects.
   """
   shardings = shardings or make_shardings()
   d = shardings.num_devices
@@ -175,33 +169,21 @@ PAGE_PNG = "rise_page{page}.png"
 
 
 def rows_per_page(max_px: int = MAX_PAGE_PX) -> int:
-  """How many image rows fit a page of at most ``max_px`` pixels."""
   return max(1, int((max_px / DPI - HEADER_INCHES) // ROW_INCHES))
 
 
 def page_name(page: int) -> str:
-  """File name of page ``page`` (1-based)."""
   return PAGE_PNG.format(page=page)
 
 
 def draw_page(images: list[np.ndarray], row_labels: list[str],
               col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
               title: str = ""):
-  """One page of the Figure 6-style grid, as a matplotlib figure.
+  """One page of the Figure 6-style grid: rows images, then one column per run.
 
-  Rows are images; the first column is the image, then one column per run.
-  The title is a ``suptitle`` that constrained layout gives its own strip,
-  so it never covers the column titles or the captions.
-
-  Args:
-    images: uint8 ``[H, W, 3]`` per row.
-    row_labels: one per row (group, source).
-    col_labels: one per run.
-    maps: ``[rows, runs, H, W]`` saliency of each row's target class.
-    notes: ``[rows][runs]`` short captions (e.g. the class probability).
-
-  Returns:
-    The figure (the caller saves and closes it).
+  ``maps`` is ``[rows, runs, H, W]``, the saliency of each row's target
+  class; ``notes`` ``[rows][runs]`` short captions. The caller saves and
+  closes the figure.
   """
   plt = results_lib.pyplot()
   rows, cols = len(images), len(col_labels) + 1
@@ -234,17 +216,8 @@ def draw_page(images: list[np.ndarray], row_labels: list[str],
 def plot_pages(images: list[np.ndarray], row_labels: list[str],
                col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
                out_dir: str, title: str = "", max_px: int = MAX_PAGE_PX) -> list[str]:
-  """The grid as pages ``rise_page1.png``, ... of at most ``max_px`` pixels high.
-
-  Pages left over from an earlier, longer grid in ``out_dir`` are removed, so
-  the folder never mixes two grids.
-
-  Args:
-    images, row_labels, col_labels, maps, notes, title: as for :func:`draw_page`.
-
-  Returns:
-    The paths written, in page order.
-  """
+  """Writes the grid as pages ``rise_page1.png``, ... of at most ``max_px`` pixels
+  high and returns their paths; pages of an earlier, longer grid are removed."""
   plt = results_lib.pyplot()
   per_page = rows_per_page(max_px)
   starts = list(range(0, len(images), per_page))

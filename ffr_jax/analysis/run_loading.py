@@ -37,15 +37,10 @@ _HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-  """A finished run found on disk; nothing heavy is loaded.
+  """A finished run found on disk (``results.json`` and its resolved config).
 
-  Attributes:
-    name: ``"{mode}-{method}"``, or the run's sweep name where that is not
-      unique (made unique over workdirs by :func:`find_runs_in`).
-    run_dir: the folder holding its ``results.json``.
-    workdir: the folder it was found in (a run or a sweep).
-    results: the parsed ``results.json``.
-    config: the run's resolved config.
+  ``name`` is ``"{mode}-{method}"``, or the run's sweep name where that is not
+  unique; ``workdir`` is the folder it was found in (a run or a sweep).
   """
 
   name: str
@@ -65,16 +60,7 @@ class RunInfo:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
-  """A run with its model and the best variables of one stage.
-
-  Attributes:
-    info: where it came from.
-    stage: the stage whose best variables were restored.
-    stage_dir: that stage's folder.
-    spec: the dataset's names and groups.
-    model: the flax module, as the run built it.
-    variables: ``{"params", "batch_stats"}``, replicated on the mesh.
-  """
+  """A run with its model and the best variables of ``stage`` (replicated on the mesh)."""
 
   info: RunInfo
   stage: str

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 
+from absl import logging
 import numpy as np
 
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 BIAS_RATIOS = (0.90, 0.95, 0.97, 0.99, 0.999)
+# data.bias_ratio that keeps the data as found (the folder dataset's default).
+AS_FOUND = -1.0
 # Keeps model selection by worst-group accuracy meaningful (the authors').
 MIN_VAL_PER_GROUP = 10
 
@@ -22,11 +25,11 @@ MIN_VAL_PER_GROUP = 10
 def check_ratio(ratio: float) -> float:
   """Returns ``ratio`` as a float, or raises if no dataset can have it."""
   ratio = float(ratio)
-  if not (0.5 < ratio < 1.0) or math.isnan(ratio):
+  if ratio != AS_FOUND and (not 0.5 < ratio < 1.0 or math.isnan(ratio)):
     raise ValueError(
         f"bias_ratio={ratio} is impossible: it is the majority group's share of "
         "its class and must lie strictly between 0.5 and 1 (e.g. 0.9, 0.95, "
-        "0.97, 0.99, 0.999).")
+        f"0.97, 0.99, 0.999), or {AS_FOUND} to keep the data as found.")
   return ratio
 
 
@@ -86,13 +89,22 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
 def bias_splits(splits: DatasetSplits, ratio: float, seed: int,
                 bias_val: bool = True) -> DatasetSplits:
   """Applies the ratio to train, and to val when ``bias_val`` (the paper's
-  protocol; val keeps >= 10 per group); test as is."""
-  val = splits.val
-  if bias_val:
-    val = apply_bias_ratio(splits.spec, val, ratio, seed + 1,
-                           min_per_group=MIN_VAL_PER_GROUP)
-  return splits.replace(
-      train=apply_bias_ratio(splits.spec, splits.train, ratio, seed), val=val)
+  protocol; val keeps >= 10 per group); test as is.
+
+  :data:`AS_FOUND` keeps every split; the train ratio is logged either way.
+  """
+  if ratio != AS_FOUND:
+    val = splits.val
+    if bias_val:
+      val = apply_bias_ratio(splits.spec, val, ratio, seed + 1,
+                             min_per_group=MIN_VAL_PER_GROUP)
+    splits = splits.replace(
+        train=apply_bias_ratio(splits.spec, splits.train, ratio, seed), val=val)
+  found = achieved_ratio(splits.spec, splits.train)
+  logging.info("%s: bias ratio %s; train majority share per class: %s",
+               splits.spec.name, "as found" if ratio == AS_FOUND else ratio,
+               ", ".join(f"{splits.spec.class_names[y]} {r:.3f}" for y, r in found.items()))
+  return splits
 
 
 def seeded_split(examples: Examples, seed: int

@@ -137,7 +137,7 @@ def _identify_files(splits: DatasetSplits, root: str, verify: bool
 
 def _require_root(name: str, root: str, layout: str) -> None:
   if not root:
-    raise ValueError(f"config.data.root is empty; point it at the {name} folder. "
+    raise ValueError(f"config.data.root is empty; point it at the {name} data. "
                      f"Expected layout:\n{layout}")
 
 

@@ -445,7 +445,7 @@ class TrainLoader:
     if self.steps_per_epoch == 0:
       raise ValueError(
           f"The training set has {len(self.source)} examples, fewer than one "
-          f"global batch of {self.batch_size}.")
+          f"global batch of {self.batch_size}; lower --config.train.batch_size.")
 
   @property
   def steps_per_epoch(self) -> int:

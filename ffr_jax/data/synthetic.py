@@ -5,6 +5,9 @@ Layout (written by ``ffr_jax.generate``, read here)::
     {root}/{dataset}/{class}/{bias}/{index:06d}.png
     {root}/{dataset}/manifest.jsonl
 
+A folder of one's own images in that layout (any image file names) and no
+manifest gets one written on first read (:func:`write_manifest_of_images`).
+
 Each manifest line is one image: ``{"file": "<class>/<bias>/<index>.png",
 "class": str, "bias": str, "index": int, "prompt": str, "seed": int,
 "generator": str}``. The manifest is the source of truth: an image is part of
@@ -22,7 +25,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ffr_jax.data import images
+from absl import logging
+
+from ffr_jax.data import images, layouts
 from ffr_jax.data.types import SYNTHETIC, DatasetSpec, Examples
 
 MANIFEST = "manifest.jsonl"
@@ -64,6 +69,31 @@ def relative_image_path(spec: DatasetSpec, y: int, b: int, index: int) -> str:
   return os.path.join(spec.class_names[y], spec.bias_names[b], f"{index:06d}.png")
 
 
+def write_manifest_of_images(root: str, spec: DatasetSpec) -> int:
+  """Lists the images of ``{root}/{spec.name}/{class}/{bias}/`` in a new manifest.
+
+  For images made elsewhere: indices follow the sorted file names of each
+  group; prompt and seed are unknown (``""``, -1). Returns the image count.
+  """
+  base = dataset_dir(root, spec)
+  lines = []
+  for y, b in spec.groups:
+    folder = os.path.join(base, spec.class_names[y], spec.bias_names[b])
+    found = layouts.list_images(folder, {}) if os.path.isdir(folder) else []
+    lines += [ManifestRecord(file=os.path.relpath(p, base), cls=spec.class_names[y],
+                             bias=spec.bias_names[b], index=i, prompt="", seed=-1,
+                             generator="user").to_json()
+              for i, p in enumerate(found)]
+  if lines:
+    path = os.path.join(base, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+      f.write("".join(l + "\n" for l in lines))
+    os.replace(path + ".tmp", path)
+    logging.info("%s had images but no %s: wrote one listing its %d images.",
+                 base, MANIFEST, len(lines))
+  return len(lines)
+
+
 def read_manifest(root: str, spec: DatasetSpec) -> Iterator[ManifestRecord]:
   """Yields the records of ``{root}/{spec.name}/manifest.jsonl``.
 
@@ -71,11 +101,11 @@ def read_manifest(root: str, spec: DatasetSpec) -> Iterator[ManifestRecord]:
   line is an error naming the line number.
   """
   path = os.path.join(dataset_dir(root, spec), MANIFEST)
-  if not os.path.isfile(path):
+  if not os.path.isfile(path) and not write_manifest_of_images(root, spec):
     raise FileNotFoundError(
-        f"No synthetic manifest at {path}. Expected the layout "
-        f"{root}/{spec.name}/<class>/<bias>/*.png with {MANIFEST}, as written "
-        "by `python -m ffr_jax.generate`.")
+        f"No synthetic images in {dataset_dir(root, spec)}: expected "
+        f"<class>/<bias>/*.png folders there ({', '.join(spec.class_names)} x "
+        f"{', '.join(spec.bias_names)}), as `python -m ffr_jax.generate` writes.")
   with open(path) as f:
     lines = f.read().split("\n")
   complete = lines[:-1]  # text after the last newline is a torn write

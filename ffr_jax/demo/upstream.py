@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from flax import traverse_util
 import numpy as np
 
 from ffr_jax import mesh as mesh_lib
@@ -225,7 +226,7 @@ def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   :func:`ffr_jax.models.weights.torchvision_to_flax`."""
   state = {}
   for col in ("params", "batch_stats"):
-    for path, leaf in weights_lib._flatten(variables.get(col, {})).items():  # pylint: disable=protected-access
+    for path, leaf in traverse_util.flatten_dict(dict(variables.get(col, {}))).items():
       value = np.asarray(jax.device_get(leaf), np.float32)
       if value.ndim == 4:
         value = value.transpose(3, 2, 0, 1)

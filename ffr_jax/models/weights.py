@@ -38,35 +38,44 @@ _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-class WeightsError(ValueError):
-  """A checkpoint that cannot be read or does not fit the model."""
+# ``model.pretrained`` for a fresh initialisation; "" is refused on real data.
+NONE = "none"
 
 
-NO_WEIGHTS = "none"  # model.pretrained: train from scratch, said explicitly
+def pretrained_source(value: str, real_data: bool) -> str | None:
+  """The file or hub id ``model.pretrained`` names; None for a fresh initialisation.
 
-
-def is_pretrained(source: str) -> bool:
-  """Whether ``model.pretrained`` names weights ('' and 'none' do not)."""
-  return source not in ("", NO_WEIGHTS)
-
-
-def check_weights_source(source: str) -> None:
-  """Fails before any work on a weights file that cannot be read as weights."""
-  if not is_pretrained(source) or hub.is_hub_ref(source):
-    return
-  where = f"config.model.pretrained={source!r}"
-  if not os.path.isfile(source):
-    raise FileNotFoundError(f"{where} is not a file (a .pth or .safetensors "
-                            f"file, {HUB_PREFIX}ORG/NAME, or '{NO_WEIGHTS}').")
-  if os.path.splitext(source)[1].lower() == ".safetensors":
-    from safetensors import safe_open
+  Empty is an error on real data: the paper always starts from ImageNet, so
+  training from scratch must be asked for.
+  """
+  if value == NONE or (not value and not real_data):
+    return None
+  if not value:
+    raise ValueError(
+        "config.model.pretrained is empty: set it to ImageNet weights, "
+        f"{HUB_PREFIX}timm/resnet50.tv_in1k (downloaded once) or a local "
+        ".pth/.safetensors file, or to 'none' to train from scratch.")
+  if value.startswith(HUB_PREFIX):
+    return value
+  if not os.path.isfile(value):
+    raise FileNotFoundError(
+        f"config.model.pretrained={value!r} is not a file (a .pth or "
+        f".safetensors file, {HUB_PREFIX}ORG/NAME, or 'none').")
+  if os.path.splitext(value)[1].lower() == ".safetensors":
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     try:
-      with safe_open(source, "numpy") as f:
+      with safe_open(value, "numpy") as f:
         if not list(f.keys()):
           raise ValueError("it holds no tensors")
     except Exception as e:  # pylint: disable=broad-except  # any unreadable file
-      raise WeightsError(f"{where} is not readable as weights ({e}); give "
-                         "a torchvision ResNet .safetensors file.") from None
+      raise WeightsError(f"config.model.pretrained={value!r} is not readable "
+                         f"as weights ({e}); give a torchvision ResNet "
+                         ".safetensors file.") from None
+  return value
+
+
+class WeightsError(ValueError):
+  """A checkpoint that cannot be read or does not fit the model."""
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

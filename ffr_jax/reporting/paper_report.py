@@ -92,8 +92,8 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
              for d, rs in dr.items() for r in rs for m in FIG3_MODES):
     return False
   plt = results_lib.pyplot()
-  fig, axes = plt.subplots(len(dr), 2, figsize=(9, 3.2 * len(dr)),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(dr), 2, figsize=(9, 3.2 * len(dr) + 0.4),
+                           squeeze=False, layout="constrained")
   for row, (d, ratios) in enumerate(dr.items()):
     x = list(range(len(ratios)))  # even spacing: 95%, 99%, 99.9% are close
     for col, (metric, label) in enumerate((("test_wa", "worst-group acc"),
@@ -117,8 +117,8 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
       ax.set_ylabel(f"test {label} (%)")
       ax.set_title(f"{d}: {label}")
       ax.grid(alpha=0.3)
-      if row == 0 and col == 0:
-        ax.legend(fontsize=8)
+  fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center",
+             ncol=len(FIG3_MODES), fontsize=8)
   _save(plt, fig, "Figure 3: modes with ERM (mean ± sample std over seeds)",
         path)
   return True

@@ -153,7 +153,7 @@ def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
 
   labels = [r["run"] for r in rows]
   x = np.arange(len(rows))
-  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.8), layout="constrained")
   wa = [100 * r["test_worst_group_acc"] for r in rows]
   ba = [100 * r["test_balanced_acc"] for r in rows]
   ax.bar(x - 0.2, wa, 0.4, label="worst-group acc")
@@ -165,8 +165,7 @@ def bar_chart(rows: list[dict], path: str, title: str = "") -> None:
   ax.set_ylim(0, 105)
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(title)
-  ax.legend(loc="lower right", fontsize=8)
-  fig.tight_layout()
+  fig.legend(loc="outside lower center", ncol=2, fontsize=8)  # off the bars
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

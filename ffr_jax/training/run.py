@@ -68,7 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.data.root={root!r} is not a folder; point it at the "
         f"{config.data.name} data (python -m ffr_jax.data_summary --help shows the "
         "layouts).")
-  weights_lib.check_weights_source(str(config.model.pretrained))
+  weights_lib.pretrained_source(str(config.model.pretrained),
+                                real_data=not definition.self_contained)
 
 
 def check_one_run(config: ml_collections.ConfigDict, where: str = "") -> None:
@@ -186,8 +187,8 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
 
 def pretrained_variables(config: ml_collections.ConfigDict, model):
   """ImageNet weights if configured (else None) and their plan ``init``."""
-  source = str(config.model.pretrained)
-  if not weights_lib.is_pretrained(source):
+  source = weights_lib.pretrained_source(str(config.model.pretrained), real_data=False)
+  if source is None:
     return None, spec_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
