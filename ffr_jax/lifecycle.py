@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import logging
@@ -113,6 +113,38 @@ def pid_alive(pid: int) -> bool:
   except PermissionError:  # alive, another user's
     return True
   return True
+
+
+@contextlib.contextmanager
+def temporary_for(path: str) -> Iterator[str]:
+  """A temporary name for writing ``path`` atomically: ``{path}.tmp-PID``.
+
+  It is removed if the write fails (a full disk); those of writers that died
+  are removed first, live ones left alone (sweep shards write one file).
+  """
+  for old in glob.glob(glob.escape(path) + ".tmp-*"):
+    pid = old.rpartition(".tmp-")[2]
+    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(old)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    yield tmp
+  finally:
+    with contextlib.suppress(FileNotFoundError):  # gone once renamed
+      os.remove(tmp)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` via a synced temporary file and a rename: never a torn
+  file, even after a power loss."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with temporary_for(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _describe_time(t: float) -> str:
@@ -219,10 +251,6 @@ def _write_temp(path: str, text: str) -> str:
       os.unlink(tmp)
     raise
   return tmp
-
-
-def _replace_atomic(path: str, text: str) -> None:
-  os.replace(_write_temp(path, text), path)
 
 
 def _remove_stale_temps(path: str) -> None:
@@ -421,7 +449,7 @@ class WorkdirLock:
           return True
       if not self._is_ours(owner):
         return False
-      _replace_atomic(self.path, owner.to_json())
+      write_atomic(self.path, owner.to_json())
       return True
     outcome = self._with_mutex(refresh, wait=1.0)
     if outcome is False and not self._is_ours(owner):
