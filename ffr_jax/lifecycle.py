@@ -22,20 +22,13 @@ from typing import Any
 from absl import logging
 
 LOCK_FILE = ".ffr_lock.json"
-# Held only for the few milliseconds of a take-over, heartbeat or release, so
-# those never interleave (this is what makes a take-over race-free).
-MUTEX_SUFFIX = ".mutex"
 TMP_SUFFIX = ".tmp"
-DEFAULT_HEARTBEAT_EVERY = 30.0
-DEFAULT_STALE_AFTER = 300.0
 # A mutex older than this was left by a process killed inside the critical
 # section (which lasts milliseconds).
 MUTEX_STALE_AFTER = 10.0
 # Start times read twice from /proc for the same process agree to the clock
 # tick; a reused pid started later.
 _START_TIME_TOLERANCE = 0.5
-# Signals the guard turns into a clean stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def exit_code(signum: int) -> int:
@@ -111,7 +104,7 @@ def pid_alive(pid: int) -> bool:
   except ProcessLookupError:
     return False
   except PermissionError:  # alive, another user's
-    return True
+    pass
   return True
 
 
@@ -282,14 +275,15 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, *, enabled: bool | None = None,
-               heartbeat_every: float = DEFAULT_HEARTBEAT_EVERY,
-               stale_after: float = DEFAULT_STALE_AFTER):
+               heartbeat_every: float = 30.0, stale_after: float = 300.0):
     if stale_after <= heartbeat_every:
       raise ValueError(f"stale_after ({stale_after} s) must be longer than "
                        f"heartbeat_every ({heartbeat_every} s).")
     self.workdir = os.path.abspath(workdir)
     self.path = os.path.join(self.workdir, LOCK_FILE)
-    self._mutex = self.path + MUTEX_SUFFIX
+    # Held for the milliseconds of a take-over, heartbeat or release, so those
+    # never interleave: this makes a take-over race-free.
+    self._mutex = self.path + ".mutex"
     self._enabled = enabled
     self.heartbeat_every, self.stale_after = heartbeat_every, stale_after
     self._owner: _Owner | None = None
@@ -408,10 +402,8 @@ class WorkdirLock:
     while not _create_exclusive(self._mutex, str(os.getpid())):
       age = _mtime_age(self._mutex)
       if age is not None and age > MUTEX_STALE_AFTER:
-        try:
+        with contextlib.suppress(FileNotFoundError):
           os.unlink(self._mutex)
-        except FileNotFoundError:
-          pass
         continue
       if time.monotonic() >= deadline:
         return False
@@ -461,21 +453,16 @@ class WorkdirLock:
       return False
     return True
 
-  def lost_reason(self) -> str | None:
-    """Why this process must stop without saving more (another process took
-    its lock over while it stalled), else None."""
-    if self.lost is None:
-      return None
-    return (f"workdir {self.workdir} was taken over by {self.lost} while this "
-            "run held it (it stalled past the heartbeat timeout); stopped "
-            "without saving more: the workdir is that process's now.")
-
   def checked(self, should_stop: Callable[..., bool] | None = None
               ) -> Callable[[int], bool]:
-    """``should_stop(step)`` that also stops the run once the lock was taken
-    over (through the guard's ``lost``, so all hosts stop together)."""
+    """``should_stop(step)`` that also stops the run, without saving more,
+    once the lock was taken over (through the guard's ``lost``, so all hosts
+    stop together)."""
     def check(step: int) -> bool:
-      reason = self.lost_reason()
+      reason = None if self.lost is None else (
+          f"workdir {self.workdir} was taken over by {self.lost} while this "
+          "run held it (it stalled past the heartbeat timeout); stopped "
+          "without saving more: the workdir is that process's now.")
       if should_stop is not None:
         return bool(should_stop(step, lost=reason))
       if reason is not None:
@@ -560,12 +547,12 @@ class PreemptionGuard:
   def signal_name(self) -> str | None:
     """``SIGTERM``/``SIGINT`` once a stop was requested (agreed, on several
     hosts), else None."""
-    signum = self._agreed if self._agreed is not None else self._signum
+    signum = self._agreed or self._signum
     return None if signum is None else signal.Signals(signum).name
 
   @property
   def exit_code(self) -> int | None:
-    signum = self._agreed if self._agreed is not None else self._signum
+    signum = self._agreed or self._signum
     return None if signum is None else exit_code(signum)
 
   def __enter__(self) -> PreemptionGuard:
@@ -574,8 +561,8 @@ class PreemptionGuard:
       self._process_count = jax.process_count()
     if self._process_count > 1:
       self._jax_owns_sigterm = _jax_preemption_service_running()
-    signals = [s for s in STOP_SIGNALS
-               if not (s == signal.SIGTERM and self._jax_owns_sigterm)]
+    signals = [signal.SIGINT] + ([] if self._jax_owns_sigterm
+                                 else [signal.SIGTERM])
     if threading.current_thread() is not threading.main_thread():
       logging.warning("PreemptionGuard outside the main thread: signals keep "
                       "their handlers.")
@@ -603,7 +590,7 @@ class PreemptionGuard:
   def should_stop(self, step: int, lost: str | None = None) -> bool:
     """Whether to save and stop after ``step`` (the same on every host).
 
-    ``lost`` (:meth:`WorkdirLock.lost_reason`) raises
+    ``lost`` (why the workdir lock was lost, :meth:`WorkdirLock.checked`) raises
     :class:`WorkdirLostError` instead: at once on one host, on several at
     the next flag exchange, so none is left waiting in a collective.
     """
