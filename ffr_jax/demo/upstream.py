@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from ffr_jax import lifecycle
 from ffr_jax import mesh as mesh_lib
 from ffr_jax import models
 from ffr_jax.demo import render
@@ -328,11 +329,6 @@ def pretrain_to_file(out: str, **kwargs) -> dict:
   variables, record = pretrain(**kwargs)
   save_torchvision(variables, out)
   record["weights_bytes"] = os.path.getsize(out)
-  with open(metadata_path(out), "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
+  lifecycle.write_atomic(metadata_path(out), json.dumps(record, indent=2))
   return record
 
-
-__all__ = ["CLASS_NAMES", "MAX_CLASSES", "SHAPES", "TEXTURES", "metadata_path",
-           "pretrain", "pretrain_to_file", "render_upstream", "save_torchvision",
-           "split", "to_torchvision_state"]
