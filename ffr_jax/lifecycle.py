@@ -16,26 +16,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import logging
 
 LOCK_FILE = ".ffr_lock.json"
-# Held only for the few milliseconds of a take-over, heartbeat or release, so
-# those never interleave (this is what makes a take-over race-free).
-MUTEX_SUFFIX = ".mutex"
 TMP_SUFFIX = ".tmp"
-DEFAULT_HEARTBEAT_EVERY = 30.0
-DEFAULT_STALE_AFTER = 300.0
 # A mutex older than this was left by a process killed inside the critical
 # section (which lasts milliseconds).
 MUTEX_STALE_AFTER = 10.0
 # Start times read twice from /proc for the same process agree to the clock
 # tick; a reused pid started later.
 _START_TIME_TOLERANCE = 0.5
-# Signals the guard turns into a clean stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def exit_code(signum: int) -> int:
@@ -111,8 +104,40 @@ def pid_alive(pid: int) -> bool:
   except ProcessLookupError:
     return False
   except PermissionError:  # alive, another user's
-    return True
+    pass
   return True
+
+
+@contextlib.contextmanager
+def temporary_for(path: str) -> Iterator[str]:
+  """A temporary name for writing ``path`` atomically: ``{path}.tmp-PID``.
+
+  It is removed if the write fails (a full disk); those of writers that died
+  are removed first, live ones left alone (sweep shards write one file).
+  """
+  for old in glob.glob(glob.escape(path) + ".tmp-*"):
+    pid = old.rpartition(".tmp-")[2]
+    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(old)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    yield tmp
+  finally:
+    with contextlib.suppress(FileNotFoundError):  # gone once renamed
+      os.remove(tmp)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` via a synced temporary file and a rename: never a torn
+  file, even after a power loss."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with temporary_for(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _describe_time(t: float) -> str:
@@ -221,10 +246,6 @@ def _write_temp(path: str, text: str) -> str:
   return tmp
 
 
-def _replace_atomic(path: str, text: str) -> None:
-  os.replace(_write_temp(path, text), path)
-
-
 def _remove_stale_temps(path: str) -> None:
   """Removes ``{path}.*.tmp`` files (the lock's and the mutex's) that a
   killed writer left: they live for milliseconds."""
@@ -254,14 +275,15 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, *, enabled: bool | None = None,
-               heartbeat_every: float = DEFAULT_HEARTBEAT_EVERY,
-               stale_after: float = DEFAULT_STALE_AFTER):
+               heartbeat_every: float = 30.0, stale_after: float = 300.0):
     if stale_after <= heartbeat_every:
       raise ValueError(f"stale_after ({stale_after} s) must be longer than "
                        f"heartbeat_every ({heartbeat_every} s).")
     self.workdir = os.path.abspath(workdir)
     self.path = os.path.join(self.workdir, LOCK_FILE)
-    self._mutex = self.path + MUTEX_SUFFIX
+    # Held for the milliseconds of a take-over, heartbeat or release, so those
+    # never interleave: this makes a take-over race-free.
+    self._mutex = self.path + ".mutex"
     self._enabled = enabled
     self.heartbeat_every, self.stale_after = heartbeat_every, stale_after
     self._owner: _Owner | None = None
@@ -380,10 +402,8 @@ class WorkdirLock:
     while not _create_exclusive(self._mutex, str(os.getpid())):
       age = _mtime_age(self._mutex)
       if age is not None and age > MUTEX_STALE_AFTER:
-        try:
+        with contextlib.suppress(FileNotFoundError):
           os.unlink(self._mutex)
-        except FileNotFoundError:
-          pass
         continue
       if time.monotonic() >= deadline:
         return False
@@ -421,7 +441,7 @@ class WorkdirLock:
           return True
       if not self._is_ours(owner):
         return False
-      _replace_atomic(self.path, owner.to_json())
+      write_atomic(self.path, owner.to_json())
       return True
     outcome = self._with_mutex(refresh, wait=1.0)
     if outcome is False and not self._is_ours(owner):
@@ -433,21 +453,16 @@ class WorkdirLock:
       return False
     return True
 
-  def lost_reason(self) -> str | None:
-    """Why this process must stop without saving more (another process took
-    its lock over while it stalled), else None."""
-    if self.lost is None:
-      return None
-    return (f"workdir {self.workdir} was taken over by {self.lost} while this "
-            "run held it (it stalled past the heartbeat timeout); stopped "
-            "without saving more: the workdir is that process's now.")
-
   def checked(self, should_stop: Callable[..., bool] | None = None
               ) -> Callable[[int], bool]:
-    """``should_stop(step)`` that also stops the run once the lock was taken
-    over (through the guard's ``lost``, so all hosts stop together)."""
+    """``should_stop(step)`` that also stops the run, without saving more,
+    once the lock was taken over (through the guard's ``lost``, so all hosts
+    stop together)."""
     def check(step: int) -> bool:
-      reason = self.lost_reason()
+      reason = None if self.lost is None else (
+          f"workdir {self.workdir} was taken over by {self.lost} while this "
+          "run held it (it stalled past the heartbeat timeout); stopped "
+          "without saving more: the workdir is that process's now.")
       if should_stop is not None:
         return bool(should_stop(step, lost=reason))
       if reason is not None:
@@ -532,12 +547,12 @@ class PreemptionGuard:
   def signal_name(self) -> str | None:
     """``SIGTERM``/``SIGINT`` once a stop was requested (agreed, on several
     hosts), else None."""
-    signum = self._agreed if self._agreed is not None else self._signum
+    signum = self._agreed or self._signum
     return None if signum is None else signal.Signals(signum).name
 
   @property
   def exit_code(self) -> int | None:
-    signum = self._agreed if self._agreed is not None else self._signum
+    signum = self._agreed or self._signum
     return None if signum is None else exit_code(signum)
 
   def __enter__(self) -> PreemptionGuard:
@@ -546,8 +561,8 @@ class PreemptionGuard:
       self._process_count = jax.process_count()
     if self._process_count > 1:
       self._jax_owns_sigterm = _jax_preemption_service_running()
-    signals = [s for s in STOP_SIGNALS
-               if not (s == signal.SIGTERM and self._jax_owns_sigterm)]
+    signals = [signal.SIGINT] + ([] if self._jax_owns_sigterm
+                                 else [signal.SIGTERM])
     if threading.current_thread() is not threading.main_thread():
       logging.warning("PreemptionGuard outside the main thread: signals keep "
                       "their handlers.")
@@ -575,7 +590,7 @@ class PreemptionGuard:
   def should_stop(self, step: int, lost: str | None = None) -> bool:
     """Whether to save and stop after ``step`` (the same on every host).
 
-    ``lost`` (:meth:`WorkdirLock.lost_reason`) raises
+    ``lost`` (why the workdir lock was lost, :meth:`WorkdirLock.checked`) raises
     :class:`WorkdirLostError` instead: at once on one host, on several at
     the next flag exchange, so none is left waiting in a collective.
     """

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from ffr_jax.lifecycle import write_atomic
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # torchvision's ImageNet statistics, which the pretrained ResNet50 expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -191,10 +193,6 @@ def _read_cache(path: str | None) -> dict[str, list]:
 
 def _write_cache(path: str, entries: dict[str, list]) -> None:
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(entries, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(entries))
   except OSError:  # Read-only home: verification still ran; just not cached.
     pass

@@ -516,10 +516,6 @@ def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
   return _with_caches(data, in_memory, cache_dir)
 
 
-def _read_options(cfg_data: Any) -> ReadOptions:
-  return ReadOptions(num_workers=int(cfg_data.num_workers))
-
-
 def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
                       cfg_data: Any, batch_size: int, seed: int,
                       sampler: str = "shuffle", store: ImageStore | None = None,
@@ -533,7 +529,7 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
       batch_size=int(batch_size), seed=int(seed), sampler=sampler,
       flip=bool(cfg_data.flip),
       host=HostShard.create(process_index, process_count),
-      read=_read_options(cfg_data))
+      read=ReadOptions(num_workers=int(cfg_data.num_workers)))
 
 
 def make_eval_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
@@ -546,7 +542,7 @@ def make_eval_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
       source=_as_source(data, scheme, cfg_data, store),
       batch_size=int(batch_size),
       host=HostShard.create(process_index, process_count),
-      read=_read_options(cfg_data))
+      read=ReadOptions(num_workers=int(cfg_data.num_workers)))
 
 
 def normalize(images: Any, dtype: Any = None) -> Any:

@@ -93,20 +93,26 @@ def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
     DEMO_SPEC.group_index(y, b)  # raises with the list of groups
 
 
-def _draw(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray, size: int,
-          salt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-image uniforms ``[N, _NUM_PARAMS]``, normal noise ``[N, size, size, 3]``
-  and normal texture ``[N, TEXTURE_GRID, TEXTURE_GRID]``."""
-  n = len(seeds)
-  params = np.empty((n, _NUM_PARAMS), np.float64)
+def draw(keys: Sequence[Sequence[int]], num_params: int, grid: int, size: int
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per-image float32 uniforms ``[N, num_params]``, normal field ``[N, grid,
+  grid]`` and normal noise ``[N, size, size, 3]``, image ``i`` from its own
+  generator seeded by ``keys[i]``: results never depend on batching."""
+  n = len(keys)
+  params = np.empty((n, num_params), np.float32)
+  field = np.empty((n, grid, grid), np.float32)
   noise = np.empty((n, size, size, 3), np.float32)
-  texture = np.empty((n, TEXTURE_GRID, TEXTURE_GRID), np.float32)
-  for i in range(n):  # one generator per image: results never depend on batching
-    rng = np.random.default_rng([int(seeds[i]), int(ys[i]), int(bs[i]), salt])
-    params[i] = rng.random(_NUM_PARAMS)
-    texture[i] = rng.standard_normal((TEXTURE_GRID, TEXTURE_GRID))
+  for i, key in enumerate(keys):
+    rng = np.random.default_rng([int(k) for k in key])
+    params[i] = rng.random(num_params)
+    field[i] = rng.standard_normal((grid, grid))
     noise[i] = rng.standard_normal((size, size, 3), dtype=np.float32)
-  return params, noise, texture
+  return params, field, noise
+
+
+def _draw(ys, bs, seeds, size: int, salt: int):
+  return draw([(s, y, b, salt) for s, y, b in zip(seeds, ys, bs)],
+              _NUM_PARAMS, TEXTURE_GRID, size)
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
@@ -255,8 +261,7 @@ def render_float(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
   u, v = np.meshgrid(coords, coords)  # u: x (columns), v: y (rows)
   for start in range(0, len(seeds), _CHUNK):
     sl = slice(start, start + _CHUNK)
-    p, noise, texture = _draw(ys[sl], bs[sl], seeds[sl], size, salt)
-    p = p.astype(np.float32)
+    p, texture, noise = _draw(ys[sl], bs[sl], seeds[sl], size, salt)
     img = _backgrounds(bs[sl], p, texture, u, v, gap)
     cover, tone = _objects(ys[sl], p, u, v, gap)
     cover, tone = cover[..., None], tone[..., None]
@@ -277,7 +282,7 @@ def animal_coverage(ys: Sequence[int], bs: Sequence[int], seeds: Sequence[int],
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
   u, v = np.meshgrid(coords, coords)
   p, _, _ = _draw(ys, bs, seeds, size, salt)
-  return _objects(ys, p.astype(np.float32), u, v, gap)[0]
+  return _objects(ys, p, u, v, gap)[0]
 
 
 def area_and_offset(cover: np.ndarray) -> tuple[float, float]:

@@ -25,7 +25,9 @@ from typing import Any
 import jax
 from flax import traverse_util
 import numpy as np
+from flax import traverse_util
 
+from ffr_jax import lifecycle
 from ffr_jax import mesh as mesh_lib
 from ffr_jax import models
 from ffr_jax.demo import render
@@ -68,21 +70,6 @@ def check_classes(num_classes: int) -> int:
         f"classes={num_classes}: the upstream dataset has 2 to {MAX_CLASSES} "
         f"classes ({len(SHAPES)} shapes x {len(TEXTURES)} textures).")
   return num_classes
-
-
-def _params(labels: np.ndarray, indices: np.ndarray, seed: int, salt: int,
-            size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-image uniforms, scene field and pixel noise, each from its own generator."""
-  n = len(labels)
-  p = np.empty((n, _NUM_PARAMS), np.float32)
-  field = np.empty((n, _GRID, _GRID), np.float32)
-  noise = np.empty((n, size, size, 3), np.float32)
-  for i in range(n):
-    rng = np.random.default_rng([int(seed), int(labels[i]), int(indices[i]), salt])
-    p[i] = rng.random(_NUM_PARAMS)
-    field[i] = rng.standard_normal((_GRID, _GRID))
-    noise[i] = rng.standard_normal((size, size, 3), dtype=np.float32)
-  return p, field, noise
 
 
 def _shape_mask(kind: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -174,7 +161,9 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
     raise ValueError(f"render_upstream: {len(labels)} labels but {len(indices)} indices.")
   if len(labels) and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
     raise ValueError(f"render_upstream: labels must lie in [0, {MAX_CLASSES}).")
-  p, field, noise = _params(labels, indices, seed, salt, size)
+  p, field, noise = render.draw(
+      [(seed, k, i, salt) for k, i in zip(labels, indices)], _NUM_PARAMS,
+      _GRID, size)
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
   u, v = np.meshgrid(coords, coords)
   img = _scenes(p, field, u, v)
@@ -226,7 +215,7 @@ def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   :func:`ffr_jax.models.weights.torchvision_to_flax`."""
   state = {}
   for col in ("params", "batch_stats"):
-    for path, leaf in traverse_util.flatten_dict(dict(variables.get(col, {}))).items():
+    for path, leaf in traverse_util.flatten_dict(variables.get(col, {})).items():
       value = np.asarray(jax.device_get(leaf), np.float32)
       if value.ndim == 4:
         value = value.transpose(3, 2, 0, 1)
@@ -341,11 +330,6 @@ def pretrain_to_file(out: str, **kwargs) -> dict:
   variables, record = pretrain(**kwargs)
   save_torchvision(variables, out)
   record["weights_bytes"] = os.path.getsize(out)
-  with open(metadata_path(out), "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
+  lifecycle.write_atomic(metadata_path(out), json.dumps(record, indent=2))
   return record
 
-
-__all__ = ["CLASS_NAMES", "MAX_CLASSES", "SHAPES", "TEXTURES", "metadata_path",
-           "pretrain", "pretrain_to_file", "render_upstream", "save_torchvision",
-           "split", "to_torchvision_state"]

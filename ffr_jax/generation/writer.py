@@ -30,7 +30,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,7 @@ from ffr_jax.data.synthetic import (
     verified_cache_path)
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.generation.base import Generator
+from ffr_jax.lifecycle import write_atomic
 from ffr_jax.progress import Progress, format_seconds
 
 METADATA = "generation.json"
@@ -204,16 +205,6 @@ def _image_files(base: str, spec: DatasetSpec) -> tuple[list[str], list[str]]:
   return pngs, tmps
 
 
-def _write_lines_atomically(path: str, lines: Iterable[str]) -> None:
-  tmp = path + TMP_SUFFIX
-  with open(tmp, "w") as f:
-    for line in lines:
-      f.write(line + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _check_metadata(base: str, meta: dict) -> None:
   """Writes ``generation.json`` or checks it matches this run's settings."""
   path = os.path.join(base, METADATA)
@@ -226,10 +217,7 @@ def _check_metadata(base: str, meta: dict) -> None:
           f"{base} was generated with other settings {diff} (old, new); "
           "resuming would mix them. Use another output folder or the old settings.")
     return
-  tmp = path + TMP_SUFFIX
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  write_atomic(path, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
@@ -269,7 +257,7 @@ def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
       listed.add(rel)
       kept_lines.append(rec.to_json())
   if changed:
-    _write_lines_atomically(manifest, kept_lines)
+    write_atomic(manifest, "".join(line + "\n" for line in kept_lines))
   # Only once unlisted: removed before the orphan count below, which must count
   # what a crash leaves, not images that are about to be regenerated.
   for rel in sorted(damaged):

@@ -163,7 +163,7 @@ class StemConv(nn.Module):
 
 
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
-          conv1x1_as_matmul: bool, small_convs_as_matmul: bool = False
+          conv1x1_as_matmul: bool = False, small_convs_as_matmul: bool = False
           ) -> nn.Module:
   if kernel == 1 and conv1x1_as_matmul:
     return Conv1x1Matmul(features, strides=strides, dtype=dtype, name=name)
@@ -181,8 +181,9 @@ def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
                       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-class BasicBlock(nn.Module):
-  """torchvision's BasicBlock: two 3x3 convolutions (ResNet18/34)."""
+class _Block(nn.Module):
+  """What torchvision's residual blocks share: fields, convolutions and the
+  shortcut."""
 
   planes: int
   strides: int = 1
@@ -191,53 +192,49 @@ class BasicBlock(nn.Module):
   small_convs_as_matmul: bool = False
   expansion = 1
 
+  def conv(self, features: int, kernel: int, strides: int, name: str
+           ) -> nn.Module:
+    return _conv(features, kernel, strides, self.dtype, name,
+                 self.conv1x1_as_matmul, self.small_convs_as_matmul)
+
+  def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+    """Identity, or torchvision's ``downsample`` (1x1 conv + BN) on a shape change."""
+    out_features = self.planes * self.expansion
+    if self.strides == 1 and x.shape[-1] == out_features:
+      return x
+    x = self.conv(out_features, 1, self.strides, "downsample_conv")(x)
+    return _batch_norm(train, self.dtype, "downsample_bn")(x)
+
+
+class BasicBlock(_Block):
+  """torchvision's BasicBlock: two 3x3 convolutions (ResNet18/34)."""
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(
-        _conv, dtype=self.dtype, conv1x1_as_matmul=self.conv1x1_as_matmul,
-        small_convs_as_matmul=self.small_convs_as_matmul)
-    y = conv(self.planes, 3, self.strides, name="conv1")(x)
+    y = self.conv(self.planes, 3, self.strides, "conv1")(x)
     y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-    y = conv(self.planes, 3, 1, name="conv2")(y)
+    y = self.conv(self.planes, 3, 1, "conv2")(y)
     y = _batch_norm(train, self.dtype, "bn2")(y)
-    return nn.relu(y + _shortcut(self, x, train))
+    return nn.relu(y + self.shortcut(x, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """torchvision's Bottleneck (v1.5: the stride is on the 3x3 convolution)."""
 
-  planes: int
-  strides: int = 1
-  dtype: Dtype = jnp.float32
-  conv1x1_as_matmul: bool = False
-  small_convs_as_matmul: bool = False
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(
-        _conv, dtype=self.dtype, conv1x1_as_matmul=self.conv1x1_as_matmul,
-        small_convs_as_matmul=self.small_convs_as_matmul)
-    y = conv(self.planes, 1, 1, name="conv1")(x)
+    y = self.conv(self.planes, 1, 1, "conv1")(x)
     y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-    y = conv(self.planes, 3, self.strides, name="conv2")(y)
+    y = self.conv(self.planes, 3, self.strides, "conv2")(y)
     y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
-    y = conv(self.planes * self.expansion, 1, 1, name="conv3")(y)
+    y = self.conv(self.planes * self.expansion, 1, 1, "conv3")(y)
     y = _batch_norm(train, self.dtype, "bn3")(y)
-    return nn.relu(y + _shortcut(self, x, train))
+    return nn.relu(y + self.shortcut(x, train))
 
 
-def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.Array:
-  """Identity, or torchvision's ``downsample`` (1x1 conv + BN) on a shape change."""
-  out_features = block.planes * block.expansion
-  if block.strides == 1 and x.shape[-1] == out_features:
-    return x
-  x = _conv(out_features, 1, block.strides, block.dtype, "downsample_conv",
-            block.conv1x1_as_matmul)(x)
-  return _batch_norm(train, block.dtype, "downsample_bn")(x)
-
-
-BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS: dict[str, type[_Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 # The ResNet fields a run's config.model sets (ffr_jax.models.MODELS): they
 # change how convolutions are computed, never the parameters or outputs.
@@ -284,7 +281,7 @@ class ResNet(nn.Module):
     if self.stem_im2col_grad:
       x = StemConv(stem, 7, 2, dtype=self.dtype, name="conv1")(x.astype(self.dtype))
     else:
-      x = _conv(stem, 7, 2, self.dtype, "conv1", False)(x.astype(self.dtype))
+      x = _conv(stem, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, stage_planes) in enumerate(zip(self.stage_sizes, planes)):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 
-from ffr_jax.lifecycle import pid_alive
+# experiments.py reaches temporary_for through this module.
+from ffr_jax.lifecycle import temporary_for, write_atomic  # pylint: disable=unused-import
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2
@@ -68,39 +66,10 @@ def run_results(*, config: ml_collections.ConfigDict, metrics: dict[str, dict],
   })
 
 
-@contextlib.contextmanager
-def temporary_for(path: str) -> Iterator[str]:
-  """A temporary name for writing ``path`` atomically: ``{path}.tmp-PID``.
-
-  The temporary file is removed if the write fails (a full disk), and the
-  ones of writers that died (killed mid-write) are removed first; live ones
-  are left alone (sweep shards write the same file).
-  """
-  for old in glob.glob(glob.escape(path) + ".tmp-*"):
-    pid = old.rpartition(".tmp-")[2]
-    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(old)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    yield tmp
-  finally:
-    with contextlib.suppress(FileNotFoundError):  # gone once renamed
-      os.remove(tmp)
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON via a synced temporary file and a rename (host 0 only): never
-  a torn file, even after a power loss."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with temporary_for(path) as tmp:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+  """:func:`lifecycle.write_atomic` of ``obj`` as JSON, on host 0 only."""
+  if jax.process_index() == 0:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def read_results(run_dir: str) -> dict:

@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from ffr_jax.reporting.results import temporary_for
+from ffr_jax.lifecycle import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -63,10 +63,7 @@ class MetricWriter:
         continue
       if not (row.get("stage") == stage and int(row.get("step", 0)) > step):
         kept.append(line if line.endswith("\n") else line + "\n")
-    with temporary_for(path) as tmp:
-      with open(tmp, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, path)
+    write_atomic(path, "".join(kept))
     self._jsonl = open(path, "a")
 
   def close(self) -> None:
