@@ -25,7 +25,6 @@ from typing import Any
 import jax
 from flax import traverse_util
 import numpy as np
-from flax import traverse_util
 
 from ffr_jax import lifecycle
 from ffr_jax import mesh as mesh_lib
