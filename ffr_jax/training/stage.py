@@ -51,28 +51,15 @@ RESULT_FILE = "result.json"
 
 @dataclasses.dataclass
 class StageResult:
-  """The outcome of a stage.
+  """The outcome of a stage (its ``result.json``)."""
 
-  Attributes:
-    best_epoch: the epoch (1-based; 0 = the starting model when the plan
-      allows it) with the best validation worst-group accuracy; its metrics
-      are the stage's result.
-    metrics: split -> summarize() dict of the best epoch.
-    history: one dict per epoch.
-    wall_seconds: time spent training this stage (over all resumptions).
-    fingerprint: the plan's fingerprint; a rerun must match it to reuse it.
-    plan: the plan's settings (for readers of the folder).
-    epoch0: the starting model's metrics for a stage that continues
-      another, else None.
-  """
-
-  best_epoch: int
-  metrics: dict[str, dict]
-  history: list[dict]
-  wall_seconds: float
+  best_epoch: int  # the selected epoch, 1-based (0: the starting model)
+  metrics: dict[str, dict]  # split -> summarize() of the selected epoch
+  history: list[dict]  # one record per epoch
+  wall_seconds: float  # over all resumptions
   fingerprint: str
-  plan: dict
-  epoch0: dict | None = None
+  plan: dict  # the plan's settings, for readers of the folder
+  epoch0: dict | None = None  # the starting model's record, if it continues a stage
 
 
 def restore_best_variables(stage_dir: str, model, image_size: int, seed: int,
@@ -85,7 +72,7 @@ def restore_best_variables(stage_dir: str, model, image_size: int, seed: int,
 
 def _abstract_variables(model, image_size: int, seed: int,
                         shardings: Shardings) -> Any:
-  # Shapes only: Orbax restores straight into replicated arrays.
+  """Shapes only: Orbax restores straight into replicated arrays."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=shardings.replicated),
@@ -154,189 +141,213 @@ def run_stage(plan: StagePlan, model, evals: list[EvalSet],
               options: LoopOptions = LoopOptions(),
               init_variables: Any | None = None,
               should_stop=None) -> tuple[StageResult, Any]:
-  """Trains one stage (or resumes it) and returns its result and best variables.
+  """Trains one stage, or resumes or reuses it; returns its result and the
+  selected epoch's variables (on device).
 
   Args:
-    plan: what to train (examples, method, optimisation, seed, init).
-    evals: splits evaluated after every epoch; the first must be
-      :data:`SELECTION_SPLIT`.
-    writer: metric sink (TensorBoard + JSON lines).
-    options: logging, checkpointing and input-pipeline options.
-    init_variables: start from these variables (pretrained weights or the
-      previous stage's best); None for a fresh initialisation. They must be
-      what ``plan.init`` names.
-    should_stop: ``should_stop(step) -> bool`` called after every step (a
-      preemption guard); when it says True the stage saves a checkpoint and
-      raises :class:`StageInterrupted`.
-
-  Returns:
-    The :class:`StageResult` and the best epoch's variables (on device).
+    evals: evaluated after every epoch; the first must be :data:`SELECTION_SPLIT`.
+    init_variables: what ``plan.init`` names (None: a fresh initialisation).
+    should_stop: ``should_stop(step)`` after every step; True saves a
+      checkpoint and raises :class:`StageInterrupted`.
   """
   if not evals or evals[0].name != SELECTION_SPLIT:
     raise ValueError(f"The first evaluation set must be {SELECTION_SPLIT!r}.")
   os.makedirs(stage_dir, exist_ok=True)
-  result_path = os.path.join(stage_dir, RESULT_FILE)
-  if os.path.isfile(result_path):
-    with open(result_path) as f:
-      finished = StageResult(**json.load(f))
-    _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
-    # A finished stage is never recomputed: reuse its result and best model.
-    try:
-      best = restore_best_variables(stage_dir, model, plan.image_size,
-                                    plan.seed, shardings)
-      logging.info("%s: finished earlier in %s; reusing it.", plan.name,
-                   stage_dir)
-      return finished, best
-    except (checkpoints.DamagedCheckpoint, FileNotFoundError) as e:
-      # Resume is exact: retraining from an older checkpoint (or from the
-      # start) gives the same result.
-      logging.warning("%s: finished earlier, but %s; retraining it.",
-                      plan.name, e.args[0].partition("; rerun")[0])
-      os.remove(result_path)
-  check_batch_size(plan.batch_size, shardings)
-  check_batch_size(options.eval_batch_size, shardings)
-  method = get_method(plan.method)
-  scheme = GroupScheme(evals[0].scheme.spec, plan.by_source)
-  group_sizes = scheme.counts(plan.examples)
-  if (group_sizes == 0).all():
-    raise ValueError(f"{plan.name}: no training examples.")
+  finished = _finished(plan, model, shardings, stage_dir)
+  if finished is not None:
+    return finished
+  trainer = _Trainer(plan, model, evals, shardings, writer, options,
+                     init_variables)
+  # Closing the manager (however the loop ends) waits for pending saves.
+  with checkpoints.manager(stage_dir) as mgr:
+    trainer.restore_or_start(mgr, stage_dir)
+    trainer.train(mgr, should_stop or (lambda step: False))
+  result = trainer.result()
+  write_json_atomic(os.path.join(stage_dir, RESULT_FILE), dataclasses.asdict(result))
+  return result, trainer.best
 
-  data_cfg = options.input_config(plan.image_size, plan.flip)
-  loader = pipeline.make_train_loader(
-      plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
-      sampler=method.sampler)
-  steps_per_epoch = loader.steps_per_epoch
-  eval_loaders = {
-      e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
-                                        options.eval_batch_size)
-      for e in evals}
-  total_steps = plan.epochs * steps_per_epoch
 
-  lr = (plan.lr if plan.lr_schedule == "constant" else
-        optax.cosine_decay_schedule(plan.lr, max(1, total_steps)))
-  tx = state_lib.make_optimizer(lr, plan.weight_decay)
-  state = state_lib.create_state(
-      model, tx, plan.image_size, scheme.num_groups, plan.seed, shardings,
-      variables=init_variables)
-  loss_fn = method.make_loss(dict(plan.method_settings), group_sizes)
-  train_step = steps_lib.make_train_step(
-      model, tx, loss_fn,
-      steps_lib.StepConfig(num_groups=scheme.num_groups,
-                           freeze_bn=plan.freeze_bn),
-      shardings, state)
-  eval_scheme = evals[0].scheme
-  eval_step = steps_lib.make_eval_step(model, eval_scheme.num_groups, shardings)
+def _finished(plan: StagePlan, model, shardings: Shardings, stage_dir: str
+              ) -> tuple[StageResult, Any] | None:
+  """A finished stage's result and selected variables; None to train it.
 
-  def evaluate_epoch(epoch: int, step: int) -> dict:
+  A finished stage is never recomputed; one whose checkpoint is damaged is
+  retrained (resume is exact, so the result is the same).
+  """
+  path = os.path.join(stage_dir, RESULT_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    finished = StageResult(**json.load(f))
+  _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
+  try:
+    best = restore_best_variables(stage_dir, model, plan.image_size,
+                                  plan.seed, shardings)
+  except (checkpoints.DamagedCheckpoint, FileNotFoundError) as e:
+    logging.warning("%s: finished earlier, but %s; retraining it.",
+                    plan.name, e.args[0].partition("; rerun")[0])
+    os.remove(path)
+    return None
+  logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
+  return finished, best
+
+
+class _Trainer:
+  """One stage's loop state: the train state, the selected variables so far,
+  the bookkeeping every checkpoint saves, and what steps and evaluates."""
+
+  def __init__(self, plan, model, evals, shardings, writer, options,
+               init_variables):
+    check_batch_size(plan.batch_size, shardings)
+    check_batch_size(options.eval_batch_size, shardings)
+    self.plan, self.evals, self.shardings = plan, evals, shardings
+    self.writer, self.options = writer, options
+    method = get_method(plan.method)
+    scheme = GroupScheme(evals[0].scheme.spec, plan.by_source)
+    group_sizes = scheme.counts(plan.examples)
+    if (group_sizes == 0).all():
+      raise ValueError(f"{plan.name}: no training examples.")
+    data_cfg = options.input_config(plan.image_size, plan.flip)
+    self.loader = pipeline.make_train_loader(
+        plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
+        sampler=method.sampler)
+    self.eval_loaders = {
+        e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
+                                          options.eval_batch_size)
+        for e in evals}
+    self.steps_per_epoch = self.loader.steps_per_epoch
+    self.total_steps = plan.epochs * self.steps_per_epoch
+    lr = (plan.lr if plan.lr_schedule == "constant" else
+          optax.cosine_decay_schedule(plan.lr, max(1, self.total_steps)))
+    tx = state_lib.make_optimizer(lr, plan.weight_decay)
+    self.state = state_lib.create_state(
+        model, tx, plan.image_size, scheme.num_groups, plan.seed, shardings,
+        variables=init_variables)
+    self.train_step = steps_lib.make_train_step(
+        model, tx, method.make_loss(dict(plan.method_settings), group_sizes),
+        steps_lib.StepConfig(num_groups=scheme.num_groups,
+                             freeze_bn=plan.freeze_bn),
+        shardings, self.state)
+    self.eval_scheme = evals[0].scheme
+    self.eval_step = steps_lib.make_eval_step(
+        model, self.eval_scheme.num_groups, shardings)
+    self.best = jax.tree.map(jnp.copy, self.state.variables())
+    self.book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
+                             wall_seconds=0.0, fingerprint=plan.fingerprint)
+
+  def evaluate_epoch(self, epoch: int, step: int) -> dict:
     """The current model's record on every evaluation set, logged."""
-    variables, splits = state.variables(), {}
-    for name, eloader in eval_loaders.items():
-      counts = evaluate(eval_step, variables, eloader, eval_scheme.num_groups,
-                        shardings)
+    variables, splits = self.state.variables(), {}
+    for name, loader in self.eval_loaders.items():
+      counts = evaluate(self.eval_step, variables, loader,
+                        self.eval_scheme.num_groups, self.shardings)
       splits[name] = metrics_lib.summarize(jax.device_get(counts),
-                                           eval_scheme.names())
-    writer.write(plan.name, step, {
+                                           self.eval_scheme.names())
+    self.writer.write(self.plan.name, step, {
         f"{split}/{k}": float(m[k]) for split, m in splits.items()
         for k in ("worst_group_acc", "balanced_acc", "acc")})
-    logging.info("%s epoch %s: %s", plan.name,
-                 f"{epoch}/{plan.epochs}" if epoch else "0 (start)",
+    logging.info("%s epoch %s: %s", self.plan.name,
+                 f"{epoch}/{self.plan.epochs}" if epoch else "0 (start)",
                  ", ".join(f"{split} WA {m['worst_group_acc']:.3f} "
                            f"BA {m['balanced_acc']:.3f}"
                            for split, m in splits.items()))
     return {"epoch": epoch, "step": step, **splits}
 
-  def save(step: int) -> None:
-    checkpoints.save(mgr, step, state, best, dataclasses.asdict(book))
-
-  should_stop = should_stop or (lambda step: False)
-  best = jax.tree.map(jnp.copy, state.variables())
-  book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
-                      wall_seconds=0.0, fingerprint=plan.fingerprint)
-  # Closing the manager (however the loop ends) waits for pending saves.
-  with checkpoints.manager(stage_dir) as mgr:
+  def restore_or_start(self, mgr, stage_dir: str) -> None:
+    """Resumes from the newest checkpoint that restores; else evaluates the
+    starting model (epoch 0) of a stage that continues another."""
+    plan = self.plan
     had_checkpoints = bool(mgr.all_steps())
     restored = checkpoints.restore_latest(
-        mgr, state, best, check=lambda meta: _check_fingerprint(
+        mgr, self.state, self.best, check=lambda meta: _check_fingerprint(
             meta.get("fingerprint"), plan, plan.settings(), stage_dir))
-    if had_checkpoints and restored is None:
-      writer.drop_after(plan.name, -1)  # all damaged: the stage starts again
     if restored is not None:
-      state, best, meta = restored
-      book = _Bookkeeping(**meta)
-      writer.drop_after(plan.name, int(state.step))
-      logging.info("%s: resumed from step %d.", plan.name, int(state.step))
-    elif plan.init.startswith("stage:"):
-      # Epoch 0: how the previous stage's model does here, before any step.
-      book.epoch0 = evaluate_epoch(0, 0)
+      self.state, self.best, meta = restored
+      self.book = _Bookkeeping(**meta)
+      self.writer.drop_after(plan.name, int(self.state.step))
+      logging.info("%s: resumed from step %d.", plan.name, int(self.state.step))
+      return
+    if had_checkpoints:
+      self.writer.drop_after(plan.name, -1)  # all damaged: start again
+    if plan.init.startswith("stage:"):
+      self.book.epoch0 = self.evaluate_epoch(0, 0)
       if plan.epoch0_candidate:
-        book.best_value = book.epoch0[SELECTION_SPLIT][SELECTION_METRIC]
+        self.book.best_value = self.book.epoch0[SELECTION_SPLIT][SELECTION_METRIC]
 
-    step = first_step = int(state.step)
-    start_time = time.perf_counter() - book.wall_seconds
-    bar = Progress(total_steps, desc=plan.name, unit="step",
+  def save(self, mgr, step: int, start_time: float) -> None:
+    self.book.wall_seconds = time.perf_counter() - start_time
+    checkpoints.save(mgr, step, self.state, self.best,
+                     dataclasses.asdict(self.book))
+
+  def end_epoch(self, mgr, epoch: int, step: int, start_time: float) -> None:
+    """Evaluates, keeps the selected variables, checkpoints."""
+    record = self.evaluate_epoch(epoch, step)
+    value = record[SELECTION_SPLIT][SELECTION_METRIC]
+    if value > self.book.best_value or self.plan.selection == SELECT_LAST:
+      self.book.best_value, self.book.best_epoch = value, epoch
+      self.best = jax.tree.map(jnp.copy, self.state.variables())
+    self.book.history.append(record)
+    self.save(mgr, step, start_time)
+
+  def train(self, mgr, should_stop) -> None:
+    """Steps to the end of the stage, evaluating and saving at epoch ends."""
+    plan, spe, total = self.plan, self.steps_per_epoch, self.total_steps
+    step = first_step = int(self.state.step)
+    start_time = time.perf_counter() - self.book.wall_seconds
+    bar = Progress(total, desc=plan.name, unit="step",
                    enabled=jax.process_index() == 0, initial=step)
     window, window_start = [], step
     try:
-      while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        for batch in loader.epoch(epoch, start):
+      while step < total:
+        epoch, start = divmod(step, spe)
+        for batch in self.loader.epoch(epoch, start):
           b = to_global({k: batch[k] for k in ("image", "label", "group")},
-                        shardings)
+                        self.shardings)
           if step == first_step:
             # Compiled first (minutes for ResNet-50 at 224 px on a CPU): a
             # signal during set-up or compilation stops before any step.
-            train_step = train_step.lower(state, b).compile()
+            self.train_step = self.train_step.lower(self.state, b).compile()
             if should_stop(step):
-              raise StageInterrupted(plan.name, step, total_steps)
-          state, m = train_step(state, b)
+              raise StageInterrupted(plan.name, step, total)
+          self.state, m = self.train_step(self.state, b)
           window.append(m)
           step += 1
           bar.update(1)
-          if len(window) >= options.log_every or step % steps_per_epoch == 0:
+          if len(window) >= self.options.log_every or step % spe == 0:
             window = jax.device_get(window)
             _check_finite(window, plan.name, window_start)
             train_metrics = {f"train/{k}": float(np.mean([w[k] for w in window]))
                              for k in ("loss", "accuracy")}
-            writer.write(plan.name, step, train_metrics)
+            self.writer.write(plan.name, step, train_metrics)
             bar.postfix = f"loss {train_metrics['train/loss']:.4f}"
             window, window_start = [], step
           # (On an epoch's last step the epoch's evaluation and checkpoint
           # come first; the stop check after them then stops.)
           stop = should_stop(step)
-          every = options.checkpoint_every
-          if step % steps_per_epoch and (stop or (every and step % every == 0)):
+          every = self.options.checkpoint_every
+          if step % spe and (stop or (every and step % every == 0)):
             # Never checkpoint a state whose loss went non-finite since the
             # last check: a resume would start from it.
             _check_finite(jax.device_get(window), plan.name, window_start)
-            book.wall_seconds = time.perf_counter() - start_time
-            save(step)
+            self.save(mgr, step, start_time)
             if stop:
-              raise StageInterrupted(plan.name, step, total_steps)
-        # End of an epoch: evaluate, keep the best, checkpoint.
-        record = evaluate_epoch(epoch + 1, step)
-        value = record[SELECTION_SPLIT][SELECTION_METRIC]
-        if value > book.best_value or plan.selection == SELECT_LAST:
-          book.best_value, book.best_epoch = value, epoch + 1
-          best = jax.tree.map(jnp.copy, state.variables())
-        book.history.append(record)
-        book.wall_seconds = time.perf_counter() - start_time
-        save(step)
-        if step < total_steps and should_stop(step):
-          raise StageInterrupted(plan.name, step, total_steps)
+              raise StageInterrupted(plan.name, step, total)
+        self.end_epoch(mgr, epoch + 1, step, start_time)
+        if step < total and should_stop(step):
+          raise StageInterrupted(plan.name, step, total)
     finally:
       bar.close()
-  selected = (book.epoch0 if book.best_epoch == 0
-              else book.history[book.best_epoch - 1])
-  result = StageResult(
-      best_epoch=book.best_epoch,
-      metrics={e.name: selected[e.name] for e in evals},
-      history=book.history,
-      wall_seconds=book.wall_seconds,
-      fingerprint=plan.fingerprint,
-      plan=plan.settings(),
-      epoch0=book.epoch0)
-  write_json_atomic(result_path, dataclasses.asdict(result))
-  return result, best
+
+  def result(self) -> StageResult:
+    book = self.book
+    selected = (book.epoch0 if book.best_epoch == 0
+                else book.history[book.best_epoch - 1])
+    return StageResult(
+        best_epoch=book.best_epoch,
+        metrics={e.name: selected[e.name] for e in self.evals},
+        history=book.history, wall_seconds=book.wall_seconds,
+        fingerprint=self.plan.fingerprint, plan=self.plan.settings(),
+        epoch0=book.epoch0)
 
 
 class StageInterrupted(Exception):
