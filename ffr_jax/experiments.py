@@ -42,23 +42,16 @@ from ffr_jax.training import stage as stage_lib
 RUNS_DIR = "runs"
 SHARED_DIR = "shared"  # {workdir}/shared/{real,synthetic,stages}
 CONFIG_KEY = "config"  # the grid key that names the run config file
+MANIFEST_LOCK = ".sweep_json.lock"  # held while a shard updates sweep.json
 # Keys first in a run's name, in this order; then the rest alphabetically,
 # then the seed, so the names of one sweep sort into readable blocks.
 NAME_ORDER = (CONFIG_KEY, "data.name", "data.bias_ratio", "mode", "method")
-
-# ----------------------------------------------------------------------------
-# Config helpers.
-
 
 def format_value(value: Any) -> str:
   """A value as ``--config.key=VALUE`` and run names spell it."""
   if isinstance(value, (list, tuple, dict)):
     raise ValueError(f"Sweep values must be scalars, got {value!r}.")
   return str(value)
-
-
-# ----------------------------------------------------------------------------
-# Expansion.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +203,6 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
   return runs
 
 
-# ----------------------------------------------------------------------------
-# Sharding.
-
-
 def parse_shard(text: str) -> tuple[int, int]:
   """``"2/8"`` -> ``(2, 8)``; shards are numbered 0..n-1."""
   try:
@@ -246,10 +235,6 @@ def shard(runs: Sequence[Run], index: int, count: int) -> list[Run]:
     if target == index:
       mine.extend(unit)
   return [runs[i] for i in sorted(mine)]
-
-
-# ----------------------------------------------------------------------------
-# Execution.
 
 
 @dataclasses.dataclass
@@ -382,30 +367,28 @@ def write_manifest(workdir: str, runs: Sequence[Run],
   """``{workdir}/sweep.json``: every run's name, command and last outcome.
 
   Rows of runs not in ``runs`` (another shard's, or outside a ``--filter``)
-  are kept as they were.
+  are kept as they are: shards update it one at a time.
   """
   path = os.path.join(workdir, "sweep.json")
-  previous = {}
-  if os.path.isfile(path):
-    with open(path) as f:
-      previous = {r["name"]: r for r in json.load(f).get("runs", [])}
-  by_name = {o.name: o for o in outcomes}
-  rows = []
-  for r in runs:
-    row = {"name": r.name, "run_dir": r.run_dir, "command": shlex.join(
-        r.command()), "unit": r.unit, "finished": r.finished()}
-    if r.name in by_name:
-      row["outcome"] = dataclasses.asdict(by_name[r.name])
-    elif "outcome" in previous.get(r.name, {}):
-      row["outcome"] = previous[r.name]["outcome"]
-    rows.append(row)
-  mine = {r.name for r in runs}
-  rows += [row for name, row in previous.items() if name not in mine]
-  os.makedirs(workdir, exist_ok=True)
-  with results_lib.temporary_for(path) as tmp:  # shards may write at once
-    with open(tmp, "w") as f:
-      json.dump({"runs": rows}, f, indent=2)
-    os.replace(tmp, path)
+  with lifecycle.owned_folder(os.path.join(workdir, MANIFEST_LOCK),
+                              "updating sweep.json"):
+    previous = {}
+    if os.path.isfile(path):
+      with open(path) as f:
+        previous = {r["name"]: r for r in json.load(f).get("runs", [])}
+    by_name = {o.name: o for o in outcomes}
+    rows = []
+    for r in runs:
+      row = {"name": r.name, "run_dir": r.run_dir, "command": shlex.join(
+          r.command()), "unit": r.unit, "finished": r.finished()}
+      if r.name in by_name:
+        row["outcome"] = dataclasses.asdict(by_name[r.name])
+      elif "outcome" in previous.get(r.name, {}):
+        row["outcome"] = previous[r.name]["outcome"]
+      rows.append(row)
+    mine = {r.name for r in runs}
+    rows += [row for name, row in previous.items() if name not in mine]
+    lifecycle.write_atomic(path, json.dumps({"runs": rows}, indent=2))
   return path
 
 

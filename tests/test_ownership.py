@@ -123,3 +123,28 @@ def test_shards_started_together_share_a_stage_and_its_data(tmp_path):
             results[1]["stages"]["stage1"]["test"])
     for r in results:  # the smoke benchmark renders 20 test images per group
       assert set(r["test"]["group_count"].values()) == {20}
+
+
+def _update_manifest(workdir: str, names: list[str]) -> None:
+  from ffr_jax import experiments  # pylint: disable=import-outside-toplevel
+  runs = [experiments.Run(name=n, config_path="c.py", overrides=(), config=None,
+                          run_dir=os.path.join(workdir, "runs", n), unit=n)
+          for n in names]
+  for i in range(20):
+    outcomes = [experiments.Outcome(r.name, "done", float(i)) for r in runs]
+    experiments.write_manifest(workdir, runs, outcomes)
+
+
+def test_shards_updating_sweep_json_at_once_lose_no_row(tmp_path):
+  ctx = multiprocessing.get_context("spawn")
+  shards = [[f"a{i}" for i in range(5)], [f"b{i}" for i in range(5)]]
+  procs = [ctx.Process(target=_update_manifest, args=(str(tmp_path), names))
+           for names in shards]
+  for p in procs:
+    p.start()
+  for p in procs:
+    p.join(120)
+    assert p.exitcode == 0
+  rows = json.load(open(tmp_path / "sweep.json"))["runs"]
+  assert sorted(r["name"] for r in rows) == sorted(shards[0] + shards[1])
+  assert {r["outcome"]["seconds"] for r in rows} == {19.0}

@@ -9,8 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-# experiments.py reaches temporary_for through this module.
-from ffr_jax.lifecycle import temporary_for, write_atomic  # pylint: disable=unused-import
+from ffr_jax.lifecycle import write_atomic
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2
