@@ -228,3 +228,14 @@ def test_method_and_stage_settings_are_checked_before_any_work(override, message
   method = "dfr" if method == "dfr" else "erm"
   with pytest.raises(ValueError, match=message):
     _plans(_config(mode="none", method=method, **override))
+
+
+def test_every_setting_the_loaded_splits_depend_on_names_the_data():
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "waterbirds.py")
+  base = plan_lib.data_identity(config_lib.load_config_file(path))
+  for key, value in (("data.bias_ratio", 0.9), ("data.split_seed", 3),
+                     ("data.bias_val", True)):
+    c = config_lib.load_config_file(path)
+    config_lib.apply_overrides(c, [(key, value)])
+    assert plan_lib.data_identity(c).real != base.real, key
+    assert plan_lib.data_identity(c).pool == base.pool, key

@@ -259,7 +259,7 @@ def data_identity(config: ml_collections.ConfigDict) -> DataIdentity:
   generator = generation.GENERATORS.get(str(config.generate.generator))
   prepared = {"data.name": str(config.data.name), **_picked(config, dataset.keys)}
   real = {**prepared, **_picked(config, (
-      "data.bias_ratio", "data.split_seed",
+      "data.bias_ratio", "data.split_seed", "data.bias_val",
       *(f"data.{key}" for _, key in dataset.options)))}
   pool = {"data.name": str(config.data.name),
           "generate.generator": str(config.generate.generator),
