@@ -126,16 +126,16 @@ def load_components(model_dir: str, scheduler: str = "pndm",
         f"{model_dir!r} is not a diffusers Stable Diffusion folder: missing "
         f"subfolders {missing}. Pass --config.generate.model=<local folder or hub id>.")
   jdtype = DTYPES[dtype]
+
+  def pretrained(cls, subfolder: str):
+    return cls.from_pretrained(
+        model_dir, subfolder=subfolder, dtype=jdtype,
+        from_pt=not _has_flax_weights(model_dir, subfolder))
+
   tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
-  text_encoder = FlaxCLIPTextModel.from_pretrained(
-      model_dir, subfolder="text_encoder", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "text_encoder"))
-  unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(
-      model_dir, subfolder="unet", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "unet"))
-  vae, vae_params = FlaxAutoencoderKL.from_pretrained(
-      model_dir, subfolder="vae", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "vae"))
+  text_encoder = pretrained(FlaxCLIPTextModel, "text_encoder")
+  unet, unet_params = pretrained(FlaxUNet2DConditionModel, "unet")
+  vae, vae_params = pretrained(FlaxAutoencoderKL, "vae")
   sched, sched_state = _scheduler_class(scheduler).from_pretrained(
       model_dir, subfolder="scheduler")
   modules = {"tokenizer": tokenizer, "text_encoder": text_encoder,
