@@ -1,12 +1,7 @@
 """Writes a balanced synthetic dataset to disk: resumable, reproducible, filtered.
 
-Layout (read by :mod:`ffr_jax.data.synthetic`)::
-
-    {out_root}/{spec.name}/{class}/{bias}/{index:06d}.png
-    {out_root}/{spec.name}/manifest.jsonl     one line per image
-    {out_root}/{spec.name}/generation.json    seed, generator, prompts (checked on resume)
-
-Image ``i`` of group ``g`` comes from ``prompt_fn(g, i)`` and
+In :mod:`ffr_jax.data.synthetic`'s layout, plus ``generation.json`` (seed,
+generator, prompts; checked on resume). Image ``i`` of group ``g`` comes from ``prompt_fn(g, i)`` and
 :func:`image_seed`, so its bytes depend on neither batch size, device count nor
 where an earlier run stopped.
 
