@@ -1,12 +1,9 @@
 """Stable Diffusion as a :class:`~ffr_jax.generation.base.Generator`, sampled by us.
 
-The modules come from a diffusers-format folder (SD v1.4 in the paper), or a
-hub id resolved to a snapshot in huggingface_hub's cache (:mod:`ffr_jax.hub`)
-with only the five components we use. A folder without Flax weights is
-converted on load (``from_pt=True``, needs torch). The sampling loop is ours:
-text encoding, classifier-free guidance, the scheduler in a ``lax.fori_loop``
-and the VAE decode, jitted once over a ``('data',)`` mesh of all devices with
-one global batch shape (the last call is padded).
+The modules come from a diffusers folder or a hub id (SD v1.4 in the paper);
+one without Flax weights is converted on load (needs torch). The sampling loop
+(guidance, scheduler in a ``lax.fori_loop``, VAE decode) is jitted once over
+all devices with one global batch shape (the last call is padded).
 
 The initial noise of image ``i`` is ``normal(jax.random.key(seeds[i]))`` and
 every later operation is per-sample, so an image depends only on its prompt
@@ -103,7 +100,6 @@ def _scheduler_class(name: str):
 
 
 def _cast_floats(tree, dtype):
-  """Casts floating-point leaves to ``dtype``."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       tree)
@@ -111,9 +107,7 @@ def _cast_floats(tree, dtype):
 
 def load_components(model_dir: str, scheduler: str = "pndm",
                     dtype: str = "float32", revision: str = "") -> tuple[dict, dict]:
-  """``(modules, params)`` of a diffusers folder or hub id: modules
-  ``tokenizer, text_encoder, unet, vae, scheduler``; params ``text_encoder,
-  unet, vae, scheduler`` (its state)."""
+  """``(modules, params)`` of a diffusers folder or hub id, keyed by component."""
   prepare_imports()
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
   from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel

@@ -71,11 +71,8 @@ def channel_spread(image: np.ndarray) -> float:
 
 def reject_reason(image: np.ndarray, gray_threshold: float = GRAY_THRESHOLD,
                   blank_threshold: float = BLANK_THRESHOLD) -> str | None:
-  """Why an image is dropped: ``"blank"``, ``"grayscale"`` or None (kept).
-
-  Dropped images are regenerated with the next attempt's seed (docs/reference.md,
-  "Synthetic data"). A threshold of 0 disables that test.
-  """
+  """Why an image is dropped (and regenerated): ``"blank"``, ``"grayscale"`` or
+  None (kept). A threshold of 0 disables that test."""
   img = np.asarray(image, np.float32)
   if blank_threshold > 0 and float(img.mean(axis=-1).std()) < blank_threshold:
     return "blank"
@@ -262,11 +259,8 @@ def _prepare_folder(out_root: str, spec: DatasetSpec, summary: GenerationSummary
 
 
 def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
-  """Writes a batch of files via temporary names, all on disk on return.
-
-  One ``os.sync`` per batch: per-file fsyncs bounded generation at 32 px
-  (about 120 images/s).
-  """
+  """Writes a batch of files via temporary names, all on disk on return (one
+  ``os.sync`` per batch: per-file fsyncs bounded generation to ~120 images/s)."""
   tmps = []
   for path, data in files:
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)
