@@ -89,10 +89,7 @@ def apply_bias_ratio(spec: DatasetSpec, examples: Examples, ratio: float,
 def bias_splits(splits: DatasetSplits, ratio: float, seed: int,
                 bias_val: bool = True) -> DatasetSplits:
   """Applies the ratio to train, and to val when ``bias_val`` (the paper's
-  protocol; val keeps >= 10 per group); test as is.
-
-  :data:`AS_FOUND` keeps every split; the train ratio is logged either way.
-  """
+  protocol; val keeps >= 10 per group); test as is; logs the train ratio."""
   if ratio != AS_FOUND:
     val = splits.val
     if bias_val:
@@ -109,11 +106,8 @@ def bias_splits(splits: DatasetSplits, ratio: float, seed: int,
 
 def seeded_split(examples: Examples, seed: int
                  ) -> tuple[Examples, Examples, Examples]:
-  """A train/val/test split, 80/10/10, by a seeded permutation of sorted rows.
-
-  The authors split by ``os.listdir`` order, which differs between machines;
-  sorting first makes the split a function of the file names and the seed only.
-  """
+  """A train/val/test split, 80/10/10, by a seeded permutation of sorted rows
+  (the authors' ``os.listdir`` order differs between machines)."""
   examples = examples.sorted()
   n = len(examples)
   perm = np.random.default_rng(seed).permutation(n)

@@ -1,8 +1,4 @@
-"""Any folder of biased images -> :class:`DatasetSplits` (``data.name=folder``).
-
-The layout::
-
-    root/{train,val,test}/{class}/{bias}/*.{jpg,jpeg,png}
+"""Any folder of biased images (:data:`LAYOUT`) -> :class:`DatasetSplits`.
 
 Class and bias names are the folder names, sorted; the groups are the
 ``(class, bias)`` folders, which must be the same in every split. The majority
@@ -42,13 +38,7 @@ def _subfolders(path: str) -> list[str]:
 
 
 def scan(root: str) -> Tree:
-  """The class and bias folders of every split.
-
-  Raises:
-    FileNotFoundError: ``root`` or a split folder is missing.
-    ValueError: no class folders, or the class or bias folders differ between
-      splits (the message names the folder).
-  """
+  """The class and bias folders of every split."""
   if not os.path.isdir(root):
     raise FileNotFoundError(
         f"Folder dataset root {root} is not a directory. Expected:\n{LAYOUT}")
@@ -138,13 +128,7 @@ def make_spec(root: str, majority: str = "") -> DatasetSpec:
 
 
 def load(root: str, split_seed: int = 0, majority: str = "") -> DatasetSplits:
-  """Loads the folder dataset at ``root`` with its split folders.
-
-  Raises:
-    FileNotFoundError: ``root`` or a split folder is missing.
-    ValueError: class or bias folders that differ between splits, a bad
-      ``majority``, or a group with no images in a split.
-  """
+  """Loads the folder dataset at ``root`` with its split folders."""
   del split_seed  # The split folders are the splits.
   root = os.path.abspath(root)
   classes, biases, groups = _names(scan(root))

@@ -165,8 +165,7 @@ def _fill(images: np.ndarray, load: Callable[[int], np.ndarray],
 
 def build(folder: str, fp: Fingerprint, load: Callable[[int], np.ndarray],
           num_threads: int) -> np.ndarray:
-  """Decodes ``load(row)`` of every row into ``folder`` atomically; returns
-  them memory-mapped."""
+  """Decodes ``load(row)`` of every row into ``folder`` atomically, memory-mapped."""
   parent = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)
   _remove_dead_partials(folder)

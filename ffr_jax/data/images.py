@@ -133,7 +133,13 @@ def verify_images(paths: Sequence[str], cache_path: str | None = None
   fine, so unchanged bytes are not decoded again (hashing is several times
   cheaper than decoding, docs/reliability.md); failures are never cached.
   """
-  known = _read_cache(cache_path)
+  known = {}
+  if cache_path is not None and os.path.isfile(cache_path):
+    try:
+      with open(cache_path) as f:
+        known = json.load(f)
+    except (OSError, ValueError):  # A damaged cache only costs a re-decode.
+      pass
   with concurrent.futures.ThreadPoolExecutor(_threads()) as pool:
     prints = dict(zip(paths, pool.map(_fingerprint, paths, chunksize=64)))
     bad = {p: err for p, (_, err) in prints.items() if err is not None}
@@ -143,7 +149,10 @@ def verify_images(paths: Sequence[str], cache_path: str | None = None
   bad.update({p: e for p, e in errors.items() if e is not None})
   if cache_path is not None and todo:
     known.update({p: prints[p][0] for p in todo if p not in bad})
-    _write_cache(cache_path, known)
+    try:
+      write_atomic(cache_path, json.dumps(known))
+    except OSError:  # Read-only home: verification still ran; just not cached.
+      pass
   return bad, {p: _identity(fp) for p, (fp, _) in prints.items() if p not in bad}
 
 
@@ -179,20 +188,3 @@ def cache_base() -> str:
   """``$FFR_JAX_CACHE``, by default ``~/.cache/ffr_jax``."""
   return os.environ.get(
       "FFR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ffr_jax"))
-
-
-def _read_cache(path: str | None) -> dict[str, list]:
-  if path is None or not os.path.isfile(path):
-    return {}
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):  # A damaged cache only costs a re-decode.
-    return {}
-
-
-def _write_cache(path: str, entries: dict[str, list]) -> None:
-  try:
-    write_atomic(path, json.dumps(entries))
-  except OSError:  # Read-only home: verification still ran; just not cached.
-    pass

@@ -114,8 +114,7 @@ class RecordSource:
     return record
 
   def cached(self) -> RecordSource:
-    """A copy serving every image from memory (``N * S * S * 3`` bytes:
-    40k images at 224 px are 6 GB), decoded once in threads."""
+    """A copy serving every image from memory (40k images at 224 px are 6 GB)."""
     if isinstance(self.cache, np.memmap):
       _check_memory_limit(len(self), self.image_size)
       return dataclasses.replace(self, cache=np.array(self.cache))
@@ -521,9 +520,8 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
                       sampler: str = "shuffle", store: ImageStore | None = None,
                       process_index: int | None = None,
                       process_count: int | None = None) -> TrainLoader:
-  """The training loader the config's ``data`` block asks for (``image_size``,
-  ``flip``, ``cache_images``, ``num_workers``, optional ``image_cache_dir``);
-  ``scheme`` is ignored for a ``RecordSource``, ``batch_size`` is global."""
+  """The training loader the config's ``data`` block asks for; ``scheme`` is
+  ignored for a ``RecordSource``, ``batch_size`` is global."""
   return TrainLoader(
       source=_as_source(data, scheme, cfg_data, store),
       batch_size=int(batch_size), seed=int(seed), sampler=sampler,

@@ -41,9 +41,7 @@ def _unique(items) -> list[str]:
 
 
 def layout_description(root: str = "root", folders: Folders = FOLDERS) -> str:
-  """The expected layout, e.g.
-  ``root/spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*.{jpg,png}``,
-  one line per subset folder."""
+  """The expected layout, one line per subset folder."""
   lines = []
   for subset in _unique(s for s, _, _ in folders.values()):
     classes = _unique(c for s, c, _ in folders.values() if s == subset)

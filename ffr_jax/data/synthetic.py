@@ -8,9 +8,8 @@ Layout (written by ``ffr_jax.generate``, read here)::
 A folder of one's own images in that layout (any image file names) and no
 manifest gets one written on first read (:func:`write_manifest_of_images`).
 
-Each manifest line is one image: ``{"file": "<class>/<bias>/<index>.png",
-"class": str, "bias": str, "index": int, "prompt": str, "seed": int,
-"generator": str}``. The manifest is the source of truth: an image is part of
+Each manifest line is one image (:class:`ManifestRecord`). The manifest is
+the source of truth: an image is part of
 the dataset only once its line is written, and a line is written only after the
 file was renamed into place, so a killed writer never leaves a half-written
 image that a reader would take.
@@ -137,12 +136,6 @@ def load_synthetic(root: str, spec: DatasetSpec, check_files: bool = True
   training is never handed an unreadable image. An unreadable one is an error,
   not a silent exclusion: the pool must hold the counts the run takes, and
   rerunning the generation command regenerates exactly those images.
-
-  Raises:
-    FileNotFoundError: no manifest, or (with ``check_files``) a listed file is
-      missing on disk.
-    ValueError: a record names an unknown class/bias or group, or an index
-      twice, or (with ``check_files``) a listed file does not decode.
   """
   base = dataset_dir(root, spec)
   paths, ys, bs, idx = [], [], [], []

@@ -64,20 +64,15 @@ class DatasetSpec:
     return self.majority_bias[y] == b
 
   def class_index(self, name: str) -> int:
-    try:
-      return self.class_names.index(name)
-    except ValueError:
-      raise ValueError(
-          f"{self.name}: unknown class {name!r}; classes are {self.class_names}"
-      ) from None
+    return self._index(self.class_names, name, "class", "classes")
 
   def bias_index(self, name: str) -> int:
-    try:
-      return self.bias_names.index(name)
-    except ValueError:
-      raise ValueError(
-          f"{self.name}: unknown bias {name!r}; biases are {self.bias_names}"
-      ) from None
+    return self._index(self.bias_names, name, "bias", "biases")
+
+  def _index(self, names: tuple[str, ...], name: str, kind: str, kinds: str) -> int:
+    if name not in names:
+      raise ValueError(f"{self.name}: unknown {kind} {name!r}; {kinds} are {names}")
+    return names.index(name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,8 @@ DEFAULT_MODES = ("asb", "ffr")
 def needed_per_group(spec: DatasetSpec, train: Examples,
                      modes: Sequence[str] = DEFAULT_MODES, per_group: int = -1
                      ) -> dict[tuple[int, int], int]:
-  """``{(y, b): count}`` covering every mode: the maximum over modes of
-  :func:`ffr_jax.data.compose.synthetic_needs` on the biased ``train`` split.
-
-  ``per_group >= 0`` is an explicit count for asb/ffr (and the cap on what usb
-  adds) instead of counts derived from ``train``.
-  """
+  """``{(y, b): count}``: the maximum over modes of ``compose.synthetic_needs``
+  on the biased ``train``; ``per_group >= 0`` is an explicit count (usb's cap)."""
   if not modes:
     raise ValueError("needed_per_group: name at least one mode.")
   needs = {g: 0 for g in spec.groups}

@@ -1,10 +1,6 @@
-"""Text prompts for the synthetic images, per dataset, selectable by name.
+"""Text prompts for the synthetic images: the paper's, the authors' richer
+word lists (docs/reference.md, "Synthetic data") or a template.
 
-``"paper"``: ``"A photo of {bias} {class}"`` with the spec's names, for every
-dataset. ``"rich"``: the authors' richer word lists per dataset
-(docs/reference.md, "Synthetic data"), keyed by the spec's class and bias
-names. A template string with ``{class}`` (or ``{a_class}``, with its article)
-and ``{bias}`` is filled with the spec's names, underscores read as spaces.
 Where a prompt has a choice (breed, location, age), image ``i`` of group ``g``
 draws it from a generator seeded by ``(seed, g, i)``: reproducible and
 independent of generation order.
@@ -198,8 +194,7 @@ def _rich_words(spec: DatasetSpec) -> dict:
 
 
 def _template_words(spec: DatasetSpec, template: str) -> dict:
-  """A word set with one option per name (the spec's, underscores as spaces)
-  for a ``{class}``/``{a_class}`` + ``{bias}`` template: one prompt per group."""
+  """A word set with one option per name: one prompt per group."""
   fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
   if (fields - set(TEMPLATE_FIELDS) or "bias" not in fields
       or not fields & {"class", "a_class"}):
@@ -214,7 +209,8 @@ def _template_words(spec: DatasetSpec, template: str) -> dict:
 def make_prompt_fn(spec: DatasetSpec, prompt_set: str = "paper", seed: int = 0
                    ) -> PromptFn:
   """``prompt_fn(g, index) -> str`` for group ``spec.groups[g]``; ``prompt_set``
-  is ``"paper"``, ``"rich"`` or a template such as ``"a photo of a {class} in {bias}"``."""
+  is ``"paper"``, ``"rich"`` or a template such as ``"a photo of a {class} in {bias}"``
+  (``{a_class}``: with its article; underscores in the spec's names read as spaces)."""
   if prompt_set == "paper":
     return lambda g, i: paper_prompt(spec, *spec.groups[g])
   if "{" in prompt_set:

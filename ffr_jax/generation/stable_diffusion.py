@@ -1,12 +1,9 @@
 """Stable Diffusion as a :class:`~ffr_jax.generation.base.Generator`, sampled by us.
 
-The modules come from a diffusers-format folder (SD v1.4 in the paper), or a
-hub id resolved to a snapshot in huggingface_hub's cache (:mod:`ffr_jax.hub`)
-with only the five components we use. A folder without Flax weights is
-converted on load (``from_pt=True``, needs torch). The sampling loop is ours:
-text encoding, classifier-free guidance, the scheduler in a ``lax.fori_loop``
-and the VAE decode, jitted once over a ``('data',)`` mesh of all devices with
-one global batch shape (the last call is padded).
+The modules come from a diffusers folder or a hub id (SD v1.4 in the paper);
+one without Flax weights is converted on load (needs torch). The sampling loop
+(guidance, scheduler in a ``lax.fori_loop``, VAE decode) is jitted once over
+all devices with one global batch shape (the last call is padded).
 
 The initial noise of image ``i`` is ``normal(jax.random.key(seeds[i]))`` and
 every later operation is per-sample, so an image depends only on its prompt
@@ -103,7 +100,6 @@ def _scheduler_class(name: str):
 
 
 def _cast_floats(tree, dtype):
-  """Casts floating-point leaves to ``dtype``."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       tree)
@@ -111,9 +107,7 @@ def _cast_floats(tree, dtype):
 
 def load_components(model_dir: str, scheduler: str = "pndm",
                     dtype: str = "float32", revision: str = "") -> tuple[dict, dict]:
-  """``(modules, params)`` of a diffusers folder or hub id: modules
-  ``tokenizer, text_encoder, unet, vae, scheduler``; params ``text_encoder,
-  unet, vae, scheduler`` (its state)."""
+  """``(modules, params)`` of a diffusers folder or hub id, keyed by component."""
   prepare_imports()
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
   from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
@@ -126,16 +120,16 @@ def load_components(model_dir: str, scheduler: str = "pndm",
         f"{model_dir!r} is not a diffusers Stable Diffusion folder: missing "
         f"subfolders {missing}. Pass --config.generate.model=<local folder or hub id>.")
   jdtype = DTYPES[dtype]
+
+  def pretrained(cls, subfolder: str):
+    return cls.from_pretrained(
+        model_dir, subfolder=subfolder, dtype=jdtype,
+        from_pt=not _has_flax_weights(model_dir, subfolder))
+
   tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
-  text_encoder = FlaxCLIPTextModel.from_pretrained(
-      model_dir, subfolder="text_encoder", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "text_encoder"))
-  unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(
-      model_dir, subfolder="unet", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "unet"))
-  vae, vae_params = FlaxAutoencoderKL.from_pretrained(
-      model_dir, subfolder="vae", dtype=jdtype,
-      from_pt=not _has_flax_weights(model_dir, "vae"))
+  text_encoder = pretrained(FlaxCLIPTextModel, "text_encoder")
+  unet, unet_params = pretrained(FlaxUNet2DConditionModel, "unet")
+  vae, vae_params = pretrained(FlaxAutoencoderKL, "vae")
   sched, sched_state = _scheduler_class(scheduler).from_pretrained(
       model_dir, subfolder="scheduler")
   modules = {"tokenizer": tokenizer, "text_encoder": text_encoder,

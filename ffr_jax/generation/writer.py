@@ -1,12 +1,7 @@
 """Writes a balanced synthetic dataset to disk: resumable, reproducible, filtered.
 
-Layout (read by :mod:`ffr_jax.data.synthetic`)::
-
-    {out_root}/{spec.name}/{class}/{bias}/{index:06d}.png
-    {out_root}/{spec.name}/manifest.jsonl     one line per image
-    {out_root}/{spec.name}/generation.json    seed, generator, prompts (checked on resume)
-
-Image ``i`` of group ``g`` comes from ``prompt_fn(g, i)`` and
+In :mod:`ffr_jax.data.synthetic`'s layout, plus ``generation.json`` (seed,
+generator, prompts; checked on resume). Image ``i`` of group ``g`` comes from ``prompt_fn(g, i)`` and
 :func:`image_seed`, so its bytes depend on neither batch size, device count nor
 where an earlier run stopped.
 
@@ -76,11 +71,8 @@ def channel_spread(image: np.ndarray) -> float:
 
 def reject_reason(image: np.ndarray, gray_threshold: float = GRAY_THRESHOLD,
                   blank_threshold: float = BLANK_THRESHOLD) -> str | None:
-  """Why an image is dropped: ``"blank"``, ``"grayscale"`` or None (kept).
-
-  Dropped images are regenerated with the next attempt's seed (docs/reference.md,
-  "Synthetic data"). A threshold of 0 disables that test.
-  """
+  """Why an image is dropped (and regenerated): ``"blank"``, ``"grayscale"`` or
+  None (kept). A threshold of 0 disables that test."""
   img = np.asarray(image, np.float32)
   if blank_threshold > 0 and float(img.mean(axis=-1).std()) < blank_threshold:
     return "blank"
@@ -220,75 +212,55 @@ def _check_metadata(base: str, meta: dict) -> None:
   write_atomic(path, json.dumps(meta, indent=2, sort_keys=True))
 
 
-def _prepare_folder(base: str, spec: DatasetSpec, summary: GenerationSummary
+def _prepare_folder(out_root: str, spec: DatasetSpec, summary: GenerationSummary
                     ) -> set[tuple[int, int]]:
   """Repairs an interrupted folder; returns the ``(g, index)`` already done."""
+  base = dataset_dir(out_root, spec)
   manifest = os.path.join(base, MANIFEST)
   _truncate_torn_line(manifest)
-  done: set[tuple[int, int]] = set()
-  kept_lines, listed = [], set()
-  changed = False
-  damaged: set[str] = set()
-  if os.path.isfile(manifest):
-    root = os.path.dirname(base)
-    records = list(read_manifest(root, spec))
-    # The listed files that exist but no longer decode.
-    paths = sorted({os.path.join(base, r.file) for r in records
-                    if os.path.isfile(os.path.join(base, r.file))})
-    bad = {os.path.normpath(os.path.relpath(p, base)) for p in find_unreadable(
-        paths, cache_path=verified_cache_path(root, spec))}
-    for rec in records:
-      g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
-      rel = os.path.normpath(rec.file)
-      exists = os.path.isfile(os.path.join(base, rec.file))
-      if (g, rec.index) in done or not exists or rel in bad:
-        # A duplicate cannot come from this writer; a vanished file was removed
-        # by hand; a damaged one was cut or overwritten after it was written.
-        # Each way the image is (re)generated from its seed.
-        changed = True
-        if (g, rec.index) not in done:
-          if not exists:
-            summary.groups[g].repaired += 1
-          elif rel not in damaged:
-            summary.groups[g].unreadable += 1
-            damaged.add(rel)
-        continue
+  report, records = _check(out_root, spec)
+  missing, done, kept = set(report.missing), set(), []
+  for rec in records:
+    g = spec.group_index(spec.class_index(rec.cls), spec.bias_index(rec.bias))
+    rel = os.path.normpath(rec.file)
+    # A vanished file was removed by hand; a damaged one was cut or overwritten
+    # after it was written; a duplicate line cannot come from this writer. Each
+    # way the image is (re)generated from its seed.
+    if rel in missing:
+      summary.groups[g].repaired += 1
+    elif rel in report.unreadable:
+      summary.groups[g].unreadable += 1
+    else:
       done.add((g, rec.index))
-      listed.add(rel)
-      kept_lines.append(rec.to_json())
-  if changed:
-    write_atomic(manifest, "".join(line + "\n" for line in kept_lines))
-  # Only once unlisted: removed before the orphan count below, which must count
-  # what a crash leaves, not images that are about to be regenerated.
-  for rel in sorted(damaged):
+      kept.append(rec)
+  if report.duplicates or missing or report.unreadable:
+    write_atomic(manifest, "".join(r.to_json() + "\n" for r in kept))
+  # Listed, so not counted as orphans below: those count what a crash leaves.
+  for rel in report.unreadable:
     os.remove(os.path.join(base, rel))
-  pngs, tmps = _image_files(base, spec)
-  for rel in tmps:
+  for rel in report.temp_files:
     os.remove(os.path.join(base, rel))
-  orphans = [p for p in pngs if os.path.normpath(p) not in listed]
-  if orphans and len(orphans) > len(listed):
+  orphans = report.orphans
+  if orphans and len(orphans) > len(kept):
     # A crash leaves at most one batch of unlisted images. More unlisted than
     # listed images means a lost or replaced manifest: deleting them would
     # throw away finished work (hours of Stable Diffusion), so stop instead.
     raise RuntimeError(
         f"{base}: {len(orphans)} images are not listed in {MANIFEST} (which "
-        f"lists {len(listed)}), e.g. {orphans[:3]}. That is more than an "
+        f"lists {len(kept)}), e.g. {orphans[:3]}. That is more than an "
         "interrupted run leaves behind; restore the manifest or move the "
         "images away, then rerun (`python -m ffr_jax.generate --verify` "
         "reports the folder's state).")
   for rel in orphans:
     os.remove(os.path.join(base, rel))
-  summary.removed_temp += len(tmps)
+  summary.removed_temp += len(report.temp_files)
   summary.removed_orphans += len(orphans)
   return done
 
 
 def _write_files_durably(files: list[tuple[str, bytes]]) -> None:
-  """Writes a batch of files via temporary names, all on disk on return.
-
-  One ``os.sync`` per batch: per-file fsyncs bounded generation at 32 px
-  (about 120 images/s).
-  """
+  """Writes a batch of files via temporary names, all on disk on return (one
+  ``os.sync`` per batch: per-file fsyncs bounded generation to ~120 images/s)."""
   tmps = []
   for path, data in files:
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)
@@ -358,7 +330,7 @@ def generate_dataset(
       meta = {"seed": int(seed), "generator": generator.name,
               "image_size": int(generator.image_size), **dict(metadata or {})}
       _check_metadata(base, meta)
-      done = _prepare_folder(base, spec, summary)
+      done = _prepare_folder(out_root, spec, summary)
     except (OSError, ValueError, RuntimeError) as e:
       # Raised after the broadcast below, so the other hosts (waiting for the
       # plan) learn of it and stop too instead of hanging.
@@ -496,6 +468,40 @@ class VerifyReport:
     return "\n".join(lines)
 
 
+def _check(out_root: str, spec: DatasetSpec
+           ) -> tuple[VerifyReport, list[ManifestRecord]]:
+  """The report (less ``short``) and the first record of each listed image."""
+  base = dataset_dir(out_root, spec)
+  report = VerifyReport()
+  path = os.path.join(base, MANIFEST)
+  records, seen = [], set()
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      data = f.read()
+    report.torn_last_line = bool(data) and not data.endswith(b"\n")
+    for rec in read_manifest(out_root, spec):
+      report.records += 1
+      key = (rec.cls, rec.bias, rec.index)
+      if key in seen:
+        report.duplicates.append(rec.file)
+        continue
+      seen.add(key)
+      records.append(rec)
+      if not os.path.isfile(os.path.join(base, rec.file)):
+        report.missing.append(os.path.normpath(rec.file))
+  counts = collections.Counter(f"{r.cls}/{r.bias}" for r in records)
+  report.per_group = {spec.group_name(g): counts[spec.group_name(g)]
+                      for g in range(len(spec.groups))}
+  listed = {os.path.normpath(r.file) for r in records}
+  pngs, report.temp_files = _image_files(base, spec)
+  report.orphans = [p for p in pngs if os.path.normpath(p) not in listed]
+  present = sorted(listed - set(report.missing))
+  bad = find_unreadable([os.path.join(base, p) for p in present],
+                        cache_path=verified_cache_path(out_root, spec))
+  report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
+  return report, records
+
+
 def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int]
            | None = None) -> VerifyReport:
   """Checks ``{out_root}/{spec.name}`` against its manifest without changing it.
@@ -503,45 +509,18 @@ def verify(out_root: str, spec: DatasetSpec, needs: Mapping[tuple[int, int], int
   ``needs``: images each ``(y, b)`` group must hold; groups with fewer usable
   ones are reported as short (None: not checked).
   """
-  base = dataset_dir(out_root, spec)
-  report = VerifyReport()
-  path = os.path.join(base, MANIFEST)
+  path = os.path.join(dataset_dir(out_root, spec), MANIFEST)
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"No synthetic manifest at {path}: nothing was generated there yet. "
         "Run the generation command without --verify.")
-  with open(path, "rb") as f:
-    data = f.read()
-  report.torn_last_line = bool(data) and not data.endswith(b"\n")
-  seen = set()
-  counts = collections.Counter()
-  listed: dict[str, str] = {}  # normalised path -> group name
-  for rec in read_manifest(out_root, spec):
-    report.records += 1
-    key = (rec.cls, rec.bias, rec.index)
-    if key in seen:
-      report.duplicates.append(rec.file)
-      continue
-    seen.add(key)
-    listed[os.path.normpath(rec.file)] = f"{rec.cls}/{rec.bias}"
-    counts[f"{rec.cls}/{rec.bias}"] += 1
-    if not os.path.isfile(os.path.join(base, rec.file)):
-      report.missing.append(os.path.normpath(rec.file))
-  report.per_group = {spec.group_name(g): counts.get(spec.group_name(g), 0)
-                      for g in range(len(spec.groups))}
-  pngs, report.temp_files = _image_files(base, spec)
-  report.orphans = [p for p in pngs if os.path.normpath(p) not in listed]
-  missing = set(report.missing)
-  present = sorted(p for p in listed if p not in missing)
-  bad = find_unreadable([os.path.join(base, p) for p in present],
-                        cache_path=verified_cache_path(out_root, spec))
-  report.unreadable = {os.path.relpath(k, base): v for k, v in bad.items()}
+  report, records = _check(out_root, spec)
   if needs is not None:
-    broken = missing | {os.path.normpath(p) for p in report.unreadable}
-    usable = collections.Counter(
-        group for p, group in listed.items() if p not in broken)
+    broken = set(report.missing) | set(report.unreadable)
+    usable = collections.Counter(f"{r.cls}/{r.bias}" for r in records
+                                 if os.path.normpath(r.file) not in broken)
     for g, need in enumerate(per_group_counts(spec, needs)):
-      have = usable.get(spec.group_name(g), 0)
+      have = usable[spec.group_name(g)]
       if have < need:
         report.short[spec.group_name(g)] = (have, need)
   return report
