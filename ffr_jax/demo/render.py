@@ -82,7 +82,13 @@ def check_size(size: int) -> int:
   return size
 
 
-def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
+def _checked_inputs(ys, bs, seeds, size, content_gap):
+  """The renderer's arguments, checked; labels and seeds as int64 vectors."""
+  size = check_size(size)
+  gap = check_content_gap(content_gap)
+  ys = np.asarray(ys, np.int64).reshape(-1)
+  bs = np.asarray(bs, np.int64).reshape(-1)
+  seeds = np.asarray(seeds, np.int64).reshape(-1)
   if not (len(ys) == len(bs) == len(seeds)):
     raise ValueError(
         f"render: ys, bs and seeds must have one entry per image; got lengths "
@@ -91,6 +97,7 @@ def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
     raise ValueError("render: seeds must be non-negative integers.")
   for y, b in set(zip(ys.tolist(), bs.tolist())):
     DEMO_SPEC.group_index(y, b)  # raises with the list of groups
+  return size, gap, ys, bs, seeds
 
 
 def draw(keys: Sequence[Sequence[int]], num_params: int, grid: int, size: int
@@ -294,17 +301,6 @@ def area_and_offset(cover: np.ndarray) -> tuple[float, float]:
   cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
   cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
   return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
-
-
-def _checked_inputs(ys, bs, seeds, size, content_gap):
-  """The renderer's arguments, checked; labels and seeds as int64 vectors."""
-  size = check_size(size)
-  gap = check_content_gap(content_gap)
-  ys = np.asarray(ys, np.int64).reshape(-1)
-  bs = np.asarray(bs, np.int64).reshape(-1)
-  seeds = np.asarray(seeds, np.int64).reshape(-1)
-  _check_labels(ys, bs, seeds)
-  return size, gap, ys, bs, seeds
 
 
 def quantize(images: np.ndarray) -> np.ndarray:

@@ -210,8 +210,7 @@ def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
 
 
 def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Our Flax variables as a torchvision state dict: the inverse of
-  :func:`ffr_jax.models.weights.torchvision_to_flax`."""
+  """The inverse of :func:`ffr_jax.models.weights.torchvision_to_flax`."""
   state = {}
   for col in ("params", "batch_stats"):
     for path, leaf in traverse_util.flatten_dict(variables.get(col, {})).items():
@@ -266,11 +265,8 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
              epochs: int = DEFAULT_EPOCHS, image_size: int = render.DEFAULT_SIZE,
              seed: int = 0, model_name: str = DEFAULT_MODEL,
              log=print) -> tuple[dict, dict]:
-  """Trains ``model_name`` on the upstream dataset with ERM (Adam).
-
-  Returns ``(variables, record)``: host arrays and a JSON-able record of the
-  settings, held-out accuracy per epoch and wall time.
-  """
+  """Trains ``model_name`` on the upstream dataset with ERM (Adam): host
+  variables and a JSON-able record (settings, accuracy per epoch, time)."""
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1.")
   start = time.time()
