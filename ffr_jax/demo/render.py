@@ -1,17 +1,11 @@
 """The built-in benchmark's real-image renderer, after SpuCo Animals.
 
-Four classes (landbird, waterbird, small dog, big dog) on four backgrounds
-(land, water, indoors, outdoors), SpuCo Animals' eight groups. The background
-is a big, easy cue (a full-image colour and texture field); the class a subtle
-one (a small animal silhouette in a random colour, position, scale and facing).
-
-Image ``i`` depends only on ``(y, b, seed, size, salt)``: its random numbers
-come from its own generator, the drawing is vectorised over the batch.
-
-``content_gap`` in [0, 1] (the procedural generator's, docs/benchmark.md)
-shifts what is drawn: larger, centred animals facing right, more saturated
-colours, cleaner backgrounds. Each change is ``x + gap * (...)`` or
-``x * (1 + gap * k)``, so gap 0 gives the real images' exact bytes.
+Four classes on four backgrounds, SpuCo Animals' eight groups: the background
+is a big, easy cue, the class a subtle one (a small animal silhouette in a
+random colour, position, scale and facing). Image ``i`` depends only on
+``(y, b, seed, size, salt)``. ``content_gap`` in [0, 1] (docs/benchmark.md)
+moves what is drawn towards larger, centred, saturated animals on cleaner
+backgrounds; each change is ``x + gap * (...)``, so gap 0 gives the real bytes.
 """
 
 from __future__ import annotations
