@@ -119,11 +119,8 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
 
 
 def _assignment_comments(path: str) -> dict[str, str]:
-  """``{"data.root": comment}`` for each commented ``c.data.root = ...`` of a file.
-
-  The comment at the end of the assignment, else the comment lines right
-  above it; the first commented assignment of a key wins.
-  """
+  """``{"data.root": comment}`` for each commented ``c.data.root = ...``: the
+  trailing comment, else the lines right above; a key's first one wins."""
   with open(path, encoding="utf-8") as f:
     source = f.read()
   lines = source.splitlines()
@@ -251,13 +248,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], int | None],
         commands: Sequence[str] = ()) -> None:
-  """Runs a command's ``main(argv)`` with the shared set-up and errors.
-
-  Args:
-    main: called with ``argv`` (program name, then the subcommand if any).
-    commands: the subcommands a command takes as its one positional argument
-      (``analyze embeddings``); none by default.
-  """
+  """Runs ``main(argv)`` with the shared set-up and errors; ``commands`` are
+  the subcommands taken as the one positional argument (``analyze embeddings``)."""
 
   def wrapped(argv: list[str]):
     if commands and (len(argv) != 2 or argv[1] not in commands):

@@ -1,10 +1,7 @@
-"""Hugging Face Hub references (``model.pretrained = "hf-hub:ORG/NAME[@REV]"``,
-``generate.model = "ORG/NAME"``), resolved in huggingface_hub's cache.
-
-``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` are read at call time
-(huggingface_hub reads them at import), so a notebook cell that sets them
-later is obeyed. What cannot be resolved is one ``FileNotFoundError`` line.
-"""
+"""Hugging Face Hub references (``hf-hub:ORG/NAME[@REV]``, ``ORG/NAME``) in
+huggingface_hub's cache; ``HF_HUB_CACHE``/``HF_HOME``/``HF_HUB_OFFLINE`` are
+read at call time (huggingface_hub reads them at import), so a notebook that
+sets them late is obeyed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""One owner per workdir (:class:`WorkdirLock`), and clean stops on SIGTERM /
-Ctrl-C (:class:`PreemptionGuard`); docs/reliability.md tells how both work
-and what they cost. ``jax`` is imported only when needed.
-"""
+"""One owner per workdir (:class:`WorkdirLock`) and clean stops on SIGTERM /
+Ctrl-C (:class:`PreemptionGuard`), as docs/reliability.md tells; no jax import."""
 
 from __future__ import annotations
 
@@ -45,9 +43,7 @@ class WorkdirLostError(WorkdirBusyError):
 
 
 class Preempted(Exception):
-  """A stage stopped on a signal after saving its checkpoint; not a user
-  mistake: the command prints it as its own line, exit code ``128 + signal``.
-  """
+  """A stage stopped on a signal after saving its checkpoint (exit ``128 + signal``)."""
 
   def __init__(self, step: int | None, stage: str, signal_name: str | None):
     self.step, self.stage = step, stage
@@ -56,10 +52,6 @@ class Preempted(Exception):
     where = f"at step {step} of {stage}" if step is not None else f"in {stage}"
     super().__init__(f"stopped {where} ({self.signal_name}); rerun the same "
                      "command to resume")
-
-
-# --------------------------------------------------------------------------
-# Who a process is.
 
 
 def _read(path: str) -> str | None:
@@ -110,11 +102,8 @@ def pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def temporary_for(path: str) -> Iterator[str]:
-  """A temporary name for writing ``path`` atomically: ``{path}.tmp-PID``.
-
-  It is removed if the write fails (a full disk); those of writers that died
-  are removed first, live ones left alone (sweep shards write one file).
-  """
+  """``{path}.tmp-PID`` for an atomic write, removed if the write fails; dead
+  writers' temporaries are removed first, live ones left (shards share files)."""
   for old in glob.glob(glob.escape(path) + ".tmp-*"):
     pid = old.rpartition(".tmp-")[2]
     if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
@@ -129,8 +118,7 @@ def temporary_for(path: str) -> Iterator[str]:
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` via a synced temporary file and a rename: never a torn
-  file, even after a power loss."""
+  """Writes via a synced temporary file and a rename: never a torn file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with temporary_for(path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
@@ -204,17 +192,17 @@ class _Owner:
             f"ago, command: {self.command})")
 
 
-# --------------------------------------------------------------------------
-# The lock.
-
-
 def _create_exclusive(path: str, text: str) -> bool:
-  """Writes ``text`` to ``path`` only if no file is there; False if one is.
-
-  A hard link of a finished temporary file (O_EXCL where links are not
-  supported: a reader may then see a half-written file, taken as unreadable).
-  """
-  tmp = _write_temp(path, text)
+  """Writes ``path`` only if no file is there, as a hard link of a finished
+  temporary (O_EXCL where links fail: a reader may see a half-written file)."""
+  tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
   try:
     os.link(tmp, path)
     return True
@@ -233,22 +221,8 @@ def _create_exclusive(path: str, text: str) -> bool:
   return True
 
 
-def _write_temp(path: str, text: str) -> str:
-  """``{path}.<uuid>.tmp`` holding ``text``; removed if the write fails."""
-  tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-  return tmp
-
-
 def _remove_stale_temps(path: str) -> None:
-  """Removes ``{path}.*.tmp`` files (the lock's and the mutex's) that a
-  killed writer left: they live for milliseconds."""
+  """Removes the lock's and mutex's ``{path}.*.tmp`` left by a killed writer."""
   for tmp in glob.glob(glob.escape(path) + ".*" + TMP_SUFFIX):
     age = _mtime_age(tmp)
     if age is not None and age > MUTEX_STALE_AFTER:
@@ -266,12 +240,9 @@ def _mtime_age(path: str) -> float | None:
 class WorkdirLock:
   """The one owner of a workdir (a context manager, or acquire()/release()).
 
-  Args:
-    enabled: whether this process takes the lock (on several hosts only
-      process 0); None asks jax if it is imported.
-    stale_after: a lock from another machine whose heartbeat (every
-      ``heartbeat_every`` s, a daemon thread) is older is stale; keep it well
-      above the clock skew between hosts.
+  ``enabled`` None: only jax process 0 takes it. A lock from another machine
+  whose heartbeat is older than ``stale_after`` (keep it well above the hosts'
+  clock skew) is stale.
   """
 
   def __init__(self, workdir: str, *, enabled: bool | None = None,
@@ -290,8 +261,6 @@ class WorkdirLock:
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
     self.lost: str | None = None  # who took the lock from us, once one did
-
-  # -- public ---------------------------------------------------------------
 
   def acquire(self) -> WorkdirLock:
     """Takes the lock or raises :class:`WorkdirBusyError`."""
@@ -356,8 +325,6 @@ class WorkdirLock:
   def __exit__(self, *exc) -> None:
     self.release()
 
-  # -- staleness and take-over ---------------------------------------------
-
   def _is_enabled(self) -> bool:
     if self._enabled is None:
       # Without jax imported, jax.distributed was not initialized: a single
@@ -417,8 +384,6 @@ class WorkdirLock:
     current = _Owner.parse(_read(self.path))
     return current is not None and current.token == owner.token
 
-  # -- heartbeat ------------------------------------------------------------
-
   def _heartbeat_loop(self) -> None:
     while not self._stop.wait(self.heartbeat_every):
       if not self._beat():
@@ -477,13 +442,9 @@ WAIT_LOG_EVERY = 30.0
 
 @contextlib.contextmanager
 def owned_folder(path: str, what: str, poll: float = 0.2):
-  """Holds ``path`` (host 0) while this process writes ``what`` there.
-
-  Shared folders (a stage, prepared data, a synthetic set) have one writer at
-  a time: another live owner is waited for, with a line naming it every
-  :data:`WAIT_LOG_EVERY` seconds, so its finished result is then reused; a
-  dead owner's lock is taken over as the workdir's is.
-  """
+  """Holds shared folder ``path`` (host 0) while this process writes ``what``
+  there; a live owner is waited for (its result is then reused), a dead one's
+  lock taken over."""
   lock, said = WorkdirLock(path), None
   while True:
     try:
@@ -502,13 +463,8 @@ def owned_folder(path: str, what: str, poll: float = 0.2):
     lock.release()
 
 
-# --------------------------------------------------------------------------
-# Stopping cleanly.
-
-
 def _jax_preemption_service_running() -> bool:
-  """Whether ``jax.distributed.initialize`` started the preemption service
-  (which then owns SIGTERM)."""
+  """Whether jax.distributed's preemption service (owning SIGTERM) runs."""
   try:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
   except ImportError:  # a jax without it: our own handler then
@@ -521,14 +477,9 @@ def _jax_preemption_service_running() -> bool:
 class PreemptionGuard:
   """Turns SIGTERM and the first Ctrl-C into a stop after the current step.
 
-  The loop calls ``should_stop(step)`` after each step and, on True, saves a
-  checkpoint and raises :class:`Preempted`. On several processes the call is
-  collective (every process calls it with the same steps): SIGTERM is left to
-  JAX's preemption service (``reached_preemption_sync_point``), and the local
-  flags (Ctrl-C) are all-gathered every ``sync_every`` steps.
-
-  Args:
-    process_count: the number of jax processes; None asks jax on enter.
+  On several processes ``should_stop`` is collective (every process calls it
+  with the same steps): SIGTERM is left to JAX's preemption service, Ctrl-C
+  flags are all-gathered every ``sync_every`` steps.
   """
 
   def __init__(self, *, sync_every: int = 10,
@@ -545,8 +496,7 @@ class PreemptionGuard:
 
   @property
   def signal_name(self) -> str | None:
-    """``SIGTERM``/``SIGINT`` once a stop was requested (agreed, on several
-    hosts), else None."""
+    """``SIGTERM``/``SIGINT`` once a stop was requested (agreed on), else None."""
     signum = self._agreed or self._signum
     return None if signum is None else signal.Signals(signum).name
 
@@ -590,9 +540,8 @@ class PreemptionGuard:
   def should_stop(self, step: int, lost: str | None = None) -> bool:
     """Whether to save and stop after ``step`` (the same on every host).
 
-    ``lost`` (why the workdir lock was lost, :meth:`WorkdirLock.checked`) raises
-    :class:`WorkdirLostError` instead: at once on one host, on several at
-    the next flag exchange, so none is left waiting in a collective.
+    ``lost`` (:meth:`WorkdirLock.checked`) raises :class:`WorkdirLostError`,
+    on several hosts at the next flag exchange so none waits in a collective.
     """
     if self._process_count is None or self._process_count <= 1:
       if lost is not None:

@@ -15,9 +15,3 @@ from ffr_jax.demo.render import DEMO_SPEC
 # ``python -m ffr_jax.benchmark pretrain`` at its defaults (settings in upstream.json).
 UPSTREAM_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "upstream.safetensors")
-
-__all__ = [
-    "DEFAULT_SCALE", "DEFAULT_STRENGTH", "DEMO", "DEMO_SPEC", "TEMPLATES", "ProceduralGenerator",
-    "build_prompt", "fingerprint", "parse_prompt", "prepare_real",
-    "split_sizes", "UPSTREAM_WEIGHTS",
-]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from absl import logging
 
+from ffr_jax import lifecycle
 from ffr_jax.demo import render
 from ffr_jax.data import spuco
 from ffr_jax.data.datasets import DatasetDef
@@ -79,10 +80,8 @@ def read_marker(root: str) -> dict | None:
 
 
 def _write_marker(root: str, params: dict, complete: bool) -> None:
-  tmp = os.path.join(root, MARKER + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({**params, "complete": complete}, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(root, MARKER))  # atomic: never a torn marker
+  lifecycle.write_atomic(os.path.join(root, MARKER), json.dumps(
+      {**params, "complete": complete}, indent=1, sort_keys=True))
 
 
 def _clear(root: str, marker: dict | None) -> None:
@@ -101,10 +100,8 @@ def _clear(root: str, marker: dict | None) -> None:
 def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
                  image_size: int = render.DEFAULT_SIZE,
                  seed: int = DEFAULT_SEED) -> None:
-  """Renders the benchmark's real images into ``root`` in the SpuCo layout.
-
-  A no-op if ``root`` was rendered completely with the same parameters.
-  """
+  """Renders the real images into ``root`` in the SpuCo layout, unless a
+  complete render with the same parameters is there."""
   image_size = render.check_size(image_size)
   params = {"version": RENDER_VERSION, "scale": float(scale),
             "image_size": image_size, "seed": int(seed)}
@@ -137,11 +134,8 @@ def prepare_real(root: str, *, scale: float = DEFAULT_SCALE,
 
 
 def load(root: str, split_seed: int = 0) -> DatasetSplits:
-  """The registry's loader: reads a root that :func:`prepare_real` rendered.
-
-  It never renders: rendering defaults here once gave a smoke run full-scale
-  data; the config's ``benchmark.*`` decide (``datasets.prepare_dataset``).
-  """
+  """The registry's loader of a root :func:`prepare_real` rendered; it never
+  renders (the config's ``benchmark.*`` decide, ``datasets.prepare_dataset``)."""
   marker = read_marker(root)
   if marker is None or not marker.get("complete"):
     state = "was not rendered" if marker is None else "holds a cut-short render"

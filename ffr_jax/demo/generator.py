@@ -1,14 +1,10 @@
 """A prompt-driven stand-in for Stable Diffusion with a tunable fingerprint.
 
-:class:`ProceduralGenerator` reads the group out of a prompt (the paper's form
-or the authors' richer one), renders it with the benchmark's renderer on its
-own random stream, and adds a *generator fingerprint*, the statistical trace
-the paper (after Corvi et al.) assumes generated images carry. Its three parts
-scale linearly with ``strength`` and are the identity at 0: a blend towards a
-3x3 box blur (no sensor noise, less fine texture), a colour tint and contrast
-stretch, and a period-2 checkerboard (a decoder's upsampling artifact).
-``content_gap`` shifts what the images show (:mod:`ffr_jax.demo.render`). With
-both at 0 the images are the real renderer's, byte for byte.
+:class:`ProceduralGenerator` reads the group from a prompt, renders it on its
+own random stream and adds a *generator fingerprint* (after Corvi et al.),
+linear in ``strength``: a blend towards a 3x3 box blur, a tint and contrast
+stretch, and a period-2 checkerboard. With ``strength`` and ``content_gap``
+at 0 the images are the real renderer's, byte for byte.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The built-in benchmark's real-image renderer, after SpuCo Animals.
 
-Four classes (landbird, waterbird, small dog, big dog) on four backgrounds
-(land, water, indoors, outdoors), SpuCo Animals' eight groups. The background
-is a big, easy cue (a full-image colour and texture field); the class a subtle
-one (a small animal silhouette in a random colour, position, scale and facing).
-
-Image ``i`` depends only on ``(y, b, seed, size, salt)``: its random numbers
-come from its own generator, the drawing is vectorised over the batch.
-
-``content_gap`` in [0, 1] (the procedural generator's, docs/benchmark.md)
-shifts what is drawn: larger, centred animals facing right, more saturated
-colours, cleaner backgrounds. Each change is ``x + gap * (...)`` or
-``x * (1 + gap * k)``, so gap 0 gives the real images' exact bytes.
+Four classes on four backgrounds, SpuCo Animals' eight groups: the background
+is a big, easy cue, the class a subtle one (a small animal silhouette in a
+random colour, position, scale and facing). Image ``i`` depends only on
+``(y, b, seed, size, salt)``. ``content_gap`` in [0, 1] (docs/benchmark.md)
+moves what is drawn towards larger, centred, saturated animals on cleaner
+backgrounds; each change is ``x + gap * (...)``, so gap 0 gives the real bytes.
 """
 
 from __future__ import annotations
@@ -82,7 +76,13 @@ def check_size(size: int) -> int:
   return size
 
 
-def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
+def _checked_inputs(ys, bs, seeds, size, content_gap):
+  """The renderer's arguments, checked; labels and seeds as int64 vectors."""
+  size = check_size(size)
+  gap = check_content_gap(content_gap)
+  ys = np.asarray(ys, np.int64).reshape(-1)
+  bs = np.asarray(bs, np.int64).reshape(-1)
+  seeds = np.asarray(seeds, np.int64).reshape(-1)
   if not (len(ys) == len(bs) == len(seeds)):
     raise ValueError(
         f"render: ys, bs and seeds must have one entry per image; got lengths "
@@ -91,6 +91,7 @@ def _check_labels(ys: np.ndarray, bs: np.ndarray, seeds: np.ndarray) -> None:
     raise ValueError("render: seeds must be non-negative integers.")
   for y, b in set(zip(ys.tolist(), bs.tolist())):
     DEMO_SPEC.group_index(y, b)  # raises with the list of groups
+  return size, gap, ys, bs, seeds
 
 
 def draw(keys: Sequence[Sequence[int]], num_params: int, grid: int, size: int
@@ -294,17 +295,6 @@ def area_and_offset(cover: np.ndarray) -> tuple[float, float]:
   cx = (cover * coords[None, None, :]).sum(axis=(1, 2)) / mass
   cy = (cover * coords[None, :, None]).sum(axis=(1, 2)) / mass
   return float((mass / size**2).mean()), float(np.hypot(cx - 0.5, cy - 0.5).mean())
-
-
-def _checked_inputs(ys, bs, seeds, size, content_gap):
-  """The renderer's arguments, checked; labels and seeds as int64 vectors."""
-  size = check_size(size)
-  gap = check_content_gap(content_gap)
-  ys = np.asarray(ys, np.int64).reshape(-1)
-  bs = np.asarray(bs, np.int64).reshape(-1)
-  seeds = np.asarray(seeds, np.int64).reshape(-1)
-  _check_labels(ys, bs, seeds)
-  return size, gap, ys, bs, seeds
 
 
 def quantize(images: np.ndarray) -> np.ndarray:

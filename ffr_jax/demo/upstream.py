@@ -1,17 +1,11 @@
 """The built-in benchmark's upstream pretraining: its stand-in for ImageNet.
 
-A procedural, download-free dataset sharing nothing with the benchmark's
-content (no animals, none of its backgrounds): a class is a *shape* with a
-*texture* (``"ring/checker"``), 12 x 10 = 120 classes, the first
-``num_classes`` used. Each image draws its object at a random position, scale
-and rotation in two random colours on a random scene, plus pixel noise. Image
-``i`` of class ``k`` depends only on ``(seed, k, i, salt, size)``; the train
-and held-out splits use different salts.
-
-:func:`pretrain` trains the demo's backbone on it with the project's train and
-eval steps; :func:`save_torchvision` writes torchvision names, so
-``model.pretrained=FILE.safetensors`` loads it the way ImageNet ResNet-50
-weights load (the head, of another shape, is replaced).
+A procedural dataset sharing nothing with the benchmark's content: a class is
+a *shape* with a *texture* (``"ring/checker"``), 120 classes, each image one
+object at a random place, scale, rotation and two colours on a random scene.
+Image ``i`` of class ``k`` depends only on ``(seed, k, i, salt, size)``.
+:func:`save_torchvision` writes torchvision names, so ``model.pretrained``
+loads the weights as it loads ImageNet's (the head is replaced).
 """
 
 from __future__ import annotations
@@ -199,8 +193,7 @@ def render_upstream(labels: np.ndarray, indices: np.ndarray, size: int = render.
 
 def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
           first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Images and labels of one split: ``per_class`` images of each class, the
-  images ``first_index ..`` of each class's stream."""
+  """``per_class`` images of each class (from ``first_index`` in its stream) and labels."""
   num_classes = check_classes(num_classes)
   if per_class < 1:
     raise ValueError(f"per_class={per_class} must be >= 1.")
@@ -210,8 +203,7 @@ def split(num_classes: int, per_class: int, size: int, seed: int, salt: int,
 
 
 def to_torchvision_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Our Flax variables as a torchvision state dict: the inverse of
-  :func:`ffr_jax.models.weights.torchvision_to_flax`."""
+  """The inverse of :func:`ffr_jax.models.weights.torchvision_to_flax`."""
   state = {}
   for col in ("params", "batch_stats"):
     for path, leaf in traverse_util.flatten_dict(variables.get(col, {})).items():
@@ -266,11 +258,8 @@ def pretrain(num_classes: int = DEFAULT_CLASSES, per_class: int = DEFAULT_PER_CL
              epochs: int = DEFAULT_EPOCHS, image_size: int = render.DEFAULT_SIZE,
              seed: int = 0, model_name: str = DEFAULT_MODEL,
              log=print) -> tuple[dict, dict]:
-  """Trains ``model_name`` on the upstream dataset with ERM (Adam).
-
-  Returns ``(variables, record)``: host arrays and a JSON-able record of the
-  settings, held-out accuracy per epoch and wall time.
-  """
+  """Trains ``model_name`` on the upstream dataset with ERM (Adam): host
+  variables and a JSON-able record (settings, accuracy per epoch, time)."""
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1.")
   start = time.time()

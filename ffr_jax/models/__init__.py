@@ -61,6 +61,3 @@ def model_from_config(config_model: Any, num_classes: int) -> nn.Module:
   return create_model(name, num_classes, config_model["dtype"],
                       **{o: config_model[o] for o in options})
 
-
-__all__ = ["MODELS", "ModelSpec", "ResNet", "ResNetOutput", "create_model",
-           "model_from_config"]

@@ -103,63 +103,10 @@ class ConvSmallAsMatmul(nn.Module):
                                (((patches.ndim - 1,), (0,)), ((), ())))
 
 
-def _im2col(x: jax.Array, k: int, s: int) -> jax.Array:
-  """``[n, h', w', k*k*c]`` patches ordered ``(kh, kw, c)``, as the HWIO kernel
-  reshaped to ``(k*k*c, out)``; strided slices, no convolution."""
-  pad = k // 2
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out_h = (x.shape[1] + 2 * pad - k) // s + 1
-  out_w = (x.shape[2] + 2 * pad - k) // s + 1
-  cols = [xp[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
-          for i in range(k) for j in range(k)]
-  return jnp.concatenate(cols, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_im2col_grad(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
-  """XLA's convolution with the filter gradient as one ``patches^T @ dy``
-  matmul: XLA:CPU's own for the 3-channel stem is 5-10x slower
-  (docs/performance.md)."""
-  return _conv_plain(x, kernel, strides)
-
-
 def _conv_plain(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
   pad = kernel.shape[0] // 2
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((pad, pad), (pad, pad)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv_im2col_grad_fwd(x, kernel, strides):
-  return _conv_plain(x, kernel, strides), (x, kernel)
-
-
-def _conv_im2col_grad_bwd(strides, residuals, dy):
-  x, kernel = residuals
-  k = kernel.shape[0]
-  patches = _im2col(x, k, strides)
-  dw = jnp.einsum("nhwp,nhwo->po", patches, dy).reshape(kernel.shape)
-  _, vjp_x = jax.vjp(lambda x: _conv_plain(x, kernel, strides), x)
-  return vjp_x(dy)[0], dw.astype(kernel.dtype)
-
-
-_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
-
-
-class StemConv(nn.Module):
-  """The bias-free stem convolution (nn.Conv's kernel) with an im2col filter
-  gradient."""
-
-  features: int
-  kernel_size: int
-  strides: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32).astype(self.dtype)
-    return _conv_im2col_grad(x.astype(self.dtype), kernel, self.strides)
 
 
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
@@ -253,9 +200,8 @@ class ResNet(nn.Module):
   """A torchvision-architecture ResNet.
 
   ``dtype`` is the compute dtype; parameters, BatchNorm statistics and outputs
-  stay float32. The ``*_matmul`` and ``stem_im2col_grad`` flags change how
-  convolutions are computed on CPU, never parameters or outputs;
-  ``stem_im2col_grad`` is experimental, not a ``config.model`` option.
+  stay float32. The ``*_matmul`` flags change how convolutions are computed
+  on CPU, never parameters or outputs.
   """
 
   stage_sizes: Sequence[int]
@@ -265,7 +211,6 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   conv1x1_as_matmul: bool = False
   small_convs_as_matmul: bool = False
-  stem_im2col_grad: bool = False
 
   @property
   def embedding_dim(self) -> int:
@@ -278,10 +223,7 @@ class ResNet(nn.Module):
       raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
     block_cls = BLOCKS[self.block]
     stem, planes = stage_widths(self.width)
-    if self.stem_im2col_grad:
-      x = StemConv(stem, 7, 2, dtype=self.dtype, name="conv1")(x.astype(self.dtype))
-    else:
-      x = _conv(stem, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+    x = _conv(stem, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, stage_planes) in enumerate(zip(self.stage_sizes, planes)):

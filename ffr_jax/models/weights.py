@@ -23,8 +23,6 @@ import numpy as np
 from ffr_jax import hub
 
 HUB_PREFIX = hub.HUB_PREFIX
-# The file a timm hub repository holds its weights in.
-TIMM_WEIGHTS_FILE = "model.safetensors"
 Variables = dict[str, Any]
 
 _LEAF_NAMES = {
@@ -161,13 +159,6 @@ def timm_to_torchvision(state: Mapping[str, np.ndarray], source: str = "the chec
   return out
 
 
-def read_hub_state_dict(reference: str) -> dict[str, np.ndarray]:
-  """The torchvision-named state dict of ``hf-hub:ORG/NAME[@REVISION]`` (no torch)."""
-  ref = hub.parse_hub_ref(reference)
-  path = hub.download_file(ref, TIMM_WEIGHTS_FILE)
-  return timm_to_torchvision(read_state_dict(path), source=reference)
-
-
 def flax_to_torch_name(collection: str, path: tuple[str, ...]) -> str:
   """torchvision's name for a leaf, e.g. ``params``, ``("layer1_0", "conv1",
   "kernel")`` -> ``layer1.0.conv1.weight``."""
@@ -196,16 +187,6 @@ def _to_flax_layout(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _resolve_keep_head(state: Mapping[str, np.ndarray], template: Mapping[tuple[str, ...], Any],
-                       keep_head: bool | None) -> bool:
-  if keep_head is not None:
-    return keep_head
-  kernel = template.get(("params", "fc", "kernel"))
-  if kernel is None or "fc.weight" not in state:
-    return False
-  return tuple(state["fc.weight"].shape[::-1]) == tuple(kernel.shape)
-
-
 def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str, Any],
                         keep_head: bool | None = None) -> Variables:
   """``variables`` (from ``model.init``) with every backbone leaf from ``state``.
@@ -217,7 +198,11 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], variables: Mapping[str,
   template = {(col,) + p: v for col in ("params", "batch_stats")
               for p, v in traverse_util.flatten_dict(
                   variables.get(col, {})).items()}
-  load_head = _resolve_keep_head(state, template, keep_head)
+  load_head = keep_head
+  if load_head is None:
+    kernel = template.get(("params", "fc", "kernel"))
+    load_head = (kernel is not None and "fc.weight" in state
+                 and state["fc.weight"].shape[::-1] == tuple(kernel.shape))
   out, missing, mismatched, used = {}, [], [], set()
   for path, ref in template.items():
     if path[1] == "fc" and not load_head:  # the head
@@ -257,8 +242,11 @@ def load_torchvision_weights(path: str | os.PathLike[str], variables: Mapping[st
                              keep_head: bool | None = None) -> Variables:
   """Reads a checkpoint file or hub reference onto ``variables``
   (:func:`torchvision_to_flax`)."""
-  if hub.is_hub_ref(os.fspath(path)):
-    state = read_hub_state_dict(os.fspath(path))
+  path = os.fspath(path)
+  if hub.is_hub_ref(path):
+    # A timm repository's weights, renamed to torchvision's (no torch).
+    local = hub.download_file(hub.parse_hub_ref(path), "model.safetensors")
+    state = timm_to_torchvision(read_state_dict(local), source=path)
   else:
     state = read_state_dict(path)
   return torchvision_to_flax(state, variables, keep_head=keep_head)

@@ -85,12 +85,8 @@ def restore_latest(mgr: ocp.CheckpointManager, state, best,
 
 
 def restore_best(mgr: ocp.CheckpointManager, abstract) -> Any:
-  """The best variables of the newest checkpoint (a finished stage's).
-
-  Raises:
-    FileNotFoundError: there is no checkpoint.
-    DamagedCheckpoint: it does not restore (nothing is moved).
-  """
+  """The best variables of the newest checkpoint (a finished stage's);
+  DamagedCheckpoint if it does not restore (nothing is moved)."""
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {mgr.directory}.")

@@ -53,23 +53,6 @@ def standardizer(embeddings: np.ndarray, what: str = "training embeddings"
   return scaler.mean_, scaler.scale_
 
 
-def _group_indices(groups: np.ndarray, num_groups: int,
-                   group_names: Sequence[str] | None) -> list[np.ndarray]:
-  """Row indices of every group; raises naming the first empty group."""
-  out = []
-  for g in range(num_groups):
-    idx = np.flatnonzero(groups == g)
-    if idx.size == 0:
-      name = group_names[g] if group_names is not None else f"group {g}"
-      raise ValueError(
-          f"DFR: validation group {name!r} (id {g}) has no examples; DFR "
-          "balances the validation set over all groups and cannot balance on "
-          "an empty group. Use a split with every group present, or the "
-          "(y, b) scheme if synthetic-source groups are empty.")
-    out.append(idx)
-  return out
-
-
 def _balanced_subset(per_group: list[np.ndarray],
                      rng: np.random.Generator) -> np.ndarray:
   """Every group subsampled (without replacement) to the smallest size."""
@@ -89,13 +72,13 @@ def _split_halves(per_group: list[np.ndarray], rng: np.random.Generator
   return fit, score
 
 
+# As the authors' DFR scripts (sklearn's default is 100).
 MAX_ITER = 10_000
 
 
 def _l1_logreg(c: float, rng: np.random.Generator) -> LogisticRegression:
   """L1 logistic regression with liblinear; sklearn 1.8 replaced ``penalty``
   with ``l1_ratio=1``, which older versions read only for elastic net."""
-  # max_iter as the authors' DFR scripts (sklearn's default is 100).
   kwargs = dict(C=float(c), solver="liblinear", max_iter=MAX_ITER,
                 random_state=int(rng.integers(2**31 - 1)))
   if LogisticRegression().get_params()["penalty"] == "deprecated":
@@ -105,11 +88,8 @@ def _l1_logreg(c: float, rng: np.random.Generator) -> LogisticRegression:
 
 def _fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float,
          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """``(coef [K, D], intercept [K])`` of an L1 logistic regression.
-
-  Two classes: one binary fit (positive ``classes[1]``). More: one-vs-rest,
-  done here because sklearn >= 1.8 refuses multiclass liblinear.
-  """
+  """``(coef [K, D], intercept [K])``: one binary fit (positive ``classes[1]``),
+  or one-vs-rest done here (sklearn >= 1.8 refuses multiclass liblinear)."""
   positives = classes[1:] if len(classes) == 2 else classes
   coefs, intercepts = [], []
   for k in positives:
@@ -120,11 +100,6 @@ def _fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float,
     coefs.append(model.coef_[0])
     intercepts.append(model.intercept_[0])
   return np.stack(coefs), np.asarray(intercepts)
-
-
-def _scores(coef: np.ndarray, intercept: np.ndarray,
-            x: np.ndarray) -> np.ndarray:
-  return x @ coef.T + intercept
 
 
 def _labels(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -147,10 +122,16 @@ def _validated(
         f"DFR: val embeddings {x.shape}, labels {y.shape} and groups "
         f"{g.shape} must be [N, {dims}], [N], [N] ({dims} = the training "
         "embeddings' width).")
-  per_group = _group_indices(g, num_groups, group_names)
+  per_group = [np.flatnonzero(g == k) for k in range(num_groups)]
   for k, idx in enumerate(per_group):
-    if len(idx) < 2:
-      name = group_names[k] if group_names is not None else f"group {k}"
+    name = group_names[k] if group_names is not None else f"group {k}"
+    if idx.size == 0:
+      raise ValueError(
+          f"DFR: validation group {name!r} (id {k}) has no examples; DFR "
+          "balances the validation set over all groups and cannot balance on "
+          "an empty group. Use a split with every group present, or the "
+          "(y, b) scheme if synthetic-source groups are empty.")
+    if idx.size < 2:
       raise ValueError(
           f"DFR: validation group {name!r} has {len(idx)} example; tuning C "
           "needs at least 2 (one in each half of val).")
@@ -236,7 +217,7 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
   scores = {}
   for c in c_grid:
     coef, intercept = _fit(x[rows], y[rows], classes, c, rng)
-    pred = _labels(_scores(coef, intercept, x), classes)
+    pred = _labels(x @ coef.T + intercept, classes)
     scores[float(c)] = float(min(np.mean(pred[idx] == y[idx])
                                  for idx in score_groups))
     check()
@@ -246,7 +227,7 @@ def _tune_c(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
 def logits(result: DFRResult, embeddings: np.ndarray) -> np.ndarray:
   """Decision scores ``[N, K]`` of the averaged classifier on raw embeddings."""
   x = (np.asarray(embeddings, np.float64) - result.mean) / result.std
-  return _scores(result.coef, result.intercept, x)
+  return x @ result.coef.T + result.intercept
 
 
 def predict(result: DFRResult, embeddings: np.ndarray) -> np.ndarray:

@@ -86,13 +86,9 @@ def groupdro_loss(
     size_adjustment: float | jax.Array = 0.0,
     group_sizes: jax.Array | None = None,
 ) -> GroupDROOutput:
-  """One canonical GroupDRO step: update q, return the robust loss.
-
-  q is updated with the size-adjusted ``L_g + C / sqrt(n_g)``; the loss is
-  ``group_losses @ q_new`` with the unadjusted ``L_g``. (Sagawa's code aliases
-  ``group_loss`` in place, so its logged loss carries a constant more; the
-  gradient is the same.) ``group_sizes`` None: no size adjustment.
-  """
+  """One canonical GroupDRO step: ``group_losses @ q_new`` with the unadjusted
+  ``L_g`` (Sagawa's code aliases it in place, so its logged loss carries a
+  constant more; the gradient is the same)."""
   num_groups = q.shape[0]
   group_losses, counts = group_mean_losses(per_example_loss, group, mask,
                                            num_groups)

@@ -31,11 +31,8 @@ LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
                     cfg: StepConfig, shardings: Shardings, state: TrainState):
-  """Compiles ``step(state, batch) -> (state, metrics)``, the state donated.
-
-  ``state`` is an example, for its shardings. The metrics are device scalars,
-  fetched by the caller only when it logs.
-  """
+  """Compiles ``step(state, batch) -> (state, metrics)``, the state donated;
+  ``state`` gives the shardings, metrics are device scalars."""
 
   def step(state: TrainState, batch: dict):
     # The step's own key: a function of (seed, step) only, so resuming
@@ -82,10 +79,8 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
 
 def make_eval_step(model, num_groups: int, shardings: Shardings,
                    with_embeddings: bool = False):
-  """Compiles ``eval(variables, batch) -> GroupCounts`` (and embeddings).
-
-  Padded rows (``batch['mask']`` False) count nowhere, so metrics are exact.
-  """
+  """Compiles ``eval(variables, batch) -> GroupCounts`` (and embeddings);
+  padded rows (``batch['mask']`` False) count nowhere."""
 
   def step(variables, batch):
     out = model.apply(variables, normalize(batch["image"]), train=False)
