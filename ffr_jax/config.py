@@ -133,10 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.afr = ml_collections.ConfigDict()
   c.afr.heldout = 0.2          # share of train held out for the refit
   c.afr.split_seed = 21        # seeds that split (the authors' fixed 21)
-  c.afr.gamma_grid = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
-  c.afr.lambda_grid = (0.0, 0.1, 0.2, 0.3)
+  c.afr.gamma_grid = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)  # gamma tried
+  c.afr.lambda_grid = (0.0, 0.1, 0.2, 0.3)  # pull toward the ERM head tried
   c.afr.lr = 0.01              # full-batch gradient descent, clipped to norm 1
-  c.afr.steps = 500
+  c.afr.steps = 500            # gradient steps of each refit
 
   c.generate = ml_collections.ConfigDict()
   c.generate.model = ""        # diffusers folder or hub id (Stable Diffusion v1.4)
