@@ -62,6 +62,6 @@ def test_the_readme_help_command_lists_every_key_with_value_and_meaning(extra):
   lr = "0.5" if extra else "0.001"  # the demo's value, or the override
   assert f"--config.train.lr={lr}  # Adam's rate; -1: the authors' rate" in out
   assert "mode: asb, ffr, ffr_biased, none, stage1_only, stage2_then_1, usb" in out
-  assert "method: dfr, erm, groupdro, resampling" in out
+  assert "method: afr, dfr, erm, groupdro, jtt, resampling" in out
   assert "(default: 'None')" not in out
   assert "DIR         [" not in out  # the usage line keeps its line break
