@@ -287,12 +287,6 @@ def test_errors_name_what_was_expected(examples):
     pipeline.make_train_loader(examples, SCHEME, _cfg(), 64, 0)
   with pytest.raises(ValueError, match="sampler"):
     pipeline.make_train_loader(examples, SCHEME, _cfg(), 4, 0, sampler="x")
-  source = pipeline.RecordSource(
-      keys=np.array(["tfds://x/train/a.png"], object),
-      columns=pipeline.Columns.from_examples(examples.take(np.arange(1)), SCHEME),
-      image_size=SIZE)
-  with pytest.raises(ValueError, match="TfdsImages"):
-    source[0]
 
 
 def test_worker_processes_give_the_same_batches(examples):

@@ -4,7 +4,7 @@ Each epoch's global order is a pure function of ``(seed, epoch)`` (a
 permutation, or group-balanced draws for Resampling), cut into global batches
 of ``B`` (the partial last one dropped); host ``p`` of ``P`` takes rows
 ``p*B/P:(p+1)*B/P`` of each, so resuming at ``(epoch, step)`` reproduces an
-uninterrupted run. Images come from an :class:`ImageStore`, the on-disk cache
+uninterrupted run. Images come from their files, the on-disk cache
 (:mod:`image_cache`) and/or host memory, and stay uint8 until
 :func:`normalize` inside the jitted step (4x less transfer than float32).
 Evaluation pads the last batch with ``mask=False`` so metrics are exact.
@@ -19,7 +19,7 @@ import functools
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import grain
 import jax
@@ -39,25 +39,6 @@ CACHE_LIMIT_BYTES = 32 << 30
 _STREAM_SHUFFLE = 0
 _STREAM_BALANCED = 1
 _STREAM_FLIP = 2
-
-
-class ImageStore(Protocol):
-  """Turns an example's key (``Examples.path``) into a uint8 image."""
-
-  def load(self, key: str, size: int) -> np.ndarray:
-    """The image for ``key`` as uint8 ``(size, size, 3)``."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FileImages:
-  """Images are files on disk: ``key`` is the path."""
-
-  def load(self, key: str, size: int) -> np.ndarray:
-    if key.startswith("tfds://"):
-      raise ValueError(
-          f"{key!r} is a TFDS record, not a file: build the loader with "
-          "store=ffr_jax.data.tfds_builders.TfdsImages(...).")
-    return images_lib.decode(key, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +71,11 @@ class Columns:
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecordSource:
   """A grain ``RandomAccessDataSource`` over a table of examples; with a
-  ``cache`` (uint8 ``[N, S, S, 3]``) the store is not touched."""
+  ``cache`` (uint8 ``[N, S, S, 3]``) no file is read."""
 
   keys: np.ndarray
   columns: Columns
   image_size: int
-  store: ImageStore = FileImages()
   cache: np.ndarray | None = None
 
   def __len__(self) -> int:
@@ -104,7 +84,7 @@ class RecordSource:
   def image(self, row: int) -> np.ndarray:
     if self.cache is not None:
       return self.cache[row]
-    return self.store.load(str(self.keys[row]), self.image_size)
+    return images_lib.decode(str(self.keys[row]), self.image_size)
 
   def __getitem__(self, row: int) -> dict[str, Any]:
     row = int(row)
@@ -125,15 +105,15 @@ class RecordSource:
     cache = np.empty((n, s, s, 3), np.uint8)
 
     def fill(row: int) -> None:
-      cache[row] = self.store.load(str(self.keys[row]), s)
+      cache[row] = images_lib.decode(str(self.keys[row]), s)
 
     with concurrent.futures.ThreadPoolExecutor(_threads(None)) as pool:
       list(pool.map(fill, range(n), chunksize=64))
     return dataclasses.replace(self, cache=cache)
 
   def disk_cached(self, cache_dir: str) -> RecordSource:
-    """A copy reading images from :mod:`image_cache` (file stores only)."""
-    if self.cache is not None or not isinstance(self.store, FileImages):
+    """A copy reading images from :mod:`image_cache`."""
+    if self.cache is not None:
       return self
     images = image_cache.cached_images(
         [str(k) for k in self.keys], self.image_size, cache_dir, self.image,
@@ -180,15 +160,14 @@ def _check_memory_limit(n: int, size: int) -> None:
 
 
 def examples_source(examples: Examples, scheme: GroupScheme, image_size: int,
-                    store: ImageStore | None = None, cache: bool = False,
-                    cache_dir: str | None = None) -> RecordSource:
+                    cache: bool = False, cache_dir: str | None = None
+                    ) -> RecordSource:
   """The :class:`RecordSource` of ``examples``; ``cache``: in host memory,
   ``cache_dir``: from the on-disk cache there."""
   source = RecordSource(
       keys=np.asarray(examples.path, dtype=object),
       columns=Columns.from_examples(examples, scheme),
-      image_size=int(image_size),
-      store=store or FileImages())
+      image_size=int(image_size))
   return _with_caches(source, cache, cache_dir)
 
 
@@ -505,25 +484,24 @@ class EvalLoader:
 
 
 def _as_source(data: Examples | RecordSource, scheme: GroupScheme | None,
-               cfg_data: Any, store: ImageStore | None) -> RecordSource:
+               cfg_data: Any) -> RecordSource:
   cache_dir = image_cache.resolve_dir(cfg_data.get("image_cache_dir", ""))
   in_memory = bool(cfg_data.cache_images)
   if not isinstance(data, RecordSource):
     if scheme is None:
       raise ValueError("A GroupScheme is needed to turn Examples into records.")
-    data = examples_source(data, scheme, cfg_data.image_size, store=store)
+    data = examples_source(data, scheme, cfg_data.image_size)
   return _with_caches(data, in_memory, cache_dir)
 
 
 def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
                       cfg_data: Any, batch_size: int, seed: int,
-                      sampler: str = "shuffle", store: ImageStore | None = None,
-                      process_index: int | None = None,
+                      sampler: str = "shuffle", process_index: int | None = None,
                       process_count: int | None = None) -> TrainLoader:
   """The training loader the config's ``data`` block asks for; ``scheme`` is
   ignored for a ``RecordSource``, ``batch_size`` is global."""
   return TrainLoader(
-      source=_as_source(data, scheme, cfg_data, store),
+      source=_as_source(data, scheme, cfg_data),
       batch_size=int(batch_size), seed=int(seed), sampler=sampler,
       flip=bool(cfg_data.flip),
       host=HostShard.create(process_index, process_count),
@@ -532,12 +510,11 @@ def make_train_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
 
 def make_eval_loader(data: Examples | RecordSource, scheme: GroupScheme | None,
                      cfg_data: Any, batch_size: int,
-                     store: ImageStore | None = None,
                      process_index: int | None = None,
                      process_count: int | None = None) -> EvalLoader:
   """The evaluation loader: all examples once, padded, never flipped."""
   return EvalLoader(
-      source=_as_source(data, scheme, cfg_data, store),
+      source=_as_source(data, scheme, cfg_data),
       batch_size=int(batch_size),
       host=HostShard.create(process_index, process_count),
       read=ReadOptions(num_workers=int(cfg_data.num_workers)))
