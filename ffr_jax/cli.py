@@ -24,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ffr_jax import config as config_lib
+from ffr_jax import lifecycle
 from ffr_jax import models
 from ffr_jax.data import compose, datasets
 from ffr_jax.generation import factory
@@ -80,36 +81,19 @@ def error_message(e: BaseException) -> str:
   return str(e) or type(e).__name__
 
 
-# A write refused by the disk: the user's to fix (space, permissions).
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                errno.EPERM)
-# Orbax writes arrays with tensorstore, whose errors are ValueErrors that
-# carry the errno in their text.
-_TENSORSTORE_OS_ERROR = re.compile(
-    r'(?:local file|Failed writing:) "([^"]+)".*\[os_error_code=\'(\d+)\'\]',
-    re.S)
-
-
 def write_failure(e: BaseException) -> str | None:
   """One line for a write the disk refused anywhere in ``e``'s causes."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    path, code = None, None
-    if isinstance(e, OSError):
-      path, code = e.filename, e.errno
-    elif m := _TENSORSTORE_OS_ERROR.search(str(e)):
-      path, code = m.group(1), int(m.group(2))
-    if code in WRITE_ERRNOS:
-      workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else ""
-      where = path or (f"--workdir={workdir}" if workdir else "a file")
-      if code in (errno.EACCES, errno.EPERM):  # a read is refused alike
-        return (f"{os.strerror(code)}: {where}; fix the permissions or choose "
-                "another --workdir.")
-      return (f"could not write {where}: {os.strerror(code)}; free space or "
-              "choose another --workdir (a rerun resumes).")
-    e = e.__cause__ or e.__context__
-  return None
+  refused = lifecycle.disk_refusal(e)
+  if refused is None:
+    return None
+  path, code = refused
+  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else ""
+  where = path or (f"--workdir={workdir}" if workdir else "a file")
+  if code in (errno.EACCES, errno.EPERM):  # a read is refused alike
+    return (f"{os.strerror(code)}: {where}; fix the permissions or choose "
+            "another --workdir.")
+  return (f"could not write {where}: {os.strerror(code)}; free space or "
+          "choose another --workdir (a rerun resumes).")
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> None:

@@ -328,8 +328,10 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
       raise
     except Exception as e:  # pylint: disable=broad-except
       # A child that exited because the sweep was signalled stopped; it did
-      # not fail.
+      # not fail. A full or read-only disk fails every later run alike.
       _raise_if_stopped(guard, run)
+      if lifecycle.disk_refusal(e) is not None:
+        raise
       # One bad run (a NaN loss, a missing file) must not stop the sweep.
       outcomes.append(Outcome(run.name, "failed", time.time() - start,
                               f"{type(e).__name__}: {e}"))

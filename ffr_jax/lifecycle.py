@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -115,6 +117,32 @@ def temporary_for(path: str) -> Iterator[str]:
   finally:
     with contextlib.suppress(FileNotFoundError):  # gone once renamed
       os.remove(tmp)
+
+
+# A write refused by the disk: the user's to fix (space, permissions).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                errno.EPERM)
+# Orbax writes arrays with tensorstore, whose errors are ValueErrors that
+# carry the errno in their text.
+_TENSORSTORE_OS_ERROR = re.compile(
+    r'(?:local file|Failed writing:) "([^"]+)".*\[os_error_code=\'(\d+)\'\]',
+    re.S)
+
+
+def disk_refusal(e: BaseException | None) -> tuple[str | None, int] | None:
+  """``(path, errno)`` of a write the disk refused anywhere in ``e``'s causes."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    path, code = None, None
+    if isinstance(e, OSError):
+      path, code = e.filename, e.errno
+    elif m := _TENSORSTORE_OS_ERROR.search(str(e)):
+      path, code = m.group(1), int(m.group(2))
+    if code in WRITE_ERRNOS:
+      return path, code
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -133,3 +133,19 @@ def test_the_lock_removes_temporary_files_that_killed_writers_left(tmp_path):
   with lifecycle.WorkdirLock(str(tmp_path)):
     assert not old.exists() and young.exists()
   assert os.listdir(tmp_path) == [young.name]
+
+
+def test_a_full_disk_stops_a_sweep_instead_of_failing_every_run(tmp_path):
+  from ffr_jax import experiments  # pylint: disable=import-outside-toplevel
+  runs = [experiments.Run(name=n, config_path="c.py", overrides=(), config=None,
+                          run_dir=str(tmp_path / n), unit=n) for n in "ab"]
+  tried = []
+
+  def full(run, should_stop=None, state=None):
+    tried.append(run.name)
+    raise OSError(errno.ENOSPC, "No space left on device", run.run_dir)
+
+  experiments.EXECUTORS.register("full_disk", experiments.Executor(full, False))
+  with pytest.raises(OSError, match="No space"):
+    experiments.execute(runs, "full_disk", log=lambda s: None)
+  assert tried == ["a"]
