@@ -21,7 +21,6 @@ from absl import flags
 
 from ffr_jax import cli
 from ffr_jax.analysis import reports
-
 from ffr_jax.analysis import rise as rise_lib
 from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib

@@ -1,13 +1,13 @@
 """The two analyses end to end: runs in, figures and JSON out.
 
-Both are plain functions so the command (``python -m ffr_jax.analyze``) and
-the Colab notebook run the same code in-process (a TPU belongs to one
-process, so the notebook cannot hand the work to a subprocess).
+Plain functions, so that the command and the Colab notebook (whose kernel owns
+the TPU) run the same code in-process.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +21,7 @@ from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import images as images_lib
-from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
+from ffr_jax.data.types import SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
 from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
@@ -71,10 +71,9 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
                       ) -> dict:
   """t-SNE figure, probe and centroid distances of every run in ``workdirs``.
 
-  Writes ``{out_dir}/embeddings.png`` (runs side by side), ``embeddings.json``
-  (the numbers, also returned) and ``embeddings.npz`` (embeddings and t-SNE
-  coordinates). ``stage`` is ``"last"`` or a stage name (``"stage1"``: FFR
-  before fine-tuning); ``seed`` seeds sampling, probe folds and t-SNE.
+  Writes ``embeddings.png``, ``embeddings.json`` (also returned) and
+  ``embeddings.npz`` (embeddings, t-SNE coordinates) into ``out_dir``.
+  ``stage``: ``"last"`` or a stage name (``"stage1"``: FFR before fine-tuning).
   """
   start = time.time()
   shardings = shardings or make_shardings()
@@ -134,27 +133,19 @@ def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
   return [names[n] for n in chosen]
 
 
-def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]]:
-  """Path -> (y, b, source) of every real and synthetic image of a run."""
-  data = datasets.load_dataset(samples_lib.without_verification(config.data))
-  out = {}
-  for ex in (data.train, data.val, data.test):
-    out.update({str(p): (int(y), int(b), REAL)
-                for p, y, b in zip(ex.path, ex.y, ex.b)})
-  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
-  out.update({str(p): (int(y), int(b), int(s))
-              for p, y, b, s in zip(pool.path, pool.y, pool.b, pool.source)})
-  return out
-
-
-def _explicit_rows(paths: list[str], config, spec: DatasetSpec
-                   ) -> tuple[list[str], list[tuple[int, int, int] | None]]:
-  """The given image paths and, where the run's data lists them, their labels."""
+def _labels(paths: list[str], config, spec: DatasetSpec
+            ) -> list[tuple[int, int, int] | None]:
+  """``(y, b, source)`` of each image where the run's data lists it."""
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"No such image file(s): {missing}.")
-  known = _known_examples(config, spec)
-  return paths, [known.get(os.path.abspath(p)) or known.get(p) for p in paths]
+  data = datasets.load_dataset(samples_lib.without_verification(config.data))
+  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
+  known = {}
+  for ex in (data.train, data.val, data.test, pool):
+    known.update({str(p): (int(y), int(b), int(s))
+                  for p, y, b, s in zip(ex.path, ex.y, ex.b, ex.source)})
+  return [known.get(os.path.abspath(p)) or known.get(p) for p in paths]
 
 
 def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
@@ -164,15 +155,13 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                 seed: int = 0, shardings: Shardings | None = None) -> dict:
   """RISE maps of chosen or sampled images under every run, as one grid.
 
-  Writes the grid as pages ``{out_dir}/rise_page1.png``, ``rise_page2.png``,
-  ... (rows images, columns runs; at most ``rise_lib.MAX_PAGE_PX`` high),
+  Writes pages ``rise_page1.png``, ... (rows images, columns runs),
   ``rise.json`` (per image and run: target class, its probability, the
-  prediction; the page files) and ``rise.npz`` (images and maps).
-
-  ``images`` is ``"sample:N"`` (``N`` real test images per chosen group, and
-  as many held-out synthetic ones with ``with_synthetic``, as the paper's
-  Figure 6) or comma-separated paths. The explained class is an image's true
-  class where the run's data lists the image, else each model's prediction.
+  prediction) and ``rise.npz`` (images and maps) into ``out_dir``.
+  ``images``: ``"sample:N"`` (``N`` real test images per chosen group, and as
+  many held-out synthetic ones with ``with_synthetic``, as the paper's Figure
+  6) or comma-separated paths. The explained class is an image's true class
+  where the run's data lists it, else each model's prediction.
   """
   start = time.time()
   rise = rise or rise_lib.RiseConfig()
@@ -212,8 +201,8 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
     labels = [(int(y), int(b), int(s))
               for y, b, s in zip(rows.y, rows.b, rows.source)]
   else:
-    paths, labels = _explicit_rows(
-        [p.strip() for p in images.split(",") if p.strip()], first.config, spec)
+    paths = [p.strip() for p in images.split(",") if p.strip()]
+    labels = _labels(paths, first.config, spec)
   if not paths:
     raise ValueError(f"No images selected by --images={images!r} and "
                      f"--groups={groups!r}.")
@@ -244,8 +233,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   report = {"images": per_image, "runs": [r.name for r in loaded],
             "pages": [os.path.basename(p) for p in pages],
             "stage": [r.stage for r in loaded],
-            "rise": {"num_masks": rise.num_masks, "grid": rise.grid,
-                     "p": rise.p, "batch": rise.batch, "seed": rise.seed},
+            "rise": dataclasses.asdict(rise),
             "wall_seconds": time.time() - start}
   _write_json(os.path.join(out_dir, RISE_JSON), report)
   np.savez_compressed(os.path.join(out_dir, RISE_NPZ), images=np.stack(pixels),
