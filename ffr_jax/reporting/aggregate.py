@@ -1,11 +1,8 @@
 """From many ``results.json`` files (or one ``runs.jsonl``) to the paper's numbers.
 
 A run is one seed of a *cell* (dataset, bias ratio, mode, method and any
-*condition*, e.g. ``benchmark.strength``) with some *hyperparameters*. Per cell
-the hyperparameters with the best mean ``results.json["selection"]`` score
-over the seeds all candidates share are kept; numbers are mean and sample std
-(``ddof=1``) over seeds; averages over cells are taken per seed. Missing stays
-None, never zero.
+*condition*, e.g. ``benchmark.strength``) with some *hyperparameters*, chosen
+per cell on the ``selection`` score. Missing stays None, never zero.
 """
 
 from __future__ import annotations
@@ -116,7 +113,6 @@ def record_from_results(results: dict, path: str = "") -> Record:
 
 
 def results_paths(workdir: str) -> list[str]:
-  """Every ``results.json`` under ``workdir``, sorted."""
   return sorted(os.path.join(root, RESULTS_FILE)
                 for root, _, files in os.walk(workdir) if RESULTS_FILE in files)
 
@@ -139,7 +135,6 @@ _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Record)
 
 
 def write_runs(records: Sequence[Record], path: str) -> None:
-  """Writes ``runs.jsonl``: one JSON object per record, in order."""
   keys = sorted(set().union(*split_keys(records)))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
@@ -177,7 +172,6 @@ class Stat:
   n: int
 
   def format(self) -> str:
-    """In percent."""
     if self.std is None:
       return f"{100 * self.mean:.1f} (n=1)"
     return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"

@@ -76,11 +76,9 @@ def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
   rows = []
   for d, ratios in dr.items():
     for r in ratios:
-      row = [d, _ratio_label(r)]
-      for m in MODES:
-        s = sel.get(Cell(condition, d, r, m, "erm"))
-        row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
-      rows.append(row)
+      rows.append([d, _ratio_label(r)] + [
+          agg.fmt(agg.average(sel, [Cell(condition, d, r, m, "erm")], k))
+          for m in MODES for k in ("test_wa", "test_ba")])
   return _table(header, rows)
 
 
@@ -101,8 +99,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
       for i, m in enumerate(MODES):
         xs, ys, es = [], [], []
         for xi, r in zip(x, ratios):
-          s = sel.get(Cell(condition, d, r, m, "erm"))
-          st = s.metric(metric) if s else None
+          st = agg.average(sel, [Cell(condition, d, r, m, "erm")], metric)
           if st is not None:
             xs.append(xi + (i - 1.5) * 0.04)
             ys.append(100 * st.mean)
@@ -210,11 +207,9 @@ def conditions_table(sel: dict[Cell, Selection]) -> str:
       f"{_condition_label(c)} {m}" for c in conds for m in ("WA", "BA")]
   rows = []
   for d, r, mode, method in keys:
-    row = [d, _ratio_label(r), mode, method]
-    for c in conds:
-      s = sel.get(Cell(c, d, r, mode, method))
-      row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
-    rows.append(row)
+    rows.append([d, _ratio_label(r), mode, method] + [
+        agg.fmt(agg.average(sel, [Cell(c, d, r, mode, method)], k))
+        for c in conds for k in ("test_wa", "test_ba")])
   return _table(header, rows)
 
 
