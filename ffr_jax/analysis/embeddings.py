@@ -1,7 +1,6 @@
 """Real vs synthetic embeddings: a t-SNE picture and two numbers behind it.
 
-The paper's Figure 5 argues from t-SNE, which is easy to over-read, so each
-run also gets:
+t-SNE (the paper's Figure 5) is easy to over-read, so each run also gets:
 
 * **probe accuracy**: a cross-validated linear real-vs-synthetic probe on a
   sample balanced per group (chance 0.5; 1.0: the embedding carries the source).
@@ -25,11 +24,8 @@ PCA_DIMS = 50
 
 
 def _single_threaded():
-  """scikit-learn's OpenMP/BLAS pools, limited to one thread.
-
-  OpenMP threads competing with XLA's spinning CPU threads made t-SNE 50x
-  slower on 2 cores; one thread is fast enough for a few thousand points.
-  """
+  """scikit-learn's OpenMP/BLAS pools, limited to one thread: competing with
+  XLA's spinning CPU threads, they made t-SNE 50x slower on 2 cores."""
   # threadpoolctl is a dependency of scikit-learn.
   from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
   return threadpool_limits(limits=1)
@@ -109,9 +105,8 @@ def centroid_distances(embeddings: np.ndarray, source: np.ndarray,
                        groups: np.ndarray, names: list[str]) -> dict:
   """``{"per_group": {name: d}, "mean", "reference_group_distance"}``.
 
-  ``d``: real vs synthetic normalised centroid distance; the reference: its
-  mean between the real rows of two groups. Groups lacking a source are left
-  out.
+  The reference is the mean ``d`` between the real rows of two groups; groups
+  lacking a source are left out.
   """
   per_group, real_groups = {}, []
   for g, name in enumerate(names):
@@ -130,8 +125,7 @@ def centroid_distances(embeddings: np.ndarray, source: np.ndarray,
 
 def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
   """2-D t-SNE of standardised ``embeddings`` (PCA to 50 dimensions first)."""
-  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
   x = np.asarray(embeddings, np.float64)
   x = (x - x.mean(0)) / (x.std(0) + 1e-8)
   perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
@@ -139,9 +133,9 @@ def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
       # The usual t-SNE practice: PCA removes noise dimensions and makes the
       # neighbour search cheap for ResNet50's 2048-d embeddings.
-      x = PCA(PCA_DIMS, random_state=seed).fit_transform(x)
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed
-                ).fit_transform(x)
+      x = decomposition.PCA(PCA_DIMS, random_state=seed).fit_transform(x)
+    return manifold.TSNE(2, perplexity=perplexity, init="pca",
+                         random_state=seed).fit_transform(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +143,6 @@ class RunEmbeddings:
   """One run's embeddings of a sample and what was measured on them."""
 
   name: str
-  embeddings: np.ndarray
   source: np.ndarray
   groups: np.ndarray
   tsne: np.ndarray
@@ -163,7 +156,7 @@ def measure(name: str, embeddings: np.ndarray, examples: Examples,
   groups = GroupScheme(spec, by_source=False).ids(examples)
   names = [spec.group_name(g) for g in range(len(spec.groups))]
   return RunEmbeddings(
-      name=name, embeddings=embeddings, source=examples.source, groups=groups,
+      name=name, source=examples.source, groups=groups,
       tsne=tsne_2d(embeddings, seed),
       probe=probe_accuracy(embeddings, examples.source, groups, seed=seed),
       distances=centroid_distances(embeddings, examples.source, groups, names))

@@ -1,8 +1,5 @@
-"""The two analyses end to end: runs in, figures and JSON out.
-
-Plain functions, so that the command and the Colab notebook (whose kernel owns
-the TPU) run the same code in-process.
-"""
+"""The two analyses end to end, runs in, figures and JSON out: plain functions
+that the command and the Colab notebook (its kernel owns the TPU) both call."""
 
 from __future__ import annotations
 
@@ -71,8 +68,6 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
                       ) -> dict:
   """t-SNE figure, probe and centroid distances of every run in ``workdirs``.
 
-  Writes ``embeddings.png``, ``embeddings.json`` (also returned) and
-  ``embeddings.npz`` (embeddings, t-SNE coordinates) into ``out_dir``.
   ``stage``: ``"last"`` or a stage name (``"stage1"``: FFR before fine-tuning).
   """
   start = time.time()
@@ -108,7 +103,6 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
 
 
 def embeddings_table(report: dict) -> str:
-  """The Markdown table of :func:`embeddings_report`'s per-run numbers."""
   lines = ["| run | probe (real vs syn) | mean centroid dist | ref group dist |",
            "|---|---|---|---|"]
   for name, r in report["runs"].items():
@@ -153,15 +147,12 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                 rise: rise_lib.RiseConfig | None = None,
                 synthetic: str = "auto", stage: str = run_loading.LAST,
                 seed: int = 0, shardings: Shardings | None = None) -> dict:
-  """RISE maps of chosen or sampled images under every run, as one grid.
+  """RISE maps of chosen or sampled images (rows) under every run (columns).
 
-  Writes pages ``rise_page1.png``, ... (rows images, columns runs),
-  ``rise.json`` (per image and run: target class, its probability, the
-  prediction) and ``rise.npz`` (images and maps) into ``out_dir``.
   ``images``: ``"sample:N"`` (``N`` real test images per chosen group, and as
-  many held-out synthetic ones with ``with_synthetic``, as the paper's Figure
-  6) or comma-separated paths. The explained class is an image's true class
-  where the run's data lists it, else each model's prediction.
+  many held-out synthetic ones with ``with_synthetic``: the paper's Figure 6)
+  or comma-separated paths. The explained class is an image's true class where
+  the run's data lists it, else each model's prediction.
   """
   start = time.time()
   rise = rise or rise_lib.RiseConfig()
@@ -213,7 +204,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
       "class": spec.class_names[lab[0]], "bias": spec.bias_names[lab[1]],
       "source": SOURCE_NAMES[lab[2]]}, "runs": {}} for p, lab in zip(paths, labels)]
   for j, r in enumerate(loaded):
-    explain = rise_lib.ModelExplainer(r.model, r.variables, rise, shardings)
+    explain = rise_lib.model_explainer(r.model, r.variables, rise, shardings)
     for i, image in enumerate(pixels):
       class_maps, probs = explain(image)
       pred = int(np.argmax(probs))

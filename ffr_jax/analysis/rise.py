@@ -4,11 +4,10 @@
 ``s x s`` grids (cells kept with probability ``p``), upsampled bilinearly to
 ``(s + 1) * cell`` (``cell = ceil(H / s)``) and cropped ``H x W`` at a random
 shift, so cell borders fall anywhere. Masks multiply the *normalised* image,
-as the authors' code does: a hidden pixel is the dataset's mean colour.
-
-Masks are drawn on device with partitionable threefry and sharded over the
-mesh's ``data`` axis, so the result does not depend on the device count; all
-batches run in one compiled ``fori_loop``.
+as the authors' code does: a hidden pixel is the dataset's mean colour. Masks
+are drawn on device with partitionable threefry and sharded over the mesh's
+``data`` axis, so the result does not depend on the device count; all batches
+run in one compiled ``fori_loop``.
 """
 
 from __future__ import annotations
@@ -107,22 +106,18 @@ def model_score_fn(model) -> ScoreFn:
   return score
 
 
-class ModelExplainer:
-  """RISE maps of one model, compiled once for every image of a size."""
+def model_explainer(model, variables, cfg: RiseConfig,
+                    shardings: Shardings | None = None):
+  """``explain(uint8 image) -> (maps [K, H, W], class probabilities [K])``,
+  compiled once for every image of a size."""
+  rise = make_rise_fn(model_score_fn(model), cfg, shardings)
+  probs = jax.jit(model_score_fn(model))
 
-  def __init__(self, model, variables, cfg: RiseConfig,
-               shardings: Shardings | None = None):
-    self._variables = variables
-    self._cfg = cfg
-    self._fn = make_rise_fn(model_score_fn(model), cfg, shardings)
-    self._probs = jax.jit(model_score_fn(model))
-
-  def __call__(self, image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps [K, H, W], class probabilities [K])`` of a uint8 image."""
+  def explain(image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = normalize(jnp.asarray(image_uint8))
-    maps = self._fn(self._variables, x, jax.random.key(self._cfg.seed))
-    probs = self._probs(self._variables, x[None])[0]
-    return np.asarray(maps), np.asarray(probs)
+    maps = rise(variables, x, jax.random.key(cfg.seed))
+    return np.asarray(maps), np.asarray(probs(variables, x[None])[0])
+  return explain
 
 
 def region_mass(saliency: np.ndarray, region: np.ndarray) -> float:
@@ -152,10 +147,8 @@ def page_name(page: int) -> str:
 def draw_page(images: list[np.ndarray], row_labels: list[str],
               col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
               title: str = ""):
-  """One page of the Figure 6-style grid, for the caller to save and close.
-
-  ``maps``: ``[rows, runs, H, W]``; ``notes``: ``[rows][runs]`` captions.
-  """
+  """One page of the Figure 6-style grid (``maps``: ``[rows, runs, H, W]``),
+  for the caller to save and close."""
   plt = results_lib.pyplot()
   rows, cols = len(images), len(col_labels) + 1
   fig, axes = plt.subplots(

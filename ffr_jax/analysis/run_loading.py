@@ -30,11 +30,8 @@ _HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-  """A finished run found on disk (``results.json`` and its resolved config).
-
-  ``name``: ``"{mode}-{method}"``, or the sweep's run name where that repeats;
-  ``workdir``: the run or sweep folder it was found in.
-  """
+  """A finished run found in ``workdir`` (a run or sweep folder); ``name`` is
+  ``"{mode}-{method}"``, or the sweep's run name where that repeats."""
 
   name: str
   run_dir: str
@@ -57,7 +54,6 @@ class LoadedRun:
 
   info: RunInfo
   stage: str
-  stage_dir: str
   spec: DatasetSpec
   model: Any
   variables: Any
@@ -81,15 +77,6 @@ def _read_run(run_dir: str, workdir: str) -> RunInfo:
                  config=ml_collections.ConfigDict(results["config"]))
 
 
-def _sweep_order(workdir: str) -> list[str]:
-  """Run folders in the order the sweep lists them (``sweep.json``)."""
-  path = os.path.join(workdir, "sweep.json")
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [os.path.abspath(str(row["run_dir"])) for row in json.load(f)["runs"]]
-
-
 def find_runs(workdir: str) -> list[RunInfo]:
   """Every finished run in a run's or a sweep's folder, in the sweep's order."""
   workdir = os.path.abspath(workdir)
@@ -104,7 +91,11 @@ def find_runs(workdir: str) -> list[RunInfo]:
         f"No finished run in {workdir}: expected {workdir}/"
         f"{results_lib.RESULTS_FILE} (a run) or {workdir}/runs/.../"
         f"{results_lib.RESULTS_FILE} (a sweep). {_HOW_TO_TRAIN}")
-  order = _sweep_order(workdir)
+  order = []  # the run folders in the sweep's order
+  if os.path.isfile(os.path.join(workdir, "sweep.json")):
+    with open(os.path.join(workdir, "sweep.json")) as f:
+      order = [os.path.abspath(str(row["run_dir"]))
+               for row in json.load(f)["runs"]]
   found.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
   runs = [_read_run(d, workdir) for d in found]
   names = [r.name for r in runs]
@@ -155,5 +146,5 @@ def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
   model = models.model_from_config(config.model, spec.num_classes)
   variables = stage_lib.restore_best_variables(
       stage_dir, model, config.data.image_size, config.seed, shardings)
-  return LoadedRun(info=run, stage=name, stage_dir=stage_dir, spec=spec,
+  return LoadedRun(info=run, stage=name, spec=spec,
                    model=model, variables=variables)

@@ -1,14 +1,11 @@
 """Which images an analysis looks at: real test images and held-out synthetic ones.
 
 Synthetic images should be unseen, or a model that memorised them would look
-better separated than it is. ``--synthetic``:
-
-* ``heldout``: the synthetic root's images of each group from index ``n`` on,
-  ``n`` the most any analysed run trained on (a composition takes the first).
-* ``generate``: new images from the run's generator, seed
-  ``generate.seed + HELDOUT_SEED_OFFSET``, into ``{out}/heldout_synthetic/<key>``.
-* ``train``: the first images of each group, ones the runs trained on.
-* ``auto``: ``heldout``, else ``generate`` with a cheap generator, else an error.
+better separated than it is. ``--synthetic=heldout`` takes each group's images
+from index ``n`` on (``n`` the most any analysed run trained on: a composition
+takes the first), ``generate`` new ones (seed ``generate.seed +
+HELDOUT_SEED_OFFSET``), ``train`` the first ones, ``auto`` heldout or else
+generate with a cheap generator.
 """
 
 from __future__ import annotations
@@ -111,14 +108,14 @@ def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
 
 
 def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
-              per_group: int, out_dir: str) -> tuple[Examples, str]:
+              per_group: int, out_dir: str) -> tuple[Examples, str, str]:
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.generate.seed = int(cfg.generate.seed) + HELDOUT_SEED_OFFSET
   root = os.path.join(out_dir, HELDOUT_DIR, data_key(config))
   generate_lib.generate_synthetic(cfg, spec, per_group, root,
                                   show_progress=False, log_summary=False)
   pool = synthetic_lib.load_synthetic(root, spec)
-  return _after(spec, pool, per_group), root
+  return _after(spec, pool, per_group), "generate", root
 
 
 def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
@@ -130,8 +127,7 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
   config = runs[0].config
   root = config.data.synthetic_root
   if choice == "generate":
-    ex, where = _generate(config, spec, per_group, out_dir)
-    return ex, "generate", where
+    return _generate(config, spec, per_group, out_dir)
   pool = synthetic_pool(root, spec)
   if choice == "train":
     ex = _after(spec, pool, per_group)
@@ -158,8 +154,7 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
         "images, or lower --per_group.")
   logging.info("Synthetic root %s has too few unseen images (%s); generating "
                "%d per group with the run's generator.", root, have, per_group)
-  ex, where = _generate(config, spec, per_group, out_dir)
-  return ex, "generate", where
+  return _generate(config, spec, per_group, out_dir)
 
 
 def make_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
