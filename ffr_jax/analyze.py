@@ -21,7 +21,6 @@ from absl import flags
 
 from ffr_jax import cli
 from ffr_jax.analysis import reports
-
 from ffr_jax.analysis import rise as rise_lib
 from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib
@@ -60,27 +59,24 @@ _BATCH = flags.DEFINE_integer(
     "rise_batch", 256, "rise: masks per step over all devices.")
 
 
-def _run(command: str) -> str:
-  workdirs = [os.path.abspath(w) for w in _WORKDIR.value]
-  out = os.path.abspath(_OUT.value or os.path.join(workdirs[0], "analysis"))
-  common = dict(stage=_STAGE.value, seed=_SEED.value, synthetic=_SYNTHETIC.value)
-  if command == "embeddings":
-    report = reports.embeddings_report(workdirs, out, per_group=_PER_GROUP.value,
-                                       **common)
-    print(reports.embeddings_table(report))
-    return os.path.join(out, reports.EMBEDDINGS_PNG)
-  cfg = rise_lib.RiseConfig(num_masks=_MASKS.value, grid=_GRID.value,
-                            p=_P.value, batch=_BATCH.value, seed=_SEED.value)
-  report = reports.rise_report(
-      workdirs, out, images=_IMAGES.value, groups=_GROUPS.value,
-      with_synthetic=_WITH_SYNTHETIC.value, rise=cfg, **common)
-  return ", ".join(os.path.join(out, page) for page in report["pages"])
-
-
 def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     raise ValueError("--workdir is required (repeat it to compare runs).")
-  figure = _run(argv[1])
+  workdirs = [os.path.abspath(w) for w in _WORKDIR.value]
+  out = os.path.abspath(_OUT.value or os.path.join(workdirs[0], "analysis"))
+  common = dict(stage=_STAGE.value, seed=_SEED.value, synthetic=_SYNTHETIC.value)
+  if argv[1] == "embeddings":
+    report = reports.embeddings_report(workdirs, out, per_group=_PER_GROUP.value,
+                                       **common)
+    print(reports.embeddings_table(report))
+    figure = os.path.join(out, reports.EMBEDDINGS_PNG)
+  else:
+    cfg = rise_lib.RiseConfig(num_masks=_MASKS.value, grid=_GRID.value,
+                              p=_P.value, batch=_BATCH.value, seed=_SEED.value)
+    report = reports.rise_report(
+        workdirs, out, images=_IMAGES.value, groups=_GROUPS.value,
+        with_synthetic=_WITH_SYNTHETIC.value, rise=cfg, **common)
+    figure = ", ".join(os.path.join(out, page) for page in report["pages"])
   print(f"\nWrote {figure} (and its .json, .npz).", file=sys.stderr)
 
 

@@ -213,7 +213,7 @@ def test_rise_without_synthetic_images_names_nowith_synthetic(tmp_path, monkeypa
   info = _run_info(tmp_path, config, used=0)
   info.results["mode"] = mode
   spec = samples_lib.datasets.get_dataset("demo").spec
-  run = run_loading.LoadedRun(info=info, stage="train", stage_dir="", spec=spec,
+  run = run_loading.LoadedRun(info=info, stage="train", spec=spec,
                               model=None, variables=None)
   monkeypatch.setattr(reports, "_load_all", lambda *args: [run])
   monkeypatch.setattr(samples_lib, "real_test_sample", lambda *a: Examples.empty())

@@ -104,7 +104,7 @@ def test_embeddings_figure(tmp_path, saved, runs):
   rng = np.random.default_rng(0)
   n = 400
   results = [emb_lib.RunEmbeddings(
-      name=f"mode{i}-erm", embeddings=np.zeros((n, 2)), source=np.arange(n) % 2,
+      name=f"mode{i}-erm", source=np.arange(n) % 2,
       groups=(np.arange(n) // 2) % 8, tsne=rng.normal(size=(n, 2)) * 30,
       probe=emb_lib.ProbeResult(0.9, 0.01, 5, {}),
       distances={"mean": 1.2, "per_group": {}}) for i in range(runs)]

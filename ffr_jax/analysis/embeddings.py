@@ -1,24 +1,17 @@
-"""Real vs synthetic embeddings: a t-SNE picture and the numbers behind it.
+"""Real vs synthetic embeddings: a t-SNE picture and two numbers behind it.
 
-The paper's Figure 5 argues from t-SNE that USB and ASB embed real and
-synthetic images in separate clusters while FFR mixes them. A t-SNE picture
-alone is easy to over-read, so each run also gets two numbers:
+t-SNE (the paper's Figure 5) is easy to over-read, so each run also gets:
 
-* **probe accuracy**: a cross-validated logistic regression telling real from
-  synthetic embeddings, on a sample with equally many real and synthetic
-  images in every group (so chance is 0.5 and group identity gives nothing
-  away). 1.0 means the embedding carries the source; 0.5 means it does not.
-* **normalised centroid distance** per ``(y, b)`` group: the distance between
-  the real and the synthetic centroid, divided by the mean within-source
-  spread (root mean squared distance to the own centroid). About 0 for the
-  same distribution, above 1 for clusters further apart than they are wide.
-  The same number between the real centroids of different groups is given as
-  a reference scale (``reference_group_distance``).
+* **probe accuracy**: a cross-validated linear real-vs-synthetic probe on a
+  sample balanced per group (chance 0.5; 1.0: the embedding carries the source).
+* **normalised centroid distance** per ``(y, b)`` group: real-to-synthetic
+  centroid distance over the mean within-source RMS spread (about 0 for one
+  distribution, above 1 for clusters further apart than they are wide); the
+  same between real groups is the reference scale.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 
@@ -31,35 +24,21 @@ PCA_DIMS = 50
 
 
 def _single_threaded():
-  """scikit-learn's OpenMP/BLAS pools, limited to one thread.
-
-  In a process where JAX has run, XLA's CPU threads keep spinning; OpenMP
-  threads competing with them made t-SNE 50x slower on 2 cores (40 s instead
-  of 0.8 s for 1000 points). One thread is fast enough for a few thousand
-  points.
-  """
-  try:
-    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return contextlib.nullcontext()
+  """scikit-learn's OpenMP/BLAS pools, limited to one thread: competing with
+  XLA's spinning CPU threads, they made t-SNE 50x slower on 2 cores."""
+  # threadpoolctl is a dependency of scikit-learn.
+  from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
   return threadpool_limits(limits=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
-  """Cross-validated real-vs-synthetic accuracy.
+  """Cross-validated real-vs-synthetic accuracy (chance 0.5)."""
 
-  Attributes:
-    accuracy: mean held-out accuracy over the folds (chance 0.5).
-    std: its standard deviation over the folds.
-    folds: the folds used.
-    per_source: examples per source after balancing.
-  """
-
-  accuracy: float
-  std: float
+  accuracy: float  # mean over the folds
+  std: float  # over the folds
   folds: int
-  per_source: int
+  per_source: int  # examples per source after balancing
 
 
 def balanced_rows(source: np.ndarray, groups: np.ndarray, seed: int = 0
@@ -78,17 +57,10 @@ def balanced_rows(source: np.ndarray, groups: np.ndarray, seed: int = 0
 def probe_accuracy(embeddings: np.ndarray, source: np.ndarray,
                    groups: np.ndarray, folds: int = 5, seed: int = 0
                    ) -> ProbeResult:
-  """Cross-validated accuracy of a linear real-vs-synthetic probe.
+  """Accuracy of a linear probe on ``embeddings [N, D]`` telling ``source``.
 
-  Args:
-    embeddings: ``[N, D]``.
-    source: ``[N]``, ``REAL`` or ``SYNTHETIC``.
-    groups: ``[N]`` group ids; real and synthetic are balanced within each.
-    folds: cross-validation folds (fewer if a group-source cell is smaller).
-    seed: balancing and fold assignment.
-
-  Raises:
-    ValueError: fewer than 2 real and 2 synthetic rows after balancing.
+  Real and synthetic are balanced within each of ``groups``; ``folds`` shrinks
+  to the smallest group-source cell.
   """
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import StratifiedKFold, cross_val_score  # pylint: disable=g-import-not-at-top
@@ -131,12 +103,10 @@ def normalized_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def centroid_distances(embeddings: np.ndarray, source: np.ndarray,
                        groups: np.ndarray, names: list[str]) -> dict:
-  """Per-group real/synthetic normalised centroid distances, and a reference.
+  """``{"per_group": {name: d}, "mean", "reference_group_distance"}``.
 
-  Returns:
-    ``{"per_group": {name: d}, "mean": mean d, "reference_group_distance":
-    mean d between the real centroids of two different groups}``; groups
-    lacking one source are left out.
+  The reference is the mean ``d`` between the real rows of two groups; groups
+  lacking a source are left out.
   """
   per_group, real_groups = {}, []
   for g, name in enumerate(names):
@@ -154,9 +124,8 @@ def centroid_distances(embeddings: np.ndarray, source: np.ndarray,
 
 
 def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
-  """2-D t-SNE of ``embeddings`` (PCA to 50 dimensions first if wider)."""
-  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  """2-D t-SNE of standardised ``embeddings`` (PCA to 50 dimensions first)."""
+  from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
   x = np.asarray(embeddings, np.float64)
   x = (x - x.mean(0)) / (x.std(0) + 1e-8)
   perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
@@ -164,9 +133,9 @@ def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
       # The usual t-SNE practice: PCA removes noise dimensions and makes the
       # neighbour search cheap for ResNet50's 2048-d embeddings.
-      x = PCA(PCA_DIMS, random_state=seed).fit_transform(x)
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed
-                ).fit_transform(x)
+      x = decomposition.PCA(PCA_DIMS, random_state=seed).fit_transform(x)
+    return manifold.TSNE(2, perplexity=perplexity, init="pca",
+                         random_state=seed).fit_transform(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +143,6 @@ class RunEmbeddings:
   """One run's embeddings of a sample and what was measured on them."""
 
   name: str
-  embeddings: np.ndarray
   source: np.ndarray
   groups: np.ndarray
   tsne: np.ndarray
@@ -188,7 +156,7 @@ def measure(name: str, embeddings: np.ndarray, examples: Examples,
   groups = GroupScheme(spec, by_source=False).ids(examples)
   names = [spec.group_name(g) for g in range(len(spec.groups))]
   return RunEmbeddings(
-      name=name, embeddings=embeddings, source=examples.source, groups=groups,
+      name=name, source=examples.source, groups=groups,
       tsne=tsne_2d(embeddings, seed),
       probe=probe_accuracy(embeddings, examples.source, groups, seed=seed),
       distances=centroid_distances(embeddings, examples.source, groups, names))

@@ -1,9 +1,5 @@
-"""Helpers for notebooks/ffr_colab.ipynb: a config from a path, fitted to the devices.
-
-A notebook kernel that has touched a TPU owns it, so the notebook trains and
-analyses in-process instead of calling the commands; these helpers do what
-the commands' flag parsing would.
-"""
+"""Helpers for notebooks/ffr_colab.ipynb, which runs in-process (its kernel owns
+the TPU): what the commands' flag parsing would do."""
 
 from __future__ import annotations
 
@@ -17,8 +13,8 @@ from ffr_jax import config as config_lib
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None
                 ) -> ml_collections.ConfigDict:
-  """``configs/x.py[:arg]`` -> its locked config, with dotted-key overrides
-  (``{"train.epochs": 2}``) applied as ``--config.key=value`` would."""
+  """``configs/x.py[:arg]`` -> its locked config, with overrides like
+  ``{"train.epochs": 2}`` applied as ``--config.key=value`` would."""
   config = config_lib.load_config_file(path)
   config_lib.apply_overrides(config, list((overrides or {}).items()))
   return config
@@ -26,12 +22,8 @@ def load_config(path: str, overrides: Mapping[str, Any] | None = None
 
 def fit_to_devices(config: ml_collections.ConfigDict, num_devices: int
                    ) -> list[str]:
-  """Rounds the global batch sizes up to multiples of ``num_devices``.
-
-  The train and eval steps shard each batch over every device, so a batch
-  that does not divide evenly is an error (e.g. the demo's batch of 64 on a
-  6-device slice). Returns one note per change.
-  """
+  """Rounds the global batch sizes up to multiples of ``num_devices``, which
+  the sharded steps need; returns one note per change."""
   notes = []
   for key in ("batch_size", "eval_batch_size"):
     value = int(config.train[key])

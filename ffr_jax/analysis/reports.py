@@ -1,13 +1,10 @@
-"""The two analyses end to end: runs in, figures and JSON out.
-
-Both are plain functions so the command (``python -m ffr_jax.analyze``) and
-the Colab notebook run the same code in-process (a TPU belongs to one
-process, so the notebook cannot hand the work to a subprocess).
-"""
+"""The two analyses end to end, runs in, figures and JSON out: plain functions
+that the command and the Colab notebook (its kernel owns the TPU) both call."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +18,7 @@ from ffr_jax.analysis import run_loading
 from ffr_jax.analysis import samples as samples_lib
 from ffr_jax.data import datasets
 from ffr_jax.data import images as images_lib
-from ffr_jax.data.types import REAL, SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
+from ffr_jax.data.types import SOURCE_NAMES, DatasetSpec, Examples, GroupScheme
 from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
@@ -71,10 +68,7 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
                       ) -> dict:
   """t-SNE figure, probe and centroid distances of every run in ``workdirs``.
 
-  Writes ``{out_dir}/embeddings.png`` (runs side by side), ``embeddings.json``
-  (the numbers, also returned) and ``embeddings.npz`` (embeddings and t-SNE
-  coordinates). ``stage`` is ``"last"`` or a stage name (``"stage1"``: FFR
-  before fine-tuning); ``seed`` seeds sampling, probe folds and t-SNE.
+  ``stage``: ``"last"`` or a stage name (``"stage1"``: FFR before fine-tuning).
   """
   start = time.time()
   shardings = shardings or make_shardings()
@@ -109,7 +103,6 @@ def embeddings_report(workdirs: list[str], out_dir: str, *, per_group: int = 100
 
 
 def embeddings_table(report: dict) -> str:
-  """The Markdown table of :func:`embeddings_report`'s per-run numbers."""
   lines = ["| run | probe (real vs syn) | mean centroid dist | ref group dist |",
            "|---|---|---|---|"]
   for name, r in report["runs"].items():
@@ -134,27 +127,19 @@ def select_groups(spec: DatasetSpec, groups: str) -> list[tuple[int, int]]:
   return [names[n] for n in chosen]
 
 
-def _known_examples(config, spec: DatasetSpec) -> dict[str, tuple[int, int, int]]:
-  """Path -> (y, b, source) of every real and synthetic image of a run."""
-  data = datasets.load_dataset(samples_lib.without_verification(config.data))
-  out = {}
-  for ex in (data.train, data.val, data.test):
-    out.update({str(p): (int(y), int(b), REAL)
-                for p, y, b in zip(ex.path, ex.y, ex.b)})
-  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
-  out.update({str(p): (int(y), int(b), int(s))
-              for p, y, b, s in zip(pool.path, pool.y, pool.b, pool.source)})
-  return out
-
-
-def _explicit_rows(paths: list[str], config, spec: DatasetSpec
-                   ) -> tuple[list[str], list[tuple[int, int, int] | None]]:
-  """The given image paths and, where the run's data lists them, their labels."""
+def _labels(paths: list[str], config, spec: DatasetSpec
+            ) -> list[tuple[int, int, int] | None]:
+  """``(y, b, source)`` of each image where the run's data lists it."""
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"No such image file(s): {missing}.")
-  known = _known_examples(config, spec)
-  return paths, [known.get(os.path.abspath(p)) or known.get(p) for p in paths]
+  data = datasets.load_dataset(samples_lib.without_verification(config.data))
+  pool = samples_lib.synthetic_pool(config.data.synthetic_root, spec)
+  known = {}
+  for ex in (data.train, data.val, data.test, pool):
+    known.update({str(p): (int(y), int(b), int(s))
+                  for p, y, b, s in zip(ex.path, ex.y, ex.b, ex.source)})
+  return [known.get(os.path.abspath(p)) or known.get(p) for p in paths]
 
 
 def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
@@ -162,17 +147,12 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
                 rise: rise_lib.RiseConfig | None = None,
                 synthetic: str = "auto", stage: str = run_loading.LAST,
                 seed: int = 0, shardings: Shardings | None = None) -> dict:
-  """RISE maps of chosen or sampled images under every run, as one grid.
+  """RISE maps of chosen or sampled images (rows) under every run (columns).
 
-  Writes the grid as pages ``{out_dir}/rise_page1.png``, ``rise_page2.png``,
-  ... (rows images, columns runs; at most ``rise_lib.MAX_PAGE_PX`` high),
-  ``rise.json`` (per image and run: target class, its probability, the
-  prediction; the page files) and ``rise.npz`` (images and maps).
-
-  ``images`` is ``"sample:N"`` (``N`` real test images per chosen group, and
-  as many held-out synthetic ones with ``with_synthetic``, as the paper's
-  Figure 6) or comma-separated paths. The explained class is an image's true
-  class where the run's data lists the image, else each model's prediction.
+  ``images``: ``"sample:N"`` (``N`` real test images per chosen group, and as
+  many held-out synthetic ones with ``with_synthetic``: the paper's Figure 6)
+  or comma-separated paths. The explained class is an image's true class where
+  the run's data lists it, else each model's prediction.
   """
   start = time.time()
   rise = rise or rise_lib.RiseConfig()
@@ -212,8 +192,8 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
     labels = [(int(y), int(b), int(s))
               for y, b, s in zip(rows.y, rows.b, rows.source)]
   else:
-    paths, labels = _explicit_rows(
-        [p.strip() for p in images.split(",") if p.strip()], first.config, spec)
+    paths = [p.strip() for p in images.split(",") if p.strip()]
+    labels = _labels(paths, first.config, spec)
   if not paths:
     raise ValueError(f"No images selected by --images={images!r} and "
                      f"--groups={groups!r}.")
@@ -224,7 +204,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
       "class": spec.class_names[lab[0]], "bias": spec.bias_names[lab[1]],
       "source": SOURCE_NAMES[lab[2]]}, "runs": {}} for p, lab in zip(paths, labels)]
   for j, r in enumerate(loaded):
-    explain = rise_lib.ModelExplainer(r.model, r.variables, rise, shardings)
+    explain = rise_lib.model_explainer(r.model, r.variables, rise, shardings)
     for i, image in enumerate(pixels):
       class_maps, probs = explain(image)
       pred = int(np.argmax(probs))
@@ -244,8 +224,7 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
   report = {"images": per_image, "runs": [r.name for r in loaded],
             "pages": [os.path.basename(p) for p in pages],
             "stage": [r.stage for r in loaded],
-            "rise": {"num_masks": rise.num_masks, "grid": rise.grid,
-                     "p": rise.p, "batch": rise.batch, "seed": rise.seed},
+            "rise": dataclasses.asdict(rise),
             "wall_seconds": time.time() - start}
   _write_json(os.path.join(out_dir, RISE_JSON), report)
   np.savez_compressed(os.path.join(out_dir, RISE_NPZ), images=np.stack(pixels),

@@ -1,23 +1,13 @@
 """RISE saliency maps (Petsiuk et al., BMVC 2018), jitted and sharded.
 
-RISE asks a black box which pixels matter by hiding random parts of the image:
-
-1. draw ``N`` binary ``s x s`` grids, each cell kept with probability ``p``;
-2. upsample each bilinearly to ``(s + 1) * cell`` (``cell = ceil(H / s)``) and
-   crop ``H x W`` at a random shift in ``[0, cell)``, giving smooth masks whose
-   cell borders fall anywhere;
-3. score every masked image, ``score_c(I * M_i)``;
-4. saliency of class ``c``: ``S_c = sum_i score_c(I * M_i) M_i / (N p)``.
-
-Masking multiplies the *normalised* image, as the authors' code does: a
-hidden pixel becomes 0, i.e. the dataset's mean colour, not black.
-
-On devices the masks of a batch are generated on device and sharded over the
-mesh's ``data`` axis; each device scores its share, and the weighted sum over
-masks is a cross-device reduction XLA inserts. All ``N / batch`` batches run
-in one compiled ``fori_loop``. The result does not depend on the device count:
-the random masks are drawn from a key with partitionable threefry, so a
-sharded draw equals the unsharded one.
+``S_c = sum_i score_c(I * M_i) M_i / (N p)`` over ``N`` random masks: binary
+``s x s`` grids (cells kept with probability ``p``), upsampled bilinearly to
+``(s + 1) * cell`` (``cell = ceil(H / s)``) and cropped ``H x W`` at a random
+shift, so cell borders fall anywhere. Masks multiply the *normalised* image,
+as the authors' code does: a hidden pixel is the dataset's mean colour. Masks
+are drawn on device with partitionable threefry and sharded over the mesh's
+``data`` axis, so the result does not depend on the device count; all batches
+run in one compiled ``fori_loop``.
 """
 
 from __future__ import annotations
@@ -42,21 +32,12 @@ ScoreFn = Callable[[Any, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class RiseConfig:
-  """RISE settings.
+  """RISE settings; the same masks (``seed``) for every model and image."""
 
-  Attributes:
-    num_masks: ``N``; rounded up to whole batches.
-    grid: ``s``, cells per side of the low-resolution masks.
-    p: probability that a cell is kept.
-    batch: masks scored per step over all devices; rounded up to a multiple
-      of the device count.
-    seed: seeds the masks (the same masks for every model and image).
-  """
-
-  num_masks: int = 2000
-  grid: int = 8
-  p: float = 0.5
-  batch: int = 256
+  num_masks: int = 2000  # N, rounded up to whole batches
+  grid: int = 8  # s, cells per side
+  p: float = 0.5  # probability that a cell is kept
+  batch: int = 256  # masks per step, rounded up to a multiple of the devices
   seed: int = 0
 
   def __post_init__(self):
@@ -82,11 +63,7 @@ def make_masks(key: jax.Array, n: int, grid: int, p: float, height: int,
 
 def make_rise_fn(score_fn: ScoreFn, cfg: RiseConfig,
                  shardings: Shardings | None = None):
-  """Compiles ``rise(aux, image, key) -> [K, H, W]`` saliency maps.
-
-  ``aux`` (e.g. model variables) goes to ``score_fn`` replicated; ``image`` is
-  float ``[H, W, C]`` in the space ``score_fn`` expects.
-  """
+  """Compiles ``rise(aux, image [H, W, C], key) -> maps [K, H, W]``."""
   shardings = shardings or make_shardings()
   d = shardings.num_devices
   batch = -(-cfg.batch // d) * d  # a multiple of the device count
@@ -129,30 +106,22 @@ def model_score_fn(model) -> ScoreFn:
   return score
 
 
-class ModelExplainer:
-  """RISE maps of one model, compiled once for every image of a size."""
+def model_explainer(model, variables, cfg: RiseConfig,
+                    shardings: Shardings | None = None):
+  """``explain(uint8 image) -> (maps [K, H, W], class probabilities [K])``,
+  compiled once for every image of a size."""
+  rise = make_rise_fn(model_score_fn(model), cfg, shardings)
+  probs = jax.jit(model_score_fn(model))
 
-  def __init__(self, model, variables, cfg: RiseConfig,
-               shardings: Shardings | None = None):
-    self._variables = variables
-    self._cfg = cfg
-    self._fn = make_rise_fn(model_score_fn(model), cfg, shardings)
-    self._probs = jax.jit(model_score_fn(model))
-
-  def __call__(self, image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps [K, H, W], class probabilities [K])`` of a uint8 image."""
+  def explain(image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = normalize(jnp.asarray(image_uint8))
-    maps = self._fn(self._variables, x, jax.random.key(self._cfg.seed))
-    probs = self._probs(self._variables, x[None])[0]
-    return np.asarray(maps), np.asarray(probs)
+    maps = rise(variables, x, jax.random.key(cfg.seed))
+    return np.asarray(maps), np.asarray(probs(variables, x[None])[0])
+  return explain
 
 
 def region_mass(saliency: np.ndarray, region: np.ndarray) -> float:
-  """Share of the map's mass above its minimum that lies in ``region``.
-
-  RISE maps carry a constant floor (roughly the mean score); subtracting the
-  minimum keeps only what the masks' placement explains.
-  """
+  """Share of the map's mass above its minimum (RISE's floor) in ``region``."""
   s = saliency - saliency.min()
   total = float(s.sum())
   return float(s[region].sum()) / total if total > 0 else 0.0
@@ -165,7 +134,6 @@ MAX_PAGE_PX = 2000
 ROW_INCHES = 2.0     # one image row with its captions
 HEADER_INCHES = 0.6  # the figure title and the column titles
 COL_INCHES = 1.9
-PAGE_PNG = "rise_page{page}.png"
 
 
 def rows_per_page(max_px: int = MAX_PAGE_PX) -> int:
@@ -173,18 +141,14 @@ def rows_per_page(max_px: int = MAX_PAGE_PX) -> int:
 
 
 def page_name(page: int) -> str:
-  return PAGE_PNG.format(page=page)
+  return f"rise_page{page}.png"
 
 
 def draw_page(images: list[np.ndarray], row_labels: list[str],
               col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
               title: str = ""):
-  """One page of the Figure 6-style grid: rows images, then one column per run.
-
-  ``maps`` is ``[rows, runs, H, W]``, the saliency of each row's target
-  class; ``notes`` ``[rows][runs]`` short captions. The caller saves and
-  closes the figure.
-  """
+  """One page of the Figure 6-style grid (``maps``: ``[rows, runs, H, W]``),
+  for the caller to save and close."""
   plt = results_lib.pyplot()
   rows, cols = len(images), len(col_labels) + 1
   fig, axes = plt.subplots(
@@ -216,8 +180,7 @@ def draw_page(images: list[np.ndarray], row_labels: list[str],
 def plot_pages(images: list[np.ndarray], row_labels: list[str],
                col_labels: list[str], maps: np.ndarray, notes: list[list[str]],
                out_dir: str, title: str = "", max_px: int = MAX_PAGE_PX) -> list[str]:
-  """Writes the grid as pages ``rise_page1.png``, ... of at most ``max_px`` pixels
-  high and returns their paths; pages of an earlier, longer grid are removed."""
+  """Writes the grid as pages of at most ``max_px`` pixels; returns their paths."""
   plt = results_lib.pyplot()
   per_page = rows_per_page(max_px)
   starts = list(range(0, len(images), per_page))

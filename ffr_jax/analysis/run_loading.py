@@ -1,17 +1,9 @@
 """A finished run, back from its workdir: config, data spec, model, variables.
 
-A run is a folder with ``results.json``, which names each stage's folder
-(``results["stages"][name]["dir"]``, relative to the run). Several runs are a
-sweep (``ffr_jax.experiments``; also ``ffr_jax.main`` with comma lists)::
-
-    {workdir}/runs/<name>/results.json          one folder per run
-    {workdir}/shared/stages/{stage}-{fingerprint}/checkpoints/<step>/
-    {workdir}/sweep.json                        the runs, in order
-
-:func:`find_runs` takes a run folder or a sweep folder and returns every
-finished run in it; :func:`load_run` rebuilds the model with the run's resolved
-config (``results.json["config"]``) and restores the best variables of a stage.
-Nothing here trains or writes.
+A run is a folder with ``results.json``, which holds the resolved config and
+names each stage's folder (``results["stages"][name]["dir"]``, relative to the
+run). A sweep's workdir holds ``runs/<name>/results.json`` and ``sweep.json``
+(the runs, in order). Nothing here trains or writes.
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ from ffr_jax import models
 from ffr_jax.data import datasets
 from ffr_jax.data.types import DatasetSpec
 from ffr_jax.mesh import Shardings
+from ffr_jax.reporting import aggregate
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.training import stage as stage_lib
 
@@ -37,11 +30,8 @@ _HOW_TO_TRAIN = ("Train one with `python -m ffr_jax.main --config=... "
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-  """A finished run found on disk (``results.json`` and its resolved config).
-
-  ``name`` is ``"{mode}-{method}"``, or the run's sweep name where that is not
-  unique; ``workdir`` is the folder it was found in (a run or a sweep).
-  """
+  """A finished run found in ``workdir`` (a run or sweep folder); ``name`` is
+  ``"{mode}-{method}"``, or the sweep's run name where that repeats."""
 
   name: str
   run_dir: str
@@ -64,7 +54,6 @@ class LoadedRun:
 
   info: RunInfo
   stage: str
-  stage_dir: str
   spec: DatasetSpec
   model: Any
   variables: Any
@@ -78,53 +67,35 @@ class LoadedRun:
     return self.info.config
 
 
-def _read_run(run_dir: str, workdir: str, name: str | None = None) -> RunInfo:
+def _read_run(run_dir: str, workdir: str) -> RunInfo:
   results = results_lib.read_results(run_dir)
   if "config" not in results or "stages" not in results:
     raise ValueError(f"{run_dir}/{results_lib.RESULTS_FILE} has no 'config' or "
                      "'stages'; it was not written by `python -m ffr_jax.main`.")
-  return RunInfo(name=name or f"{results['mode']}-{results['method']}",
+  return RunInfo(name=f"{results['mode']}-{results['method']}",
                  run_dir=run_dir, workdir=workdir, results=results,
                  config=ml_collections.ConfigDict(results["config"]))
 
 
-def _sweep_order(workdir: str) -> list[str]:
-  """Run folders in the order the sweep lists them (``sweep.json``)."""
-  path = os.path.join(workdir, "sweep.json")
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [os.path.abspath(str(row["run_dir"])) for row in json.load(f)["runs"]]
-
-
 def find_runs(workdir: str) -> list[RunInfo]:
-  """Every finished run in ``workdir``.
-
-  Args:
-    workdir: a run's folder (``results.json`` inside) or a sweep's
-      (``runs/.../results.json`` inside).
-
-  Returns:
-    The runs, in the order the sweep ran them.
-
-  Raises:
-    FileNotFoundError: no finished run there; the message names the layouts
-      that were looked for.
-  """
+  """Every finished run in a run's or a sweep's folder, in the sweep's order."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"No such workdir: {workdir}. {_HOW_TO_TRAIN}")
   if os.path.isfile(os.path.join(workdir, results_lib.RESULTS_FILE)):
     return [_read_run(workdir, workdir)]
-  found = [os.path.abspath(parent)
-           for parent, _, files in os.walk(os.path.join(workdir, "runs"))
-           if results_lib.RESULTS_FILE in files]
+  found = [os.path.dirname(p) for p in
+           aggregate.results_paths(os.path.join(workdir, "runs"))]
   if not found:
     raise FileNotFoundError(
         f"No finished run in {workdir}: expected {workdir}/"
         f"{results_lib.RESULTS_FILE} (a run) or {workdir}/runs/.../"
         f"{results_lib.RESULTS_FILE} (a sweep). {_HOW_TO_TRAIN}")
-  order = _sweep_order(workdir)
+  order = []  # the run folders in the sweep's order
+  if os.path.isfile(os.path.join(workdir, "sweep.json")):
+    with open(os.path.join(workdir, "sweep.json")) as f:
+      order = [os.path.abspath(str(row["run_dir"]))
+               for row in json.load(f)["runs"]]
   found.sort(key=lambda d: (order.index(d) if d in order else len(order), d))
   runs = [_read_run(d, workdir) for d in found]
   names = [r.name for r in runs]
@@ -134,11 +105,8 @@ def find_runs(workdir: str) -> list[RunInfo]:
 
 
 def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
-  """:func:`find_runs` over several workdirs, with unique run names.
-
-  Two workdirs holding the same mode x method (e.g. two seeds) get their
-  workdir's folder name prefixed, so figures and JSON keys stay distinct.
-  """
+  """:func:`find_runs` over several workdirs; names that repeat (e.g. two
+  seeds) get their workdir's folder name prefixed."""
   runs = [r for w in workdirs for r in find_runs(w)]
   names = [r.name for r in runs]
   return [r if names.count(r.name) == 1 else dataclasses.replace(
@@ -147,16 +115,7 @@ def find_runs_in(workdirs: list[str]) -> list[RunInfo]:
 
 
 def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
-  """``(stage name, stage folder)`` of ``run``.
-
-  Args:
-    stage: ``"last"`` (the model the run reports: ``stage2`` for FFR,
-      ``train`` otherwise) or a stage name the run has (``"stage1"`` is
-      FFR's synthetic-only model).
-
-  Raises:
-    ValueError: the run has no such stage.
-  """
+  """``(stage name, stage folder)``; ``"last"`` is the model the run reports."""
   present = list(run.results.get("stage_order", ()))
   if not present:
     raise ValueError(f"{run.run_dir}/{results_lib.RESULTS_FILE} lists no "
@@ -169,34 +128,23 @@ def resolve_stage(run: RunInfo, stage: str = LAST) -> tuple[str, str]:
       run.run_dir, run.results["stages"][name]["dir"]))
 
 
-def _check_checkpoints(stage_dir: str) -> None:
+def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
+             ) -> LoadedRun:
+  """Rebuilds ``run``'s model and restores the best variables of ``stage``."""
+  name, stage_dir = resolve_stage(run, stage)
   # Checked before Orbax sees the folder: its manager would create a missing
   # folder and then report only "no checkpoint".
   ckpt = os.path.join(stage_dir, "checkpoints")
-  steps = ([d for d in os.listdir(ckpt) if d.isdigit()]
-           if os.path.isdir(ckpt) else [])
-  if not steps:
+  if not (os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))):
     raise FileNotFoundError(
         f"No checkpoint in {ckpt}: the run's results.json exists but its "
         f"stage has no saved variables (deleted or copied without them). "
         f"{_HOW_TO_TRAIN}")
-
-
-def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
-             ) -> LoadedRun:
-  """Rebuilds ``run``'s model and restores the best variables of ``stage``.
-
-  Raises:
-    FileNotFoundError: the stage has no checkpoint.
-    ValueError: the run has no such stage.
-  """
-  name, stage_dir = resolve_stage(run, stage)
-  _check_checkpoints(stage_dir)
   config = run.config
   spec = datasets.dataset_spec(config.data)
   # The flax module exactly as ffr_jax.training.run builds it.
   model = models.model_from_config(config.model, spec.num_classes)
   variables = stage_lib.restore_best_variables(
       stage_dir, model, config.data.image_size, config.seed, shardings)
-  return LoadedRun(info=run, stage=name, stage_dir=stage_dir, spec=spec,
+  return LoadedRun(info=run, stage=name, spec=spec,
                    model=model, variables=variables)

@@ -1,16 +1,11 @@
 """Which images an analysis looks at: real test images and held-out synthetic ones.
 
-Synthetic images should be ones the model never trained on, or a model that
-memorised them would look better separated than it is. ``--synthetic``:
-
-* ``heldout``: images of the run's synthetic root from index ``n`` on, ``n``
-  the most any analysed run trained on (``results.json``'s
-  ``synthetic_per_group``; a composition takes each group's first ``n``).
-* ``generate``: new images from the run's generator with the seed
-  ``generate.seed + HELDOUT_SEED_OFFSET``, into ``{out}/heldout_synthetic/<key>``.
-* ``train``: the first images of each group, ones the runs trained on.
-* ``auto``: ``heldout`` when there are enough, else ``generate`` with a cheap
-  generator, else an error naming the choices.
+Synthetic images should be unseen, or a model that memorised them would look
+better separated than it is. ``--synthetic=heldout`` takes each group's images
+from index ``n`` on (``n`` the most any analysed run trained on: a composition
+takes the first), ``generate`` new ones (seed ``generate.seed +
+HELDOUT_SEED_OFFSET``), ``train`` the first ones, ``auto`` heldout or else
+generate with a cheap generator.
 """
 
 from __future__ import annotations
@@ -62,8 +57,7 @@ def data_key(config: ml_collections.ConfigDict) -> str:
 
 def without_verification(data: ml_collections.ConfigDict
                          ) -> ml_collections.ConfigDict:
-  """A copy of ``config.data`` that skips decoding every image at load
-  (analysis reads only the images it samples)."""
+  """A copy of ``config.data`` that does not decode every image at load."""
   data = ml_collections.ConfigDict(data.to_dict())
   data.verify_images = False
   return data
@@ -71,8 +65,7 @@ def without_verification(data: ml_collections.ConfigDict
 
 def real_test_sample(config: ml_collections.ConfigDict, per_group: int,
                      seed: int = 0) -> Examples:
-  """``per_group`` real test images per group (all a group has if fewer),
-  a seeded random subset."""
+  """A seeded random ``per_group`` real test images per group (or all)."""
   splits = datasets.load_dataset(without_verification(config.data))
   test = splits.test
   rng = np.random.default_rng(seed)
@@ -101,14 +94,13 @@ def synthetic_pool(root: str, spec: DatasetSpec) -> Examples:
     return Examples.empty()
 
 
-def _after(spec: DatasetSpec, pool: Examples, start: dict, per_group: int
-           ) -> Examples:
+def _after(spec: DatasetSpec, pool: Examples, per_group: int,
+           start: dict | None = None) -> Examples:
   """Rows ``start[g] .. start[g] + per_group`` of each group, in index order."""
-  parts = []
-  for g in spec.groups:
-    idx = np.flatnonzero(pool.mask(*g))
-    parts.append(pool.take(idx[start[g]:start[g] + per_group]))
-  return Examples.concat(parts)
+  start = start or {g: 0 for g in spec.groups}
+  return Examples.concat(
+      pool.take(np.flatnonzero(pool.mask(*g))[start[g]:start[g] + per_group])
+      for g in spec.groups)
 
 
 def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
@@ -116,14 +108,14 @@ def _enough(spec: DatasetSpec, examples: Examples, per_group: int) -> bool:
 
 
 def _generate(config: ml_collections.ConfigDict, spec: DatasetSpec,
-              per_group: int, out_dir: str) -> tuple[Examples, str]:
+              per_group: int, out_dir: str) -> tuple[Examples, str, str]:
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.generate.seed = int(cfg.generate.seed) + HELDOUT_SEED_OFFSET
   root = os.path.join(out_dir, HELDOUT_DIR, data_key(config))
   generate_lib.generate_synthetic(cfg, spec, per_group, root,
                                   show_progress=False, log_summary=False)
   pool = synthetic_lib.load_synthetic(root, spec)
-  return _after(spec, pool, {g: 0 for g in spec.groups}, per_group), root
+  return _after(spec, pool, per_group), "generate", root
 
 
 def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
@@ -135,15 +127,14 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
   config = runs[0].config
   root = config.data.synthetic_root
   if choice == "generate":
-    ex, where = _generate(config, spec, per_group, out_dir)
-    return ex, "generate", where
+    return _generate(config, spec, per_group, out_dir)
   pool = synthetic_pool(root, spec)
   if choice == "train":
-    ex = _after(spec, pool, {g: 0 for g in spec.groups}, per_group)
+    ex = _after(spec, pool, per_group)
     if not _enough(spec, ex, 1):
       raise ValueError(f"No synthetic images for some group in {root}.")
     return ex, "train", root
-  heldout = _after(spec, pool, used_synthetic(runs, spec), per_group)
+  heldout = _after(spec, pool, per_group, used_synthetic(runs, spec))
   if _enough(spec, heldout, per_group):
     return heldout, "heldout", root
   have = {spec.group_name(i): heldout.count(*g)
@@ -163,8 +154,7 @@ def synthetic_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,
         "images, or lower --per_group.")
   logging.info("Synthetic root %s has too few unseen images (%s); generating "
                "%d per group with the run's generator.", root, have, per_group)
-  ex, where = _generate(config, spec, per_group, out_dir)
-  return ex, "generate", where
+  return _generate(config, spec, per_group, out_dir)
 
 
 def make_sample(runs: list[RunInfo], spec: DatasetSpec, per_group: int,

@@ -1,11 +1,8 @@
 """From many ``results.json`` files (or one ``runs.jsonl``) to the paper's numbers.
 
 A run is one seed of a *cell* (dataset, bias ratio, mode, method and any
-*condition*, e.g. ``benchmark.strength``) with some *hyperparameters*. Per cell
-the hyperparameters with the best mean ``results.json["selection"]`` score
-over the seeds all candidates share are kept; numbers are mean and sample std
-(``ddof=1``) over seeds. Averages over cells are taken per seed over cells
-that all have that seed; missing stays None, never zero.
+*condition*, e.g. ``benchmark.strength``) with some *hyperparameters*, chosen
+per cell on the ``selection`` score. Missing stays None, never zero.
 """
 
 from __future__ import annotations
@@ -41,11 +38,7 @@ METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """One finished run, reduced to what the report needs (accuracies in [0, 1]).
-
-  ``selection_source``: ``"val"`` or ``"backbone_val"`` (DFR); ``lr``: the
-  stage-2 or only stage's learning rate, ``stage1_lr`` the synthetic stage's.
-  """
+  """One finished run, reduced to what the report needs (accuracies in [0, 1])."""
 
   path: str
   dataset: str
@@ -55,14 +48,14 @@ class Record:
   seed: int
   settings: dict[str, Any]  # flattened config, lists as tuples
   selection_wa: float
-  selection_source: str
+  selection_source: str  # "val", or "backbone_val" for DFR
   val_wa: float
   test_wa: float
   test_ba: float
   syn_wa: float | None = None
   syn_ba: float | None = None
-  lr: float | None = None
-  stage1_lr: float | None = None
+  lr: float | None = None  # the stage-2 or only stage's
+  stage1_lr: float | None = None  # the synthetic stage's
   freeze_bn: bool | None = None
   selected_epoch: int | None = None
   test_group_acc: dict | None = dataclasses.field(default=None, compare=False)
@@ -75,7 +68,7 @@ class Record:
 
 
 def _selection(results: dict, path: str) -> tuple[float, str]:
-  """``(worst_group_acc, source)`` of ``results["selection"]``; clear error."""
+  """``(worst_group_acc, source)`` of ``results["selection"]``."""
   sel = results.get("selection")
   if not isinstance(sel, dict) or not {"worst_group_acc", "source"} <= set(sel):
     raise ValueError(
@@ -99,7 +92,6 @@ def _learning_rates(results: dict) -> tuple[float | None, float | None]:
 
 
 def record_from_results(results: dict, path: str = "") -> Record:
-  """A :class:`Record` from a ``results.json`` object."""
   syn = results.get("synthetic_test") or {}
   selection_wa, selection_source = _selection(results, path)
   config = config_lib.flatten(results.get("config", {}))
@@ -121,7 +113,6 @@ def record_from_results(results: dict, path: str = "") -> Record:
 
 
 def results_paths(workdir: str) -> list[str]:
-  """Every ``results.json`` under ``workdir``, sorted."""
   return sorted(os.path.join(root, RESULTS_FILE)
                 for root, _, files in os.walk(workdir) if RESULTS_FILE in files)
 
@@ -144,7 +135,6 @@ _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Record)
 
 
 def write_runs(records: Sequence[Record], path: str) -> None:
-  """Writes ``runs.jsonl``: one JSON object per record, in record order."""
   keys = sorted(set().union(*split_keys(records)))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
@@ -155,7 +145,6 @@ def write_runs(records: Sequence[Record], path: str) -> None:
 
 
 def load_runs(path: str) -> list[Record]:
-  """The records of a ``runs.jsonl`` (:func:`write_runs`)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No runs file {path}; write one with "
                             "`python -m ffr_jax.report --workdir=DIR`.")
@@ -183,7 +172,6 @@ class Stat:
   n: int
 
   def format(self) -> str:
-    """In percent: ``"mean ± std"``, or ``"mean (n=1)"`` for one value."""
     if self.std is None:
       return f"{100 * self.mean:.1f} (n=1)"
     return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
@@ -199,7 +187,7 @@ def stat(values: Sequence[float]) -> Stat | None:
 
 
 def fmt(s: Stat | None) -> str:
-  """A cell of a markdown table: ``"mean ± std"`` or ``"—"`` when missing."""
+  """A cell of a markdown table (``"—"`` when missing)."""
   return "—" if s is None else s.format()
 
 
@@ -236,19 +224,14 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
   keys = sorted({k for r in records for k in r.settings} - IGNORED_KEYS)
   varying = [k for k in keys
              if len({repr(r.settings.get(k)) for r in records}) > 1]
-  hparams = [k for k in varying if is_hparam(k)]
+  hparams = [k for k in varying
+             if k in HPARAM_KEYS or k.split(".")[0] in METHODS]
   return hparams, [k for k in varying if k not in hparams]
-
-
-def is_hparam(key: str) -> bool:
-  """Whether ``key`` is chosen on validation rather than defining a condition."""
-  return key in HPARAM_KEYS or key.split(".")[0] in METHODS
 
 
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
   """Per cell, the hyperparameters with the best mean selection WA over the
-  seeds all candidates share (each its own if none); ties: first in sorted
-  order."""
+  seeds all candidates share (each its own if none); ties: first by repr."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
@@ -280,8 +263,8 @@ def select(records: Sequence[Record]) -> dict[Cell, Selection]:
 
 def average(selections: dict[Cell, Selection], cells: Sequence[Cell],
             metric: str) -> Stat | None:
-  """Mean and sample std over the seeds every cell has of the per-seed
-  average over ``cells``; None if a cell or the metric is missing."""
+  """Mean and sample std over seeds of the per-seed average over ``cells``
+  (the seeds all have); None if a cell or the metric is missing."""
   if not cells:
     return None
   chosen = [selections.get(c) for c in cells]

@@ -1,9 +1,8 @@
 """The paper's claims as paired tests, labelled supported / contradicted / not resolved.
 
-A claim says side A (a mode x method x metric) beats side B; its differences
-A - B in points are paired over the (dataset, bias ratio, seed) both selected
-cells ran. The rule is docs/experiments.md, "How a claim is judged"
-(``paper_report.CLAIMS_RULE``).
+A claim says side A (a mode x method x metric) beats side B, paired over the
+(dataset, bias ratio, seed) both selected cells ran; the rule is
+``paper_report.CLAIMS_RULE`` (docs/experiments.md, "How a claim is judged").
 """
 
 from __future__ import annotations
@@ -110,11 +109,10 @@ def signed_rank_p(diffs: Sequence[float]) -> float:
   return float(min(1.0, 2 * min(dist[:t + 1].sum(), dist[t:].sum())))
 
 
-def bootstrap_interval(diffs: Sequence[float], resamples: int = RESAMPLES,
-                       seed: int = 0) -> tuple[float, float]:
-  """The 95% percentile interval of the mean over bootstrap resamples."""
+def bootstrap_interval(diffs: Sequence[float]) -> tuple[float, float]:
+  """The 95% percentile interval of the mean over seeded bootstrap resamples."""
   d = np.asarray(diffs, float)
-  idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
+  idx = np.random.default_rng(0).integers(0, len(d), (RESAMPLES, len(d)))
   low, high = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
   return float(low), float(high)
 
@@ -158,10 +156,9 @@ def paired_diffs(sel: dict[Cell, Selection], condition: tuple, claim: Claim
   return np.asarray(out, float)
 
 
-def evaluate(sel: dict[Cell, Selection], condition: tuple,
-             claims: Sequence[Claim] = CLAIMS) -> list[Result]:
+def evaluate(sel: dict[Cell, Selection], condition: tuple) -> list[Result]:
   """Every claim's test; claims without pairs stay unjudged (no p)."""
-  results = [Result(c, paired_diffs(sel, condition, c)) for c in claims]
+  results = [Result(c, paired_diffs(sel, condition, c)) for c in CLAIMS]
   tested = [i for i, r in enumerate(results) if r.diffs.size]
   p = [signed_rank_p(results[i].diffs) for i in tested]
   for i, pi, ph in zip(tested, p, holm(p) if p else []):

@@ -1,8 +1,6 @@
-"""The paper's tables and figures, and its claims' tests, from selected results.
+"""The paper's Figures 3-4, Tables 1-3 and claims' tests as markdown and PNG.
 
-Figure 3 (modes with ERM against the bias ratio), Figure 4 (methods x modes),
-Tables 1-3 (stages, pretraining distribution, real vs synthetic test) as
-markdown + PNG; mean ± sample std over seeds; missing is ``—``, never zero.
+Mean ± sample std over seeds; missing is ``—``, never zero.
 """
 
 from __future__ import annotations
@@ -10,13 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from ffr_jax.reporting import aggregate as agg
 from ffr_jax.reporting import claims as claims_lib
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.aggregate import Cell, Selection, Stat
 
-FIG3_MODES = ("none", "usb", "asb", "ffr")
-FIG4_MODES = ("none", "usb", "asb", "ffr")
+MODES = ("none", "usb", "asb", "ffr")  # Figures 3 and 4
 FIG4_METHODS = ("erm", "groupdro", "resampling", "dfr")
 TABLE1_ROWS = (("stage1_only", "Stage 1 only"), ("none", "Stage 2 only"),
                ("stage2_then_1", "Stage 2 → Stage 1"),
@@ -73,15 +72,13 @@ def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
   """Per dataset and ratio: WA and BA of each mode with ERM."""
   dr = agg.datasets_and_ratios(sel, condition)
   header = ["dataset", "bias ratio"] + [
-      f"{NAMES[m]} {k}" for m in FIG3_MODES for k in ("WA", "BA")]
+      f"{NAMES[m]} {k}" for m in MODES for k in ("WA", "BA")]
   rows = []
   for d, ratios in dr.items():
     for r in ratios:
-      row = [d, _ratio_label(r)]
-      for m in FIG3_MODES:
-        s = sel.get(Cell(condition, d, r, m, "erm"))
-        row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
-      rows.append(row)
+      rows.append([d, _ratio_label(r)] + [
+          agg.fmt(agg.average(sel, [Cell(condition, d, r, m, "erm")], k))
+          for m in MODES for k in ("test_wa", "test_ba")])
   return _table(header, rows)
 
 
@@ -89,7 +86,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
   """Draws Figure 3; returns False (and draws nothing) without any data."""
   dr = agg.datasets_and_ratios(sel, condition)
   if not any(Cell(condition, d, r, m, "erm") in sel
-             for d, rs in dr.items() for r in rs for m in FIG3_MODES):
+             for d, rs in dr.items() for r in rs for m in MODES):
     return False
   plt = results_lib.pyplot()
   fig, axes = plt.subplots(len(dr), 2, figsize=(9, 3.2 * len(dr) + 0.4),
@@ -99,11 +96,10 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
     for col, (metric, label) in enumerate((("test_wa", "worst-group acc"),
                                            ("test_ba", "balanced acc"))):
       ax = axes[row][col]
-      for i, m in enumerate(FIG3_MODES):
+      for i, m in enumerate(MODES):
         xs, ys, es = [], [], []
         for xi, r in zip(x, ratios):
-          s = sel.get(Cell(condition, d, r, m, "erm"))
-          st = s.metric(metric) if s else None
+          st = agg.average(sel, [Cell(condition, d, r, m, "erm")], metric)
           if st is not None:
             xs.append(xi + (i - 1.5) * 0.04)
             ys.append(100 * st.mean)
@@ -118,7 +114,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
       ax.set_title(f"{d}: {label}")
       ax.grid(alpha=0.3)
   fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center",
-             ncol=len(FIG3_MODES), fontsize=8)
+             ncol=len(MODES), fontsize=8)
   _save(plt, fig, "Figure 3: modes with ERM (mean ± sample std over seeds)",
         path)
   return True
@@ -129,7 +125,7 @@ def figure4_values(sel: dict[Cell, Selection], condition: tuple, metric: str
   """``{(method, mode): average over datasets and ratios}``."""
   dr = agg.datasets_and_ratios(sel, condition)
   return {(meth, m): agg.average(sel, _cells(condition, dr, m, meth), metric)
-          for meth in FIG4_METHODS for m in FIG4_MODES}
+          for meth in FIG4_METHODS for m in MODES}
 
 
 def figure4_table(sel: dict[Cell, Selection], condition: tuple) -> str:
@@ -137,10 +133,10 @@ def figure4_table(sel: dict[Cell, Selection], condition: tuple) -> str:
   for metric, label in (("test_wa", "worst-group accuracy"),
                         ("test_ba", "balanced accuracy")):
     values = figure4_values(sel, condition, metric)
-    rows = [[NAMES[meth]] + [agg.fmt(values[(meth, m)]) for m in FIG4_MODES]
+    rows = [[NAMES[meth]] + [agg.fmt(values[(meth, m)]) for m in MODES]
             for meth in FIG4_METHODS]
     parts.append(f"Test {label}:\n\n" + _table(
-        ["SD-Free \\ SD-Aug"] + [NAMES[m] for m in FIG4_MODES], rows))
+        ["SD-Free \\ SD-Aug"] + [NAMES[m] for m in MODES], rows))
   return "\n\n".join(parts)
 
 
@@ -149,14 +145,13 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
                                                            "test_ba")}
   if all(v is None for vs in values.values() for v in vs.values()):
     return False
-  import numpy as np  # pylint: disable=g-import-not-at-top
   plt = results_lib.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for ax, (metric, label) in zip(axes, (("test_wa", "worst-group acc"),
                                         ("test_ba", "balanced acc"))):
-    grid = np.full((len(FIG4_METHODS), len(FIG4_MODES)), np.nan)
+    grid = np.full((len(FIG4_METHODS), len(MODES)), np.nan)
     for i, meth in enumerate(FIG4_METHODS):
-      for j, m in enumerate(FIG4_MODES):
+      for j, m in enumerate(MODES):
         st = values[metric][(meth, m)]
         if st is not None:
           grid[i, j] = 100 * st.mean
@@ -167,7 +162,7 @@ def figure4(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
                 color="black" if st is None or st.mean > 0.6 else "white")
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100)
-    ax.set_xticks(range(len(FIG4_MODES)), [NAMES[m] for m in FIG4_MODES])
+    ax.set_xticks(range(len(MODES)), [NAMES[m] for m in MODES])
     ax.set_yticks(range(len(FIG4_METHODS)), [NAMES[m] for m in FIG4_METHODS])
     ax.set_xlabel("SD-Aug")
     ax.set_ylabel("SD-Free")
@@ -199,8 +194,7 @@ REAL_SYN = (("test_wa", "real WA"), ("test_ba", "real BA"),
 
 
 def conditions_table(sel: dict[Cell, Selection]) -> str:
-  """Cells run under several conditions (e.g. ``benchmark.strength``), one
-  column pair per condition."""
+  """Cells run under several conditions, one column pair per condition."""
   conds = agg.conditions(sel)
   base: dict[tuple, set] = {}
   for c in sel:
@@ -213,11 +207,9 @@ def conditions_table(sel: dict[Cell, Selection]) -> str:
       f"{_condition_label(c)} {m}" for c in conds for m in ("WA", "BA")]
   rows = []
   for d, r, mode, method in keys:
-    row = [d, _ratio_label(r), mode, method]
-    for c in conds:
-      s = sel.get(Cell(c, d, r, mode, method))
-      row += [agg.fmt(s.metric(k) if s else None) for k in ("test_wa", "test_ba")]
-    rows.append(row)
+    rows.append([d, _ratio_label(r), mode, method] + [
+        agg.fmt(agg.average(sel, [Cell(c, d, r, mode, method)], k))
+        for c in conds for k in ("test_wa", "test_ba")])
   return _table(header, rows)
 
 
