@@ -1,13 +1,9 @@
 """The sweep engine: a grid of runs, each in its own sub-workdir; rerun to resume.
 
-docs/experiments.md ("Sweep configs") describes the sweep config file
-(``config``, ``fixed``, ``grid``, ``unnamed``), the run folders
-(``{workdir}/runs/{name}``), the shared folders (``{workdir}/shared/``: real
-data, synthetic images and every run's stages, so FFR's stage 1 is trained once
-for all methods), skipping and resuming, failures and shards. Here:
-:func:`expand` (a sweep config to its runs), :func:`shard`, :func:`prepare`,
-:func:`run_sweep`, and what the commands do: :func:`sweep_command`
-(``ffr_jax.sweep``) and :func:`train_command` (``ffr_jax.main``).
+docs/experiments.md ("Sweep configs") describes sweep configs, the run folders
+(``{workdir}/runs/{name}``), the shared folders (``{workdir}/shared/``: data,
+synthetic images, stages), resuming, failures and shards. The commands' work:
+:func:`sweep_command` (``ffr_jax.sweep``) and :func:`train_command` (``ffr_jax.main``).
 """
 
 from __future__ import annotations
@@ -56,25 +52,14 @@ def format_value(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One run of a sweep.
+  """One run of a sweep."""
 
-  Attributes:
-    name: its sub-workdir under ``{workdir}/runs``, from its grid values.
-    config_path: the run config file (``path[:arg]``).
-    overrides: every ``--config.key=value`` of the run, in command order
-      (fixed settings, grid values, then the shared folders).
-    config: the run's full config (overrides applied).
-    run_dir: its workdir.
-    unit: the RunSpec's unit (its first stage, planned from the settings):
-      runs that share a stage have one unit, and a shard takes whole units.
-  """
-
-  name: str
-  config_path: str
-  overrides: tuple[tuple[str, Any], ...]
-  config: ml_collections.ConfigDict
+  name: str  # its sub-workdir under {workdir}/runs, from its grid values
+  config_path: str  # path[:arg]
+  overrides: tuple[tuple[str, Any], ...]  # fixed, grid, then shared folders
+  config: ml_collections.ConfigDict  # overrides applied
   run_dir: str
-  unit: str
+  unit: str  # the RunSpec's unit: a shard takes whole units
 
   def command(self, python: str = "python") -> list[str]:
     """The ``ffr_jax.main`` command that trains this run on its own."""
@@ -148,17 +133,8 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str,
            base: ml_collections.ConfigDict | None = None) -> list[Run]:
   """The runs of a sweep config, in grid order, without duplicates.
 
-  Args:
-    sweep: ``config`` (the run config file), ``fixed``, ``grid`` and
-      optionally ``unnamed`` (docs/experiments.md).
-    workdir: the sweep's folder.
-    base: the run config itself, when the caller has it already (``main``
-      with comma lists); else ``sweep.config`` is loaded.
-
-  Raises:
-    ValueError: a run's mode or method is a list, a value cannot name a
-      folder, or one run's folder would hold another's.
-    KeyError: a grid or fixed key is not a key of the run config.
+  ``base``: the run config, when the caller has it (``main`` with comma
+  lists); else ``sweep.config`` is loaded.
   """
   workdir = os.path.abspath(workdir)
   shared = os.path.join(workdir, SHARED_DIR)
@@ -216,13 +192,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard(runs: Sequence[Run], index: int, count: int) -> list[Run]:
-  """The runs of shard ``index`` of ``count``, in sweep order.
-
-  Runs sharing a stage 1 form one unit, so a stage 1 is trained by one shard
-  only; units go greedily (largest first, ties by first run) to the shard
-  with the fewest runs so far (ties to the lowest index). Deterministic: the
-  same sweep always gives the same shards.
-  """
+  """The runs of shard ``index`` of ``count``, in sweep order: whole units,
+  greedily (largest first) to the shard with the fewest runs; deterministic."""
   units: dict[str, list[int]] = {}
   for i, r in enumerate(runs):
     units.setdefault(r.unit, []).append(i)
@@ -246,10 +217,8 @@ class Outcome:
 
 
 def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> None:
-  """Runs ``run.command()`` with output appended to ``{run_dir}/sweep.log``.
-
-  ``should_stop`` is unused: the scheduler's signal reaches the process group.
-  """
+  """Runs ``run.command()``, output appended to ``{run_dir}/sweep.log`` (a
+  signal reaches the child through the process group)."""
   del should_stop, state
   os.makedirs(run.run_dir, exist_ok=True)
   with open(os.path.join(run.run_dir, "sweep.log"), "a") as log:
@@ -264,11 +233,8 @@ def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> Non
 
 def run_in_process(run: Run, should_stop=None, state: dict | None = None
                    ) -> None:
-  """Trains ``run`` in this process (no interpreter or JAX start-up per run).
-
-  ``state`` (one dict for the runs of one sweep) keeps the last run's data for
-  the next run that reads the same.
-  """
+  """Trains ``run`` in this process; ``state`` keeps the last run's data for
+  the next run of the sweep that reads the same."""
   try:
     with run_lib.owned_workdir(run.run_dir) as lock:
       run_lib.train_and_evaluate(run.config, run.run_dir,
@@ -300,11 +266,9 @@ def execute(runs: Sequence[Run], executor: str = "subprocess",
             ) -> list[Outcome]:
   """Runs every unfinished run in order; a failure is recorded, not raised.
 
-  With a ``guard``, a stop signal ends the sweep after the current run's
-  checkpoint (in-process runs stop after their current step; a subprocess
-  run gets the signal too when the scheduler signals the process group):
-  :class:`~ffr_jax.lifecycle.Preempted` is raised, and the stopped run is
-  no failure.
+  A stop signal (``guard``) ends the sweep with
+  :class:`~ffr_jax.lifecycle.Preempted` after the current run's checkpoint;
+  the stopped run is no failure.
   """
   how = EXECUTORS.get(executor)
   state: dict = {}  # shared by the runs of this call (in-process data reuse)
@@ -347,12 +311,8 @@ def _raise_if_stopped(guard: lifecycle.PreemptionGuard | None, run: Run) -> None
 
 
 def prepare(runs: Sequence[Run], log=print) -> None:
-  """Renders and generates the shared data of ``runs`` (no training).
-
-  One pass per data identity and folders: the real data is rendered (built-in
-  benchmark) and the synthetic images every run's mode needs are generated
-  (built-in generator), including the held-out synthetic test set.
-  """
+  """Prepares the shared data of ``runs`` without training: one pass per
+  data key (rendered real data, generated synthetic and synthetic test sets)."""
   groups: dict[str, list[Run]] = {}
   for r in runs:
     groups.setdefault(spec_lib.data_key(r.config), []).append(r)
@@ -406,12 +366,8 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
 
 def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
               log=None) -> list[Outcome]:
-  """Runs the unfinished ``runs`` and records the outcomes in sweep.json.
-
-  Each run's folder has one owner (a lock, taken by the run), so shards may
-  run side by side; SIGTERM or Ctrl-C stops the sweep cleanly after the
-  current step (in-process) or run (subprocesses).
-  """
+  """Runs the unfinished ``runs`` and records the outcomes in sweep.json;
+  shards may run side by side (each run's folder has one owner)."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   log(f"Sweep: {len(runs)} runs, {sum(r.finished() for r in runs)} finished "
       "earlier.")

@@ -49,11 +49,7 @@ class RunMismatchError(ValueError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks every value a run reads before anything is written.
-
-  Raises:
-    ValueError: the first bad value, with what was expected.
-  """
+  """Checks every value a run reads before anything is written."""
   check_one_run(config)
   compose_lib.MODES.get(str(config.mode))
   definition = datasets.get_dataset(str(config.data.name))
@@ -200,11 +196,8 @@ def pretrained_variables(config: ml_collections.ConfigDict, model):
 
 
 def _finished_results(workdir: str, fingerprint: str) -> dict | None:
-  """The results of this very run if it finished earlier, else None.
-
-  Raises:
-    RunMismatchError: the workdir holds a finished run with other settings.
-  """
+  """The results of this very run if it finished earlier, else None; another
+  run's are a :class:`RunMismatchError`."""
   path = os.path.join(workdir, results_lib.RESULTS_FILE)
   if not os.path.isfile(path):
     return None
@@ -251,17 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def train_checked(config: ml_collections.ConfigDict, workdir: str,
                   should_stop=None, reuse_data: dict | None = None) -> dict:
-  """Trains the stages of one mode x method and writes ``results.json``.
-
-  Args:
-    config: from :func:`check_run` (one mode, one method).
-    should_stop: ``should_stop(step) -> bool``, a preemption guard's check.
-    reuse_data: the previous run's data, to reuse when it is the same
-      (``reuse`` of :func:`load_run_data`).
-
-  Returns:
-    The ``results.json`` dict; a finished run's, unchanged.
-  """
+  """Trains one mode x method (``config`` from :func:`check_run`) and
+  writes ``results.json``; a finished run's results come back unchanged."""
   maybe_initialize_distributed()
   mode, method_name = str(config.mode), str(config.method)
   data = load_run_data(config, [mode], reuse_data)
