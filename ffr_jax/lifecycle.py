@@ -355,10 +355,15 @@ class WorkdirLock:
 
   def _is_enabled(self) -> bool:
     if self._enabled is None:
-      # Without jax imported, jax.distributed was not initialized: a single
-      # process, which is process 0.
+      # Process 0 of a jax.distributed job, or the only process. Asked of the
+      # distributed state, not jax.process_index(), which would start the
+      # backend (a subprocess sweep's parent must leave the devices alone).
       jax = sys.modules.get("jax")
-      self._enabled = jax is None or jax.process_index() == 0
+      if jax is None:
+        self._enabled = True
+      else:
+        from jax._src import distributed  # pylint: disable=g-import-not-at-top
+        self._enabled = distributed.global_state.process_id == 0
     return self._enabled
 
   def _why_stale(self, owner: _Owner | None) -> str | None:
