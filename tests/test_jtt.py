@@ -60,3 +60,17 @@ def test_jtt_and_afr_run_with_every_mode_and_record_what_they_did(tmp_path):
     assert a["afr"]["gamma"] in a["afr"]["gamma_grid"]
     assert a["afr"]["erm_size"] + a["afr"]["heldout_size"] == j["jtt"]["train_size"]
     assert a["selection"]["source"] == "val"
+
+
+@pytest.mark.slow
+def test_stop_checks_see_step_ids_that_only_grow_across_the_programme(tmp_path):
+  # JAX's multi-host preemption sync point needs them: stages, the error-set
+  # pass between them, and DFR-style after steps all continue one count.
+  from ffr_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config_file(f"{ROOT}/configs/demo.py:smoke")
+  config_lib.apply_overrides(config, [("mode", "ffr"), ("method", "jtt")])
+  seen = []
+  run_lib.train_and_evaluate(config, str(tmp_path),
+                             should_stop=lambda step: seen.append(step) or False)
+  assert seen == sorted(seen) and len(seen) > 30

@@ -76,14 +76,14 @@ class Context:
   variables: dict[str, Any]       # a plan's ``init`` -> those variables
   results: dict[str, Any]         # stage name -> StageResult
   details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> results.json
-  step: int = 0  # the last step id used; after-stage work continues from it
+  step: int = 0  # the next free step id (JAX's multi-host preemption sync
+  # point wants ids that only grow, across stages and the steps between them)
 
   def stop_check(self, done: int = 0) -> bool:
-    """The run's stop check for after-stage work (each call the next step id:
-    JAX's multi-host preemption sync point wants ids that only grow)."""
+    """The run's stop check for work outside a stage's steps."""
     del done
     self.step += 1
-    return self.should_stop(self.step)
+    return self.should_stop(self.step - 1)
 
 
 @dataclasses.dataclass(frozen=True)

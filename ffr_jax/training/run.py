@@ -219,7 +219,6 @@ def _train_stages(ctx: Context, writer: MetricWriter) -> None:
   method = get_method(ctx.spec.method)
   # Stage steps restart at 0; JAX's multi-host preemption sync point expects
   # step ids that only grow: each stage's ids start after the previous one's.
-  first_id = 0
   for plan in ctx.spec.stages:
     if plan.examples is None:  # built from an earlier stage (JTT's error set)
       plan = dataclasses.replace(plan, examples=method.derive(plan, ctx))
@@ -228,9 +227,8 @@ def _train_stages(ctx: Context, writer: MetricWriter) -> None:
       result, variables = stage_lib.run_stage(
           plan, ctx.model, list(ctx.spec.evals), ctx.shardings, writer,
           stage_dir, ctx.options, init_variables=ctx.variables[plan.init],
-          should_stop=lambda step, first=first_id: ctx.should_stop(first + step))
-    first_id += result.history[-1]["step"] + 1
-    ctx.step = first_id
+          should_stop=lambda step, first=ctx.step: ctx.should_stop(first + step))
+    ctx.step += result.history[-1]["step"] + 1
     ctx.variables[f"stage:{plan.fingerprint}"] = variables
     ctx.results[plan.name] = result
 
