@@ -21,7 +21,7 @@ AUTHORS_LR = -1.0
 _AUTHORS_TRAIN_LR = {"asb": 1e-4}
 
 # Settings that change speed, logging or where files go, never a result: a
-# stage's plan leaves them out (ffr_jax.training.plan).
+# stage's plan leaves them out (ffr_jax.training.spec).
 SPEED_ONLY_KEYS = frozenset({
     "data.verify_images", "data.cache_images", "data.num_workers",
     "generate.batch_size", "model.conv1x1_as_matmul",

@@ -484,8 +484,13 @@ def owned_folder(path: str, what: str, poll: float = 0.2):
       lock.acquire()
       break
     except WorkdirBusyError:
+      owner = _Owner.parse(_read(lock.path))
+      if owner is not None and owner.pid == os.getpid() and (
+          owner.host, owner.boot_id) == (_machine()["host"], _machine()["boot_id"]):
+        raise ValueError(f"{path} is already held by this process (for "
+                         "another purpose): give the run, its data and its "
+                         "synthetic images folders of their own.") from None
       if said is None or time.monotonic() - said >= WAIT_LOG_EVERY:
-        owner = _Owner.parse(_read(lock.path))
         logging.info("Waiting for %s to finish %s in %s.",
                      owner.describe() if owner else "another process", what, path)
         said = time.monotonic()

@@ -54,3 +54,8 @@ def test_the_refit_pulls_toward_the_erm_head_by_lambda():
   kernels, _ = afr.fit_heads(emb, y, w, jnp.asarray([0.0, 5.0]), k0, b0, 0.1, 50)
   free, pulled = (float(jnp.abs(k).sum()) for k in kernels)
   assert free > 5 * pulled > 0  # lambda holds the head near the ERM head
+
+
+def test_afr_refuses_non_finite_settings():
+  with pytest.raises(ValueError, match="finite"):
+    _plans(_config(mode="none", method="afr", **{"afr.lr": float("inf")}))

@@ -125,3 +125,12 @@ def test_analysis_of_a_damaged_checkpoint_is_one_line_and_moves_nothing(runs):
         str(folder), models.create_model("tiny", 2), plan.image_size,
         plan.seed, make_shardings())
   assert (folder / "checkpoints" / "6").is_dir()
+
+
+def test_a_refused_read_is_the_disks_fault_not_damage():
+  from ffr_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
+  text = ('PERMISSION_DENIED: Error opening "/w/ckpt/6/state/d/x" '
+          "[os_error_code='13']")
+  wrapped = ValueError('Failed writing: "/w/ckpt/6/state/d/x" ' + text)
+  with pytest.raises(ValueError):
+    checkpoints._raise_disk_error(wrapped)  # pylint: disable=protected-access

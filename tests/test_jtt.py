@@ -74,3 +74,10 @@ def test_stop_checks_see_step_ids_that_only_grow_across_the_programme(tmp_path):
   run_lib.train_and_evaluate(config, str(tmp_path),
                              should_stop=lambda step: seen.append(step) or False)
   assert seen == sorted(seen) and len(seen) > 30
+
+
+@pytest.mark.parametrize("mode", ["stage1_only", "stage2_then_1"])
+@pytest.mark.parametrize("method", ["jtt", "afr"])
+def test_jtt_and_afr_refuse_modes_that_end_with_synthetic_pretraining(mode, method):
+  with pytest.raises(ValueError, match="synthetic pretraining"):
+    _plans(_config(mode=mode, method=method))

@@ -148,3 +148,10 @@ def test_shards_updating_sweep_json_at_once_lose_no_row(tmp_path):
   rows = json.load(open(tmp_path / "sweep.json"))["runs"]
   assert sorted(r["name"] for r in rows) == sorted(shards[0] + shards[1])
   assert {r["outcome"]["seconds"] for r in rows} == {19.0}
+
+
+def test_a_process_never_waits_for_its_own_folder(tmp_path):
+  with lifecycle.owned_folder(str(tmp_path), "the run"):
+    with pytest.raises(ValueError, match="already held by this process"):
+      with lifecycle.owned_folder(str(tmp_path), "its synthetic images"):
+        pass

@@ -239,3 +239,9 @@ def test_every_setting_the_loaded_splits_depend_on_names_the_data():
     config_lib.apply_overrides(c, [(key, value)])
     assert plan_lib.data_identity(c).real != base.real, key
     assert plan_lib.data_identity(c).pool == base.pool, key
+
+
+def test_runs_that_need_other_synthetic_counts_never_share_loaded_data():
+  a = _config(**{"data.synthetic_per_group": 10})
+  b = _config(**{"data.synthetic_per_group": 50})
+  assert plan_lib.data_key(a) != plan_lib.data_key(b)

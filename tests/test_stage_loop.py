@@ -286,3 +286,12 @@ def test_a_stop_during_the_first_compilation_runs_no_step(tmp_path, monkeypatch)
         str(tmp_path / "cut"), OPTIONS, should_stop=should_stop)
   assert stopped.value.step == 0
   assert events == ["compiled", "check 0"]
+
+
+def test_a_damaged_stage_result_is_rebuilt_from_the_checkpoints(tmp_path):
+  first, _ = _run(tmp_path, _plan(tmp_path, epochs=1))
+  path = tmp_path / "train" / stage_lib.RESULT_FILE
+  path.write_text('{"best_epoch": 1, "metr')  # torn
+  again, _ = _run(tmp_path, _plan(tmp_path, epochs=1))
+  assert again.metrics == first.metrics and again.history == first.history
+  assert (tmp_path / "train" / (stage_lib.RESULT_FILE + ".damaged")).exists()

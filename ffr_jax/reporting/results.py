@@ -75,8 +75,12 @@ def read_results(run_dir: str) -> dict:
   path = os.path.join(run_dir, RESULTS_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No finished run in {run_dir} (no {RESULTS_FILE}).")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is damaged ({e}); move it aside and rerun the "
+                     "training command to rebuild it.") from None
 
 
 def summary_rows(runs: dict[str, dict]) -> list[dict]:

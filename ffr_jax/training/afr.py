@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ffr_jax.training import jtt as jtt_lib
 from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
 from ffr_jax.training.methods import ERM, AfterResult, Context, Method
@@ -35,6 +37,10 @@ def _settings(config) -> dict:
 
 def _check(config) -> None:
   s = _settings(config)
+  numbers = [s["heldout"], s["lr"], *s["gamma_grid"], *s["lambda_grid"]]
+  if not all(math.isfinite(x) for x in numbers):
+    raise ValueError("config.afr.*: heldout, lr and the gamma and lambda grids "
+                     "must be finite numbers.")
   if not 0 < s["heldout"] < 1:
     raise ValueError(f"config.afr.heldout={s['heldout']} must lie in (0, 1): "
                      "the share of the training set held out for reweighting.")
@@ -55,7 +61,7 @@ def split(n: int, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _plan(plans: tuple, config) -> tuple:
   """The mode's last stage: ERM on the ERM part, its last epoch kept."""
-  last, s = plans[-1], _settings(config)
+  last, s = jtt_lib.method_stage(plans, "afr"), _settings(config)
   examples = last.examples
   if examples is not None:
     examples = examples.take(split(len(examples), s["heldout"], s["split_seed"])[0])
@@ -101,6 +107,9 @@ def _after(ctx: Context) -> AfterResult:
   variables = last_layer.last_variables(ctx)
   train = ctx.spec.mode_stages[-1].train
   held = train.take(split(len(train), s["heldout"], s["split_seed"])[1])
+  if not len(held):
+    raise ValueError(f"AFR: config.afr.heldout={s['heldout']} holds out no "
+                     f"example of {len(train)}; raise it.")
   kernel0, bias0 = last_layer.head(variables)
   emb = last_layer.context_embed(ctx, variables, held)
   p_true = np.asarray(jax.nn.softmax(emb @ kernel0 + bias0))[

@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from ffr_jax import lifecycle
 from jax.experimental import multihost_utils
 
 from ffr_jax.training import state as state_lib
@@ -127,7 +129,10 @@ def _step_path(mgr, step: int) -> str:
 
 
 def _raise_disk_error(e: BaseException) -> None:
-  """Re-raises the OSError under ``e`` when it is the disk's fault."""
+  """Re-raises ``e`` when the disk refused it (space, permissions, I/O),
+  also as tensorstore's text: that is no damage to move aside."""
+  if lifecycle.disk_refusal(e) is not None:
+    raise e
   while e is not None:
     if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
       raise e

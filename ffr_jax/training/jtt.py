@@ -37,7 +37,7 @@ def _check(config) -> None:
 
 def _plan(plans: tuple, config) -> tuple:
   """The mode's last stage becomes identification, then the final training."""
-  last = plans[-1]
+  last = method_stage(plans, "jtt")
   identify = dataclasses.replace(
       last, name=last.name + ID_SUFFIX, method=ERM, method_settings=(),
       epochs=_settings(config)["epochs_id"], selection=spec_lib.SELECT_LAST,
@@ -47,6 +47,15 @@ def _plan(plans: tuple, config) -> tuple:
       data=spec_lib.json_digest({"error_set_of": identify.fingerprint,
                                  "upsample": _settings(config)["upsample"]}))
   return (*plans[:-1], identify, final)
+
+
+def method_stage(plans: tuple, method: str):
+  """The last stage, which the method trains (not a synthetic pretraining)."""
+  if plans[-1].method != method:
+    raise ValueError(f"method {method} acts on the stage trained on real data; "
+                     f"this mode ends with {plans[-1].name}, a synthetic "
+                     "pretraining: use mode none, usb, asb, ffr or ffr_biased.")
+  return plans[-1]
 
 
 def error_set(pred: np.ndarray, train: Examples) -> np.ndarray:

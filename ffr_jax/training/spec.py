@@ -276,6 +276,7 @@ def data_key(config: ml_collections.ConfigDict, modes: Sequence[str] = ()) -> st
   """Equal for runs that read the same data from the same folders."""
   return json_digest({
       "data": dataclasses.asdict(data_identity(config)), "modes": sorted(modes),
+      "synthetic_per_group": int(config.data.synthetic_per_group),
       "roots": [config.data.root, config.data.synthetic_root,
                 config.eval.synthetic_test_root]}, 64)
 

@@ -177,8 +177,15 @@ def _finished(plan: StagePlan, model, shardings: Shardings, stage_dir: str
   path = os.path.join(stage_dir, RESULT_FILE)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    finished = StageResult(**json.load(f))
+  try:
+    with open(path) as f:
+      finished = StageResult(**json.load(f))
+  except (ValueError, TypeError) as e:
+    logging.warning("%s: %s is damaged (%s); rebuilding it from the "
+                    "checkpoints.", plan.name, path, e)
+    if jax.process_index() == 0:
+      os.replace(path, path + ".damaged")
+    return None
   _check_fingerprint(finished.fingerprint, plan, finished.plan, stage_dir)
   try:
     best = restore_best_variables(stage_dir, model, plan.image_size,
@@ -186,7 +193,8 @@ def _finished(plan: StagePlan, model, shardings: Shardings, stage_dir: str
   except (checkpoints.DamagedCheckpoint, FileNotFoundError) as e:
     logging.warning("%s: finished earlier, but %s; retraining it.",
                     plan.name, e.args[0].partition("; rerun")[0])
-    os.remove(path)
+    if jax.process_index() == 0:
+      os.remove(path)
     return None
   logging.info("%s: finished earlier in %s; reusing it.", plan.name, stage_dir)
   return finished, best
