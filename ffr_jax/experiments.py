@@ -332,8 +332,10 @@ def write_manifest(workdir: str, runs: Sequence[Run],
   are kept as they are: shards update it one at a time.
   """
   path = os.path.join(workdir, "sweep.json")
+  if lifecycle.process_index() != 0:
+    return path
   with lifecycle.owned_folder(os.path.join(workdir, MANIFEST_LOCK),
-                              "updating sweep.json"):
+                              "updating sweep.json", all_hosts=False):
     previous = {}
     if os.path.isfile(path):
       with open(path) as f:

@@ -358,12 +358,7 @@ class WorkdirLock:
       # Process 0 of a jax.distributed job, or the only process. Asked of the
       # distributed state, not jax.process_index(), which would start the
       # backend (a subprocess sweep's parent must leave the devices alone).
-      jax = sys.modules.get("jax")
-      if jax is None:
-        self._enabled = True
-      else:
-        from jax._src import distributed  # pylint: disable=g-import-not-at-top
-        self._enabled = distributed.global_state.process_id == 0
+      self._enabled = process_index() == 0
     return self._enabled
 
   def _why_stale(self, owner: _Owner | None) -> str | None:
@@ -474,16 +469,24 @@ WAIT_LOG_EVERY = 30.0
 
 
 @contextlib.contextmanager
-def owned_folder(path: str, what: str, poll: float = 0.2):
+def owned_folder(path: str, what: str, poll: float = 0.2,
+                 while_waiting: Callable[[], None] | None = None,
+                 all_hosts: bool = True):
   """Holds shared folder ``path`` (host 0) while this process writes ``what``
   there; a live owner is waited for (its result is then reused), a dead one's
-  lock taken over."""
+  lock taken over.
+
+  ``while_waiting()`` runs at every poll (a stop check may raise from it);
+  with ``all_hosts`` the hosts of a multi-host job meet once host 0 holds it.
+  """
   lock, said = WorkdirLock(path), None
   while True:
     try:
       lock.acquire()
       break
     except WorkdirBusyError:
+      if while_waiting is not None:
+        while_waiting()
       owner = _Owner.parse(_read(lock.path))
       if owner is not None and owner.pid == os.getpid() and (
           owner.host, owner.boot_id) == (_machine()["host"], _machine()["boot_id"]):
@@ -496,9 +499,30 @@ def owned_folder(path: str, what: str, poll: float = 0.2):
         said = time.monotonic()
       time.sleep(poll)
   try:
+    if all_hosts and process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"ffr_jax:owned:{path}")
     yield lock
   finally:
     lock.release()
+
+
+def _distributed_state():
+  """jax.distributed's state, read without starting a backend (None without jax)."""
+  if sys.modules.get("jax") is None:
+    return None
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state
+
+
+def process_index() -> int:
+  state = _distributed_state()
+  return 0 if state is None else int(state.process_id)
+
+
+def process_count() -> int:
+  state = _distributed_state()
+  return 1 if state is None else int(state.num_processes)
 
 
 def _jax_preemption_service_running() -> bool:

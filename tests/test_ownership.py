@@ -155,3 +155,34 @@ def test_a_process_never_waits_for_its_own_folder(tmp_path):
     with pytest.raises(ValueError, match="already held by this process"):
       with lifecycle.owned_folder(str(tmp_path), "its synthetic images"):
         pass
+
+
+def _hold(folder: str, seconds: float, ready) -> None:
+  with lifecycle.owned_folder(folder, "a long write"):
+    ready.set()
+    time.sleep(seconds)
+
+
+def test_a_stop_request_ends_the_wait_for_another_owner(tmp_path):
+  ctx = multiprocessing.get_context("spawn")
+  ready = ctx.Event()
+  holder = ctx.Process(target=_hold, args=(str(tmp_path), 30, ready))
+  holder.start()
+  try:
+    assert ready.wait(60)
+    polls = []
+
+    def stop_after_three():
+      polls.append(1)
+      if len(polls) == 3:
+        raise KeyboardInterrupt  # what a stop check raises instead
+
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+      with lifecycle.owned_folder(str(tmp_path), "the stage", poll=0.01,
+                                  while_waiting=stop_after_three):
+        pass
+    assert time.time() - start < 5  # not the 30 s the owner holds it
+  finally:
+    holder.kill()
+    holder.join()

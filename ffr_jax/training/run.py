@@ -223,7 +223,14 @@ def _train_stages(ctx: Context, writer: MetricWriter) -> None:
     if plan.examples is None:  # built from an earlier stage (JTT's error set)
       plan = dataclasses.replace(plan, examples=method.derive(plan, ctx))
     stage_dir = ctx.spec.stage_dir(plan)
-    with lifecycle.owned_folder(stage_dir, f"stage {plan.name}"):
+
+    def stop_waiting(name=plan.name):
+      # One host waits (the others meet it after): a collective check would hang.
+      if lifecycle.process_count() == 1 and ctx.should_stop(ctx.step):
+        raise stage_lib.StageInterrupted(name, ctx.step, 0)
+
+    with lifecycle.owned_folder(stage_dir, f"stage {plan.name}",
+                                while_waiting=stop_waiting):
       result, variables = stage_lib.run_stage(
           plan, ctx.model, list(ctx.spec.evals), ctx.shardings, writer,
           stage_dir, ctx.options, init_variables=ctx.variables[plan.init],
