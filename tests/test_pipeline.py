@@ -137,7 +137,7 @@ def _imbalanced_source() -> pipeline.RecordSource:
       n, 2, 2, 3)
   columns = pipeline.Columns(label=groups // 2, bias=groups % 2,
                              source=np.zeros(n, np.int32), group=groups)
-  return pipeline.array_source(images, columns)
+  return _array_source(images, columns)
 
 
 def _chi_square_vs_uniform(groups: np.ndarray, num_groups: int) -> float:
@@ -296,17 +296,22 @@ def test_worker_processes_give_the_same_batches(examples):
   _assert_same(_collect(make(0).epoch(0)), _collect(make(2).epoch(0)))
 
 
-def test_array_source_serves_images_from_memory(examples):
+def _array_source(images, columns):
+  """A RecordSource over uint8 ``[N, S, S, 3]`` images held in memory."""
+  return pipeline.RecordSource(
+      keys=np.asarray([f"array:{i}" for i in range(len(images))], object),
+      columns=columns, image_size=images.shape[1], cache=np.asarray(images))
+
+
+def test_a_source_of_cached_arrays_serves_the_same_batches(examples):
   images = np.stack([images_lib.decode(p, SIZE) for p in examples.path])
-  source = pipeline.array_source(
+  source = _array_source(
       images, pipeline.Columns.from_examples(examples, SCHEME))
   from_files = pipeline.make_eval_loader(examples, SCHEME, _cfg(), 8,
                                          process_index=0, process_count=1)
   from_memory = pipeline.make_eval_loader(source, None, _cfg(), 8,
                                           process_index=0, process_count=1)
   _assert_same(_collect(from_files), _collect(from_memory))
-  with pytest.raises(ValueError, match="uint8 images"):
-    pipeline.array_source(images.astype(np.float32), source.columns)
 
 
 # ----------------------------------------------------------------------------

@@ -178,21 +178,6 @@ def _with_caches(source: RecordSource, in_memory: bool,
   return source.cached() if in_memory else source
 
 
-def array_source(images: np.ndarray, columns: Columns) -> RecordSource:
-  """A :class:`RecordSource` over uint8 ``[N, S, S, 3]`` images at training size."""
-  images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or (
-      images.shape[1] != images.shape[2]):
-    raise ValueError(
-        f"Expected uint8 images [N, S, S, 3], got {images.dtype} {images.shape}.")
-  if len(columns.label) != len(images):
-    raise ValueError(
-        f"{len(images)} images but {len(columns.label)} rows of labels.")
-  return RecordSource(
-      keys=np.asarray([f"array:{i}" for i in range(len(images))], object),
-      columns=columns, image_size=images.shape[1], cache=images)
-
-
 def _threads(num_threads: int | None) -> int:
   # Decoding is mostly GIL-free C code; two threads per core hides file I/O.
   return num_threads or max(2, 2 * (os.cpu_count() or 1))

@@ -88,31 +88,20 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """What a method changes; everything else is shared.
-
-  Attributes:
-    sampler: ``"shuffle"`` or ``"balanced"`` (group-balanced resampling).
-    make_loss: ``make_loss(settings, group_sizes)`` ->
-      ``(per_example_loss, group, q) -> (loss, new_q)``.
-    settings: what the stages it trains read from the config (hashed into
-      their plans).
-    plan: ``plan(plans, config) -> plans``: the mode's plans, rewritten.
-    derive: ``derive(plan, ctx) -> Examples`` for a plan whose examples come
-      from an earlier stage (its ``data`` names that stage).
-    after: ``after(ctx) -> AfterResult``, run after the last stage.
-    after_settings: what ``after`` reads (hashed into the run's fingerprint).
-    check: raises ValueError for a bad setting, before any work.
-  """
+  """What a method changes; everything else is shared."""
 
   name: str
-  sampler: str = SHUFFLE
+  sampler: str = SHUFFLE  # or BALANCED (group-balanced resampling)
+  # (settings, group_sizes) -> (per_example_loss, group, q) -> (loss, new_q)
   make_loss: Callable[[dict, np.ndarray], Callable] = mean_loss
+  # What the stages it trains read from the config (hashed into their plans).
   settings: Callable[[Any], dict[str, Any]] = _no_settings
-  plan: Callable[[tuple, Any], tuple] = _same_plans
+  plan: Callable[[tuple, Any], tuple] = _same_plans  # the mode's plans, rewritten
+  # Examples of a plan that come from an earlier stage (its data names it).
   derive: Callable[[Any, Context], Any] | None = None
-  after: Callable[[Context], AfterResult] | None = None
-  after_settings: Callable[[Any], dict[str, Any]] = _no_settings
-  check: Callable[[Any], None] = _no_check
+  after: Callable[[Context], AfterResult] | None = None  # after the last stage
+  after_settings: Callable[[Any], dict[str, Any]] = _no_settings  # hashed too
+  check: Callable[[Any], None] = _no_check  # ValueError for a bad setting
 
 
 def _groupdro_settings(config) -> dict[str, Any]:

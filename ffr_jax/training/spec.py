@@ -1,18 +1,12 @@
 """What a run depends on, computed in one place: ``plan_run(config) -> RunSpec``.
 
-A :class:`StagePlan` holds every setting one stage's result depends on: the
-examples it trains on, the method, optimisation, model, seed, where its
-weights start, and the sets that choose its epoch and fill its metrics. Its
-hash names the stage's folder (``{stages_dir}/{name}-{fingerprint}``), so a
-stage is trained once for every run that plans it and a folder is never read
-for another plan. The :class:`RunSpec` adds the method's after-stage step and
-the identity of the run's data, which the dataset and generator definitions
-declare (``DatasetDef.keys``, ``GeneratorDef.keys``).
-
-Planned from the config alone (validation, sweep expansion), examples are
-named by those declared settings; with loaded data, by content
-(:func:`examples_digest`). Settings that change speed, never results, are
-:class:`LoopOptions`.
+A :class:`StagePlan` holds every setting one stage's result depends on, the
+sets that evaluate it included; its hash names the stage's folder
+(``{stages_dir}/{name}-{fingerprint}``), so a stage is trained once for every
+run that plans it. The :class:`RunSpec` adds the method's after-stage step and
+the run's data identity, declared by the dataset and generator definitions.
+Planned from the config alone, examples are named by those settings; with
+loaded data, by content. Speed-only settings are :class:`LoopOptions`.
 """
 
 from __future__ import annotations
@@ -52,9 +46,8 @@ SELECT_BEST, SELECT_LAST = "best_val", "last"
 class StagePlan:
   """Every setting one stage's result depends on; hashed into its folder name.
 
-  ``data`` names the training examples (a content digest, or before loading a
-  digest of the settings they come from); ``evals`` names the evaluation sets
-  the same way; ``init`` is ``fresh``, ``pretrained:<weights digest>`` or
+  ``data`` and ``evals`` name examples by content (or, before loading, by
+  their settings); ``init`` is ``fresh``, ``pretrained:<weights digest>`` or
   ``stage:<fingerprint>`` of the stage whose selected model it starts from.
   """
 
@@ -148,13 +141,9 @@ class LoopOptions:
 @dataclasses.dataclass(frozen=True)
 class DataIdentity:
   """Digests of the settings a run's data comes from (roots excluded: a folder
-  is where data lives, not what it is).
-
-  ``prepared`` names what a self-contained dataset renders on disk, ``real``
-  the loaded splits, ``pool`` the generated images (a function of seed, group
-  and index, so one pool serves every count), ``synthetic_test`` the held-out
-  synthetic test set ("" without one).
-  """
+  is where data lives, not what it is): what a self-contained dataset renders,
+  the loaded splits, the generated pool (one serves every count), the
+  synthetic test set ("" without one)."""
 
   prepared: str
   real: str
@@ -349,15 +338,8 @@ def eval_sets(splits, synthetic_test: Examples | None) -> tuple[EvalSet, ...]:
 
 def plan_run(config: ml_collections.ConfigDict, data=None, *,
              pretrained: str = FRESH, workdir: str = "") -> RunSpec:
-  """The RunSpec of one mode x method.
-
-  Args:
-    config: one mode and one method.
-    data: the loaded :class:`~ffr_jax.training.run.RunData`; None plans from
-      the settings alone (every value is checked all the same).
-    pretrained: ``init`` of the first stage: ``fresh`` or ``pretrained:<digest>``.
-    workdir: where ``{workdir}/stages`` lives unless ``train.stages_dir`` is set.
-  """
+  """The RunSpec of one mode x method; without ``data`` (a loaded
+  ``run.RunData``) from the settings alone, every value checked all the same."""
   mode, method_name = str(config.mode), str(config.method)
   method = methods_lib.get_method(method_name)
   method.check(config)
