@@ -188,9 +188,8 @@ def pretrained_variables(config: ml_collections.ConfigDict, model):
     return None, spec_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
-  template = jax.device_get(jax.jit(
-      lambda: state_lib.init_variables(model, config.data.image_size,
-                                       config.seed))())
+  template = jax.device_get(state_lib.init_on_device(
+      model, config.data.image_size, config.seed))
   variables = weights_lib.load_torchvision_weights(source, template)
   return variables, f"pretrained:{spec_lib.variables_digest(variables)}"
 
