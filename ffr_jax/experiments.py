@@ -232,8 +232,9 @@ def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> Non
 
 def run_in_process(run: Run, should_stop=None, state: dict | None = None
                    ) -> None:
-  """Trains ``run`` in this process; ``state`` keeps the last run's data for
-  the next run of the sweep that reads the same."""
+  """Trains ``run`` in this process; ``state`` keeps recent runs' data for
+  the later runs of the sweep that read the same (compiled steps are kept by
+  :func:`ffr_jax.training.steps.shared`)."""
   with run_lib.owned_workdir(run.run_dir) as lock:
     run_lib.train_and_evaluate(run.config, run.run_dir,
                                lock.checked(should_stop), state)
