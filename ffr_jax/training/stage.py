@@ -90,6 +90,14 @@ def evaluate(eval_step, variables, loader, num_groups: int,
   return total
 
 
+def _eval_batch(n: int, batch: int, shardings: Shardings) -> int:
+  """``batch``, or for fewer examples their number rounded up to 8 per device:
+  padding costs a full forward pass per row, and no row's prediction depends
+  on the others (``train.eval_batch_size`` is a speed-only key)."""
+  per = 8 * shardings.num_devices
+  return min(batch, max(1, -(-n // per)) * per)
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -212,8 +220,9 @@ class _Trainer:
         plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
         sampler=method.sampler)
     self.eval_loaders = {
-        e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
-                                          options.eval_batch_size)
+        e.name: pipeline.make_eval_loader(
+            e.examples, e.scheme, data_cfg,
+            _eval_batch(len(e.examples), options.eval_batch_size, shardings))
         for e in evals}
     self.steps_per_epoch = self.loader.steps_per_epoch
     self.total_steps = plan.epochs * self.steps_per_epoch
