@@ -22,7 +22,6 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import jax
 import ml_collections
 
 from ffr_jax import config as config_lib
@@ -233,14 +232,12 @@ def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> Non
 
 def run_in_process(run: Run, should_stop=None, state: dict | None = None
                    ) -> None:
-  """Trains ``run`` in this process; ``state`` keeps the last run's data for
-  the next run of the sweep that reads the same."""
-  try:
-    with run_lib.owned_workdir(run.run_dir) as lock:
-      run_lib.train_and_evaluate(run.config, run.run_dir,
-                                 lock.checked(should_stop), state)
-  finally:
-    jax.clear_caches()  # compiled steps of finished runs would pile up
+  """Trains ``run`` in this process; ``state`` keeps recent runs' data for
+  the later runs of the sweep that read the same (compiled steps are kept by
+  :func:`ffr_jax.training.steps.shared`)."""
+  with run_lib.owned_workdir(run.run_dir) as lock:
+    run_lib.train_and_evaluate(run.config, run.run_dir,
+                               lock.checked(should_stop), state)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,12 +63,14 @@ def test_hosts_with_the_same_files_under_other_mounts_agree(monkeypatch):
 
 def test_an_in_process_sweep_loads_each_data_setting_once(tmp_path, monkeypatch):
   """Runs that differ only in method (or seed, lr) reuse the data loaded for
-  the previous run; another mode or bias ratio loads its own."""
+  an earlier run, also after runs of another mode or bias ratio, which load
+  their own."""
   sweep = ml_collections.ConfigDict({
       "config": str(ROOT / "configs" / "demo.py") + ":smoke", "fixed": (),
       "grid": ({"mode": ("none",), "method": ("erm", "groupdro")},
                {"mode": ("usb",), "method": ("erm", "dfr")},
-               {"mode": ("usb",), "method": ("erm",), "data.bias_ratio": (0.95,)})})
+               {"mode": ("usb",), "method": ("erm",), "data.bias_ratio": (0.95,)},
+               {"mode": ("none",), "method": ("dfr",)})})
   runs = experiments.expand(sweep, str(tmp_path))
   loaded, seen = [], []
   real_load = datasets.load_dataset
@@ -83,9 +85,10 @@ def test_an_in_process_sweep_loads_each_data_setting_once(tmp_path, monkeypatch)
         os.path.join(workdir, results_lib.RESULTS_FILE), {})
   monkeypatch.setattr(run_lib, "train_and_evaluate", fake_train)
   outcomes = experiments.execute(runs, "inprocess", log=lambda s: None)
-  assert [o.status for o in outcomes] == ["done"] * 5
+  assert [o.status for o in outcomes] == ["done"] * 6
   assert loaded == [0.99, 0.99, 0.95]
   assert seen[0] is seen[1] and seen[2] is seen[3] and seen[1] is not seen[2]
+  assert seen[5] is seen[0]
   assert seen[0].synthetic is None and seen[2].synthetic is not None
 
 

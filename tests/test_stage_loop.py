@@ -295,3 +295,32 @@ def test_a_damaged_stage_result_is_rebuilt_from_the_checkpoints(tmp_path):
   again, _ = _run(tmp_path, _plan(tmp_path, epochs=1))
   assert again.metrics == first.metrics and again.history == first.history
   assert (tmp_path / "train" / (stage_lib.RESULT_FILE + ".damaged")).exists()
+
+
+def test_stages_alike_share_one_jitted_step_and_others_get_their_own(
+    tmp_path, monkeypatch):
+  """Runs of an in-process sweep compile a step once per setting."""
+  made = []
+  make = steps_lib.make_train_step
+
+  def spy(*args):
+    made.append(args)
+    return make(*args)
+  monkeypatch.setattr(steps_lib, "make_train_step", spy)
+  plan = _plan(tmp_path, epochs=1)
+  first, _ = _run(tmp_path, plan, folder="a")
+  again, _ = _run(tmp_path, plan, folder="b")
+  # The seed lives in the state, not in the step.
+  _run(tmp_path, dataclasses.replace(plan, seed=1), folder="c")
+  assert len(made) == 1
+  assert again.history == first.history
+  _run(tmp_path, dataclasses.replace(plan, lr=1e-2), folder="d")
+  _run(tmp_path, dataclasses.replace(plan, freeze_bn=True), folder="e")
+  assert len(made) == 3
+
+
+def test_a_small_evaluation_set_is_padded_to_8_rows_per_device_only():
+  shardings = make_shardings()
+  per = 8 * shardings.num_devices
+  assert stage_lib._eval_batch(140, 512 * per, shardings) == -(-140 // per) * per  # pylint: disable=protected-access
+  assert stage_lib._eval_batch(10_000, 512 * per, shardings) == 512 * per  # pylint: disable=protected-access

@@ -34,8 +34,8 @@ def embed(model, variables, examples: Examples, scheme: GroupScheme,
   ``options``: the run's :class:`~ffr_jax.training.spec.LoopOptions`;
   ``should_stop(batches_done)`` True after a batch raises :class:`StageInterrupted`.
   """
-  eval_step = steps_lib.make_eval_step(model, scheme.num_groups, shardings,
-                                       with_embeddings=True)
+  eval_step = steps_lib.shared(steps_lib.make_eval_step, model,
+                               scheme.num_groups, shardings, True)
   loader = pipeline.make_eval_loader(examples, scheme,
                                      options.input_config(image_size),
                                      options.eval_batch_size)

@@ -101,9 +101,9 @@ def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
 
   Args:
     config: with resolved roots (:func:`check_run`).
-    reuse: kept between the runs of one in-process sweep: the last data
-      loaded, returned again for the same data identity and folders (loading
-      re-reads every file's bytes).
+    reuse: kept between the runs of one in-process sweep: the data of the
+      last few keys (identity, folders, modes: one per mode in a demo sweep),
+      returned again for the same key (loading re-reads every file's bytes).
   """
   key = spec_lib.data_key(config, modes)
   if reuse is not None and key in reuse:
@@ -125,7 +125,8 @@ def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
                  roots=(config.data.root, config.data.synthetic_root,
                         config.eval.synthetic_test_root))
   if reuse is not None:
-    reuse.clear()
+    if len(reuse) >= 8:  # columns of paths and labels: small
+      del reuse[next(iter(reuse))]
     reuse[key] = data
   return data
 
@@ -188,9 +189,8 @@ def pretrained_variables(config: ml_collections.ConfigDict, model):
     return None, spec_lib.FRESH
   # A real initialisation, not shapes: it supplies the fresh head that
   # replaces ImageNet's 1000-class one.
-  template = jax.device_get(jax.jit(
-      lambda: state_lib.init_variables(model, config.data.image_size,
-                                       config.seed))())
+  template = jax.device_get(state_lib.init_on_device(
+      model, config.data.image_size, config.seed))
   variables = weights_lib.load_torchvision_weights(source, template)
   return variables, f"pretrained:{spec_lib.variables_digest(variables)}"
 

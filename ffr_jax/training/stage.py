@@ -76,7 +76,7 @@ def _abstract_variables(model, image_size: int, seed: int,
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=shardings.replicated),
-      jax.eval_shape(lambda: state_lib.init_variables(model, image_size, seed)))
+      state_lib.init_on_device.eval_shape(model, image_size, seed))
 
 
 def evaluate(eval_step, variables, loader, num_groups: int,
@@ -88,6 +88,14 @@ def evaluate(eval_step, variables, loader, num_groups: int,
                   shardings)
     total = total + eval_step(variables, b)
   return total
+
+
+def _eval_batch(n: int, batch: int, shardings: Shardings) -> int:
+  """``batch``, or for fewer examples their number rounded up to 8 per device:
+  padding costs a full forward pass per row, and no row's prediction depends
+  on the others (``train.eval_batch_size`` is a speed-only key)."""
+  per = 8 * shardings.num_devices
+  return min(batch, max(1, -(-n // per)) * per)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -220,25 +228,34 @@ class _Trainer:
         plan.examples, scheme, data_cfg, plan.batch_size, seed=plan.seed,
         sampler=method.sampler)
     self.eval_loaders = {
-        e.name: pipeline.make_eval_loader(e.examples, e.scheme, data_cfg,
-                                          options.eval_batch_size)
+        e.name: pipeline.make_eval_loader(
+            e.examples, e.scheme, data_cfg,
+            _eval_batch(len(e.examples), options.eval_batch_size, shardings))
         for e in evals}
     self.steps_per_epoch = self.loader.steps_per_epoch
     self.total_steps = plan.epochs * self.steps_per_epoch
     lr = (plan.lr if plan.lr_schedule == "constant" else
           optax.cosine_decay_schedule(plan.lr, max(1, self.total_steps)))
     tx = state_lib.make_optimizer(lr, plan.weight_decay)
-    self.state = state_lib.create_state(
-        model, tx, plan.image_size, scheme.num_groups, plan.seed, shardings,
-        variables=init_variables)
-    self.train_step = steps_lib.make_train_step(
-        model, tx, method.make_loss(dict(plan.method_settings), group_sizes),
+    # What the jitted functions close over (tx, the loss): stages with equal
+    # keys (the runs of an in-process sweep) share them, compiled once.
+    key = (model, plan.image_size, scheme.num_groups, shardings,
+           plan.weight_decay, plan.lr, plan.lr_schedule,
+           self.total_steps if plan.lr_schedule != "constant" else None)
+    self.state = steps_lib.shared(
+        state_lib.state_init, model, tx, plan.image_size, scheme.num_groups,
+        plan.seed, shardings, key=key + (plan.seed,))(init_variables)
+    self.train_step = steps_lib.shared(
+        steps_lib.make_train_step, model, tx,
+        method.make_loss(dict(plan.method_settings), group_sizes),
         steps_lib.StepConfig(num_groups=scheme.num_groups,
                              freeze_bn=plan.freeze_bn),
-        shardings, self.state)
+        shardings, self.state, key=key + (
+            method.make_loss, plan.method_settings, tuple(group_sizes.tolist()),
+            plan.freeze_bn))
     self.eval_scheme = evals[0].scheme
-    self.eval_step = steps_lib.make_eval_step(
-        model, self.eval_scheme.num_groups, shardings)
+    self.eval_step = steps_lib.shared(
+        steps_lib.make_eval_step, model, self.eval_scheme.num_groups, shardings)
     self.best = jax.tree.map(jnp.copy, self.state.variables())
     self.book = _Bookkeeping(history=[], best_epoch=0, best_value=-1.0,
                              wall_seconds=0.0, fingerprint=plan.fingerprint)

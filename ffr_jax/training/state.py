@@ -43,11 +43,15 @@ def init_variables(model, image_size: int, seed: int) -> dict:
           "batch_stats": variables.get("batch_stats", {})}
 
 
-def create_state(model, tx: optax.GradientTransformation, image_size: int,
-                 num_groups: int, seed: int, shardings: Shardings,
-                 variables: dict | None = None) -> TrainState:
-  """Creates the state directly on the mesh, replicated, never as a full host
-  copy; from ``variables`` (pretrained or a previous stage) if given."""
+# Jitted with the settings static: runs alike share the compiled init.
+init_on_device = jax.jit(init_variables, static_argnums=(0, 1, 2))
+
+
+def state_init(model, tx: optax.GradientTransformation, image_size: int,
+               num_groups: int, seed: int, shardings: Shardings):
+  """Jitted ``init(variables | None) -> TrainState``: the state created
+  directly on the mesh, replicated, never as a full host copy; from
+  ``variables`` (pretrained or a previous stage) if given."""
 
   def build(variables):
     if variables is None:
@@ -62,9 +66,14 @@ def create_state(model, tx: optax.GradientTransformation, image_size: int,
         rng=jax.random.key_data(jax.random.key(seed)),
     )
 
-  abstract = jax.eval_shape(build, variables)
-  out = jax.tree.map(lambda _: shardings.replicated, abstract)
-  return jax.jit(build, out_shardings=out)(variables)
+  return jax.jit(build, out_shardings=shardings.replicated)
+
+
+def create_state(model, tx: optax.GradientTransformation, image_size: int,
+                 num_groups: int, seed: int, shardings: Shardings,
+                 variables: dict | None = None) -> TrainState:
+  return state_init(model, tx, image_size, num_groups, seed,
+                    shardings)(variables)
 
 
 def abstract_like(state: TrainState) -> TrainState:

@@ -4,7 +4,8 @@ losses become the batch loss (``ffr_jax.training.methods``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,24 @@ class StepConfig:
   # Batch norm on its running statistics (not updated) while its scale and
   # offset still train: FFR stage 2's option.
   freeze_bn: bool = False
+
+
+# jax compiles once per function object: the jitted functions that the runs
+# of one in-process sweep build alike are kept here, so later runs reuse them.
+_SHARED: dict[Hashable, Any] = {}
+_MAX_SHARED = 32
+
+
+def shared(make: Callable, *args, key: Hashable = None) -> Any:
+  """``make(*args)``, or what an earlier call with this ``make`` and ``key``
+  (default: ``args``) returned; ``key`` must tell apart any two ``args`` for
+  which ``make`` builds different functions."""
+  key = (make, args if key is None else key)
+  if key not in _SHARED:
+    if len(_SHARED) >= _MAX_SHARED:
+      del _SHARED[next(iter(_SHARED))]  # the oldest
+    _SHARED[key] = make(*args)
+  return _SHARED[key]
 
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
