@@ -6,17 +6,8 @@ Usage::
         --config.data.root=DIR --config.data.bias_ratio=0.99 [--json]
 
 Prints a table (rows: groups, columns: train/val/test), the achieved bias ratio
-per class and what loading skipped. With ``--json`` it prints exactly one JSON
-object on stdout::
-
-    {"dataset": str, "bias_ratio": float,
-     "splits": {"train": [{"y", "b", "source", "count"}, ...],
-                "val": [...], "test": [...]},
-     "achieved_ratio": {"train": {class name: float}, "val": ...},
-     "skipped": {reason: count}}
-
-Logs go to stderr in both modes. A bad config or data layout is one
-``error: ...`` line on stderr and exit code 2 (``ffr_jax.cli``).
+per class and what loading skipped; ``--json``: one JSON object on stdout
+(dataset, bias_ratio, splits, achieved_ratio, skipped). Logs go to stderr.
 """
 
 from __future__ import annotations

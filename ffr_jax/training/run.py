@@ -97,14 +97,9 @@ class RunData:
 
 def load_run_data(config: ml_collections.ConfigDict, modes: Sequence[str],
                   reuse: dict | None = None) -> RunData:
-  """Loads (and for built-in generators, makes) what ``modes`` train on.
-
-  Args:
-    config: with resolved roots (:func:`check_run`).
-    reuse: kept between the runs of one in-process sweep: the data of the
-      last few keys (identity, folders, modes: one per mode in a demo sweep),
-      returned again for the same key (loading re-reads every file's bytes).
-  """
+  """Loads (and for built-in generators, makes) what ``modes`` train on;
+  ``config`` from :func:`check_run`. ``reuse`` (kept by an in-process sweep)
+  returns data loaded before for the same data key: loading re-reads files."""
   key = spec_lib.data_key(config, modes)
   if reuse is not None and key in reuse:
     return reuse[key]
@@ -157,12 +152,9 @@ def synthetic_test_set(config: ml_collections.ConfigDict, spec
                        ) -> Examples | None:
   """The held-out synthetic test images, or None when not configured.
 
-  They come from ``eval.synthetic_test_root`` and the generation seed
-  ``eval.synthetic_test_seed`` (never ``generate.seed``: no test image is a
-  training image). The built-in generator makes missing ones now; for Stable
-  Diffusion generate them first with ``python -m ffr_jax.generate
-  --config.generate.seed=SEED --config.generate.per_group=N
-  --config.data.synthetic_root=ROOT``.
+  They come from ``eval.synthetic_test_root``, generated with their own seed
+  ``eval.synthetic_test_seed`` (the built-in generator makes them now; Stable
+  Diffusion's come from ``ffr_jax.generate`` with that seed and root).
   """
   n = int(config.eval.synthetic_test_per_group)
   if n <= 0:

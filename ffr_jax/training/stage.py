@@ -7,13 +7,11 @@ save) and the evaluation sets; it reads no config. A stage owns a directory::
     {stage_dir}/checkpoints/<step>/   Orbax: state, best variables, meta (JSON)
     {stage_dir}/result.json           written once the stage is finished
 
-Resumption: a stage whose ``result.json`` exists is reused (retrained when
-its checkpoint is damaged). Otherwise the newest checkpoint that restores is
-loaded (:mod:`ffr_jax.training.checkpoints`); the data order of an epoch is a
-function of (seed, epoch) and each step's randomness folds in the step number,
-so a resumed run takes exactly the steps of an uninterrupted one. A stage that
-continues another is evaluated before its first step ("epoch 0": the previous
-stage's selected model on this stage's evaluation sets), recorded in its result.
+A finished stage is reused; otherwise the newest checkpoint that restores is
+loaded. An epoch's data order is a function of (seed, epoch) and each step's
+randomness folds in the step, so a resumed run takes exactly the steps of an
+uninterrupted one. A stage that continues another first evaluates its
+starting model ("epoch 0").
 """
 
 from __future__ import annotations
