@@ -6,7 +6,7 @@ Layout (written by ``ffr_jax.generate``, read here)::
     {root}/{dataset}/manifest.jsonl
 
 A folder of one's own images in that layout (any image file names) and no
-manifest gets one written on first read (:func:`write_manifest_of_images`).
+manifest is listed in place (:func:`records_of_images`); nothing is written.
 
 Each manifest line is one image (:class:`ManifestRecord`). The manifest is
 the source of truth: an image is part of
@@ -68,29 +68,20 @@ def relative_image_path(spec: DatasetSpec, y: int, b: int, index: int) -> str:
   return os.path.join(spec.class_names[y], spec.bias_names[b], f"{index:06d}.png")
 
 
-def write_manifest_of_images(root: str, spec: DatasetSpec) -> int:
-  """Lists the images of ``{root}/{spec.name}/{class}/{bias}/`` in a new manifest.
-
-  For images made elsewhere: indices follow the sorted file names of each
-  group; prompt and seed are unknown (``""``, -1). Returns the image count.
-  """
+def records_of_images(root: str, spec: DatasetSpec) -> list[ManifestRecord]:
+  """The images of ``{root}/{spec.name}/{class}/{bias}/`` made elsewhere, as
+  manifest records: indices follow the sorted file names of each group;
+  prompt and seed are unknown (``""``, -1). Read-only folders work too."""
   base = dataset_dir(root, spec)
-  lines = []
+  records = []
   for y, b in spec.groups:
     folder = os.path.join(base, spec.class_names[y], spec.bias_names[b])
     found = layouts.list_images(folder, {}) if os.path.isdir(folder) else []
-    lines += [ManifestRecord(file=os.path.relpath(p, base), cls=spec.class_names[y],
-                             bias=spec.bias_names[b], index=i, prompt="", seed=-1,
-                             generator="user").to_json()
-              for i, p in enumerate(found)]
-  if lines:
-    path = os.path.join(base, MANIFEST)
-    with open(path + ".tmp", "w") as f:
-      f.write("".join(l + "\n" for l in lines))
-    os.replace(path + ".tmp", path)
-    logging.info("%s had images but no %s: wrote one listing its %d images.",
-                 base, MANIFEST, len(lines))
-  return len(lines)
+    records += [ManifestRecord(file=os.path.relpath(p, base), cls=spec.class_names[y],
+                               bias=spec.bias_names[b], index=i, prompt="", seed=-1,
+                               generator="user")
+                for i, p in enumerate(found)]
+  return records
 
 
 def read_manifest(root: str, spec: DatasetSpec) -> Iterator[ManifestRecord]:
@@ -100,11 +91,17 @@ def read_manifest(root: str, spec: DatasetSpec) -> Iterator[ManifestRecord]:
   line is an error naming the line number.
   """
   path = os.path.join(dataset_dir(root, spec), MANIFEST)
-  if not os.path.isfile(path) and not write_manifest_of_images(root, spec):
-    raise FileNotFoundError(
-        f"No synthetic images in {dataset_dir(root, spec)}: expected "
-        f"<class>/<bias>/*.png folders there ({', '.join(spec.class_names)} x "
-        f"{', '.join(spec.bias_names)}), as `python -m ffr_jax.generate` writes.")
+  if not os.path.isfile(path):
+    records = records_of_images(root, spec)
+    if not records:
+      raise FileNotFoundError(
+          f"No synthetic images in {dataset_dir(root, spec)}: expected "
+          f"<class>/<bias>/*.png folders there ({', '.join(spec.class_names)} x "
+          f"{', '.join(spec.bias_names)}), as `python -m ffr_jax.generate` writes.")
+    logging.info("%s has no %s: using its %d images as listed.",
+                 dataset_dir(root, spec), MANIFEST, len(records))
+    yield from records
+    return
   with open(path) as f:
     lines = f.read().split("\n")
   complete = lines[:-1]  # text after the last newline is a torn write
