@@ -226,6 +226,11 @@ def run_subprocess(run: Run, should_stop=None, state: dict | None = None) -> Non
     proc = subprocess.run(run.command(sys.executable), stdout=log,
                           stderr=subprocess.STDOUT, check=False)
   if proc.returncode != 0:
+    # A full or read-only disk fails every later run alike: the probe raises
+    # the disk's error, which stops the sweep.
+    probe = os.path.join(run.run_dir, ".write_probe")
+    lifecycle.write_atomic(probe, "")
+    os.remove(probe)
     raise RuntimeError(f"exit code {proc.returncode}; see "
                        f"{os.path.join(run.run_dir, 'sweep.log')}")
 

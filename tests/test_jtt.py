@@ -81,3 +81,21 @@ def test_stop_checks_see_step_ids_that_only_grow_across_the_programme(tmp_path):
 def test_jtt_and_afr_refuse_modes_that_end_with_synthetic_pretraining(mode, method):
   with pytest.raises(ValueError, match="synthetic pretraining"):
     _plans(_config(mode=mode, method=method))
+
+
+@pytest.mark.slow
+def test_the_error_set_is_kept_so_a_resume_anywhere_trains_on_the_same_set(tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from ffr_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from ffr_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config_file(f"{ROOT}/configs/demo.py:smoke")
+  config_lib.apply_overrides(config, [("mode", "none"), ("method", "jtt")])
+  first = run_lib.train_and_evaluate(config, str(tmp_path))
+  (kept,) = (tmp_path / "stages").glob(f"train_id-*/{jtt.ERROR_SET_FILE}")
+  assert len(json.loads(kept.read_text())) == first["jtt"]["error_set_size"]
+  # Another machine would recompute it; the kept one decides.
+  kept.write_text("[0, 1, 2]")
+  (tmp_path / "results.json").unlink()
+  shutil.rmtree(tmp_path / first["stages"]["train"]["dir"])
+  again = run_lib.train_and_evaluate(config, str(tmp_path))
+  assert again["jtt"]["error_set_size"] == 3

@@ -149,3 +149,18 @@ def test_a_full_disk_stops_a_sweep_instead_of_failing_every_run(tmp_path):
   with pytest.raises(OSError, match="No space"):
     experiments.execute(runs, "full_disk", log=lambda s: None)
   assert tried == ["a"]
+
+
+def test_a_full_disk_stops_a_subprocess_sweep_too(tmp_path, monkeypatch):
+  from ffr_jax import experiments  # pylint: disable=import-outside-toplevel
+  runs = [experiments.Run(name=n, config_path="nope.py", overrides=(),
+                          config=None, run_dir=str(tmp_path / n), unit=n)
+          for n in "ab"]
+
+  def full(path, text):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+  monkeypatch.setattr(lifecycle, "write_atomic", full)
+  with pytest.raises(OSError, match="No space"):  # the child failed, then the probe
+    experiments.execute(runs, "subprocess", log=lambda s: None)
+  assert not (tmp_path / "b").exists()  # the next run never started

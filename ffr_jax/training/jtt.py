@@ -12,15 +12,19 @@ select epochs and settings. docs/reference.md, "JTT".
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
+from ffr_jax import lifecycle
 from ffr_jax.data.types import Examples, GroupScheme
 from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
 from ffr_jax.training.methods import ERM, Context, Method
 
 ID_SUFFIX = "_id"  # the identification stage is named {stage}_id
+ERROR_SET_FILE = "jtt_error_set.json"  # in the identification stage's folder
 
 
 def _settings(config) -> dict:
@@ -67,10 +71,19 @@ def _derive(plan, ctx: Context) -> Examples:
   """The final stage's training set: the error set upsampled; recorded."""
   identify = next(p for p in ctx.spec.stages if p.name == plan.name + ID_SUFFIX)
   train = identify.examples
-  kernel, bias = last_layer.head(ctx.variables[f"stage:{identify.fingerprint}"])
-  emb = last_layer.context_embed(
-      ctx, ctx.variables[f"stage:{identify.fingerprint}"], train)
-  errors = error_set(np.argmax(emb @ kernel + bias, axis=1), train)
+  # Kept beside the identification stage: a resume on another machine, where
+  # a near-tie could flip, trains on the same set.
+  path = os.path.join(ctx.spec.stage_dir(identify), ERROR_SET_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      errors = np.asarray(json.load(f), np.int64)
+  else:
+    variables = ctx.variables[f"stage:{identify.fingerprint}"]
+    kernel, bias = last_layer.head(variables)
+    emb = last_layer.context_embed(ctx, variables, train)
+    errors = error_set(np.argmax(emb @ kernel + bias, axis=1), train)
+    if lifecycle.process_index() == 0:
+      lifecycle.write_atomic(path, json.dumps(errors.tolist()))
   if not len(errors):
     raise ValueError(
         f"JTT: the identification model ({identify.epochs} epoch(s)) "
