@@ -77,7 +77,9 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> None:
     return
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    with lifecycle.owned_folder(config.data.root, "preparing the data"):
+    # Host 0 alone writes here; the barrier below is where the hosts meet.
+    with lifecycle.owned_folder(config.data.root, "preparing the data",
+                                all_hosts=False):
       definition.prepare(config)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
