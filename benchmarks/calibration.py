@@ -12,6 +12,9 @@ data or FFR:
   for every pair whose probe passed (c), in the protocol's order.
 * ``table``: the table of every setting run so far, each criterion, and the
   choice the protocol's rule makes.
+* ``val_recheck``: steps 2 and 4 again on fresh folders, the rule applied to
+  *validation* WA (issue 24; the original criteria used test WA); kept under
+  ``val_recheck``, beside whether each run's test WA came out as recorded.
 
 Usage::
 
@@ -127,6 +130,7 @@ def collect(runs: list[experiments.Run]) -> dict[str, dict]:
                                "strength": float(b.strength), "runs": []})
     row["runs"].append({"name": r.name, "bias_ratio": float(r.config.data.bias_ratio),
                         "seed": int(r.config.seed),
+                        "val_wa": 100 * res["val"]["worst_group_acc"],
                         "test_wa": 100 * res["test"]["worst_group_acc"],
                         "test_ba": 100 * res["test"]["balanced_acc"]})
   return out
@@ -144,14 +148,15 @@ def in_band(value: float, target: float) -> bool:
   return abs(value - target) <= BAND
 
 
-def choose(stage1_rows: list[dict]) -> tuple[dict | None, bool]:
+def choose(stage1_rows: list[dict], key: str = "mean_wa"
+           ) -> tuple[dict | None, bool]:
   """The protocol's step 5: ``(row, passed)``; rows are complete settings."""
   if not stage1_rows:
     return None, False
-  passing = [r for r in stage1_rows if in_band(r["mean_wa"], STAGE1_TARGET)]
+  passing = [r for r in stage1_rows if in_band(r[key], STAGE1_TARGET)]
   pool = passing or stage1_rows
-  best = min(abs(r["mean_wa"] - STAGE1_TARGET) for r in pool)
-  near = [r for r in pool if abs(r["mean_wa"] - STAGE1_TARGET) <= best + TIE]
+  best = min(abs(r[key] - STAGE1_TARGET) for r in pool)
+  near = [r for r in pool if abs(r[key] - STAGE1_TARGET) <= best + TIE]
   return min(near, key=lambda r: (r["content_gap"], r["strength"])), bool(passing)
 
 
@@ -203,9 +208,41 @@ def table(record: dict) -> str:
   return "\n".join(lines)
 
 
+def val_recheck(record: dict, workdir: str) -> dict:
+  """Steps 2 and 4 rerun; the rule on mean val WA; reproduction of test WA."""
+  probes = record.get("probe", {})
+  pairs = [(g, s) for g in CONTENT_GAPS for s in STRENGTHS
+           if probes.get(pair_key(g, s), 0.0) >= PROBE_MIN]
+  rows = collect(run(none_grid() + stage1_grid(pairs),
+                     os.path.join(workdir, "val_recheck")))
+  for row in rows.values():
+    row["mean_val_wa"] = aggregate.stat([x["val_wa"] for x in row["runs"]]).mean
+  recorded = {x["name"]: x["test_wa"] for r in record.get("runs", {}).values()
+              for x in r["runs"]}
+  same = [recorded[x["name"]] == x["test_wa"] for r in rows.values()
+          for x in r["runs"] if x["name"] in recorded]
+  rows = {k: summarize(r) for k, r in rows.items()}
+  stage1 = [r for r in rows.values() if r["mode"] == "stage1_only"]
+  on_val, passed = choose(stage1, "mean_val_wa")
+  on_test, _ = choose(stage1)
+  none = next(r for r in rows.values() if r["mode"] == "none")
+  return {
+      "runs": rows, "test_wa_as_recorded": f"{sum(same)} of {len(same)}",
+      "none_mean_val_wa": none["mean_val_wa"],
+      "none_passes_on_val": in_band(none["mean_val_wa"], NONE_TARGET),
+      "choice_on_val": {k: on_val[k] for k in ("content_gap", "strength",
+                                               "mean_val_wa")} | {"passed": passed},
+      "choice_on_test_of_rerun": {k: on_test[k] for k in ("content_gap",
+                                                          "strength", "mean_wa")},
+      "machine": {"cpu": platform.processor() or platform.machine(),
+                  "python": platform.python_version()},
+  }
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("step", choices=("probe", "none", "stage1_only", "table"))
+  p.add_argument("step", choices=("probe", "none", "stage1_only", "table",
+                                  "val_recheck"))
   p.add_argument("--workdir", default="/tmp/ffr_calibration")
   p.add_argument("--out", default=OUT)
   args = p.parse_args(argv)
@@ -232,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [(g, s) for g in CONTENT_GAPS for s in STRENGTHS
              if probes[pair_key(g, s)] >= PROBE_MIN]
     runs.update(collect(run(stage1_grid(pairs), os.path.join(args.workdir, "stage1_only"))))
+  elif args.step == "val_recheck":
+    record["val_recheck"] = val_recheck(record, args.workdir)
+    print(json.dumps({k: v for k, v in record["val_recheck"].items()
+                      if k != "runs"}, indent=1))
   # Means and stds are derived from the runs every time, never edited.
   record["runs"] = runs = {k: summarize(r) for k, r in runs.items()}
   stage1 = [r for r in runs.values()

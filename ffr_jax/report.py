@@ -25,7 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 _RUNS = flags.DEFINE_string("runs", None, "A runs.jsonl to report on instead.")
 _SWEEP = flags.DEFINE_string(
     "sweep", "", "The sweep config the workdir ran: its `planned` count of grid "
-    "dicts labels runs planned or extension ('': all planned).")
+    "dicts labels runs planned or extension ('': all planned), its "
+    "`controls` the control runs.")
 _GRID = flags.DEFINE_enum(
     "grid", "", ["", "planned"], "'planned': report only the planned grid's "
     "runs ('': every run).")
@@ -47,6 +48,13 @@ def planned_runs(sweep_path: str) -> set[str] | None:
           for a in experiments.expand_grid(sweep.grid[:planned])}
 
 
+def control_of(sweep_path: str):
+  """A record's control name by the sweep's ``controls`` ((name, settings))."""
+  controls = config_lib.load_config_file(sweep_path).get("controls", ())
+  return lambda r: next((name for name, settings in controls if all(
+      r.settings.get(k) == v for k, v in settings)), "")
+
+
 def main(argv: list[str]) -> None:
   del argv
   if bool(_WORKDIR.value) == bool(_RUNS.value):
@@ -66,6 +74,9 @@ def main(argv: list[str]) -> None:
     if planned is not None:  # paths are runs/{name}
       records = [dataclasses.replace(r, grid="planned" if r.path.split(
           os.sep, 1)[-1] in planned else "extension") for r in records]
+    if _SWEEP.value:
+      control = control_of(_SWEEP.value)
+      records = [dataclasses.replace(r, control=control(r)) for r in records]
     aggregate.write_runs(records, os.path.join(workdir, "runs.jsonl"))
     out = os.path.abspath(_OUT.value or os.path.join(workdir, "report"))
   if _GRID.value:

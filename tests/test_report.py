@@ -358,3 +358,49 @@ def test_a_methods_own_settings_are_chosen_on_validation():
   assert (hkeys, ckeys) == (["jtt.upsample"], [])
   (selection,) = agg.select(runs).values()
   assert selection.hparams == (("jtt.upsample", 50),)
+
+
+def test_controls_are_cells_of_their_own_and_never_ffrs_candidates(tmp_path):
+  # A frozen-BN run and an lr-0 run win on val at every seed: as candidates they
+  # would be chosen for FFR; as controls they are compared with it instead.
+  sweep = tmp_path / "sweep.py"
+  sweep.write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  c = ml_collections.ConfigDict()\n"
+      "  c.config = 'configs/demo.py'\n"
+      "  c.grid = ()\n"
+      "  c.controls = (('bn_only', (('train.lr', 0.0),)),\n"
+      "                ('frozen_bn', (('train.freeze_bn', True),)))\n"
+      "  return c\n")
+  runs = []
+  for seed in range(3):
+    for ratio in (0.97, 0.99):
+      for lr, frozen, val, wa in ((1e-3, False, 0.5, 0.6), (1e-5, False, 0.6, 0.7),
+                                  (0.0, False, 0.9, 0.3), (1e-3, True, 0.9, 0.5),
+                                  (1e-5, True, 0.95, 0.4)):
+        r = _result("ffr", "erm", seed, ratio=ratio, val=val, wa=wa, lr=lr)
+        r["config"]["train"]["freeze_bn"] = frozen
+        runs.append(r)
+  _write(tmp_path, runs)
+  subprocess.run([sys.executable, "-m", "ffr_jax.report",
+                  f"--workdir={tmp_path}", f"--sweep={sweep}"], cwd=ROOT,
+                 capture_output=True, text=True, check=True)
+  records = agg.load_runs(str(tmp_path / "runs.jsonl"))
+  assert sorted({r.control for r in records}) == ["", "bn_only", "frozen_bn"]
+  sel = agg.select(records)
+  main = sel[Cell((), "demo", 0.99, "ffr", "erm")]
+  assert dict(main.hparams) == {"train.lr": 1e-5, "train.freeze_bn": False}
+  assert len(main.candidates) == 2
+  frozen = sel[Cell((("control", "frozen_bn"),), "demo", 0.99, "ffr", "erm")]
+  assert dict(frozen.hparams)["train.lr"] == 1e-5
+  got = {r.claim.text: r for r in claims.controls(records, sel, ())}
+  assert got["FFR (selected) against bn_only (selected)"].diffs.tolist() == \
+      pytest.approx([40.0] * 6)
+  assert got["FFR at lr 0.001 against bn_only"].diffs.mean() == pytest.approx(30)
+  assert got["FFR at lr 1e-05 against frozen_bn at lr 1e-05"].diffs.mean() == \
+      pytest.approx(30)
+  assert got["FFR at lr 1e-05 against frozen_bn at lr 1e-05"].p == \
+      pytest.approx(2 * 0.5 ** 6)
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "## Controls" in text and "Condition: control" not in text

@@ -148,6 +148,21 @@ def test_next_stage_starts_from_the_best_model_with_a_fresh_optimizer(
   assert all(int(c) == 0 for c in counts)
 
 
+def test_lr_zero_moves_only_the_batchnorm_statistics(tmp_path):
+  # The verdict's control (a): stage 2 at lr 0 keeps stage 1's weights and
+  # re-estimates BatchNorm's statistics on the new data.
+  _, best = _run(tmp_path, _plan(tmp_path, name="stage1", epochs=2, lr=3e-3))
+  _, second = _run(tmp_path, _plan(tmp_path, name="stage2", lr=0.0,
+                                   init="stage:x", epochs=1), variables=best)
+  before, after = jax.device_get(best), jax.device_get(second)
+  jax.tree.map(np.testing.assert_array_equal, before["params"],
+               after["params"])
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.array_equal(a, b), before["batch_stats"],
+      after["batch_stats"]))
+  assert moved and all(moved)
+
+
 def test_epoch0_is_selected_only_when_the_plan_allows_it(tmp_path):
   _, best = _run(tmp_path, _plan(tmp_path, name="stage1", epochs=2, lr=3e-3))
   # A huge learning rate wrecks the model after one epoch: with epoch 0 as a

@@ -143,10 +143,12 @@ def _verdict2() -> ml_collections.ConfigDict:
   c.fixed = (("eval.synthetic_test_per_group", 50),)
   # jtt and afr join once registered; the protocol starts the sweep only then.
   robust = tuple(m for m in VERDICT2_ROBUST if m in methods.METHODS)
+  # In run order: the ERM part at every seed, then the robust methods; a
+  # sweep stopped at its deadline loses the end of this list first.
+  runs = [{"data.bias_ratio": DEMO_RATIOS, "seed": (s,), "benchmark.seed": (s,)}
+          for s in VERDICT2_SEEDS]  # seed s renders instance s
   grid = []
-  for seed in VERDICT2_SEEDS:  # one dict per seed: seed s renders instance s
-    run = {"data.bias_ratio": DEMO_RATIOS, "seed": (seed,),
-           "benchmark.seed": (seed,)}
+  for run in runs:
     grid += [
         {**run, "mode": MODES + ("stage2_then_1", "ffr_biased"),
          "method": ("erm",), "train.lr": VERDICT2_LRS},
@@ -158,11 +160,19 @@ def _verdict2() -> ml_collections.ConfigDict:
         # train (Adam steps of size 0).
         {**run, "mode": ("ffr",), "method": ("erm",), "train.lr": (0.0,)},
     ]
-    if seed in VERDICT2_ROBUST_SEEDS:
-      grid.append({**run, "mode": MODES, "method": robust,
-                   "train.lr": VERDICT2_LRS})
+  # Then the SD-Free methods (in the claims) at 3 seeds, JTT and AFR (in no
+  # claim) at the first seed, then at the other two (protocol, amendment 1).
+  n = len(VERDICT2_ROBUST_SEEDS)
+  for methods_, seeds in ((robust[:3], runs[:n]), (robust[3:], runs[:1]),
+                          (robust[3:], runs[1:n])):
+    grid += [{**run, "mode": MODES, "method": methods_,
+              "train.lr": VERDICT2_LRS} for run in seeds if methods_]
   c.grid = tuple(grid)
   c.planned = len(grid)
+  # The controls' runs are cells of their own in the report, never candidates
+  # of FFR's lr selection (docs/protocol_verdict2.md, prerequisite 5).
+  c.controls = (("bn_only", (("train.lr", 0.0),)),
+                ("frozen_bn", (("train.freeze_bn", True),)))
   return c
 
 

@@ -26,12 +26,13 @@ HPARAM_KEYS = (
     "train.lr", "train.freeze_bn", "train.epochs", "train.weight_decay",
     "train.batch_size", "stage1.lr", "stage1.epochs",
 )
-# Keys that never define a condition: the cell keys and seeds, paths (which
-# follow from other settings), and settings that change speed, not results.
+# Keys that never define a condition: the cell keys and seeds (a rendered
+# benchmark instance is part of its seed), paths (which follow from other
+# settings), and settings that change speed, not results.
 IGNORED_KEYS = frozenset({
-    "seed", "mode", "method", "data.name", "data.bias_ratio", "data.root",
-    "data.synthetic_root", "eval.synthetic_test_root", "model.pretrained",
-    "generate.model"}) | config_lib.SPEED_ONLY_KEYS
+    "seed", "benchmark.seed", "mode", "method", "data.name", "data.bias_ratio",
+    "data.root", "data.synthetic_root", "eval.synthetic_test_root",
+    "model.pretrained", "generate.model"}) | config_lib.SPEED_ONLY_KEYS
 METRICS = ("selection_wa", "val_wa", "test_wa", "test_ba", "syn_wa",
            "syn_ba")
 
@@ -60,6 +61,7 @@ class Record:
   selected_epoch: int | None = None
   test_group_acc: dict | None = dataclasses.field(default=None, compare=False)
   grid: str = "planned"  # or "extension": the sweep config says (report --sweep)
+  control: str = ""  # a control's name: a cell of its own, never a candidate
 
   @property
   def wa_ba_gap(self) -> float:
@@ -229,14 +231,19 @@ def split_keys(records: Sequence[Record]) -> tuple[list[str], list[str]]:
   return hparams, [k for k in varying if k not in hparams]
 
 
+def condition_of(r: Record, ckeys: Sequence[str]) -> tuple:
+  control = (("control", r.control),) if r.control else ()
+  return tuple((k, r.settings.get(k)) for k in ckeys) + control
+
+
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
   """Per cell, the hyperparameters with the best mean selection WA over the
   seeds all candidates share (each its own if none); ties: first by repr."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
-    cell = Cell(tuple((k, r.settings.get(k)) for k in ckeys), r.dataset,
-                r.bias_ratio, r.mode, r.method)
+    cell = Cell(condition_of(r, ckeys), r.dataset, r.bias_ratio, r.mode,
+                r.method)
     h = tuple((k, r.settings.get(k)) for k in hkeys)
     seeds = table.setdefault(cell, {}).setdefault(h, {})
     if r.seed in seeds:

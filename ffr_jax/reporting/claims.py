@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ffr_jax.reporting.aggregate import Cell, Selection
+from ffr_jax.reporting.aggregate import Cell, Record, Selection
+from ffr_jax.reporting.aggregate import condition_of, split_keys
 
 ALPHA = 0.05
 RESAMPLES = 10_000
@@ -167,6 +168,55 @@ def evaluate(sel: dict[Cell, Selection], condition: tuple) -> list[Result]:
                                      p_holm=float(ph),
                                      verdict=verdict(ph, low, high))
   return results
+
+
+def _tested(claim: Claim, pairs: dict, other: dict) -> Result | None:
+  """``claim`` over the keys both dicts of test WA have; its own p, no Holm."""
+  keys = sorted(set(pairs) & set(other))
+  if not keys:
+    return None
+  diffs = np.asarray([100 * (pairs[k] - other[k]) for k in keys], float)
+  p = signed_rank_p(diffs)
+  low, high = bootstrap_interval(diffs)
+  return Result(claim, diffs, low, high, p, p, verdict(p, low, high))
+
+
+def controls(records: Sequence[Record], sel: dict[Cell, Selection],
+             condition: tuple) -> list[Result]:
+  """FFR-ERM against each control under ``condition``, paired over (dataset,
+  ratio, seed): selected against selected, then at each of FFR's lrs (a
+  control with one lr pairs it with all of them). Not in the Holm family."""
+  _, ckeys = split_keys(records)
+  by: dict[tuple, dict] = {}  # (control, lr) -> {(dataset, ratio, seed): wa}
+  for r in records:
+    if (r.mode, r.method) == ("ffr", "erm") and condition_of(
+        dataclasses.replace(r, control=""), ckeys) == condition:
+      by.setdefault((r.control, r.lr), {})[
+          (r.dataset, r.bias_ratio, r.seed)] = r.test_wa
+  out = []
+  for name in sorted({c for c, _ in by if c}):
+
+    def chosen(control: tuple) -> dict:
+      return {(c.dataset, c.bias_ratio, seed): run.test_wa
+              for c, s in sel.items() if c.condition == condition + control
+              and (c.mode, c.method) == ("ffr", "erm")
+              for seed, run in s.runs.items()}
+
+    own = (("control", name),)
+    results = [_tested(Claim(f"FFR (selected) against {name} (selected)",
+                             Side("ffr"), Side(f"ffr [{name}]")),
+                       chosen(()), chosen(own))]
+    lrs = sorted(lr for c, lr in by if c == name)
+    for lr in sorted(lr for c, lr in by if not c):
+      if len(lrs) > 1 and lr not in lrs:
+        continue
+      at = f" at lr {lr:g}" if len(lrs) > 1 else ""
+      results.append(_tested(
+          Claim(f"FFR at lr {lr:g} against {name}{at}", Side("ffr"),
+                Side(f"ffr [{name}]")),
+          by[("", lr)], by[(name, lr if at else lrs[0])]))
+    out += [r for r in results if r is not None]
+  return out
 
 
 def table(results: Sequence[Result]) -> str:

@@ -266,13 +266,20 @@ def write_report(records: Sequence[agg.Record], out_dir: str,
       + SELECTION_NOTE + ". Averages over bias ratios (and datasets) are "
       "taken per seed over cells that all have that seed, then summarised "
       "over seeds.", ""]
-  conds = agg.conditions(sel)
+  conds = [c for c in agg.conditions(sel) if "control" not in dict(c)]
   main = max(conds, key=lambda c: sum(cell.condition == c for cell in sel))
   lines += ["## The paper's claims, tested", "",
             "Paired over (dataset, bias ratio, seed)"
             + (f" under {_condition_label(main)}" if len(conds) > 1 else "")
             + ", A - B in points. " + CLAIMS_RULE, "",
             claims_lib.table(claims_lib.evaluate(sel, main)), ""]
+  controls = claims_lib.controls(records, sel, main)
+  if controls:
+    lines += ["## Controls", "", "FFR with ERM against each control run "
+              "beside it (cells of their own, never candidates of FFR's "
+              "selection), paired over (dataset, bias ratio, seed), A - B in "
+              "points; each comparison has its own p (not in the claims' "
+              "Holm family).", "", claims_lib.table(controls), ""]
   for condition in conds:
     slug = _slug(condition)
     if condition:
