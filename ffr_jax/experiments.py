@@ -461,7 +461,9 @@ def train_command(config: ml_collections.ConfigDict, workdir: str, *,
       r.name: results_lib.read_results(r.run_dir) for r in runs if r.finished()})
   return CommandResult(
       table + "\n" + results_lib.LEGEND +
-      f"\nResults in {workdir} (summary.md, summary.png, runs/).",
+      f"\nOne seed ({config.seed}) on one draw of the data, so the rows may "
+      "differ by chance; docs/experiments.md has the verdict over seeds, with "
+      f"intervals.\nResults in {workdir} (summary.md, summary.png, runs/).",
       failed=tuple(o.name for o in outcomes if o.status == "failed"))
 
 

@@ -41,7 +41,7 @@ def _check_split_metrics(m):
 
 
 def test_demo_smoke_runs_every_mode_and_writes_results(tmp_path):
-  proc = _run(_main(tmp_path))
+  proc = _run(_main(tmp_path, "--config.train.lr_by_mode=ffr:1e-5,usb:3e-4"))
   for mode in ("none", "usb", "asb", "ffr"):
     res = json.load(open(tmp_path / "runs" / f"mode={mode}" / "method=erm" /
                          "results.json"))
@@ -61,8 +61,16 @@ def test_demo_smoke_runs_every_mode_and_writes_results(tmp_path):
   # Stage 2 starts with an evaluation of stage 1's selected model.
   assert ffr["stages"]["stage2"]["epoch0"]["val"] == ffr["stages"]["stage1"]["val"]
   assert (tmp_path / "summary.png").stat().st_size > 1000
-  assert "| ffr | erm |" in proc.stdout
+  # Each mode trains at its own rate when train.lr_by_mode names it.
+  assert "| ffr | erm | 1e-05 |" in proc.stdout
+  assert "| usb | erm | 0.0003 |" in proc.stdout
+  assert "| none | erm | 0.001 |" in proc.stdout
+  run = tmp_path / "runs" / "mode=ffr" / "method=erm"
+  plans = {s: json.load(open(run / ffr["stages"][s]["dir"] / "result.json"))
+           ["plan"] for s in ("stage1", "stage2")}
+  assert (plans["stage1"]["lr"], plans["stage2"]["lr"]) == (1e-3, 1e-5)
   assert "WA = worst-group accuracy" in proc.stdout
+  assert "One seed (0) on one draw of the data" in proc.stdout
 
 
 def _free_port() -> int:
@@ -151,6 +159,8 @@ def _fails_with_one_line(cmd, expect: str):
     ("--config.train.lr=abc", "lr"),
     ("--config.train.lr=inf", "lr=inf must be a finite number"),
     ("--config.mode=,", "names no mode"),
+    ("--config.train.lr_by_mode=fr:1e-5", "Unknown mode 'fr'"),
+    ("--config.train.lr_by_mode=ffr=1e-5", "lr_by_mode='ffr=1e-5'"),
     ("--config.method=dfr --config.dfr.num_refits=0", "num_refits=0"),
     ("--config.method=dfr --config.dfr.c_grid=()", "c_grid"),
     ("--config.method=afr --config.afr.heldout=0", "afr.heldout"),

@@ -23,7 +23,7 @@ from ffr_jax.training.methods import METHODS
 # Config keys chosen per cell on validation data, when they vary; so is every
 # key of a method's own section (groupdro.*, dfr.*, jtt.*, afr.*).
 HPARAM_KEYS = (
-    "train.lr", "train.freeze_bn", "train.epochs", "train.weight_decay",
+    "train.lr", "train.lr_by_mode", "train.freeze_bn", "train.epochs", "train.weight_decay",
     "train.batch_size", "stage1.lr", "stage1.epochs",
 )
 # Keys that never define a condition: the cell keys and seeds (a rendered

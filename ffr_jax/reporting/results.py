@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from ffr_jax import config as config_lib
 from ffr_jax.lifecycle import write_atomic
 
 RESULTS_FILE = "results.json"
@@ -91,19 +92,22 @@ def summary_rows(runs: dict[str, dict]) -> list[dict]:
       "val_worst_group_acc": r["val"]["worst_group_acc"],
       "selected_epoch": r["selected_epoch"],
       "wall_seconds": r["wall_seconds"],
+      "lr": config_lib.train_lr(ml_collections.ConfigDict(
+          {"train": r["config"]["train"], "mode": r["mode"]})),
   } for name, r in runs.items()]
 
 
-LEGEND = ("WA = worst-group accuracy, BA = balanced accuracy (test, %); epoch = "
-          "the one chosen by validation WA.")
+LEGEND = ("WA = worst-group accuracy, BA = balanced accuracy (test, %); lr = "
+          "train.lr of the run (FFR: stage 2's); epoch = the one chosen by validation WA.")
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ["| mode | method | test WA | test BA | val WA | epoch | time (s) |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| mode | method | lr | test WA | test BA | val WA | epoch | time (s) |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
-        f"| {r['mode']} | {r['method']} | {100 * r['test_worst_group_acc']:.1f} "
+        f"| {r['mode']} | {r['method']} | {r['lr']:g} "
+        f"| {100 * r['test_worst_group_acc']:.1f} "
         f"| {100 * r['test_balanced_acc']:.1f} "
         f"| {100 * r['val_worst_group_acc']:.1f} | {r['selected_epoch']} "
         f"| {r['wall_seconds']:.0f} |")

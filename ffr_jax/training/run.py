@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ffr_jax import config as config_lib
 from ffr_jax import lifecycle
 from ffr_jax import models
 from ffr_jax.data import bias
@@ -51,7 +52,8 @@ class RunMismatchError(ValueError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every value a run reads before anything is written."""
   check_one_run(config)
-  compose_lib.MODES.get(str(config.mode))
+  for mode in (str(config.mode), *config_lib.lr_by_mode(config.train.lr_by_mode)):
+    compose_lib.MODES.get(mode)
   definition = datasets.get_dataset(str(config.data.name))
   models.MODELS.get(str(config.model.name))
   bias.check_ratio(config.data.bias_ratio)
