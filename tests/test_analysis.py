@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -310,3 +311,31 @@ def test_commands_on_a_trained_smoke_run(tmp_path):
   assert maps.shape == (4, 4, 32, 32) and np.isfinite(maps).all()
   stage1 = json.load(open(out / "stage1" / "embeddings.json"))
   assert stage1["runs"]["ffr-erm"]["stage"] == "stage1"
+
+
+def test_analyses_of_dfr_and_afr_runs_use_the_refit_head(tmp_path):
+  # The model a DFR or AFR run reports is its backbone with the refit head:
+  # that model, scored as RISE scores it, reproduces the run's test numbers.
+  from ffr_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
+  from ffr_jax.data.pipeline import normalize  # pylint: disable=import-outside-toplevel
+  from ffr_jax.mesh import make_shardings  # pylint: disable=import-outside-toplevel
+  train = subprocess.run(
+      [sys.executable, "-m", "ffr_jax.main", f"--config={DEMO}:smoke",
+       f"--workdir={tmp_path}", "--config.mode=none", "--config.method=dfr,afr"],
+      capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert train.returncode == 0, train.stderr[-3000:]
+  for info in run_loading.find_runs(str(tmp_path)):
+    run = run_loading.load_run(info, make_shardings())
+    assert run.head is not None, info.name
+    test = samples_lib.real_test_sample(info.config, per_group=10**6)
+    images = normalize(jnp.asarray(np.stack(
+        [images_lib.decode(p, SIZE) for p in test.path])))
+    pred = np.argmax(np.asarray(jax.jit(rise_lib.model_score_fn(
+        run.model, run.head))(run.variables, images)), axis=1)
+    correct = pred == np.asarray(test.y)
+    worst = min(correct[(test.y == y) & (test.b == b)].mean()
+                for y, b in set(zip(test.y.tolist(), test.b.tolist())))
+    assert worst == pytest.approx(info.results["test"]["worst_group_acc"])
+    own = np.argmax(np.asarray(jax.jit(rise_lib.model_score_fn(run.model))(
+        run.variables, images)), axis=1)
+    assert (own != pred).any(), "the refit head should change some prediction"

@@ -186,3 +186,19 @@ def test_a_stop_request_ends_the_embedding_pass_after_the_current_batch(
                      should_stop=_stop_after(2, calls))
   assert calls == [1, 2]
   assert (stopped.value.step, stopped.value.total_steps) == (2, 3)
+
+
+@pytest.mark.parametrize("groups,num_classes,num_bias", [
+    (BINARY_GROUPS, 2, 2), (SPUCO_GROUPS, 4, 4)])
+def test_the_saved_head_predicts_what_dfr_predicts(groups, num_classes,
+                                                   num_bias):
+  # The head analyses use takes raw embeddings (DFR fits on L2-normalised ones).
+  (xt, _, _), (xv, yv, gv), (xs, _, _) = _biased_splits(
+      groups, num_classes, num_bias)
+  scale = np.random.default_rng(1).uniform(0.5, 5.0, (len(xs), 1))
+  l2 = last_layer.l2_normalize
+  result = dfr.fit_dfr(l2(xt), l2(xv), yv, gv, len(groups), SPUCO_GRID, seed=0)
+  head = last_layer.dfr_head(result, num_classes)
+  pred = np.argmax(last_layer.head_logits(head, (xs * scale).astype(np.float32)),
+                   axis=1)
+  np.testing.assert_array_equal(pred, dfr.predict(result, l2(xs)))

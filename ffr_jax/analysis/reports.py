@@ -204,7 +204,8 @@ def rise_report(workdirs: list[str], out_dir: str, *, images: str = "sample:1",
       "class": spec.class_names[lab[0]], "bias": spec.bias_names[lab[1]],
       "source": SOURCE_NAMES[lab[2]]}, "runs": {}} for p, lab in zip(paths, labels)]
   for j, r in enumerate(loaded):
-    explain = rise_lib.model_explainer(r.model, r.variables, rise, shardings)
+    explain = rise_lib.model_explainer(r.model, r.variables, rise, shardings,
+                                       r.head)
     for i, image in enumerate(pixels):
       class_maps, probs = explain(image)
       pred = int(np.argmax(probs))

@@ -25,6 +25,7 @@ import numpy as np
 from ffr_jax.data.pipeline import normalize
 from ffr_jax.mesh import Shardings, make_shardings
 from ffr_jax.reporting import results as results_lib
+from ffr_jax.training import last_layer
 
 # score_fn(aux, images [B, H, W, C] float32) -> scores [B, K].
 ScoreFn = Callable[[Any, jax.Array], jax.Array]
@@ -97,21 +98,25 @@ def rise_saliency(score_fn: ScoreFn, aux: Any, image: np.ndarray,
                        jax.random.key(cfg.seed)))
 
 
-def model_score_fn(model) -> ScoreFn:
-  """Softmax class probabilities of ``model``; ``aux`` is its variables."""
+def model_score_fn(model, head: dict | None = None) -> ScoreFn:
+  """Softmax class probabilities of ``model`` (with a refit ``head`` in place
+  of its own, as a DFR or AFR run reports); ``aux`` is its variables."""
 
   def score(variables, images):
-    logits = model.apply(variables, images, train=False).logits
+    out = model.apply(variables, images, train=False)
+    logits = out.logits if head is None else last_layer.head_logits(
+        head, out.embedding.astype(jnp.float32), jnp)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return score
 
 
 def model_explainer(model, variables, cfg: RiseConfig,
-                    shardings: Shardings | None = None):
+                    shardings: Shardings | None = None,
+                    head: dict | None = None):
   """``explain(uint8 image) -> (maps [K, H, W], class probabilities [K])``,
   compiled once for every image of a size."""
-  rise = make_rise_fn(model_score_fn(model), cfg, shardings)
-  probs = jax.jit(model_score_fn(model))
+  rise = make_rise_fn(model_score_fn(model, head), cfg, shardings)
+  probs = jax.jit(model_score_fn(model, head))
 
   def explain(image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = normalize(jnp.asarray(image_uint8))

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from ffr_jax import models
 from ffr_jax.data import datasets
@@ -21,6 +22,7 @@ from ffr_jax.data.types import DatasetSpec
 from ffr_jax.mesh import Shardings
 from ffr_jax.reporting import aggregate
 from ffr_jax.reporting import results as results_lib
+from ffr_jax.training import last_layer
 from ffr_jax.training import stage as stage_lib
 
 LAST = "last"
@@ -57,6 +59,7 @@ class LoadedRun:
   spec: DatasetSpec
   model: Any
   variables: Any
+  head: dict | None = None  # the run's refit head (DFR, AFR), last stage only
 
   @property
   def name(self) -> str:
@@ -146,5 +149,10 @@ def load_run(run: RunInfo, shardings: Shardings, stage: str = LAST
   model = models.model_from_config(config.model, spec.num_classes)
   variables = stage_lib.restore_best_variables(
       stage_dir, model, config.data.image_size, config.seed, shardings)
-  return LoadedRun(info=run, stage=name, spec=spec,
-                   model=model, variables=variables)
+  head_path = os.path.join(run.run_dir, last_layer.HEAD_FILE)
+  head = None
+  if name == run.results["stage_order"][-1] and os.path.isfile(head_path):
+    with np.load(head_path) as f:
+      head = {k: f[k] for k in f.files}
+  return LoadedRun(info=run, stage=name, spec=spec, model=model,
+                   variables=variables, head=head)

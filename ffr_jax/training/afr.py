@@ -137,7 +137,8 @@ def _after(ctx: Context) -> AfterResult:
                                      for (g, l), v in zip(grid, scores)},
              "erm_size": len(train) - len(held), "heldout_size": len(held)}
   return AfterResult({e.name: metrics(e, best) for e in ctx.spec.evals},
-                     details)
+                     details, head=last_layer.linear_head(kernels[best],
+                                                          biases[best]))
 
 
 AFR = Method("afr", settings=_settings, plan=_plan, after=_after,

@@ -63,6 +63,40 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
+# A refit last layer beside results.json, so analyses explain the model the run
+# reports: logits = ((l2 ? e / |e| : e) - mean) / std @ kernel + bias, over the
+# pooled embedding e, one column per class.
+HEAD_FILE = "refit_head.npz"
+
+
+def linear_head(kernel, bias, *, l2=False, mean=0.0, std=1.0) -> dict:
+  kernel = np.asarray(kernel, np.float32)
+  dim = kernel.shape[0]
+  return {"kernel": kernel, "bias": np.asarray(bias, np.float32),
+          "l2": np.asarray(l2), "mean": np.broadcast_to(
+              np.asarray(mean, np.float32), (dim,)).copy(),
+          "std": np.broadcast_to(np.asarray(std, np.float32), (dim,)).copy()}
+
+
+def dfr_head(result: dfr_lib.DFRResult, num_classes: int) -> dict:
+  """DFR's decision rule as class logits: sign (binary) or one-vs-rest argmax."""
+  coef, intercept = result.coef.T, result.intercept
+  if coef.shape[1] == 1:  # logistic: p(classes[1]) = softmax([0, s])[1]
+    coef = np.concatenate([np.zeros_like(coef), coef], axis=1)
+    intercept = np.concatenate([[0.0], intercept])
+  kernel = np.zeros((coef.shape[0], num_classes))
+  bias = np.full(num_classes, -1e30)  # a class DFR never saw is never chosen
+  kernel[:, result.classes], bias[result.classes] = coef, intercept
+  return linear_head(kernel, bias, l2=True, mean=result.mean, std=result.std)
+
+
+def head_logits(head: dict, emb, xp=np):
+  """Class logits ``[N, C]`` of ``head`` on pooled embeddings (numpy or jnp)."""
+  if bool(head["l2"]):
+    emb = emb / xp.maximum(xp.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+  return (emb - head["mean"]) / head["std"] @ head["kernel"] + head["bias"]
+
+
 def real_rows(train: Examples) -> Examples:
   """The real examples of a training set (usb/asb mix in synthetic ones).
 
@@ -133,7 +167,8 @@ def refit_and_evaluate(ctx: Context) -> AfterResult:
           "c_scores": {str(c): s for c, s in result.c_scores.items()},
           "heldout_worst_group_acc": result.heldout_worst_group_acc,
           "num_refits": int(cfg.dfr.num_refits)}
-  return AfterResult(metrics, info, selection_source="backbone_val")
+  return AfterResult(metrics, info, selection_source="backbone_val",
+                     head=dfr_head(result, scheme.spec.num_classes))
 
 
 def _check(config) -> None:

@@ -61,6 +61,7 @@ class AfterResult:
   metrics: dict[str, dict]
   details: dict[str, Any]
   selection_source: str = "val"
+  head: dict[str, Any] | None = None  # a refit head (last_layer.HEAD_FILE)
 
 
 @dataclasses.dataclass

@@ -39,6 +39,7 @@ from ffr_jax.mesh import make_shardings, maybe_initialize_distributed
 from ffr_jax.models import weights as weights_lib
 from ffr_jax.reporting import results as results_lib
 from ffr_jax.reporting.writer import MetricWriter
+from ffr_jax.training import last_layer
 from ffr_jax.training import spec as spec_lib
 from ffr_jax.training import stage as stage_lib
 from ffr_jax.training import state as state_lib
@@ -283,6 +284,12 @@ def _results(ctx: Context, workdir: str, wall_seconds: float) -> dict:
   after = get_method(spec.method).after
   if after is not None:
     outcome = after(ctx)
+    if outcome.head is not None and jax.process_index() == 0:
+      path = os.path.join(workdir, last_layer.HEAD_FILE)
+      with lifecycle.temporary_for(path) as tmp:
+        with open(tmp, "wb") as f:
+          np.savez(f, **outcome.head)
+        os.replace(tmp, path)
     metrics = dict(outcome.metrics)
     ctx.details.update(outcome.details)
     source = outcome.selection_source
