@@ -30,6 +30,9 @@ _SWEEP = flags.DEFINE_string(
 _GRID = flags.DEFINE_enum(
     "grid", "", ["", "planned"], "'planned': report only the planned grid's "
     "runs ('': every run).")
+_COMPLETE = flags.DEFINE_bool(
+    "complete_seeds", False, "Report a cell only at the seeds every one of its "
+    "candidate settings ran (for a sweep stopped before its end).")
 _OUT = flags.DEFINE_string("out", "", "Output folder ('': {workdir}/report).")
 _TITLE = flags.DEFINE_string("title", "Results", "The report's heading.")
 _PREAMBLE = flags.DEFINE_string(
@@ -81,6 +84,8 @@ def main(argv: list[str]) -> None:
     out = os.path.abspath(_OUT.value or os.path.join(workdir, "report"))
   if _GRID.value:
     records = [r for r in records if r.grid == _GRID.value]
+  if _COMPLETE.value:
+    records = aggregate.complete_seeds(records)
   paper_report.write_report(records, out, _TITLE.value, _PREAMBLE.value)
   print(f"{len(records)} runs -> {os.path.join(out, 'report.md')}")
 

@@ -84,6 +84,18 @@ def test_selection_compares_candidates_on_their_common_seeds():
   assert chosen.hparams == (("train.lr", 1e-3),) and len(chosen.runs) == 3
 
 
+def test_complete_seeds_keeps_only_the_seeds_every_candidate_ran():
+  # A sweep stopped early: lr 1e-2 ran seeds 0-1, lr 1e-3 seeds 0-2; ASB is
+  # another cell, complete at seeds 0-2.
+  records = [agg.record_from_results(r) for r in (
+      [_result("usb", "erm", s, lr=1e-2) for s in (0, 1)] +
+      [_result(m, "erm", s, lr=1e-3) for m in ("usb", "asb") for s in range(3)])]
+  kept = agg.complete_seeds(records)
+  assert sorted((r.mode, r.lr, r.seed) for r in kept) == [
+      ("asb", 1e-3, 0), ("asb", 1e-3, 1), ("asb", 1e-3, 2),
+      ("usb", 1e-3, 0), ("usb", 1e-3, 1), ("usb", 1e-2, 0), ("usb", 1e-2, 1)]
+
+
 def test_dfr_cells_are_chosen_on_the_backbone_val_not_the_refit_val():
   # lr 1e-2's refit head scores 0.95 on val, the data it was fitted on, but
   # its backbone's val WA (the selection score) is the lower one.

@@ -236,6 +236,21 @@ def condition_of(r: Record, ckeys: Sequence[str]) -> tuple:
   return tuple((k, r.settings.get(k)) for k in ckeys) + control
 
 
+def complete_seeds(records: Sequence[Record]) -> list[Record]:
+  """The runs of the seeds every candidate setting of their cell ran (a sweep
+  stopped early leaves some settings short of seeds)."""
+  hkeys, ckeys = split_keys(records)
+  seeds: dict[Cell, dict[tuple, set]] = {}
+  for r in records:
+    cell = Cell(condition_of(r, ckeys), r.dataset, r.bias_ratio, r.mode,
+                r.method)
+    seeds.setdefault(cell, {}).setdefault(
+        tuple((k, r.settings.get(k)) for k in hkeys), set()).add(r.seed)
+  common = {c: set.intersection(*h.values()) for c, h in seeds.items()}
+  return [r for r in records if r.seed in common[Cell(
+      condition_of(r, ckeys), r.dataset, r.bias_ratio, r.mode, r.method)]]
+
+
 def select(records: Sequence[Record]) -> dict[Cell, Selection]:
   """Per cell, the hyperparameters with the best mean selection WA over the
   seeds all candidates share (each its own if none); ties: first by repr."""
