@@ -86,7 +86,9 @@ def probe_accuracy(content_gap: float, strength: float, size: int = 32) -> float
 
 
 def _sweep(grid: list[dict]) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"config": DEMO_CONFIG, "fixed": (),
+  # train.lr 1e-3: the demo's rate for every mode when the calibration ran.
+  return ml_collections.ConfigDict({"config": DEMO_CONFIG,
+                                    "fixed": (("train.lr", 1e-3),),
                                     "grid": tuple(grid)})
 
 

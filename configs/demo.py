@@ -47,9 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train.batch_size = 64
   c.train.epochs = 5
-  c.train.lr = 1e-3
-  # Each mode's rate that validation picked at 99% bias in the second verdict
-  # (docs/experiments.md), adopted after that sweep, from val only.
+  # -1: each mode's rate that validation picked at 99% bias in the second
+  # verdict (docs/experiments.md), adopted after that sweep, from val only; a
+  # --config.train.lr=X runs every mode at X.
+  c.train.lr = base.AUTHORS_LR
   c.train.lr_by_mode = "none:1e-4,usb:1e-3,asb:1e-3,ffr:1e-5"
   c.train.eval_batch_size = 512
   c.train.log_every = 20

@@ -43,12 +43,12 @@ def lr_by_mode(text: str) -> dict[str, float]:
 
 
 def train_lr(config: ml_collections.ConfigDict) -> float:
-  """``train.lr``, or the authors' value for ``config.mode`` when unset;
-  ``train.lr_by_mode`` overrides both for the modes it names."""
-  by_mode = lr_by_mode(config.train.get("lr_by_mode", ""))
-  if str(config.mode) in by_mode:
-    return by_mode[str(config.mode)]
+  """``train.lr``; when unset (-1), the mode's ``train.lr_by_mode`` rate, else
+  the authors' value for ``config.mode``."""
   lr = float(config.train.lr)
+  by_mode = lr_by_mode(config.train.get("lr_by_mode", ""))
+  if lr == AUTHORS_LR and str(config.mode) in by_mode:
+    return by_mode[str(config.mode)]
   if lr == AUTHORS_LR:
     return _AUTHORS_TRAIN_LR.get(str(config.mode), 1e-3)
   return lr
@@ -100,8 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128     # global batch over all devices and hosts
   c.train.epochs = 50          # epochs of the stage on real data (FFR's stage 2)
-  c.train.lr = AUTHORS_LR      # Adam's rate; -1: the authors' rate, 1e-3 (ASB: 1e-4)
-  c.train.lr_by_mode = ""      # "mode:lr,...": these modes' rate instead of train.lr
+  c.train.lr = AUTHORS_LR      # Adam's rate; -1: train.lr_by_mode's, else the authors' 1e-3 (ASB: 1e-4)
+  c.train.lr_by_mode = ""      # "mode:lr,...": the rates of these modes when train.lr is -1
   c.train.lr_schedule = "constant"  # "constant" or "cosine" (to 0 over each stage)
   c.train.weight_decay = 1e-5  # Adam with L2 decay, as torch.optim.Adam
   c.train.freeze_bn = False    # FFR stage 2: keep BN statistics from stage 1

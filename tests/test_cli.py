@@ -38,7 +38,7 @@ def test_meanings_come_from_trailing_or_preceding_comments(tmp_path):
 
 def test_special_values_are_spelled_out():
   meanings = cli.key_meanings(str(ROOT / "configs/spuco.py"))
-  assert "-1: the authors' rate, 1e-3 (ASB: 1e-4)" in meanings["train.lr"]
+  assert "-1: train.lr_by_mode's, else the authors' 1e-3 (ASB: 1e-4)" in meanings["train.lr"]
   assert "hf-hub:timm/resnet50.tv_in1k" in meanings["model.pretrained"]
   assert '"none": from scratch' in meanings["model.pretrained"]
 
@@ -59,8 +59,8 @@ def test_the_readme_help_command_lists_every_key_with_value_and_meaning(extra):
   listed = dict(re.findall(r"^  --config\.(\S+?)=.*  # (.+)$", out, re.M))
   assert sorted(listed) == sorted(keys)
   assert "?" not in listed.values()
-  lr = "0.5" if extra else "0.001"  # the demo's value, or the override
-  assert f"--config.train.lr={lr}  # Adam's rate; -1: the authors' rate" in out
+  lr = "0.5" if extra else "-1.0"  # the demo's value, or the override
+  assert f"--config.train.lr={lr}  # Adam's rate; -1: train.lr_by_mode's" in out
   assert "mode: asb, ffr, ffr_biased, none, stage1_only, stage2_then_1, usb" in out
   assert "method: afr, dfr, erm, groupdro, jtt, resampling" in out
   assert "(default: 'None')" not in out
