@@ -26,7 +26,7 @@ SPEED_ONLY_KEYS = frozenset({
     "data.verify_images", "data.cache_images", "data.num_workers",
     "generate.batch_size", "model.conv1x1_as_matmul",
     "model.small_convs_as_matmul", "train.log_every", "train.eval_batch_size",
-    "train.checkpoint_every", "train.stages_dir", "data.image_cache_dir"})
+    "train.checkpoint_every", "train.checkpoint_epochs", "train.stages_dir", "data.image_cache_dir"})
 
 
 def lr_by_mode(text: str) -> dict[str, float]:
@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50       # steps between host-side metric logs
   c.train.eval_batch_size = 256  # global batch of evaluation and embedding passes
   c.train.checkpoint_every = 0  # steps between mid-epoch checkpoints (0: epoch ends)
+  # Epochs between epoch-end checkpoints; a stage's last epoch and a stop
+  # always save (0: only those). Short runs that rerun cheaply save time.
+  c.train.checkpoint_epochs = 1
   # Where stages live, one folder per plan ({name}-{fingerprint}), so a stage
   # with the same settings is trained once ("": {workdir}/stages). A sweep
   # points every run at one folder: FFR's stage 1 is then shared by methods.

@@ -233,6 +233,30 @@ def test_a_stop_request_saves_a_checkpoint_and_resumes_to_the_same_result(
   assert resumed.best_epoch == whole.best_epoch
 
 
+def test_checkpoint_epochs_0_saves_the_last_epoch_and_a_stop_only(tmp_path):
+  plan = _plan(tmp_path, epochs=3)  # 3 steps per epoch
+  rare = dataclasses.replace(OPTIONS, checkpoint_epochs=0)
+
+  def run(folder, **kw):
+    return stage_lib.run_stage(
+        plan, models.create_model("tiny", 2), _evals(tmp_path),
+        make_shardings(), MetricWriter(str(tmp_path / "off"), enabled=False),
+        str(tmp_path / folder), rare, **kw)
+
+  whole, _ = _run(tmp_path, plan, folder="whole")
+  rarely, _ = run("rare")
+  assert rarely.history == whole.history
+  with checkpoints.manager(str(tmp_path / "rare")) as mgr:
+    assert mgr.all_steps() == [9]
+  # A stop at an epoch's end saves there, and the resume is exact.
+  with pytest.raises(stage_lib.StageInterrupted):
+    run("cut", should_stop=lambda step: step == 3)
+  with checkpoints.manager(str(tmp_path / "cut")) as mgr:
+    assert mgr.all_steps() == [3]
+  resumed, _ = run("cut")
+  assert resumed.history == whole.history
+
+
 def _groupdro_plan(tmp_path):
   # A large step size makes the group weights matter within a few steps.
   return dataclasses.replace(

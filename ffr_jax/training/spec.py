@@ -116,6 +116,7 @@ class LoopOptions:
 
   log_every: int = 50
   checkpoint_every: int = 0
+  checkpoint_epochs: int = 1
   eval_batch_size: int = 256
   cache_images: bool = False
   num_workers: int = 0
@@ -126,6 +127,8 @@ class LoopOptions:
              f"config.train.log_every={self.log_every} must be >= 1.")
     _require(self.checkpoint_every >= 0, "config.train.checkpoint_every="
              f"{self.checkpoint_every} must be >= 0 (0: at epoch ends).")
+    _require(self.checkpoint_epochs >= 0, "config.train.checkpoint_epochs="
+             f"{self.checkpoint_epochs} must be >= 0 (0: the last epoch only).")
     _require(self.eval_batch_size >= 1, "config.train.eval_batch_size="
              f"{self.eval_batch_size} must be >= 1.")
 
@@ -274,6 +277,7 @@ def loop_options(config: ml_collections.ConfigDict) -> LoopOptions:
   return LoopOptions(
       log_every=int(config.train.log_every),
       checkpoint_every=int(config.train.checkpoint_every),
+      checkpoint_epochs=int(config.train.checkpoint_epochs),
       eval_batch_size=int(config.train.eval_batch_size),
       cache_images=bool(config.data.cache_images),
       num_workers=int(config.data.num_workers),

@@ -302,15 +302,19 @@ class _Trainer:
     checkpoints.save(mgr, step, self.state, self.best,
                      dataclasses.asdict(self.book))
 
-  def end_epoch(self, mgr, epoch: int, step: int, start_time: float) -> None:
-    """Evaluates, keeps the selected variables, checkpoints."""
+  def end_epoch(self, mgr, epoch: int, step: int, start_time: float,
+                stop: bool) -> None:
+    """Evaluates, keeps the selected variables, checkpoints (every
+    ``checkpoint_epochs`` epochs, at the last and before a stop)."""
     record = self.evaluate_epoch(epoch, step)
     value = record[SELECTION_SPLIT][SELECTION_METRIC]
     if value > self.book.best_value or self.plan.selection == SELECT_LAST:
       self.book.best_value, self.book.best_epoch = value, epoch
       self.best = jax.tree.map(jnp.copy, self.state.variables())
     self.book.history.append(record)
-    self.save(mgr, step, start_time)
+    every = self.options.checkpoint_epochs
+    if stop or epoch == self.plan.epochs or (every and epoch % every == 0):
+      self.save(mgr, step, start_time)
 
   def train(self, mgr, should_stop) -> None:
     """Steps to the end of the stage, evaluating and saving at epoch ends."""
@@ -355,8 +359,9 @@ class _Trainer:
             self.save(mgr, step, start_time)
             if stop:
               raise StageInterrupted(plan.name, step, total)
-        self.end_epoch(mgr, epoch + 1, step, start_time)
-        if step < total and should_stop(step):
+        stop = step < total and should_stop(step)
+        self.end_epoch(mgr, epoch + 1, step, start_time, stop)
+        if stop:
           raise StageInterrupted(plan.name, step, total)
     finally:
       bar.close()
