@@ -416,3 +416,24 @@ def test_controls_are_cells_of_their_own_and_never_ffrs_candidates(tmp_path):
       pytest.approx(2 * 0.5 ** 6)
   text = (tmp_path / "report" / "report.md").read_text()
   assert "## Controls" in text and "Condition: control" not in text
+
+
+def test_every_condition_gets_its_own_claims_table(tmp_path):
+  # The main condition (most cells) has GroupDRO runs too; the other one ERM
+  # only, where FFR loses to USB at every seed.
+  runs = []
+  for seed in range(10):
+    for strength, ffr_wa in ((0.5, 0.7), (1.0, 0.3)):
+      runs += [_result("ffr", "erm", seed, wa=ffr_wa, strength=strength),
+               _result("usb", "erm", seed, wa=0.5, strength=strength)]
+    runs.append(_result("usb", "groupdro", seed, wa=0.6))
+  text = paper_report.write_report(
+      [agg.record_from_results(r) for r in runs], str(tmp_path))
+  main, _, other = text.partition("## Condition: benchmark.strength=1.0")
+  row = "| FFR beats USB with ERM | ffr/erm test_wa | usb/erm test_wa | 10 |"
+  assert main.count("claims under this condition") == 0
+  assert row + " +20.0 |" in main
+  assert other.count("### The paper's claims under this condition") == 1
+  claims_table = other.partition("### Figure 3")[0]
+  assert row + " -20.0 |" in claims_table and "**contradicted**" in claims_table
+  assert "groupdro" not in claims_table  # no pairs there: left out

@@ -285,6 +285,13 @@ def write_report(records: Sequence[agg.Record], out_dir: str,
     if condition:
       lines += [f"## Condition: {_condition_label(condition)}", ""]
     h = "##" if not condition else "###"
+    if condition != main:
+      tested = [r for r in claims_lib.evaluate(sel, condition) if r.diffs.size]
+      lines += [f"{h} The paper's claims under this condition", "",
+                "As above, with a Holm family of its own; claims without "
+                "pairs under this condition are left out.", "",
+                claims_lib.table(tested) if tested else "No claim has pairs.",
+                ""]
     lines += [f"{h} Figure 3: modes with ERM against the bias ratio", ""]
     if figure3(sel, condition, os.path.join(out_dir, f"figure3{slug}.png")):
       lines += [f"![Figure 3](figure3{slug}.png)", ""]
