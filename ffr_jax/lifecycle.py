@@ -145,12 +145,14 @@ def disk_refusal(e: BaseException | None) -> tuple[str | None, int] | None:
   return None
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, content: str | bytes) -> None:
   """Writes via a synced temporary file and a rename: never a torn file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  binary = isinstance(content, bytes)
   with temporary_for(path) as tmp:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
+    with open(tmp, "wb" if binary else "w",
+              encoding=None if binary else "utf-8") as f:
+      f.write(content)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

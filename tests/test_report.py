@@ -50,6 +50,18 @@ def _write(root, results):
       json.dump(r, f)
 
 
+def _sweep_file(tmp_path, body: str):
+  """A sweep config file: demo.py, no fixed settings, then ``body``."""
+  sweep = tmp_path / "sweep.py"
+  sweep.write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  c = ml_collections.ConfigDict()\n"
+      "  c.config = 'configs/demo.py'\n"
+      "  c.fixed = ()\n" + body + "  return c\n")
+  return sweep
+
+
 def _sd(values):
   return statistics.stdev(values)  # sample std, ddof=1
 
@@ -332,17 +344,10 @@ def test_runs_jsonl_rebuilds_the_workdirs_report(tmp_path):
 
 
 def test_runs_are_labelled_planned_or_extension_by_the_sweep(tmp_path):
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(
-      "import ml_collections\n"
-      "def get_config():\n"
-      "  c = ml_collections.ConfigDict()\n"
-      "  c.config = 'configs/demo.py'\n"
-      "  c.fixed = ()\n"
-      "  c.grid = ({'mode': ('ffr',), 'seed': (0, 1)},\n"
+  sweep = _sweep_file(
+      tmp_path, "  c.grid = ({'mode': ('ffr',), 'seed': (0, 1)},\n"
       "            {'mode': ('ffr', 'usb'), 'seed': (0,)})\n"
-      "  c.planned = 1\n"
-      "  return c\n")
+      "  c.planned = 1\n")
   assert report_command.planned_runs(str(sweep)) == {"mode=ffr/seed=0",
                                                      "mode=ffr/seed=1"}
   for mode in ("ffr", "usb"):
@@ -375,16 +380,10 @@ def test_a_methods_own_settings_are_chosen_on_validation():
 def test_controls_are_cells_of_their_own_and_never_ffrs_candidates(tmp_path):
   # A frozen-BN run and an lr-0 run win on val at every seed: as candidates they
   # would be chosen for FFR; as controls they are compared with it instead.
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(
-      "import ml_collections\n"
-      "def get_config():\n"
-      "  c = ml_collections.ConfigDict()\n"
-      "  c.config = 'configs/demo.py'\n"
-      "  c.grid = ()\n"
+  sweep = _sweep_file(
+      tmp_path, "  c.grid = ()\n"
       "  c.controls = (('bn_only', (('train.lr', 0.0),)),\n"
-      "                ('frozen_bn', (('train.freeze_bn', True),)))\n"
-      "  return c\n")
+      "                ('frozen_bn', (('train.freeze_bn', True),)))\n")
   runs = []
   for seed in range(3):
     for ratio in (0.97, 0.99):

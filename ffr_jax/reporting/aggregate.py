@@ -236,24 +236,10 @@ def condition_of(r: Record, ckeys: Sequence[str]) -> tuple:
   return tuple((k, r.settings.get(k)) for k in ckeys) + control
 
 
-def complete_seeds(records: Sequence[Record]) -> list[Record]:
-  """The runs of the seeds every candidate setting of their cell ran (a sweep
-  stopped early leaves some settings short of seeds)."""
-  hkeys, ckeys = split_keys(records)
-  seeds: dict[Cell, dict[tuple, set]] = {}
-  for r in records:
-    cell = Cell(condition_of(r, ckeys), r.dataset, r.bias_ratio, r.mode,
-                r.method)
-    seeds.setdefault(cell, {}).setdefault(
-        tuple((k, r.settings.get(k)) for k in hkeys), set()).add(r.seed)
-  common = {c: set.intersection(*h.values()) for c, h in seeds.items()}
-  return [r for r in records if r.seed in common[Cell(
-      condition_of(r, ckeys), r.dataset, r.bias_ratio, r.mode, r.method)]]
-
-
-def select(records: Sequence[Record]) -> dict[Cell, Selection]:
-  """Per cell, the hyperparameters with the best mean selection WA over the
-  seeds all candidates share (each its own if none); ties: first by repr."""
+def candidates(records: Sequence[Record]
+               ) -> dict[Cell, dict[tuple, dict[int, Record]]]:
+  """``{cell: {hyperparameters: {seed: run}}}``; two runs of one setting and
+  seed are an error."""
   hkeys, ckeys = split_keys(records)
   table: dict[Cell, dict[tuple, dict[int, Record]]] = {}
   for r in records:
@@ -265,8 +251,25 @@ def select(records: Sequence[Record]) -> dict[Cell, Selection]:
       raise ValueError(f"Two runs of the same setting and seed {r.seed}: "
                        f"{seeds[r.seed].path} and {r.path}.")
     seeds[r.seed] = r
+  return table
+
+
+def complete_seeds(records: Sequence[Record]) -> list[Record]:
+  """The runs of the seeds every candidate setting of their cell ran (a sweep
+  stopped early leaves some settings short of seeds)."""
+  kept = set()
+  for options in candidates(records).values():
+    common = set.intersection(*map(set, options.values()))
+    kept |= {id(r) for runs in options.values() for s, r in runs.items()
+             if s in common}
+  return [r for r in records if id(r) in kept]
+
+
+def select(records: Sequence[Record]) -> dict[Cell, Selection]:
+  """Per cell, the hyperparameters with the best mean selection WA over the
+  seeds all candidates share (each its own if none); ties: first by repr."""
   out = {}
-  for cell, options in table.items():
+  for cell, options in candidates(records).items():
     common = set.intersection(*(set(runs) for runs in options.values()))
 
     def score(runs: dict[int, Record]) -> float:

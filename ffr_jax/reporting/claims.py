@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ffr_jax.reporting.aggregate import Cell, Record, Selection
-from ffr_jax.reporting.aggregate import condition_of, split_keys
+from ffr_jax.reporting.aggregate import candidates
 
 ALPHA = 0.05
 RESAMPLES = 10_000
@@ -186,11 +186,12 @@ def controls(records: Sequence[Record], sel: dict[Cell, Selection],
   """FFR-ERM against each control under ``condition``, paired over (dataset,
   ratio, seed): selected against selected, then at each of FFR's lrs (a
   control with one lr pairs it with all of them). Not in the Holm family."""
-  _, ckeys = split_keys(records)
   by: dict[tuple, dict] = {}  # (control, lr) -> {(dataset, ratio, seed): wa}
-  for r in records:
-    if (r.mode, r.method) == ("ffr", "erm") and condition_of(
-        dataclasses.replace(r, control=""), ckeys) == condition:
+  for cell, options in candidates(records).items():
+    if ((cell.mode, cell.method) != ("ffr", "erm") or
+        cell.condition[:len(condition)] != condition):
+      continue
+    for r in (r for runs in options.values() for r in runs.values()):
       by.setdefault((r.control, r.lr), {})[
           (r.dataset, r.bias_ratio, r.seed)] = r.test_wa
   out = []

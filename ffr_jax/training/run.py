@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import time
@@ -285,11 +286,10 @@ def _results(ctx: Context, workdir: str, wall_seconds: float) -> dict:
   if after is not None:
     outcome = after(ctx)
     if outcome.head is not None and jax.process_index() == 0:
-      path = os.path.join(workdir, last_layer.HEAD_FILE)
-      with lifecycle.temporary_for(path) as tmp:
-        with open(tmp, "wb") as f:
-          np.savez(f, **outcome.head)
-        os.replace(tmp, path)
+      buffer = io.BytesIO()
+      np.savez(buffer, **outcome.head)
+      lifecycle.write_atomic(os.path.join(workdir, last_layer.HEAD_FILE),
+                             buffer.getvalue())
     metrics = dict(outcome.metrics)
     ctx.details.update(outcome.details)
     source = outcome.selection_source
