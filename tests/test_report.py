@@ -436,3 +436,11 @@ def test_every_condition_gets_its_own_claims_table(tmp_path):
   claims_table = other.partition("### Figure 3")[0]
   assert row + " -20.0 |" in claims_table and "**contradicted**" in claims_table
   assert "groupdro" not in claims_table  # no pairs there: left out
+
+
+def test_a_ratio_kept_as_found_is_labelled_so_not_minus_100_percent():
+  records = [agg.record_from_results(_result(m, "erm", 0, ratio=-1.0))
+             for m in ("none", "ffr")]
+  sel = agg.select(records)
+  text = paper_report.figure3_table(sel, ()) + paper_report.cells_table(sel)
+  assert "as found" in text and "-100%" not in text

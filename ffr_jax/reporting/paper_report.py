@@ -57,10 +57,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
-def _ratio_label(r: float) -> str:
-  return f"{100 * r:g}%"
-
-
 def _save(plt, fig, title: str, path: str) -> None:
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
@@ -76,7 +72,7 @@ def figure3_table(sel: dict[Cell, Selection], condition: tuple) -> str:
   rows = []
   for d, ratios in dr.items():
     for r in ratios:
-      rows.append([d, _ratio_label(r)] + [
+      rows.append([d, results_lib.ratio_label(r)] + [
           agg.fmt(agg.average(sel, [Cell(condition, d, r, m, "erm")], k))
           for m in MODES for k in ("test_wa", "test_ba")])
   return _table(header, rows)
@@ -107,7 +103,7 @@ def figure3(sel: dict[Cell, Selection], condition: tuple, path: str) -> bool:
         if xs:
           ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
                       label=NAMES[m])
-      ax.set_xticks(x, [_ratio_label(r) for r in ratios])
+      ax.set_xticks(x, [results_lib.ratio_label(r) for r in ratios])
       ax.set_ylim(-3, 103)
       ax.set_xlabel("bias ratio")
       ax.set_ylabel(f"test {label} (%)")
@@ -207,7 +203,7 @@ def conditions_table(sel: dict[Cell, Selection]) -> str:
       f"{_condition_label(c)} {m}" for c in conds for m in ("WA", "BA")]
   rows = []
   for d, r, mode, method in keys:
-    rows.append([d, _ratio_label(r), mode, method] + [
+    rows.append([d, results_lib.ratio_label(r), mode, method] + [
         agg.fmt(agg.average(sel, [Cell(c, d, r, mode, method)], k))
         for c in conds for k in ("test_wa", "test_ba")])
   return _table(header, rows)
@@ -229,7 +225,8 @@ def cells_table(sel: dict[Cell, Selection]) -> str:
           f"{', '.join(str(v) for _, v in h)}: {100 * score:.1f}"
           for h, score, _ in s.candidates)
     rows.append([_condition_label(cell.condition), cell.dataset,
-                 _ratio_label(cell.bias_ratio), cell.mode, cell.method, chosen,
+                 results_lib.ratio_label(cell.bias_ratio), cell.mode,
+                 cell.method, chosen,
                  ",".join(str(k) for k in s.runs),
                  f"`{sources}`"] +
                 [agg.fmt(s.metric(m)) for m in agg.METRICS])

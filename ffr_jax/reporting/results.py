@@ -10,10 +10,16 @@ import jax
 import ml_collections
 
 from ffr_jax import config as config_lib
+from ffr_jax.data import bias
 from ffr_jax.lifecycle import write_atomic
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2
+
+
+def ratio_label(ratio: float) -> str:
+  """``0.99`` -> ``99%``; the as-found setting (-1) by name, not as -100%."""
+  return "as found" if ratio == bias.AS_FOUND else f"{100 * ratio:g}%"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -152,7 +158,7 @@ def write_summary(workdir: str, runs: dict[str, dict]) -> str:
   table = markdown_table(rows)
   if jax.process_index() == 0:
     first = next(iter(runs.values()))
-    title = f"{first['dataset']}, bias ratio {first['bias_ratio']}"
+    title = f"{first['dataset']}, bias ratio {ratio_label(first['bias_ratio'])}"
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(rows, f, indent=2)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
