@@ -444,3 +444,16 @@ def test_a_ratio_kept_as_found_is_labelled_so_not_minus_100_percent():
   sel = agg.select(records)
   text = paper_report.figure3_table(sel, ()) + paper_report.cells_table(sel)
   assert "as found" in text and "-100%" not in text
+
+
+def test_runs_at_one_rate_are_one_setting_however_the_config_named_it():
+  # Seed 0 set train.lr=1e-3 before train.lr_by_mode existed, seed 1 after
+  # (no effect: train.lr is set), seed 2 got 1e-3 from lr_by_mode (lr -1).
+  runs = [_result("usb", "erm", s) for s in range(3)]
+  runs[1]["config"]["train"]["lr_by_mode"] = "usb:1e-3,ffr:1e-5"
+  runs[2]["config"]["train"].update(lr=-1.0, lr_by_mode="usb:1e-3")
+  records = [agg.record_from_results(r) for r in runs]
+  assert agg.split_keys(records) == ([], [])
+  (selection,) = agg.select(records).values()
+  assert sorted(selection.runs) == [0, 1, 2]
+  assert {r.settings["train.lr"] for r in records} == {1e-3}

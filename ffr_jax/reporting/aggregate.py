@@ -23,7 +23,7 @@ from ffr_jax.training.methods import METHODS
 # Config keys chosen per cell on validation data, when they vary; so is every
 # key of a method's own section (groupdro.*, dfr.*, jtt.*, afr.*).
 HPARAM_KEYS = (
-    "train.lr", "train.lr_by_mode", "train.freeze_bn", "train.epochs", "train.weight_decay",
+    "train.lr", "train.freeze_bn", "train.epochs", "train.weight_decay",
     "train.batch_size", "stage1.lr", "stage1.epochs",
 )
 # Keys that never define a condition: the cell keys and seeds (a rendered
@@ -80,13 +80,17 @@ def _selection(results: dict, path: str) -> tuple[float, str]:
   return float(sel["worst_group_acc"]), str(sel["source"])
 
 
+def _train_lr(results: dict) -> float:
+  return config_lib.train_lr(ml_collections.ConfigDict(
+      {"train": results["config"]["train"], "mode": results["mode"]}))
+
+
 def _learning_rates(results: dict) -> tuple[float | None, float | None]:
   """(stage-2 or only stage's lr, synthetic stage's lr or None)."""
   config = results.get("config") or {}
   if "train" not in config or "lr" not in config["train"]:
     return None, None
-  lr = config_lib.train_lr(ml_collections.ConfigDict(
-      {"train": config["train"], "mode": results["mode"]}))
+  lr = _train_lr(results)
   stage1_lr = (config.get("stage1") or {}).get("lr")
   if not any(s.startswith("stage1") for s in results.get("stage_order", ())):
     return lr, None
@@ -98,6 +102,10 @@ def record_from_results(results: dict, path: str = "") -> Record:
   selection_wa, selection_source = _selection(results, path)
   config = config_lib.flatten(results.get("config", {}))
   lr, stage1_lr = _learning_rates(results)
+  if "train.lr" in config:  # the rate the run trained at: -1 and
+    # train.lr_by_mode resolved, so runs that differ only there are one setting
+    config["train.lr"] = _train_lr(results)
+    config.pop("train.lr_by_mode", None)
   return Record(
       path=path, dataset=results["dataset"],
       bias_ratio=float(results["bias_ratio"]), mode=results["mode"],
