@@ -18,6 +18,8 @@ import ml_collections
 # The authors' learning rate of the stage trained with train.* when
 # train.lr is AUTHORS_LR (docs/reference.md, "Training"): 1e-3, except ASB.
 AUTHORS_LR = -1.0
+# data.bias_ratio that keeps the data as found (the folder dataset's default).
+AS_FOUND = -1.0
 _AUTHORS_TRAIN_LR = {"asb": 1e-4}
 
 # Settings that change speed, logging or where files go, never a result: a

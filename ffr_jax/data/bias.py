@@ -13,11 +13,10 @@ import math
 from absl import logging
 import numpy as np
 
+from ffr_jax.config import AS_FOUND
 from ffr_jax.data.types import DatasetSpec, DatasetSplits, Examples
 
 BIAS_RATIOS = (0.90, 0.95, 0.97, 0.99, 0.999)
-# data.bias_ratio that keeps the data as found (the folder dataset's default).
-AS_FOUND = -1.0
 # Keeps model selection by worst-group accuracy meaningful (the authors').
 MIN_VAL_PER_GROUP = 10
 

@@ -10,7 +10,6 @@ import jax
 import ml_collections
 
 from ffr_jax import config as config_lib
-from ffr_jax.data import bias
 from ffr_jax.lifecycle import write_atomic
 
 RESULTS_FILE = "results.json"
@@ -19,7 +18,7 @@ SCHEMA_VERSION = 2
 
 def ratio_label(ratio: float) -> str:
   """``0.99`` -> ``99%``; the as-found setting (-1) by name, not as -100%."""
-  return "as found" if ratio == bias.AS_FOUND else f"{100 * ratio:g}%"
+  return "as found" if ratio == config_lib.AS_FOUND else f"{100 * ratio:g}%"
 
 
 def _jsonable(obj: Any) -> Any:
