@@ -28,7 +28,8 @@ SPEED_ONLY_KEYS = frozenset({
     "data.verify_images", "data.cache_images", "data.num_workers",
     "generate.batch_size", "model.conv1x1_as_matmul",
     "model.small_convs_as_matmul", "train.log_every", "train.eval_batch_size",
-    "train.checkpoint_every", "train.checkpoint_epochs", "train.stages_dir", "data.image_cache_dir"})
+    "train.checkpoint_every", "train.checkpoint_epochs", "train.stages_dir",
+    "data.image_cache_dir"})
 
 
 def lr_by_mode(text: str) -> dict[str, float]:
