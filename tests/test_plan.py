@@ -53,6 +53,19 @@ def test_ffr_stage1_is_one_plan_for_every_method_and_stage1_only():
   assert eta[1].method_settings == (("eta", 0.5), ("size_adjustment", 0.0))
 
 
+def test_one_training_planned_by_two_runs_is_one_stage_folder():
+  # stage2_then_1 starts with none's stage; DFR's backbone is ERM's stage.
+  none = _plans(_config(mode="none"))
+  assert _plans(_config(mode="stage2_then_1"))[0].folder == none[0].folder
+  for mode in ("none", "ffr", "usb"):
+    erm = _plans(_config(mode=mode))
+    dfr = _plans(_config(mode=mode, method="dfr"))
+    assert [p.folder for p in dfr] == [p.folder for p in erm], mode
+  # The runs themselves still differ.
+  assert (plan_lib.plan_run(_config(mode="ffr", method="dfr")).fingerprint
+          != plan_lib.plan_run(_config(mode="ffr")).fingerprint)
+
+
 def test_a_stage_depends_on_the_stage_it_continues():
   a = _plans(_config(mode="ffr"))
   b = _plans(_config(mode="ffr", **{"stage1.lr": 3e-4}))

@@ -11,8 +11,8 @@
 Ablations (the paper's Tables 1 and 2; "stage 2 only" is mode ``none``):
 
 * ``stage1_only``: FFR's stage 1 alone (it shares FFR's stage-1 checkpoint).
-* ``stage2_then_1``: FFR in reverse: real data first (the configured method),
-  then the balanced synthetic set (ERM, ``stage1.*`` settings).
+* ``stage2_then_1``: FFR in reverse: real data first (the configured method;
+  mode ``none``'s stage), then the balanced synthetic set (ERM, ``stage1.*``).
 * ``ffr_biased``: FFR whose stage 1 has as many synthetic images as FFR's,
   split over the groups in the real train split's proportions.
 
@@ -146,7 +146,8 @@ for _name, _layout in (
     ("asb", ((TRAIN, BOTH_DATA, TRAIN_KIND),)),
     ("ffr", ((STAGE1, SYNTHETIC_DATA, PRETRAIN), (STAGE2, REAL_DATA, FINETUNE))),
     ("stage1_only", ((STAGE1, SYNTHETIC_DATA, PRETRAIN),)),
-    ("stage2_then_1", ((STAGE2, REAL_DATA, TRAIN_KIND), (STAGE1, SYNTHETIC_DATA, PRETRAIN))),
+    # stage2_then_1 starts with none's only stage, named alike so it is trained once.
+    ("stage2_then_1", ((TRAIN, REAL_DATA, TRAIN_KIND), (STAGE1, SYNTHETIC_DATA, PRETRAIN))),
     ("ffr_biased", ((STAGE1_BIASED, SYNTHETIC_DATA, PRETRAIN), (STAGE2, REAL_DATA, FINETUNE)))):
   MODES.register(_name, _layout)
 

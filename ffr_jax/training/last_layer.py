@@ -9,6 +9,7 @@ is kept as ``heldout_worst_group_acc``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -22,7 +23,7 @@ from ffr_jax.evaluation import metrics as metrics_lib
 from ffr_jax.mesh import Shardings, to_global
 from ffr_jax.training import dfr as dfr_lib
 from ffr_jax.training import steps as steps_lib
-from ffr_jax.training.methods import AfterResult, Context, Method
+from ffr_jax.training.methods import ERM, AfterResult, Context, Method
 from ffr_jax.training.stage import StageInterrupted
 
 
@@ -180,6 +181,12 @@ def _check(config) -> None:
     raise ValueError(f"config.dfr.num_refits={config.dfr.num_refits} must be >= 1.")
 
 
+def _erm_backbone(plans: tuple, config) -> tuple:
+  """DFR's backbone is ERM's stage itself, so the two runs train it once."""
+  del config
+  return (*plans[:-1], dataclasses.replace(plans[-1], method=ERM))
+
+
 # DFR trains the backbone with ERM, then refits the last layer on val.
-DFR = Method("dfr", after=refit_and_evaluate, check=_check,
+DFR = Method("dfr", plan=_erm_backbone, after=refit_and_evaluate, check=_check,
              after_settings=lambda config: config_lib.flatten(config.dfr))

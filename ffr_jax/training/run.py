@@ -201,8 +201,8 @@ def _finished_results(workdir: str, fingerprint: str) -> dict | None:
   if previous.get("fingerprint") != fingerprint:
     raise RunMismatchError(
         f"{workdir} holds the results of a run with other settings (mode "
-        f"{previous.get('mode')}, method {previous.get('method')}); use a new "
-        "--workdir for a new experiment.")
+        f"{previous.get('mode')}, method {previous.get('method')}) or planned "
+        "by an older ffr_jax; use a new --workdir for a new experiment.")
   return previous
 
 

@@ -240,8 +240,7 @@ def variables_digest(variables: Any) -> str:
   return h.hexdigest()[:FINGERPRINT_CHARS]
 
 
-def _picked(config: ml_collections.ConfigDict, keys: Sequence[str]) -> dict:
-  flat = config_lib.flatten(config)
+def _picked(flat: dict[str, Any], keys: Sequence[str]) -> dict:
   return {k: flat[k] for k in keys if k in flat}
 
 
@@ -249,13 +248,14 @@ def data_identity(config: ml_collections.ConfigDict) -> DataIdentity:
   """The run's data as its dataset and generator definitions declare it."""
   dataset = datasets.get_dataset(str(config.data.name))
   generator = generation.GENERATORS.get(str(config.generate.generator))
-  prepared = {"data.name": str(config.data.name), **_picked(config, dataset.keys)}
-  real = {**prepared, **_picked(config, (
+  flat = config_lib.flatten(config)
+  prepared = {"data.name": str(config.data.name), **_picked(flat, dataset.keys)}
+  real = {**prepared, **_picked(flat, (
       "data.bias_ratio", "data.split_seed", "data.bias_val",
       *(f"data.{key}" for _, key in dataset.options)))}
   pool = {"data.name": str(config.data.name),
           "generate.generator": str(config.generate.generator),
-          **_picked(config, generator.keys)}
+          **_picked(flat, generator.keys)}
   test = ""
   if int(config.eval.synthetic_test_per_group) > 0:
     test = json_digest({**pool, "generate.seed": int(config.eval.synthetic_test_seed),
