@@ -105,3 +105,27 @@ def test_calibration_record_matches_its_runs():
     assert row["n"] == len(wa) == len(cal.RATIOS) * len(cal.SEEDS)
     assert row["mean_wa"] == pytest.approx(sum(wa) / len(wa))
   assert cal.in_band(record["runs"]["none,cue=1"]["mean_wa"], cal.NONE_TARGET)
+
+
+@pytest.mark.slow
+def test_sweep_speed_benchmark_times_shards_and_checks_numbers(tmp_path):
+  out, workdir = tmp_path / "sweep_speed.json", tmp_path / "w"
+  # A first pass records the runs; the timed pass must reproduce them.
+  _run("sweep_speed.py", "--sweep=configs/sweeps/paper.py:smoke",
+       "--filter=mode=none/method=(erm|dfr)", f"--workdir={workdir}",
+       f"--runs={tmp_path / 'none.jsonl'}", f"--out={out}")
+  record = json.loads(out.read_text())[-1]
+  assert record["runs"] == 2 and record["not_recorded"] and record["s_per_run"] > 0
+  with open(tmp_path / "runs.jsonl", "w") as f:
+    for path in (workdir / "runs").rglob("results.json"):
+      r = json.loads(path.read_text())
+      f.write(json.dumps({"run": str(path.parent.relative_to(workdir)),
+                          "val_wa": r["val"]["worst_group_acc"],
+                          "test_wa": r["test"]["worst_group_acc"],
+                          "test_ba": r["test"]["balanced_acc"],
+                          "selected_epoch": r["selected_epoch"]}) + "\n")
+  _run("sweep_speed.py", "--sweep=configs/sweeps/paper.py:smoke",
+       "--filter=mode=none/method=(erm|dfr)", f"--workdir={workdir}",
+       f"--runs={tmp_path / 'runs.jsonl'}", f"--out={out}", "--label=again")
+  record = json.loads(out.read_text())[-1]
+  assert record["label"] == "again" and record["identical_to_record"] == 2
