@@ -50,6 +50,14 @@ def _cpu() -> dict:
           "flags": " ".join(flags), "cores": os.cpu_count()}
 
 
+def _shard_runs(workdir: str, i: int) -> int:
+  """How many runs shard ``i`` had (its log's first line)."""
+  for line in open(f"{workdir}.shard{i}.log", encoding="utf-8"):
+    if line.startswith("Shard "):
+      return int(line.split(":")[1].split()[0])
+  return 0
+
+
 def _compare(workdir: str, runs_file: str) -> dict:
   """How many finished runs equal their recorded numbers; the others by name."""
   recorded = {}
@@ -104,11 +112,13 @@ def main() -> None:
     cmd = ["taskset", "-c", core, *_sweep(args, f"--shard={i}/{len(cores)}")]
     log = open(f"{args.workdir}.shard{i}.log", "w", encoding="utf-8")
     shards.append((subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=log), log))
-  ends = []
-  for proc, log in shards:
-    proc.wait()
-    log.close()
-    ends.append(round(time.perf_counter() - start, 1))
+  ends = [None] * len(shards)
+  while None in ends:  # each shard's own end: an idle core shows as a gap
+    for i, (proc, log) in enumerate(shards):
+      if ends[i] is None and proc.poll() is not None:
+        log.close()
+        ends[i] = round(time.perf_counter() - start, 1)
+    time.sleep(0.2)
   wall = time.perf_counter() - start
   check = _compare(args.workdir, args.runs)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
@@ -118,6 +128,7 @@ def main() -> None:
       "label": args.label, "commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
       "cpu": _cpu(), "cores": cores, "sweep": args.sweep, "filter": args.filter,
       "wall_s": round(wall, 1), "shard_wall_s": ends, "runs": check["finished"],
+      "shard_runs": [_shard_runs(args.workdir, i) for i in range(len(cores))],
       "s_per_run": round(wall / n, 2),
       "s_per_run_per_core": round(wall * len(cores) / n, 2),
       "run_seconds_mean": round(check["seconds"] / n, 2),
