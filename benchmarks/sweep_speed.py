@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -51,10 +52,11 @@ def _cpu() -> dict:
 
 
 def _shard_runs(workdir: str, i: int) -> int:
-  """How many runs shard ``i`` had (its log's first line)."""
+  """How many runs shard ``i`` trained (its summary line)."""
   for line in open(f"{workdir}.shard{i}.log", encoding="utf-8"):
-    if line.startswith("Shard "):
-      return int(line.split(":")[1].split()[0])
+    match = re.match(r"(\d+) run, ", line)
+    if match:
+      return int(match.group(1))
   return 0
 
 
@@ -91,6 +93,8 @@ def main() -> None:
   p.add_argument("--workdir", default="/tmp/sweep_speed")
   p.add_argument("--runs", default=str(ROOT / "docs/results/runs.jsonl"))
   p.add_argument("--label", default="")
+  p.add_argument("--auto", action="store_true",
+                 help="--shard=auto (units taken as shards get free), not i/n")
   p.add_argument("--step", choices=("all", "prepare", "time"), default="all",
                  help="prepare alone, or time a workdir prepared before (so two "
                       "timings side by side never overlap a preparation)")
@@ -109,7 +113,8 @@ def main() -> None:
   start = time.perf_counter()
   shards = []
   for i, core in enumerate(cores):
-    cmd = ["taskset", "-c", core, *_sweep(args, f"--shard={i}/{len(cores)}")]
+    which = "auto" if args.auto else f"{i}/{len(cores)}"
+    cmd = ["taskset", "-c", core, *_sweep(args, f"--shard={which}")]
     log = open(f"{args.workdir}.shard{i}.log", "w", encoding="utf-8")
     shards.append((subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=log), log))
   ends = [None] * len(shards)
@@ -127,7 +132,7 @@ def main() -> None:
   record = {
       "label": args.label, "commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
       "cpu": _cpu(), "cores": cores, "sweep": args.sweep, "filter": args.filter,
-      "wall_s": round(wall, 1), "shard_wall_s": ends, "runs": check["finished"],
+      "shard": "auto" if args.auto else "i/n", "wall_s": round(wall, 1), "shard_wall_s": ends, "runs": check["finished"],
       "shard_runs": [_shard_runs(args.workdir, i) for i in range(len(cores))],
       "s_per_run": round(wall / n, 2),
       "s_per_run_per_core": round(wall * len(cores) / n, 2),

@@ -38,6 +38,9 @@ RUNS_DIR = "runs"
 SHARED_DIR = "shared"  # {workdir}/shared/{real,synthetic,stages}
 CONFIG_KEY = "config"  # the grid key that names the run config file
 MANIFEST_LOCK = ".sweep_json.lock"  # held while a shard updates sweep.json
+AUTO_SHARD = "auto"  # --shard=auto: take the units no other process holds
+CLAIMS_DIR = ".claims"  # {workdir}/.claims/{unit}: the process working on it
+CLAIMED = "claimed"  # an outcome: left to the process that held its unit
 # Keys first in a run's name, in this order; then the rest alphabetically,
 # then the seed, so the names of one sweep sort into readable blocks.
 NAME_ORDER = (CONFIG_KEY, "data.name", "data.bias_ratio", "mode", "method")
@@ -183,8 +186,8 @@ def parse_shard(text: str) -> tuple[int, int]:
   try:
     i, n = (int(x) for x in text.split("/"))
   except ValueError:
-    raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}."
-                     ) from None
+    raise ValueError(f"--shard must look like i/n (e.g. 0/4) or be "
+                     f"{AUTO_SHARD}, got {text!r}.") from None
   if n < 1 or not 0 <= i < n:
     raise ValueError(f"--shard={text}: need n >= 1 and 0 <= i < n.")
   return i, n
@@ -210,7 +213,7 @@ def shard(runs: Sequence[Run], index: int, count: int) -> list[Run]:
 @dataclasses.dataclass
 class Outcome:
   name: str
-  status: str  # "skipped" (finished earlier), "done", "failed"
+  status: str  # "skipped" (finished earlier), "done", "failed", CLAIMED
   seconds: float = 0.0
   error: str = ""
 
@@ -263,48 +266,90 @@ EXECUTORS.register("subprocess", Executor(run_subprocess, in_process=False))
 EXECUTORS.register("inprocess", Executor(run_in_process, in_process=True))
 
 
+class _Claims:
+  """The one unit this process works on, held as a lock under ``folder``;
+  another process's unit is left to it (``--shard=auto``)."""
+
+  def __init__(self, folder: str):
+    self.folder, self.unit, self.lock = folder, None, None
+
+  def take(self, unit: str) -> bool:
+    if unit == self.unit:
+      return True
+    self.release()
+    lock = lifecycle.WorkdirLock(os.path.join(self.folder, unit), enabled=True)
+    try:
+      self.lock = lock.acquire()
+    except lifecycle.WorkdirBusyError:
+      return False
+    self.unit = unit
+    return True
+
+  def release(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
+    self.unit, self.lock = None, None
+
+
 def execute(runs: Sequence[Run], executor: str = "subprocess",
-            log=print, guard: lifecycle.PreemptionGuard | None = None
-            ) -> list[Outcome]:
+            log=print, guard: lifecycle.PreemptionGuard | None = None,
+            claims: str | None = None) -> list[Outcome]:
   """Runs every unfinished run in order; a failure is recorded, not raised.
 
   A stop signal (``guard``) ends the sweep with
   :class:`~ffr_jax.lifecycle.Preempted` after the current run's checkpoint;
-  the stopped run is no failure.
+  the stopped run is no failure. With ``claims`` (a folder), a run whose unit
+  another live process holds there is left to it.
   """
   how = EXECUTORS.get(executor)
   state: dict = {}  # shared by the runs of this call (in-process data reuse)
   outcomes = []
-  for i, run in enumerate(runs):
-    if run.finished():
-      outcomes.append(Outcome(run.name, "skipped"))
-      continue
-    log(f"[{i + 1}/{len(runs)}] {run.name}")
-    start = time.time()
-    try:
-      how.run(run, guard.should_stop if guard is not None else None, state)
-      _raise_if_stopped(guard, run)
-      if not run.finished():
-        raise RuntimeError(f"ended without {results_lib.RESULTS_FILE}")
-      outcomes.append(Outcome(run.name, "done", time.time() - start))
-    except stage_lib.StageInterrupted as e:
-      raise lifecycle.Preempted(e.step, f"{e.stage} of {run.name}",
-                                guard.signal_name if guard else None) from None
-    except lifecycle.Preempted:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      # A child that exited because the sweep was signalled stopped; it did
-      # not fail. A full or read-only disk fails every later run alike.
-      _raise_if_stopped(guard, run)
-      if lifecycle.disk_refusal(e) is not None:
-        raise
-      # One bad run (a NaN loss, a missing file) must not stop the sweep.
-      outcomes.append(Outcome(run.name, "failed", time.time() - start,
-                              f"{type(e).__name__}: {e}"))
-      log(f"  FAILED: {outcomes[-1].error}")
-      if how.in_process:
-        log(traceback.format_exc())
+  held = _Claims(claims) if claims else None
+  try:
+    for i, run in enumerate(runs):
+      outcomes.append(_execute_one(run, f"[{i + 1}/{len(runs)}]", how, log,
+                                   guard, state, held))
+  finally:
+    if held is not None:
+      held.release()
   return outcomes
+
+
+def _execute_one(run: Run, counter: str, how, log, guard, state,
+                 held: _Claims | None) -> Outcome:
+  """One run of :func:`execute`: its outcome, or Preempted / a disk error."""
+  if run.finished():
+    return Outcome(run.name, "skipped")
+  if held is not None and not held.take(run.unit):
+    return Outcome(run.name, CLAIMED)
+  if run.finished():  # by the process that held its unit until now
+    return Outcome(run.name, "skipped")
+  log(f"{counter} {run.name}")
+  start = time.time()
+  try:
+    how.run(run, guard.should_stop if guard is not None else None, state)
+    _raise_if_stopped(guard, run)
+    if not run.finished():
+      raise RuntimeError(f"ended without {results_lib.RESULTS_FILE}")
+    return Outcome(run.name, "done", time.time() - start)
+  except stage_lib.StageInterrupted as e:
+    raise lifecycle.Preempted(e.step, f"{e.stage} of {run.name}",
+                              guard.signal_name if guard else None) from None
+  except lifecycle.Preempted:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A child that exited because the sweep was signalled stopped; it did
+    # not fail. A full or read-only disk fails every later run alike.
+    _raise_if_stopped(guard, run)
+    if lifecycle.disk_refusal(e) is not None:
+      raise
+    # One bad run (a NaN loss, a missing file) must not stop the sweep.
+    outcome = Outcome(run.name, "failed", time.time() - start,
+                      f"{type(e).__name__}: {e}")
+    log(f"  FAILED: {outcome.error}")
+    if how.in_process:
+      log(traceback.format_exc())
+    return outcome
 
 
 def _raise_if_stopped(guard: lifecycle.PreemptionGuard | None, run: Run) -> None:
@@ -342,7 +387,7 @@ def write_manifest(workdir: str, runs: Sequence[Run],
     if os.path.isfile(path):
       with open(path) as f:
         previous = {r["name"]: r for r in json.load(f).get("runs", [])}
-    by_name = {o.name: o for o in outcomes}
+    by_name = {o.name: o for o in outcomes if o.status != CLAIMED}
     rows = []
     for r in runs:
       row = {"name": r.name, "run_dir": r.run_dir, "command": shlex.join(
@@ -360,29 +405,37 @@ def write_manifest(workdir: str, runs: Sequence[Run],
 
 def summarize(outcomes: Sequence[Outcome]) -> str:
   counts = {s: sum(o.status == s for o in outcomes)
-            for s in ("done", "skipped", "failed")}
+            for s in ("done", "skipped", "failed", CLAIMED)}
   lines = [f"{counts['done']} run, {counts['skipped']} skipped (finished "
            f"earlier), {counts['failed']} failed."]
+  if counts[CLAIMED]:
+    lines[0] += f" {counts[CLAIMED]} left to other processes (their units)."
   lines += [f"  failed: {o.name}: {o.error}" for o in outcomes
             if o.status == "failed"]
   return "\n".join(lines)
 
 
 def run_sweep(runs: Sequence[Run], workdir: str, executor: str = "subprocess",
-              log=None) -> list[Outcome]:
+              log=None, claim: bool = False) -> list[Outcome]:
   """Runs the unfinished ``runs`` and records the outcomes in sweep.json;
-  shards may run side by side (each run's folder has one owner)."""
+  shards may run side by side (each run's folder has one owner). ``claim``:
+  each unit goes to whichever process takes it first (``--shard=auto``)."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   log(f"Sweep: {len(runs)} runs, {sum(r.finished() for r in runs)} finished "
       "earlier.")
   in_process = EXECUTORS.get(executor).in_process
   if in_process:
     maybe_initialize_distributed()  # before anything starts jax's backend
+  if claim and in_process and lifecycle.process_count() > 1:
+    # Host 0 alone would hold the claims while every host must run alike.
+    raise ValueError(f"--shard={AUTO_SHARD} runs one process per shard; a "
+                     "multi-host job takes --shard=i/n.")
+  claims = os.path.join(workdir, CLAIMS_DIR) if claim else None
   with lifecycle.PreemptionGuard(
       process_count=None if in_process else 1) as guard:
     write_manifest(workdir, runs)
     start = time.time()
-    outcomes = execute(runs, executor, log, guard)
+    outcomes = execute(runs, executor, log, guard, claims)
   write_manifest(workdir, runs, outcomes)
   log(summarize(outcomes) + f"\nWall time {time.time() - start:.0f} s.")
   return outcomes
@@ -394,12 +447,14 @@ def sweep_command(sweep: ml_collections.ConfigDict, workdir: str, *,
                   executor: str = "subprocess") -> bool:
   """What ``ffr_jax.sweep`` does; False when a run failed.
 
-  The runs of shard ``shard_spec`` (``i/n``) whose names match the regular
+  The runs of shard ``shard_spec`` (``i/n``, or ``auto``: every run, each
+  unit taken by the first free process) whose names match the regular
   expression ``name_filter`` are listed (one ``ffr_jax.main`` command each),
   prepared (their shared data only) or run.
   """
   runs = expand(sweep, workdir)
-  index, count = parse_shard(shard_spec)
+  claim = shard_spec == AUTO_SHARD
+  index, count = (0, 1) if claim else parse_shard(shard_spec)
   mine = shard(runs, index, count)
   if name_filter:
     try:
@@ -414,9 +469,9 @@ def sweep_command(sweep: ml_collections.ConfigDict, workdir: str, *,
   elif prepare_only:
     prepare(mine)
   else:
-    print(f"Shard {index}/{count}: {len(mine)} of {len(runs)} runs.",
-          file=sys.stderr)
-    outcomes = run_sweep(mine, workdir, executor)
+    print(f"Shard {shard_spec if claim else f'{index}/{count}'}: {len(mine)} "
+          f"of {len(runs)} runs.", file=sys.stderr)
+    outcomes = run_sweep(mine, workdir, executor, claim=claim)
     return not any(o.status == "failed" for o in outcomes)
   return True
 

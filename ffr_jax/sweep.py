@@ -5,6 +5,7 @@ The engine and the sweep config format are :mod:`ffr_jax.experiments`.
     python -m ffr_jax.sweep --config=configs/sweeps/paper.py:demo --workdir=DIR
     python -m ffr_jax.sweep --config=... --workdir=DIR --list       # commands
     python -m ffr_jax.sweep --config=... --workdir=DIR --shard=3/16 # one shard
+    python -m ffr_jax.sweep --config=... --workdir=DIR --shard=auto # as many as free
     python -m ffr_jax.sweep --config=... --workdir=DIR --prepare    # data only
     python -m ffr_jax.sweep --config=... --workdir=DIR --filter=mode=ffr/
 """
@@ -27,7 +28,9 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The sweep's directory (runs/, shared/, sweep.json).")
 _LIST = flags.DEFINE_bool(
     "list", False, "Print one ffr_jax.main command per run and exit.")
-_SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run only shard i of n (0-based).")
+_SHARD = flags.DEFINE_string(
+    "shard", "0/1", "i/n: run only shard i of n (0-based); auto: any number of "
+    "processes (one host each) take whole units of runs as they get free.")
 _FILTER = flags.DEFINE_string(
     "filter", "", "Only runs whose name matches this regular expression "
     "(re.search), e.g. 'mode=ffr/' or 'train.lr='; applied after --shard.")

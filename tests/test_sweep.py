@@ -285,3 +285,22 @@ def test_a_listed_command_runs_as_is_and_a_sweep_shares_stage1(tmp_path):
     assert again[0].status == "skipped"
   finally:
     os.chdir(cwd)
+
+
+def test_auto_shards_run_every_run_once_however_they_race(tmp_path):
+  worker = os.path.join(ROOT, "tests", "workers", "claiming_sweep.py")
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  for attempt in range(3):
+    workdir = tmp_path / f"w{attempt}"
+    procs = [subprocess.Popen([sys.executable, worker, str(workdir), "4", "5"],
+                              stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    statuses = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    done_by = [(workdir / "runs" / f"u{u}" / f"r{r}" / "done_by").read_text().split()
+               for u in range(4) for r in range(5)]
+    assert all(len(pids) == 1 for pids in done_by), (attempt, done_by)
+    # Every run is done by one process and left to it by the other.
+    assert sum(s.count("done") for s in statuses) == 20
+    # Both released their last claim.
+    assert not list((workdir / sweep_lib.CLAIMS_DIR).rglob(sweep_lib.lifecycle.LOCK_FILE))
