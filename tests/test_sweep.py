@@ -304,3 +304,10 @@ def test_auto_shards_run_every_run_once_however_they_race(tmp_path):
     assert sum(s.count("done") for s in statuses) == 20
     # Both released their last claim.
     assert not list((workdir / sweep_lib.CLAIMS_DIR).rglob(sweep_lib.lifecycle.LOCK_FILE))
+
+
+def test_auto_shards_are_refused_for_a_multi_host_in_process_job(tmp_path, monkeypatch):
+  monkeypatch.setattr(sweep_lib.lifecycle, "process_count", lambda: 2)
+  monkeypatch.setattr(sweep_lib, "maybe_initialize_distributed", lambda: None)
+  with pytest.raises(ValueError, match="multi-host job takes --shard=i/n"):
+    sweep_lib.run_sweep([], str(tmp_path), "inprocess", log=lambda s: None, claim=True)
