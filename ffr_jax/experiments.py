@@ -469,8 +469,7 @@ def sweep_command(sweep: ml_collections.ConfigDict, workdir: str, *,
   elif prepare_only:
     prepare(mine)
   else:
-    print(f"Shard {shard_spec if claim else f'{index}/{count}'}: {len(mine)} "
-          f"of {len(runs)} runs.", file=sys.stderr)
+    print(f"Shard {shard_spec}: {len(mine)} of {len(runs)} runs.", file=sys.stderr)
     outcomes = run_sweep(mine, workdir, executor, claim=claim)
     return not any(o.status == "failed" for o in outcomes)
   return True
